@@ -74,13 +74,15 @@ class Config:
     monitor: str = "val_loss"
     mode: str = "auto"
     save_best_only: bool = True
-    early_stopping_patience: int = 0
+    early_stopping: bool = False
+    early_stopping_patience: int = 3
     min_delta: float = 0.0
     restore_best_weights: bool = False
     lr_schedule: str = "constant"
     lr_decay_rate: float = 0.1
     lr_decay_epochs: int = 10
-    reduce_lr_patience: int = 0
+    reduce_lr_on_plateau: bool = False
+    reduce_lr_patience: int = 2
     reduce_lr_factor: float = 0.1
     reduce_lr_min_lr: float = 0.0
     reduce_lr_cooldown: int = 0

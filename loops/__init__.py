@@ -1,0 +1,1 @@
+"""Training loops: the hand-written GradientTape loop and the Keras fit() path."""

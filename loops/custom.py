@@ -1,0 +1,157 @@
+"""The Experts-style loop: tf.function + tf.GradientTape, driven like Keras fit().
+
+`CustomLoop.fit` follows `keras/src/backend/tensorflow/trainer.py` step by step
+(same hook calls in the same order, same loss scaling, same batch-size-weighted
+running-mean metrics), so with the same data order and seeds it produces the
+same weights and logs as `model.compile(...); model.fit(...)`.
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from callbacks import CallbackList
+
+
+def unscale_loss_for_distribution(loss):
+    """Undoes the 1/num_replicas scaling Keras losses apply under tf.distribute."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss * tf.cast(replicas, loss.dtype) if replicas > 1 else loss
+
+
+class CustomLoop:
+    """Trains and evaluates `model` with hand-written steps.
+
+    Args:
+      model: a built Keras model (created under `strategy.scope()`).
+      optimizer: a fresh Keras optimizer; attached as `model.optimizer` so hooks
+        change the learning rate the way Keras callbacks do.
+      strategy: a `tf.distribute.Strategy` (default: the current one).
+      jit_compile: compile the per-replica step with XLA (fit's `jit_compile`).
+      steps_per_execution: train steps per tf.function call (fit's argument).
+    """
+
+    def __init__(self, model, optimizer, strategy=None, jit_compile=False,
+                 steps_per_execution=1):
+        self.model = model
+        self.optimizer = optimizer
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.steps_per_execution = steps_per_execution
+        with self.strategy.scope():
+            self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            self.loss_tracker = keras.metrics.Mean(name="loss")
+            self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+            optimizer.build(model.trainable_variables)
+        model.optimizer = optimizer
+        train_step, test_step = self.train_step, self.test_step
+        if jit_compile:
+            train_step = tf.function(train_step, jit_compile=True, reduce_retracing=True)
+            test_step = tf.function(test_step, jit_compile=True, reduce_retracing=True)
+        self._train_step, self._test_step = train_step, test_step
+        self._train_function = tf.function(self._train_steps)
+        self._test_function = tf.function(self._test_batch, reduce_retracing=True)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy]
+
+    # ---- one step, as in keras Model.train_step / test_step -------------------
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            y_pred = self.model(x, training=True)
+            loss = self.loss_fn(y, y_pred)  # Mean over the replica's batch / replicas.
+            self.loss_tracker.update_state(
+                unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0])
+            loss = self.optimizer.scale_loss(loss)  # Loss scaling for float16.
+        weights = self.model.trainable_weights
+        gradients = tape.gradient(loss, weights)
+        self.optimizer.apply_gradients(zip(gradients, weights))
+        self.accuracy.update_state(y, y_pred)
+
+    def test_step(self, data):
+        x, y = data
+        y_pred = self.model(x, training=False)
+        loss = self.loss_fn(y, y_pred)
+        self.loss_tracker.update_state(
+            unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0])
+        self.accuracy.update_state(y, y_pred)
+
+    # ---- compiled drivers --------------------------------------------------------
+    def _results(self):
+        return {m.name: m.result() for m in self.metrics}
+
+    def _train_steps(self, iterator, num_steps):
+        for _ in tf.range(num_steps):
+            self.strategy.run(self._train_step, args=(next(iterator),))
+        return self._results()
+
+    def _test_batch(self, batch):
+        self.strategy.run(self._test_step, args=(batch,))
+        return self._results()
+
+    def reset_metrics(self):
+        for metric in self.metrics:
+            metric.reset_state()
+
+    @staticmethod
+    def _to_python(logs):
+        return {name: float(value) for name, value in logs.items()}
+
+    # ---- fit / evaluate ----------------------------------------------------------
+    def fit(self, train_data, *, epochs, steps_per_epoch, validation_data=None,
+            callbacks=(), initial_epoch=0, verbose=0):
+        """Runs epochs [initial_epoch, epochs) over one iterator of `train_data`.
+
+        `train_data` yields batches forever; each epoch takes `steps_per_epoch`
+        of them (the data pipeline fixes the order of every epoch).
+        Returns the last epoch's logs (None if no epoch ran).
+        """
+        model = self.model
+        if not isinstance(callbacks, CallbackList):
+            callbacks = CallbackList(callbacks, model=model, verbose=verbose,
+                                     epochs=epochs, steps=steps_per_epoch)
+        iterator = iter(self.strategy.experimental_distribute_dataset(train_data))
+        model.stop_training = False
+        callbacks.on_train_begin()
+        training_logs = None
+        # BackupAndRestore hooks set model._initial_epoch, as for Keras fit().
+        initial_epoch = getattr(model, "_initial_epoch", None) or initial_epoch
+        for epoch in range(initial_epoch, epochs):
+            self.reset_metrics()
+            callbacks.on_epoch_begin(epoch)
+            logs = {}
+            for begin in range(0, steps_per_epoch, self.steps_per_execution):
+                end = min(begin + self.steps_per_execution, steps_per_epoch) - 1
+                callbacks.on_train_batch_begin(begin)
+                logs = self._to_python(
+                    self._train_function(iterator, tf.constant(end - begin + 1)))
+                callbacks.on_train_batch_end(end, logs)
+                if model.stop_training:
+                    break
+            epoch_logs = dict(logs)
+            if validation_data is not None:
+                val_logs = self.evaluate(validation_data, callbacks=callbacks)
+                epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
+            callbacks.on_epoch_end(epoch, epoch_logs)
+            training_logs = epoch_logs
+            if model.stop_training:
+                break
+        if epochs > 0:  # As fit(): e.g. swaps in EMA weights when the optimizer uses them.
+            self.optimizer.finalize_variable_values(model.trainable_weights)
+        callbacks.on_train_end(logs=training_logs)
+        return training_logs
+
+    def evaluate(self, data, callbacks=()):
+        """Evaluates on a finite batched dataset; returns {"loss", "accuracy"}."""
+        if not isinstance(callbacks, CallbackList):
+            callbacks = CallbackList(callbacks, model=self.model)
+        self.reset_metrics()
+        callbacks.on_test_begin()
+        logs = {}
+        for step, batch in enumerate(self.strategy.experimental_distribute_dataset(data)):
+            callbacks.on_test_batch_begin(step)
+            logs = self._to_python(self._test_function(batch))
+            callbacks.on_test_batch_end(step, logs)
+        callbacks.on_test_end(logs)
+        return logs

@@ -1,0 +1,218 @@
+"""One phase of the recipe (head, finetune or evaluate), through either loop.
+
+Entry points turn flags into a `Config` and call `run(cfg)`; everything a phase
+needs is derived from that object.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+import callbacks as hooks_module
+import input_pipeline
+from flags.config import Config, ConfigError
+from loops.custom import CustomLoop
+from loops.hooks import BEST_WEIGHTS, FINAL_WEIGHTS, hook_specs, instantiate
+from loops.schedules import make_optimizer
+from loops.strategy import make_strategy
+from model import build_model, set_trainable
+
+CONFIG_JSON = "config.json"
+CLASSES_JSON = "classes.json"
+EVALUATION_JSON = "evaluation.json"
+# Fields that define the network: a finetune or evaluate run must match its head run.
+ARCHITECTURE_FIELDS = ("backbone", "alpha", "image_size", "dropout", "augment")
+
+
+def configure_determinism(cfg: Config) -> None:
+    """Seeds Python, NumPy, TF and Keras; with --deterministic also makes TF ops deterministic."""
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy(cfg.mixed_precision)
+
+
+def loss_fn():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path, value):
+    """Atomic: a crash leaves the previous file intact."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def init_checkpoint(cfg: Config) -> str:
+    """The weights a finetune run starts from, or a one-line error."""
+    path = cfg.init_checkpoint or os.path.join(cfg.phase_dir("head"), BEST_WEIGHTS)
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"finetune needs head weights, but {path} does not exist: run "
+            f"`train.py --phase=head --workdir={cfg.workdir}` first or pass --init_checkpoint=PATH")
+    return path
+
+
+def check_matches_head(cfg: Config) -> None:
+    head_config = os.path.join(cfg.phase_dir("head"), CONFIG_JSON)
+    if cfg.init_checkpoint or not os.path.isfile(head_config):
+        return
+    head = read_json(head_config)
+    diffs = [f"--{k}={getattr(cfg, k)} (head: {head[k]})"
+             for k in ARCHITECTURE_FIELDS if head.get(k) != getattr(cfg, k)]
+    if diffs:
+        raise ConfigError(
+            f"finetune flags differ from the head run in {head_config}: {', '.join(diffs)}; "
+            "pass the head run's values")
+
+
+def prepare_run_dir(cfg: Config) -> None:
+    """Refuses to train over a finished or foreign run unless --overwrite (or --backup resumes)."""
+    run_dir = cfg.run_dir
+    if not os.path.isdir(run_dir) or not os.listdir(run_dir):
+        return
+    if cfg.overwrite:
+        return
+    if os.path.exists(os.path.join(run_dir, FINAL_WEIGHTS)):
+        raise ConfigError(
+            f"phase '{cfg.phase}' in {run_dir} is finished; pass --overwrite to train it "
+            "again, or another --workdir")
+    if not cfg.backup:
+        raise ConfigError(
+            f"{run_dir} holds an unfinished run; pass --backup to resume it or --overwrite "
+            "to start over")
+
+
+def load_weights(model, path):
+    try:
+        model.load_weights(path)
+    except (ValueError, KeyError, OSError) as e:
+        raise ConfigError(
+            f"checkpoint {path} does not fit this model ({str(e).splitlines()[0][:160]}); "
+            "pass the flags of the run that wrote it") from None
+
+
+def build(cfg: Config, strategy, num_classes: int, checkpoint: str | None = None):
+    """Seeds right before building (Keras draws layer seeds at construction)."""
+    keras.utils.set_random_seed(cfg.seed)
+    with strategy.scope():
+        model = build_model(cfg, num_classes, weights=None if checkpoint else "from_config")
+        if checkpoint:
+            load_weights(model, checkpoint)
+        set_trainable(model, cfg.phase, cfg.resolved_unfreeze_from)
+    return model
+
+
+def train(cfg: Config) -> dict:
+    """Runs the head or finetune phase; returns the last epoch's logs."""
+    configure_determinism(cfg)
+    checkpoint = None
+    if cfg.phase == "finetune":
+        checkpoint = init_checkpoint(cfg)
+        check_matches_head(cfg)
+    prepare_run_dir(cfg)
+    strategy = make_strategy(cfg.strategy)
+    splits = input_pipeline.load_splits(cfg)
+    if splits.skipped:
+        logging.warning("skipped %d unreadable files, e.g. %s", len(splits.skipped),
+                        splits.skipped[0])
+    model = build(cfg, strategy, len(splits.class_names), checkpoint)
+
+    run_dir = cfg.run_dir
+    if cfg.overwrite and os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    write_json(os.path.join(run_dir, CONFIG_JSON), cfg.to_dict())
+    write_json(os.path.join(run_dir, CLASSES_JSON), list(splits.class_names))
+    if splits.skipped:
+        with open(os.path.join(run_dir, "skipped_files.txt"), "w") as f:
+            f.write("\n".join(splits.skipped) + "\n")
+
+    train_data, steps_per_epoch = input_pipeline.train_batches(
+        splits.train, splits.sizes["train"], cfg.batch_size, cfg.seed)
+    validation_data = input_pipeline.eval_batches(splits.validation, cfg.batch_size)
+    specs = hook_specs(cfg, run_dir)
+    with strategy.scope():
+        optimizer = make_optimizer(cfg)
+    if cfg.loop == "custom":
+        hooks = instantiate(specs, hooks_module)
+        if cfg.verbose:
+            hooks.append(hooks_module.ProgbarLogger())
+        loop = CustomLoop(model, optimizer, strategy, jit_compile=cfg.jit_compile,
+                          steps_per_execution=cfg.steps_per_execution)
+        logs = loop.fit(train_data, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                        validation_data=validation_data, callbacks=hooks, verbose=cfg.verbose)
+    else:
+        with strategy.scope():
+            model.compile(optimizer=optimizer, loss=loss_fn(), metrics=["accuracy"],
+                          jit_compile=cfg.jit_compile,
+                          steps_per_execution=cfg.steps_per_execution)
+        history = model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                            validation_data=validation_data, shuffle=False,
+                            callbacks=instantiate(specs, keras.callbacks), verbose=cfg.verbose)
+        logs = {k: v[-1] for k, v in history.history.items()} if history.history else None
+    model.save_weights(os.path.join(run_dir, FINAL_WEIGHTS))
+    return {"phase": cfg.phase, "loop": cfg.loop, "last_epoch_logs": logs, "run_dir": run_dir}
+
+
+def newest_phase(workdir: str) -> str:
+    for phase in ("finetune", "head"):
+        if os.path.isfile(os.path.join(workdir, phase, BEST_WEIGHTS)):
+            return phase
+    raise ConfigError(
+        f"no trained weights in {workdir}: run `train.py --phase=head --workdir={workdir}` first")
+
+
+def trained_config(workdir: str, phase: str) -> tuple[Config, list[str]]:
+    run_dir = os.path.join(workdir, phase)
+    cfg = Config.from_dict(read_json(os.path.join(run_dir, CONFIG_JSON)))
+    return cfg, read_json(os.path.join(run_dir, CLASSES_JSON))
+
+
+def load_trained_model(workdir: str):
+    """The newest phase's best model, its config and class names (evaluate, predict)."""
+    phase = newest_phase(workdir)
+    cfg, class_names = trained_config(workdir, phase)
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model(cfg, len(class_names), weights=None)
+    load_weights(model, os.path.join(workdir, phase, BEST_WEIGHTS))
+    return model, cfg, class_names, phase
+
+
+def evaluate(cfg: Config) -> dict:
+    """Evaluates the newest phase's best weights on the test split."""
+    configure_determinism(cfg)
+    model, trained, class_names, phase = load_trained_model(cfg.workdir)
+    data_cfg = trained.replace(phase="evaluate", workdir=cfg.workdir)
+    splits = input_pipeline.load_splits(data_cfg)
+    if tuple(splits.class_names) != tuple(class_names):
+        raise ConfigError(
+            f"test classes {list(splits.class_names)} differ from the trained ones {class_names}")
+    test = input_pipeline.eval_batches(splits.test, cfg.batch_size)
+    if cfg.loop == "fit":
+        model.compile(loss=loss_fn(), metrics=["accuracy"], jit_compile=cfg.jit_compile)
+        logs = model.evaluate(test, return_dict=True, verbose=0)
+    else:
+        logs = CustomLoop(model, make_optimizer(trained)).evaluate(test)
+    result = {"phase": phase, "weights": os.path.join(cfg.workdir, phase, BEST_WEIGHTS),
+              "test_examples": splits.sizes["test"], **logs}
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    write_json(os.path.join(cfg.run_dir, EVALUATION_JSON), result)
+    return result
+
+
+def run(cfg: Config) -> dict:
+    return evaluate(cfg) if cfg.phase == "evaluate" else train(cfg)
