@@ -34,7 +34,8 @@ class Backbone:
         return f"mobilenet_{alpha_text}_{rows}_tf_no_top.h5"
 
     def build(self, input_tensor, weights, alpha):
-        kwargs = dict(include_top=False, weights=weights, input_tensor=input_tensor)
+        kwargs = dict(include_top=False, weights=weights, input_tensor=input_tensor,
+                      input_shape=tuple(input_tensor.shape[1:]))
         if self.name == "mobilenet":
             kwargs["alpha"] = alpha
         return self.application(**kwargs)
@@ -48,7 +49,12 @@ BACKBONES = {
 
 def keras_weights_cache(file_name: str) -> str:
     """Path where keras.utils.get_file caches an application weights file."""
-    return os.path.join(os.path.expanduser(keras.config.keras_home()), "models", file_name)
+    from keras.src.backend import config as keras_config  # Keras' own resolution of KERAS_HOME.
+
+    home = os.path.expanduser(keras_config.keras_home())
+    if not os.access(home, os.W_OK):  # keras.utils.get_file falls back the same way.
+        home = os.path.join("/tmp", ".keras")
+    return os.path.join(home, "models", file_name)
 
 
 def network_reachable(host=WEIGHTS_HOST, timeout=NETWORK_PROBE_TIMEOUT_S) -> bool:

@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny, offline configurations (no test reaches the network)."""
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Keras reads KERAS_HOME once, at import: give the test session an empty, private one
+# so no test sees (or writes) the user's cached weights.
+os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="tapefit-keras-home-")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import pytest  # noqa: E402
+
+from flags.config import Config  # noqa: E402
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A seconds-long run: MobileNet(alpha=0.25) at 32x32 on synthetic data."""
+    return Config(
+        workdir=str(tmp_path / "run"), backbone="mobilenet", alpha=0.25, weights="none",
+        image_size=32, dataset="synthetic", synthetic_examples=40, batch_size=8, epochs=2,
+        verbose=0, deterministic=True, unfreeze_from="conv_dw_13")
