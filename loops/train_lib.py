@@ -25,6 +25,7 @@ from model import build_model, set_trainable
 CONFIG_JSON = "config.json"
 CLASSES_JSON = "classes.json"
 EVALUATION_JSON = "evaluation.json"
+SKIPPED_FILES = "skipped_files.txt"
 # Fields that define the network: a finetune or evaluate run must match its head run.
 ARCHITECTURE_FIELDS = ("backbone", "alpha", "image_size", "dropout", "augment")
 
@@ -79,9 +80,8 @@ def check_matches_head(cfg: Config) -> None:
             "pass the head run's values")
 
 
-def prepare_run_dir(cfg: Config) -> None:
+def prepare_run_dir(cfg: Config, run_dir: str) -> None:
     """Refuses to train over a finished or foreign run unless --overwrite (or --backup resumes)."""
-    run_dir = cfg.run_dir
     if not os.path.isdir(run_dir) or not os.listdir(run_dir):
         return
     if cfg.overwrite:
@@ -117,28 +117,41 @@ def build(cfg: Config, strategy, num_classes: int, checkpoint: str | None = None
 
 
 def train(cfg: Config) -> dict:
-    """Runs the head or finetune phase; returns the last epoch's logs."""
+    """Runs the head or finetune phase in <workdir>/<phase>; returns a JSON-able summary."""
+    _, logs = train_phase(cfg)
+    return {"phase": cfg.phase, "loop": cfg.loop, "last_epoch_logs": logs,
+            "run_dir": cfg.run_dir}
+
+
+def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
+    """Trains one phase; returns (model, last epoch logs).
+
+    `run_dir` overrides <workdir>/<phase> (compare.py runs both loops side by side);
+    `extra_hooks(module)` returns more hooks built from `callbacks` (custom loop) or
+    `keras.callbacks` (fit loop), appended after the configured ones.
+    """
     configure_determinism(cfg)
     checkpoint = None
     if cfg.phase == "finetune":
         checkpoint = init_checkpoint(cfg)
         check_matches_head(cfg)
-    prepare_run_dir(cfg)
+    run_dir = run_dir or cfg.run_dir
+    prepare_run_dir(cfg, run_dir)
     strategy = make_strategy(cfg.strategy)
     splits = input_pipeline.load_splits(cfg)
     if splits.skipped:
-        logging.warning("skipped %d unreadable files, e.g. %s", len(splits.skipped),
-                        splits.skipped[0])
+        logging.warning("skipped %d unreadable files, e.g. %s (full list in %s)",
+                        len(splits.skipped), splits.skipped[0],
+                        os.path.join(run_dir, SKIPPED_FILES))
     model = build(cfg, strategy, len(splits.class_names), checkpoint)
 
-    run_dir = cfg.run_dir
     if cfg.overwrite and os.path.isdir(run_dir):
         shutil.rmtree(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, CONFIG_JSON), cfg.to_dict())
     write_json(os.path.join(run_dir, CLASSES_JSON), list(splits.class_names))
     if splits.skipped:
-        with open(os.path.join(run_dir, "skipped_files.txt"), "w") as f:
+        with open(os.path.join(run_dir, SKIPPED_FILES), "w") as f:
             f.write("\n".join(splits.skipped) + "\n")
 
     train_data, steps_per_epoch = input_pipeline.train_batches(
@@ -149,6 +162,7 @@ def train(cfg: Config) -> dict:
         optimizer = make_optimizer(cfg)
     if cfg.loop == "custom":
         hooks = instantiate(specs, hooks_module)
+        hooks += extra_hooks(hooks_module) if extra_hooks else []
         if cfg.verbose:
             hooks.append(hooks_module.ProgbarLogger())
         loop = CustomLoop(model, optimizer, strategy, jit_compile=cfg.jit_compile,
@@ -156,16 +170,18 @@ def train(cfg: Config) -> dict:
         logs = loop.fit(train_data, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                         validation_data=validation_data, callbacks=hooks, verbose=cfg.verbose)
     else:
+        hooks = instantiate(specs, keras.callbacks)
+        hooks += extra_hooks(keras.callbacks) if extra_hooks else []
         with strategy.scope():
             model.compile(optimizer=optimizer, loss=loss_fn(), metrics=["accuracy"],
                           jit_compile=cfg.jit_compile,
                           steps_per_execution=cfg.steps_per_execution)
         history = model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                            validation_data=validation_data, shuffle=False,
-                            callbacks=instantiate(specs, keras.callbacks), verbose=cfg.verbose)
+                            validation_data=validation_data, shuffle=False, callbacks=hooks,
+                            verbose=cfg.verbose)
         logs = {k: v[-1] for k, v in history.history.items()} if history.history else None
     model.save_weights(os.path.join(run_dir, FINAL_WEIGHTS))
-    return {"phase": cfg.phase, "loop": cfg.loop, "last_epoch_logs": logs, "run_dir": run_dir}
+    return model, logs
 
 
 def newest_phase(workdir: str) -> str:
