@@ -5,12 +5,42 @@ keys fit() passes: `epochs`, `steps`, `verbose`), is driven by the loop through
 Keras' method names, stops training by setting `model.stop_training = True`, and
 changes the learning rate through `model.optimizer.learning_rate`. The same
 scenario can therefore drive one of our hooks and its Keras namesake.
+
+`CallbackList` dispatches like `keras.callbacks.CallbackList`: the logs of every
+event are converted once with `pythonify_logs` (sorted keys, nested dicts
+flattened, tensors and numpy scalars turned into Python floats) and that one dict
+is handed to every hook in order, so a hook that adds a key (e.g.
+`logs["learning_rate"]`) is seen by the hooks after it.
 """
 from __future__ import annotations
 
+import keras
+
+
+def pythonify_logs(logs):
+    """Keras' `pythonify_logs`: sorted, flattened, values as floats if possible."""
+    logs = logs or {}
+    result = {}
+    for key, value in sorted(logs.items()):
+        if isinstance(value, dict):
+            result.update(pythonify_logs(value))
+        else:
+            try:
+                if keras.ops.is_tensor(value):
+                    value = keras.ops.convert_to_numpy(value)
+                value = float(value)
+            except Exception:  # Kept as is, like Keras (strings, arrays).
+                pass
+            result[key] = value
+    return result
+
 
 class Callback:
-    """Base class of all hooks; every method is a no-op."""
+    """Base class of all hooks; every method is a no-op.
+
+    As in Keras, `on_train_batch_begin/end` call the legacy aliases
+    `on_batch_begin/end`, so hooks (and `LambdaCallback`) may override either.
+    """
 
     def __init__(self):
         self.params = {}
@@ -39,11 +69,17 @@ class Callback:
     def on_epoch_end(self, epoch, logs=None):
         pass
 
+    def on_batch_begin(self, batch, logs=None):
+        """Legacy alias of `on_train_batch_begin`."""
+
+    def on_batch_end(self, batch, logs=None):
+        """Legacy alias of `on_train_batch_end`."""
+
     def on_train_batch_begin(self, batch, logs=None):
-        pass
+        self.on_batch_begin(batch, logs=logs)
 
     def on_train_batch_end(self, batch, logs=None):
-        pass
+        self.on_batch_end(batch, logs=logs)
 
     # Evaluation (validation inside training, and `evaluate`).
     def on_test_begin(self, logs=None):
@@ -72,12 +108,20 @@ class Callback:
         pass
 
 
-_EVENTS = (
-        "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
-        "on_train_batch_begin", "on_train_batch_end", "on_test_begin", "on_test_end",
-        "on_test_batch_begin", "on_test_batch_end", "on_predict_begin", "on_predict_end",
-        "on_predict_batch_begin", "on_predict_batch_end",
+# Events without an index; Keras passes their logs positionally.
+_BEGIN_END_EVENTS = (
+        "on_train_begin", "on_train_end", "on_test_begin", "on_test_end",
+        "on_predict_begin", "on_predict_end",
 )
+# Epoch events: index and logs positionally, as Keras does.
+_EPOCH_EVENTS = ("on_epoch_begin", "on_epoch_end")
+# Batch events: Keras passes `logs=` as a keyword.
+_BATCH_EVENTS = (
+        "on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end",
+        "on_test_batch_begin", "on_test_batch_end", "on_predict_batch_begin",
+        "on_predict_batch_end",
+)
+_EVENTS = _BEGIN_END_EVENTS + _EPOCH_EVENTS + _BATCH_EVENTS
 
 
 class CallbackList(Callback):
@@ -85,7 +129,7 @@ class CallbackList(Callback):
 
     def __init__(self, callbacks=(), model=None, **params):
         super().__init__()
-        self.callbacks = list(callbacks)
+        self.callbacks = list(callbacks or ())
         if model is not None:
             self.set_model(model)
         if params:
@@ -116,9 +160,21 @@ class CallbackList(Callback):
 
 
 def _make_dispatcher(event):
-    def dispatch(self, *args, **kwargs):
-        for callback in self.callbacks:
-            getattr(callback, event)(*args, **kwargs)
+    if event in _BATCH_EVENTS:
+        def dispatch(self, batch, logs=None):
+            logs = pythonify_logs(logs)
+            for callback in self.callbacks:
+                getattr(callback, event)(batch, logs=logs)
+    elif event in _EPOCH_EVENTS:
+        def dispatch(self, epoch, logs=None):
+            logs = pythonify_logs(logs)
+            for callback in self.callbacks:
+                getattr(callback, event)(epoch, logs)
+    else:
+        def dispatch(self, logs=None):
+            logs = pythonify_logs(logs)
+            for callback in self.callbacks:
+                getattr(callback, event)(logs)
     dispatch.__name__ = event
     dispatch.__doc__ = f"Calls `{event}` on every hook, in order."
     return dispatch

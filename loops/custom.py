@@ -29,11 +29,15 @@ class CustomLoop:
       strategy: a `tf.distribute.Strategy` (default: the current one).
       jit_compile: compile the per-replica step with XLA (fit's `jit_compile`).
       steps_per_execution: train steps per tf.function call (fit's argument).
+      train_model: what the steps run, when not `model` itself: the trainable
+        suffix of `model` fed with cached features (loops/feature_cache.py).
+        It shares its layers with `model`, which hooks keep seeing.
     """
 
     def __init__(self, model, optimizer, strategy=None, jit_compile=False,
-                 steps_per_execution=1):
+                 steps_per_execution=1, train_model=None):
         self.model = model
+        self.train_model = train_model or model
         self.optimizer = optimizer
         self.strategy = strategy or tf.distribute.get_strategy()
         self.steps_per_execution = steps_per_execution
@@ -41,7 +45,7 @@ class CustomLoop:
             self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
             self.loss_tracker = keras.metrics.Mean(name="loss")
             self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-            optimizer.build(model.trainable_variables)
+            optimizer.build(self.train_model.trainable_variables)
         model.optimizer = optimizer
         train_step, test_step = self.train_step, self.test_step
         if jit_compile:
@@ -59,19 +63,19 @@ class CustomLoop:
     def train_step(self, data):
         x, y = data
         with tf.GradientTape() as tape:
-            y_pred = self.model(x, training=True)
+            y_pred = self.train_model(x, training=True)
             loss = self.loss_fn(y, y_pred)  # Mean over the replica's batch / replicas.
             self.loss_tracker.update_state(
                 unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0])
             loss = self.optimizer.scale_loss(loss)  # Loss scaling for float16.
-        weights = self.model.trainable_weights
+        weights = self.train_model.trainable_weights
         gradients = tape.gradient(loss, weights)
         self.optimizer.apply_gradients(zip(gradients, weights))
         self.accuracy.update_state(y, y_pred)
 
     def test_step(self, data):
         x, y = data
-        y_pred = self.model(x, training=False)
+        y_pred = self.train_model(x, training=False)
         loss = self.loss_fn(y, y_pred)
         self.loss_tracker.update_state(
             unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0])

@@ -16,6 +16,7 @@ import tensorflow as tf
 import callbacks as hooks_module
 import input_pipeline
 from flags.config import Config, ConfigError
+from loops import feature_cache
 from loops.custom import CustomLoop
 from loops.hooks import BEST_WEIGHTS, FINAL_WEIGHTS, hook_specs, instantiate
 from loops.schedules import make_optimizer
@@ -116,6 +117,18 @@ def build(cfg: Config, strategy, num_classes: int, checkpoint: str | None = None
     return model
 
 
+def plan_feature_cache(cfg: Config, model, sizes):
+    """(cut, off|memory|disk) for the custom loop; logs why the cache is off."""
+    if cfg.feature_cache == "off":
+        return None, "off"
+    cut, reason = feature_cache.find_cut(model)
+    mode = feature_cache.resolve(cfg.feature_cache, cut, reason,
+                                 sizes["train"] + sizes["validation"])
+    if mode != "off":
+        logging.info("feature cache (%s): training from %s on cached features", mode, cut.layer)
+    return cut, mode
+
+
 def train(cfg: Config) -> dict:
     """Runs the head or finetune phase in <workdir>/<phase>; returns a JSON-able summary."""
     _, logs = train_phase(cfg)
@@ -154,9 +167,22 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
         with open(os.path.join(run_dir, SKIPPED_FILES), "w") as f:
             f.write("\n".join(splits.skipped) + "\n")
 
+    train_examples, validation_examples, train_model = splits.train, splits.validation, None
+    if cfg.loop == "custom":
+        cut, cache_mode = plan_feature_cache(cfg, model, splits.sizes)
+        if cache_mode != "off":
+            train_model = cut.suffix
+            train_examples, validation_examples = (
+                feature_cache.cached_features(
+                    cut, images, None if cache_mode == "memory" else os.path.join(
+                        cfg.workdir, feature_cache.CACHE_DIR,
+                        feature_cache.fingerprint(cut, feature_cache.data_key(cfg, split)),
+                        split))
+                for split, images in (("train", splits.train),
+                                      ("validation", splits.validation)))
     train_data, steps_per_epoch = input_pipeline.train_batches(
-        splits.train, splits.sizes["train"], cfg.batch_size, cfg.seed)
-    validation_data = input_pipeline.eval_batches(splits.validation, cfg.batch_size)
+        train_examples, splits.sizes["train"], cfg.batch_size, cfg.seed)
+    validation_data = input_pipeline.eval_batches(validation_examples, cfg.batch_size)
     specs = hook_specs(cfg, run_dir)
     with strategy.scope():
         optimizer = make_optimizer(cfg)
@@ -166,7 +192,8 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
         if cfg.verbose:
             hooks.append(hooks_module.ProgbarLogger())
         loop = CustomLoop(model, optimizer, strategy, jit_compile=cfg.jit_compile,
-                          steps_per_execution=cfg.steps_per_execution)
+                          steps_per_execution=cfg.steps_per_execution,
+                          train_model=train_model)
         logs = loop.fit(train_data, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                         validation_data=validation_data, callbacks=hooks, verbose=cfg.verbose)
     else:
