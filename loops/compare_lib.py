@@ -66,8 +66,12 @@ def head_checkpoint(workdir: str) -> str:
     return os.path.join(workdir, "head", "best.weights.h5")  # init_checkpoint() names it.
 
 
-def compare(cfg: Config, tolerance: float = DEFAULT_TOLERANCE) -> dict:
-    """Trains cfg.phase with both loops; returns the report (also written to disk)."""
+def compare(cfg: Config, tolerance: float = DEFAULT_TOLERANCE, fit_changes=None) -> dict:
+    """Trains cfg.phase with both loops; returns the report (also written to disk).
+
+    `fit_changes` (Config fields) makes the fit run deliberately different, to
+    check that the comparison can tell.
+    """
     if cfg.phase == "finetune" and not cfg.init_checkpoint:
         cfg = cfg.replace(init_checkpoint=head_checkpoint(cfg.workdir))
     if cfg.feature_cache == "auto":
@@ -77,7 +81,7 @@ def compare(cfg: Config, tolerance: float = DEFAULT_TOLERANCE) -> dict:
     runs = {}
     for loop in LOOPS:
         recorder = _Recorder()
-        run_cfg = cfg.replace(loop=loop)
+        run_cfg = cfg.replace(loop=loop, **(fit_changes or {} if loop == "fit" else {}))
         model, _ = train_lib.train_phase(
             run_cfg, run_dir=os.path.join(cfg.run_dir, loop),
             extra_hooks=recorder.hooks)

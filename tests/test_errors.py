@@ -1,0 +1,67 @@
+"""Every user error: one line naming the fix, non-zero exit, no traceback, nothing overwritten."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+TINY = ["--backbone=mobilenet", "--alpha=0.25", "--weights=none", "--image_size=32",
+        "--dataset=synthetic", "--synthetic_examples=16", "--batch_size=8", "--epochs=1",
+        "--verbose=0"]
+
+
+def run_train(*argv):
+    return subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_one_line_error(out, *fragments):
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error: ")]
+    assert len(errors) == 1, out.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("argv,fragments", [
+    (["--phase=finetune", "--unfreeze_from=conv_dw_99"], None),  # needs a head run first
+    (["--data_dir=/nonexistent/images"], ["/nonexistent/images"]),
+    (["--image_size=16"], ["--image_size=16 is too small", "--image_size=32"]),
+    (["--batch_size=0"], ["--batch_size=0 must be at least 1"]),
+    (["--weights=/nonexistent.h5"], ["--weights=none"]),
+])
+def test_errors_are_one_line(tmp_path, argv, fragments):
+    out = run_train(*TINY, f"--workdir={tmp_path}", *argv)
+    assert_one_line_error(out, *(fragments or []))
+    assert not os.path.exists(tmp_path / "head")
+
+
+def test_finetune_without_head_checkpoint_names_the_head_command(tmp_path):
+    out = run_train(*TINY, f"--workdir={tmp_path}", "--phase=finetune")
+    assert_one_line_error(out, "--phase=head", "--init_checkpoint")
+
+
+def test_unknown_layer_lists_the_layers_and_overwrites_nothing(tmp_path):
+    assert run_train(*TINY, f"--workdir={tmp_path}").returncode == 0
+    best = tmp_path / "head" / "best.weights.h5"
+    before = best.read_bytes()
+    out = run_train(*TINY, f"--workdir={tmp_path}", "--phase=finetune",
+                    "--unfreeze_from=conv_dw_99")
+    assert_one_line_error(out, "'conv_dw_99'", "conv_dw_12", "conv_pw_13")
+    assert best.read_bytes() == before
+    assert not (tmp_path / "finetune").exists()
+
+
+def test_rerunning_a_finished_phase_says_how_to_start_over(tmp_path):
+    assert run_train(*TINY, f"--workdir={tmp_path}").returncode == 0
+    out = run_train(*TINY, f"--workdir={tmp_path}")
+    assert_one_line_error(out, "is finished", "--overwrite")
+
+
+def test_unknown_backbone_is_a_usage_error(tmp_path):
+    out = run_train(*TINY, f"--workdir={tmp_path}", "--backbone=resnet")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "vgg16" in out.stderr and "mobilenet" in out.stderr

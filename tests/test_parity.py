@@ -1,0 +1,85 @@
+"""custom loop == fit(), bit for bit, under --deterministic (and the check can fail)."""
+import filecmp
+import os
+
+import numpy as np
+import pytest
+
+from loops import compare_lib, train_lib
+
+
+@pytest.fixture
+def parity_config(tiny_config):
+    """Every hook on, shuffling, a partial last batch, dropout and augmentation."""
+    return tiny_config.replace(
+        synthetic_examples=44, batch_size=16, epochs=4, dropout=0.3, augment=True,
+        learning_rate=5e-3, lr_schedule="step", lr_decay_epochs=2, lr_decay_rate=0.5,
+        reduce_lr_on_plateau=True, reduce_lr_patience=1, reduce_lr_factor=0.5,
+        early_stopping=True, early_stopping_patience=2, restore_best_weights=True,
+        save_best_only=False, tensorboard=True, csv_log=True, terminate_on_nan=True)
+
+
+def same_files(run_a, run_b, relative):
+    return filecmp.cmp(os.path.join(run_a, relative), os.path.join(run_b, relative),
+                       shallow=False)
+
+
+def tensorboard_scalars(log_dir):
+    from tensorboard.backend.event_processing import event_accumulator
+    scalars = {}
+    for writer in ("train", "validation"):
+        acc = event_accumulator.EventAccumulator(
+            os.path.join(log_dir, writer), size_guidance={"tensors": 0, "scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["tensors"]:
+            scalars[(writer, tag)] = [(e.step, float(np.asarray(
+                __import__("tensorflow").make_ndarray(e.tensor_proto)))) for e in acc.Tensors(tag)]
+    return scalars
+
+
+def assert_parity(report, run_dir):
+    assert report["equal"], report
+    assert report["max_abs_weight_diff"] == 0.0
+    assert report["max_abs_metric_diff"] == 0.0
+    custom, fit = os.path.join(run_dir, "custom"), os.path.join(run_dir, "fit")
+    assert same_files(custom, fit, "log.csv")
+    assert same_files(custom, fit, "best.weights.h5") or _same_weights(custom, fit)
+    assert sorted(os.listdir(os.path.join(custom, "checkpoints"))) == \
+        sorted(os.listdir(os.path.join(fit, "checkpoints")))
+    ours = tensorboard_scalars(os.path.join(custom, "tensorboard"))
+    keras_ = tensorboard_scalars(os.path.join(fit, "tensorboard"))
+    assert ours.keys() == keras_.keys() and ("train", "epoch_loss") in ours
+    assert ours == keras_
+
+
+def _same_weights(custom, fit):
+    import h5py
+    def arrays(path):
+        out = []
+        with h5py.File(os.path.join(path, "best.weights.h5")) as f:
+            f.visititems(lambda n, o: out.append((n, o[()])) if hasattr(o, "shape") else None)
+        return out
+    return all(a[0] == b[0] and np.array_equal(a[1], b[1])
+               for a, b in zip(arrays(custom), arrays(fit)))
+
+
+def test_head_parity_with_every_hook(parity_config):
+    report = compare_lib.compare(parity_config)
+    assert report["epochs"]["custom"] >= 2
+    assert_parity(report, parity_config.run_dir)
+    for name in ("report.json", "report.md", "curves.png"):
+        assert os.path.isfile(os.path.join(parity_config.run_dir, name))
+
+
+def test_finetune_parity_with_every_hook(parity_config):
+    train_lib.run(parity_config.replace(epochs=1, augment=True))
+    cfg = parity_config.replace(phase="finetune", epochs=3)
+    report = compare_lib.compare(cfg)
+    assert_parity(report, cfg.run_dir)
+
+
+def test_a_different_learning_rate_is_reported_as_different(parity_config):
+    cfg = parity_config.replace(epochs=2, early_stopping=False)
+    report = compare_lib.compare(cfg, fit_changes={"learning_rate": 1e-2})
+    assert not report["equal"]
+    assert report["max_abs_weight_diff"] > 0
