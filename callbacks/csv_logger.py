@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from callbacks._io import is_remote
+from callbacks.base import Callback
 
 
 def _open(path, mode):
@@ -16,6 +17,13 @@ def _open(path, mode):
         import tensorflow as tf
         return tf.io.gfile.GFile(path, mode=mode)
     return open(path, mode)  # As Keras: default encoding and newline handling.
+
+
+def _exists(path):
+    if is_remote(path):
+        import tensorflow as tf
+        return tf.io.gfile.exists(path)
+    return os.path.exists(path)
 
 
 def _handle_value(value):
@@ -28,11 +36,7 @@ def _handle_value(value):
     return value
 
 
-class CSVLogger:
-    pass
-
-
-class CSVLogger(__import__("callbacks.base", fromlist=["Callback"]).Callback):
+class CSVLogger(Callback):
     """Streams epoch results to a CSV file (`keras.callbacks.CSVLogger`).
 
     Columns: `epoch` (0-based), then the sorted keys of the first epoch's logs,
@@ -54,12 +58,9 @@ class CSVLogger(__import__("callbacks.base", fromlist=["Callback"]).Callback):
 
     def on_train_begin(self, logs=None):
         if self.append:
-            if os.path.exists(self.filename) or is_remote(self.filename):
-                try:
-                    with _open(self.filename, "r") as f:
-                        self.append_header = not bool(len(f.readline()))
-                except FileNotFoundError:
-                    pass
+            if _exists(self.filename):
+                with _open(self.filename, "r") as f:
+                    self.append_header = not bool(len(f.readline()))
             mode = "a"
         else:
             mode = "w"

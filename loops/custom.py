@@ -53,7 +53,7 @@ class CustomLoop:
             test_step = tf.function(test_step, jit_compile=True, reduce_retracing=True)
         self._train_step, self._test_step = train_step, test_step
         self._train_function = tf.function(self._train_steps)
-        self._test_function = tf.function(self._test_batch, reduce_retracing=True)
+        self._test_function = tf.function(self._test_batch)
 
     @property
     def metrics(self):
@@ -90,8 +90,8 @@ class CustomLoop:
             self.strategy.run(self._train_step, args=(next(iterator),))
         return self._results()
 
-    def _test_batch(self, batch):
-        self.strategy.run(self._test_step, args=(batch,))
+    def _test_batch(self, iterator):
+        self.strategy.run(self._test_step, args=(next(iterator),))
         return self._results()
 
     def reset_metrics(self):
@@ -150,12 +150,18 @@ class CustomLoop:
         """Evaluates on a finite batched dataset; returns {"loss", "accuracy"}."""
         if not isinstance(callbacks, CallbackList):
             callbacks = CallbackList(callbacks, model=self.model)
+        steps = int(data.cardinality())  # Unknown (< 0): until the data runs out.
+        iterator = iter(self.strategy.experimental_distribute_dataset(data))
         self.reset_metrics()
         callbacks.on_test_begin()
-        logs = {}
-        for step, batch in enumerate(self.strategy.experimental_distribute_dataset(data)):
+        logs, step = {}, 0
+        while step != steps:
             callbacks.on_test_batch_begin(step)
-            logs = self._to_python(self._test_function(batch))
+            try:
+                logs = self._to_python(self._test_function(iterator))
+            except tf.errors.OutOfRangeError:
+                break
             callbacks.on_test_batch_end(step, logs)
+            step += 1
         callbacks.on_test_end(logs)
         return logs

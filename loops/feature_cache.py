@@ -93,13 +93,15 @@ def feature_bytes(cut: Cut, num_examples: int) -> int:
     return int(np.prod(cut.prefix.output.shape[1:])) * 4 * num_examples
 
 
-def cached_features(cut: Cut, images: tf.data.Dataset, path: str | None) -> tf.data.Dataset:
+def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
+                    path: str | None) -> tf.data.Dataset:
     """(features, label) in the order of `images` (unbatched), computed on first
     iteration and cached in memory (path None) or in files at `path`."""
     prefix = tf.function(lambda x: cut.prefix(x, training=False))
     features = (images.batch(PREFIX_BATCH_SIZE)
                 .map(lambda x, y: (prefix(tf.cast(x, tf.float32)), y))
-                .unbatch())
+                .unbatch()
+                .apply(tf.data.experimental.assert_cardinality(num_examples)))
     if path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     return features.cache(path or "")

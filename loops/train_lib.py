@@ -174,7 +174,7 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
             train_model = cut.suffix
             train_examples, validation_examples = (
                 feature_cache.cached_features(
-                    cut, images, None if cache_mode == "memory" else os.path.join(
+                    cut, images, splits.sizes[split], None if cache_mode == "memory" else os.path.join(
                         cfg.workdir, feature_cache.CACHE_DIR,
                         feature_cache.fingerprint(cut, feature_cache.data_key(cfg, split)),
                         split))

@@ -1,0 +1,34 @@
+"""Input pipeline: image folders, tfds datasets or synthetic data, as `Splits`.
+
+    splits = load_splits(cfg)
+    train, steps_per_epoch = train_batches(splits.train, splits.sizes["train"],
+                                           cfg.batch_size, cfg.seed)
+    validation = eval_batches(splits.validation, cfg.batch_size)
+
+Split elements are `(uint8[S, S, 3], int32[])` with `S = cfg.image_size`; the
+batches hold float32 images in 0..255 (the model does its own preprocessing).
+"""
+from __future__ import annotations
+
+from input_pipeline.batching import CACHE_BUDGET_BYTES, eval_batches, train_batches
+from input_pipeline.common import DataError, Splits
+from input_pipeline.folders import IMAGE_EXTENSIONS, read_image_file
+
+__all__ = ["CACHE_BUDGET_BYTES", "DataError", "IMAGE_EXTENSIONS", "Splits", "eval_batches",
+           "load_splits", "read_image_file", "train_batches"]
+
+
+def load_splits(cfg) -> Splits:
+    """The train, validation and test splits `cfg` names.
+
+    `cfg.data_dir` set: an image folder; `cfg.dataset == "synthetic"`: offline
+    generated images; otherwise `cfg.dataset` is a tfds dataset name.
+    """
+    if cfg.data_dir:
+        from input_pipeline import folders
+        return folders.load(cfg)
+    if cfg.dataset == "synthetic":
+        from input_pipeline import synthetic
+        return synthetic.load(cfg)
+    from input_pipeline import tfds_source
+    return tfds_source.load(cfg)

@@ -1,0 +1,71 @@
+"""Batching for training and evaluation: the one place the data order is decided."""
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from input_pipeline.common import AUTOTUNE, DataError
+
+log = logging.getLogger(__name__)
+
+# Decoded splits up to this size are cached in memory; larger ones in a file under
+# `cache_dir` when one is given, else not at all (decoded again every epoch).
+CACHE_BUDGET_BYTES = 2 << 30
+
+
+def train_batches(ds: tf.data.Dataset, num_examples: int, batch_size: int, seed: int,
+                  cache_dir: str | None = None):
+    """`(batches, steps_per_epoch)`: one infinite, seeded, reshuffled-per-epoch stream.
+
+    `ds` is a split from `load_splits` and `num_examples` its exact size. Each run
+    of `steps_per_epoch = ceil(n / batch_size)` steps is one epoch: a permutation of
+    all examples, the last batch partial. Images become float32 in 0..255.
+    """
+    if num_examples < 1:
+        raise DataError("the training split is empty; add training images")
+    ds = _cache(ds, num_examples, cache_dir)
+    ds = ds.shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
+    # Cast after batching: the shuffle buffer then holds uint8, a quarter of the memory.
+    ds = ds.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.repeat().prefetch(AUTOTUNE)
+    return ds, math.ceil(num_examples / batch_size)
+
+
+def eval_batches(ds: tf.data.Dataset, batch_size: int, cache_dir: str | None = None,
+                 num_examples: int | None = None) -> tf.data.Dataset:
+    """Batches in the split's fixed order, float32 images; one pass per iteration."""
+    if num_examples is None:
+        num_examples = int(ds.cardinality())
+    ds = _cache(ds, num_examples, cache_dir)
+    ds = ds.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.prefetch(AUTOTUNE)
+
+
+def _to_float(images, labels):
+    return tf.cast(images, tf.float32), labels
+
+
+def _cache(ds: tf.data.Dataset, num_examples: int, cache_dir: str | None) -> tf.data.Dataset:
+    """`ds.cache()` in memory within CACHE_BUDGET_BYTES, else in a file, else none."""
+    image_spec = ds.element_spec[0]
+    if num_examples < 0 or not image_spec.shape.is_fully_defined():
+        return ds
+    size = num_examples * int(np.prod(image_spec.shape)) * image_spec.dtype.size
+    if size <= CACHE_BUDGET_BYTES:
+        return ds.cache()
+    if cache_dir:
+        os.makedirs(cache_dir, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix="tapefit-cache-", dir=cache_dir)
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        log.info("caching %.1f GiB of decoded images in %s", size / 2**30, folder)
+        return ds.cache(os.path.join(folder, "images"))
+    log.info("not caching %.1f GiB of decoded images (over %.1f GiB; pass cache_dir)",
+             size / 2**30, CACHE_BUDGET_BYTES / 2**30)
+    return ds

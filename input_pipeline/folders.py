@@ -1,0 +1,272 @@
+"""Image folders: `DIR/{train,validation|val,test}/<class>/*`, or `DIR/<class>/*`.
+
+Class names are the sorted sub-folder names and a label is a class's index, as in
+`keras.utils.image_dataset_from_directory`. Missing validation and test splits are
+carved from train (stratified by class, seeded with `cfg.seed`).
+
+Every file is checked once, up front, in a thread pool: a file TensorFlow decodes
+is read by `tf.io.decode_image` in the pipeline; a valid picture that TensorFlow
+cannot decode correctly (e.g. a TIFF or palette BMP named .jpg) is decoded by
+Pillow, resized, and kept in memory as PNG; anything else is skipped and listed
+in `Splits.skipped`. So the pipeline never meets a file it cannot decode.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import logging
+import os
+import time
+import warnings
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from input_pipeline.common import SPLITS, DataError, Splits, map_examples, resize_uint8
+
+log = logging.getLogger(__name__)
+
+# The extensions keras.utils.image_dataset_from_directory lists (case-insensitive).
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+_VALIDATION_DIRS = ("validation", "val")
+# Pillow's (format, mode) pairs that tf.io.decode_image decodes to the right RGB
+# pixels; others go through Pillow (TF reads palette BMPs as gray, fails on TIFF).
+_TF_FORMATS = {"JPEG": None, "PNG": None, "GIF": None, "WEBP": None,
+               "BMP": ("RGB", "RGBA", "L")}
+
+
+def load(cfg) -> Splits:
+    """Loads `cfg.data_dir` (see the module docstring)."""
+    root = os.path.normpath(cfg.data_dir)
+    if not os.path.isdir(root):
+        raise DataError(
+                f"--data_dir={cfg.data_dir} is not a folder; pass an image folder "
+                "(DIR/train, DIR/validation, DIR/test with one sub-folder per class) "
+                "or --dataset=synthetic")
+    folders = _find_layout(root)
+    listings = {split: _list_classes(folder) for split, folder in folders.items() if folder}
+    class_names = _check_classes(listings, folders)
+    entries = {split: _entries(listing, class_names) for split, listing in listings.items()}
+    entries = _carve_missing(entries, folders, cfg)
+
+    t0 = time.perf_counter()
+    skipped, datasets, sizes = [], {}, {}
+    with concurrent.futures.ThreadPoolExecutor(_num_workers()) as pool:
+        for index, split in enumerate(SPLITS):
+            candidates = entries[split]
+            limit = cfg.max_examples_per_split if cfg.max_examples_per_split > 0 else None
+            if limit is not None and len(candidates) > limit:
+                rng = np.random.default_rng([cfg.seed, 2, index])
+                candidates = [candidates[i] for i in _stratified_order(candidates, rng)]
+            kept, bad = _check_files(pool, candidates, cfg.image_size, limit)
+            skipped += bad
+            if not kept:
+                source = folders[split] or f"carved from {folders['train']}"
+                raise DataError(
+                        f"the {split} split ({source}) has no readable images "
+                        f"({len(bad)} unreadable skipped, e.g. {bad[0] if bad else 'none'}); "
+                        "add readable images")
+            kept.sort(key=lambda e: (e[1], e[0]))
+            datasets[split] = _dataset(kept, cfg.image_size)
+            sizes[split] = len(kept)
+    log.info("checked image files in %.1fs: sizes %s, %d skipped",
+             time.perf_counter() - t0, sizes, len(skipped))
+    return Splits(class_names=class_names, sizes=sizes, skipped=tuple(sorted(skipped)),
+                  **datasets)
+
+
+def read_image_file(path: str, image_size: int) -> np.ndarray:
+    """One image file as `uint8[S, S, 3]`, decoded and resized as in `load`."""
+    if not os.path.isfile(path):
+        raise DataError(f"no such image file: {path}; pass the path of a JPEG, PNG, GIF or BMP")
+    override = _check_file(path, image_size)
+    if override is None:
+        raise DataError(f"{path} is not a readable image; pass a JPEG, PNG, GIF or BMP file")
+    data = override or tf.io.read_file(path)
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    return resize_uint8(image, image_size).numpy()
+
+
+# ---- layout ----------------------------------------------------------------------
+
+def _find_layout(root: str) -> dict:
+    """Maps each split to its folder, or to None where it is to be carved from train."""
+    names = {e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")}
+    validation = [n for n in _VALIDATION_DIRS if n in names]
+    if len(validation) > 1:
+        raise DataError(f"{root} has both validation/ and val/; keep one of them")
+    if "train" in names:
+        return {"train": os.path.join(root, "train"),
+                "validation": os.path.join(root, validation[0]) if validation else None,
+                "test": os.path.join(root, "test") if "test" in names else None}
+    if validation or "test" in names:
+        present = "/, ".join(validation + ["test"] * ("test" in names))
+        raise DataError(f"{root} has {present}/ but no train/; add {root}/train/<class>/ "
+                        "or put the class folders directly in the data folder")
+    return {"train": root, "validation": None, "test": None}
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _list_classes(folder: str) -> dict:
+    """{class name: sorted image paths} for the class sub-folders of `folder`."""
+    classes = sorted(e.name for e in os.scandir(folder)
+                     if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        if any(_is_image_name(e.name) for e in os.scandir(folder) if e.is_file()):
+            raise DataError(f"{folder} holds images but no class sub-folders; move them into "
+                            f"{folder}/<class name>/ (e.g. cat/ and dog/)")
+        raise DataError(f"no images in {folder}: put them in one sub-folder per class "
+                        "(e.g. cat/ and dog/), or pass --dataset=synthetic")
+    listing = {}
+    for name in classes:
+        class_dir = os.path.join(folder, name)
+        paths = []
+        for parent, dirs, files in os.walk(class_dir):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            paths += [os.path.join(parent, f) for f in files if _is_image_name(f)]
+        if not paths:
+            raise DataError(f"class folder {class_dir} holds no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
+        listing[name] = sorted(paths)
+    return listing
+
+
+def _check_classes(listings: dict, folders: dict) -> tuple:
+    train = tuple(listings["train"])
+    if len(train) < 2:
+        raise DataError(f"{folders['train']} has a single class folder '{train[0]}'; "
+                        "add one sub-folder per class (at least 2)")
+    for split, listing in listings.items():
+        if tuple(listing) != train:
+            raise DataError(
+                    f"class folders differ: {folders['train']} has {list(train)} but "
+                    f"{folders[split]} has {list(listing)}; give every split the same class folders")
+    return train
+
+
+def _entries(listing: dict, class_names: tuple) -> list:
+    return [(path, label) for label, name in enumerate(class_names) for path in listing[name]]
+
+
+# ---- carving ---------------------------------------------------------------------
+
+def _stratified_order(entries: list, rng: np.random.Generator) -> np.ndarray:
+    """A seeded permutation whose every prefix holds the classes in proportion."""
+    labels = np.array([label for _, label in entries])
+    keys = np.empty(len(entries))
+    for label in np.unique(labels):
+        where = np.flatnonzero(labels == label)
+        keys[where] = (rng.permutation(len(where)) + rng.random(len(where))) / len(where)
+    return np.argsort(keys, kind="stable")
+
+
+def _carve_missing(entries: dict, folders: dict, cfg) -> dict:
+    """Carves the splits that have no folder out of train: disjoint and seeded."""
+    missing = [s for s in ("validation", "test") if folders[s] is None]
+    if not missing:
+        return entries
+    flags = {"validation": ("validation_split", cfg.validation_split),
+             "test": ("test_split_fraction", cfg.test_split_fraction)}
+    for split in missing:
+        name, fraction = flags[split]
+        if not 0.0 < fraction < 1.0:
+            raise DataError(f"--{name}={fraction} must be in (0, 1) to carve a {split} split "
+                            f"from {folders['train']}; or add a {split} folder")
+    pool = entries["train"]
+    counts = [max(1, round(len(pool) * flags[s][1])) for s in missing]
+    if sum(counts) >= len(pool):
+        raise DataError(
+                f"{folders['train']} has only {len(pool)} images, too few to carve "
+                f"{' and '.join(missing)} splits from; add images or lower "
+                f"{' and '.join('--' + flags[s][0] for s in missing)}")
+    order = _stratified_order(pool, np.random.default_rng([cfg.seed, 1]))
+    out, start = dict(entries), 0
+    for split, count in zip(missing, counts):
+        out[split] = [pool[i] for i in order[start:start + count]]
+        start += count
+    out["train"] = [pool[i] for i in order[start:]]
+    for split in out:
+        out[split] = sorted(out[split], key=lambda e: (e[1], e[0]))
+    return out
+
+
+# ---- checking and decoding -------------------------------------------------------
+
+def _num_workers() -> int:
+    return min(16, 2 * (os.cpu_count() or 1) + 2)
+
+
+def _check_files(pool, entries: list, image_size: int, limit=None):
+    """Checks `entries` in order until `limit` are readable; returns (kept, skipped paths).
+
+    A kept entry is `(path, label, override)`: `override` is b"" where TF decodes the
+    file, else a resized PNG of Pillow's decoding.
+    """
+    kept, skipped, start = [], [], 0
+    while start < len(entries) and (limit is None or len(kept) < limit):
+        if limit is None:
+            chunk = entries[start:]
+        else:
+            chunk = entries[start:start + max(32, 2 * (limit - len(kept)))]
+        start += len(chunk)
+        results = pool.map(lambda e: _check_file(e[0], image_size), chunk)
+        for (path, label), override in zip(chunk, results):
+            if limit is not None and len(kept) >= limit:
+                break
+            if override is None:
+                skipped.append(path)
+            else:
+                kept.append((path, label, override))
+    return kept, skipped
+
+
+def _check_file(path: str, image_size: int):
+    """None for an unreadable file, b"" where TF decodes it, else PNG bytes (Pillow)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if not data:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                kind = (image.format, image.mode)
+    except Exception:  # Pillow raises many types for garbage input.
+        return None
+    modes = _TF_FORMATS.get(kind[0], ())
+    if modes is None or kind[1] in modes:
+        try:
+            tf.io.decode_image(data, channels=3, expand_animations=False)
+            return b""
+        except tf.errors.OpError:
+            pass  # Pillow may still read it (e.g. a JPEG TF finds corrupt).
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                rgb = np.asarray(image.convert("RGB"))
+    except Exception:
+        return None
+    buffer = io.BytesIO()
+    Image.fromarray(resize_uint8(rgb, image_size).numpy()).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _dataset(kept: list, image_size: int) -> tf.data.Dataset:
+    paths, labels, overrides = zip(*kept)
+    ds = tf.data.Dataset.from_tensor_slices((
+            tf.constant(paths, tf.string), tf.constant(overrides, tf.string),
+            tf.constant(labels, tf.int32)))
+
+    def decode(path, override, label):
+        data = tf.cond(tf.strings.length(override) > 0,
+                       lambda: override, lambda: tf.io.read_file(path))
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image.set_shape((None, None, 3))
+        return resize_uint8(image, image_size), label
+
+    return map_examples(ds, decode)

@@ -1,0 +1,135 @@
+"""tfds image-classification datasets (features `image` and `label`).
+
+This is what `tfds.load(name, split=[train, validation, test], data_dir=...)` does,
+spelled out through the builder so that a dataset that is not prepared yet is
+downloaded only once a quick probe shows the download host can be reached:
+without network the run stops at once with a `DataError` instead of waiting out
+tfds' retries. `cfg.max_examples_per_split` keeps the first N examples of each
+split (`ds.take(N)`); tfds shuffled the examples when it prepared the dataset.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import tensorflow as tf
+
+from input_pipeline.common import SPLITS, DataError, Splits, map_examples, resize_uint8, to_rgb
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 3.0
+# Hosts probed for datasets whose download URLs tfds does not list.
+FALLBACK_HOSTS = ("storage.googleapis.com",)
+_SPLIT_FLAGS = {"train": "train_split", "validation": "validation_split_name",
+                "test": "test_split"}
+_ALTERNATIVES = ("Pass --data_dir=DIR (an image folder), --tfds_data_dir=DIR where it is "
+                 "prepared, or --dataset=synthetic")
+
+
+def load(cfg) -> Splits:
+    import tensorflow_datasets as tfds
+
+    name = cfg.dataset
+    try:
+        builder = tfds.builder(name, data_dir=cfg.tfds_data_dir)
+    except tfds.core.DatasetNotFoundError:
+        raise DataError(
+                f"unknown tfds dataset {name!r}; list the names with `python -c \"import "
+                "tensorflow_datasets as tfds; print(tfds.list_builders())\"` (or see the tfds "
+                "catalog), or pass --data_dir=DIR or --dataset=synthetic") from None
+    features = builder.info.features
+    named = dict(features.items()) if isinstance(features, tfds.features.FeaturesDict) else {}
+    if not (isinstance(named.get("image"), tfds.features.Image)
+            and isinstance(named.get("label"), tfds.features.ClassLabel)):
+        raise DataError(f"tfds dataset {name!r} has no 'image' and ClassLabel 'label' features; "
+                        "pick an image-classification dataset, or pass --data_dir=DIR")
+    if not builder.is_prepared():
+        hosts = download_hosts(builder)
+        if not network_available(hosts):
+            raise DataError(
+                    f"cannot download tfds dataset {name!r}: no network (it is not prepared in "
+                    f"{builder.data_dir_root} and {hosts[0]} cannot be reached). {_ALTERNATIVES}")
+        builder.download_and_prepare()
+
+    datasets, sizes = {}, {}
+    for split in SPLITS:
+        spec = getattr(cfg, _SPLIT_FLAGS[split])
+        try:
+            ds = builder.as_dataset(split=spec, shuffle_files=False,
+                                    read_config=tfds.ReadConfig(try_autocache=False))
+        except (ValueError, KeyError) as e:
+            known = ", ".join(builder.info.splits) or "unknown"
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"--{_SPLIT_FLAGS[split]}={spec!r} is not a split of {name!r} "
+                            f"({reason}); its splits are: {known}") from None
+        size = _num_examples(builder, spec, ds)
+        if cfg.max_examples_per_split > 0:
+            ds = ds.take(cfg.max_examples_per_split)
+            size = min(size, cfg.max_examples_per_split)
+        datasets[split] = map_examples(ds, _example_fn(cfg.image_size))
+        sizes[split] = size
+    return Splits(class_names=tuple(features["label"].names), sizes=sizes, **datasets)
+
+
+def _example_fn(image_size: int):
+    def example(features):
+        image = resize_uint8(to_rgb(features["image"]), image_size)
+        return image, tf.cast(features["label"], tf.int32)
+    return example
+
+
+def _num_examples(builder, spec: str, ds: tf.data.Dataset) -> int:
+    """The split's size from tfds' metadata, else from the dataset's cardinality."""
+    try:
+        return int(builder.info.splits[spec].num_examples)
+    except (KeyError, ValueError, AssertionError):
+        pass  # e.g. under tfds.testing.mock_data, whose info has no splits.
+    size = int(ds.cardinality())
+    if size >= 0:
+        return size
+    return int(ds.reduce(0, lambda count, _: count + 1))
+
+
+# ---- network probe ---------------------------------------------------------------
+
+def download_hosts(builder) -> list:
+    """The hosts the builder downloads from (its checksum file), or FALLBACK_HOSTS."""
+    try:
+        urls = type(builder).url_infos or {}
+    except Exception:  # a builder without a checksums file.
+        urls = {}
+    hosts = sorted({urllib.parse.urlsplit(url).hostname for url in urls} - {None})
+    return hosts or list(FALLBACK_HOSTS)
+
+
+def network_available(hosts, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to any of `hosts` (or the HTTPS proxy) opens within `timeout`."""
+    proxy = urllib.request.getproxies().get("https")
+    targets = [(h, 443) for h in hosts]
+    if proxy:
+        parts = urllib.parse.urlsplit(proxy if "//" in proxy else "//" + proxy)
+        targets = [(parts.hostname, parts.port or 80)]
+    reached = []
+
+    def probe(address):
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            reached.append(address)
+        except (OSError, UnicodeError):
+            pass
+
+    # Daemon threads: name resolution has no timeout of its own.
+    threads = [threading.Thread(target=probe, args=(a,), daemon=True) for a in targets]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if not reached:
+        log.info("no network: cannot reach %s", targets)
+    return bool(reached)
