@@ -101,7 +101,7 @@ class MonitorCallback(Callback):
     def _is_improvement(self, monitor_value, reference_value):
         if reference_value is None:
             return True
-        return bool(self.monitor_op(float(monitor_value - self.min_delta), reference_value)) if self.monitor_op is not ops.less else (monitor_value - self.min_delta) < reference_value
+        return bool(self.monitor_op(monitor_value - self.min_delta, reference_value))
 
 
 def to_json_number(value):

@@ -54,7 +54,7 @@ def _max_abs(a, b):
 
 
 def _rel(diff, reference):
-    return diff / max(reference, np.finfo(np.float32).tiny)
+    return float(diff / max(reference, float(np.finfo(np.float32).tiny)))
 
 
 def head_checkpoint(workdir: str) -> str:

@@ -71,9 +71,9 @@ class ModelPair:
             model.set_weights(self.initial)
             model.stop_training = False
             model._initial_epoch = None
-            model.optimizer.learning_rate = self.LR if lr is None else lr
             for v in model.optimizer.variables:
                 v.assign(np.zeros(v.shape, v.dtype))
+            model.optimizer.learning_rate = self.LR if lr is None else lr
 
     def ours_for(self, compiled):
         return self.ours_compiled if compiled else self.ours
@@ -87,9 +87,8 @@ def perturb(model, seed, epoch, batch=-1, optimizer=False):
     if not optimizer:
         return
     for v in model.optimizer.variables:
-        if v.path.endswith("iteration") or "iteration" in v.name:
-            continue
-        v.assign(rng.standard_normal(v.shape).astype(v.dtype))
+        if v.name not in ("iteration", "learning_rate"):  # Slots only.
+            v.assign(rng.standard_normal(v.shape).astype(v.dtype))
 
 
 # ---- normalisation for exact comparisons ------------------------------------
@@ -118,6 +117,12 @@ def weights_of(model):
 
 def lr_of(model):
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+def check_lr(pair, lr):
+    """Guards the harness itself: every model starts at the intended learning rate."""
+    for model in pair.models():
+        assert lr_of(model) == float(np.float32(lr)), (lr_of(model), lr)
 
 
 # ---- scenarios ------------------------------------------------------------------

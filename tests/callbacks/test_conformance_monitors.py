@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import callbacks
 from cb_helpers import (CASES, EPOCH_EVENTS, MIN_DELTAS, MODES, MONITORS, SETTINGS, ModelPair,
-                        assert_same_records, drive, epoch_logs_streams, lr_of, norm,
+                        assert_same_records, check_lr, drive, epoch_logs_streams, lr_of, norm,
                         scenario_from_logs, weights_of)
 
 
@@ -34,6 +34,7 @@ def monitor_setup():
 def _both(pair, make, case, compiled, snapshot, **drive_kwargs):
     """Runs the same scenario on Keras' hook and ours; returns both records."""
     pair.reset(lr=case.get("lr"))
+    check_lr(pair, case.get("lr") or pair.LR)
     keras_records = drive(make(keras.callbacks), pair.keras, case["scenario"], snapshot,
                           **drive_kwargs)
     ours_records = drive(make(callbacks), pair.ours_for(compiled), case["scenario"], snapshot,
