@@ -12,6 +12,7 @@ from loops import compare_lib, train_lib
 def parity_config(tiny_config):
     """Every hook on, shuffling, a partial last batch, dropout and augmentation."""
     return tiny_config.replace(
+        backbone="vgg16", unfreeze_from="block5_conv3",  # Random VGG16 features are learnable.
         synthetic_examples=44, batch_size=16, epochs=4, dropout=0.3, augment=True,
         learning_rate=5e-3, lr_schedule="step", lr_decay_epochs=2, lr_decay_rate=0.5,
         reduce_lr_on_plateau=True, reduce_lr_patience=1, reduce_lr_factor=0.5,
@@ -83,3 +84,15 @@ def test_a_different_learning_rate_is_reported_as_different(parity_config):
     report = compare_lib.compare(cfg, fit_changes={"learning_rate": 1e-2})
     assert not report["equal"]
     assert report["max_abs_weight_diff"] > 0
+
+
+def test_parity_when_early_stopping_and_plateau_reduction_fire(parity_config):
+    """min_delta larger than any epoch's gain: LR is cut and training stops early,
+    restoring the best weights, identically in both loops."""
+    cfg = parity_config.replace(min_delta=0.05, early_stopping_patience=2, reduce_lr_patience=1,
+                                lr_schedule="constant")
+    report = compare_lib.compare(cfg)
+    assert report["epochs"] == {"custom": 3, "fit": 3}
+    rates = [logs["learning_rate"] for logs in report["logs"]["custom"]]
+    assert rates[2] == pytest.approx(rates[1] * 0.5)
+    assert_parity(report, cfg.run_dir)
