@@ -21,16 +21,18 @@ CACHE_BUDGET_BYTES = 2 << 30
 
 
 def train_batches(ds: tf.data.Dataset, num_examples: int, batch_size: int, seed: int,
-                  cache_dir: str | None = None):
+                  cache_dir: str | None = None, cache: bool | None = None):
     """`(batches, steps_per_epoch)`: one infinite, seeded, reshuffled-per-epoch stream.
 
-    `ds` is a split from `load_splits` and `num_examples` its exact size. Each run
-    of `steps_per_epoch = ceil(n / batch_size)` steps is one epoch: a permutation of
-    all examples, the last batch partial. Images become float32 in 0..255.
+    `ds` is a split from `load_splits` (or any `(x, label)` dataset) and
+    `num_examples` its exact size. Each run of `steps_per_epoch = ceil(n / batch_size)`
+    steps is one epoch: a permutation of all examples, the last batch partial.
+    Images become float32 in 0..255. `cache`: None caches unless `ds` ends in
+    `.cache()` already; see `_cache` for where.
     """
     if num_examples < 1:
         raise DataError("the training split is empty; add training images")
-    ds = _cache(ds, num_examples, cache_dir)
+    ds = _cache(ds, num_examples, cache_dir, cache)
     ds = ds.shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
     # Cast after batching: the shuffle buffer then holds uint8, a quarter of the memory.
     ds = ds.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -39,11 +41,9 @@ def train_batches(ds: tf.data.Dataset, num_examples: int, batch_size: int, seed:
 
 
 def eval_batches(ds: tf.data.Dataset, batch_size: int, cache_dir: str | None = None,
-                 num_examples: int | None = None) -> tf.data.Dataset:
+                 cache: bool | None = None) -> tf.data.Dataset:
     """Batches in the split's fixed order, float32 images; one pass per iteration."""
-    if num_examples is None:
-        num_examples = int(ds.cardinality())
-    ds = _cache(ds, num_examples, cache_dir)
+    ds = _cache(ds, int(ds.cardinality()), cache_dir, cache)
     ds = ds.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE)
 
@@ -52,10 +52,13 @@ def _to_float(images, labels):
     return tf.cast(images, tf.float32), labels
 
 
-def _cache(ds: tf.data.Dataset, num_examples: int, cache_dir: str | None) -> tf.data.Dataset:
+def _cache(ds: tf.data.Dataset, num_examples: int, cache_dir: str | None,
+           cache: bool | None) -> tf.data.Dataset:
     """`ds.cache()` in memory within CACHE_BUDGET_BYTES, else in a file, else none."""
+    if cache is None:  # e.g. the custom loop's feature cache is cached already.
+        cache = not type(ds).__name__.endswith("CacheDataset")
     image_spec = ds.element_spec[0]
-    if num_examples < 0 or not image_spec.shape.is_fully_defined():
+    if not cache or num_examples < 0 or not image_spec.shape.is_fully_defined():
         return ds
     size = num_examples * int(np.prod(image_spec.shape)) * image_spec.dtype.size
     if size <= CACHE_BUDGET_BYTES:

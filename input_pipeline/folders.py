@@ -144,7 +144,8 @@ def _check_classes(listings: dict, folders: dict) -> tuple:
         if tuple(listing) != train:
             raise DataError(
                     f"class folders differ: {folders['train']} has {list(train)} but "
-                    f"{folders[split]} has {list(listing)}; give every split the same class folders")
+                    f"{folders[split]} has {list(listing)}; "
+                    "give every split the same class folders")
     return train
 
 

@@ -378,3 +378,19 @@ def test_synthetic_generation_matches_split_sizes():
     assert images.shape == (6, 8, 8, 3) and images.dtype == np.uint8
     assert labels.dtype == np.int32
     assert synthetic.split_sizes(3) == {"train": 3, "validation": 2, "test": 2}
+
+
+def count_caches(ds):
+    count = 0
+    while ds is not None:
+        count += type(ds).__name__.endswith("CacheDataset")
+        ds = getattr(ds, "_input_dataset", None)
+    return count
+
+
+def test_an_already_cached_dataset_is_not_cached_twice():
+    assert count_caches(input_pipeline.train_batches(numbered(5), 5, 2, 0)[0]) == 1
+    assert count_caches(input_pipeline.train_batches(numbered(5).cache(), 5, 2, 0)[0]) == 1
+    assert count_caches(input_pipeline.train_batches(numbered(5), 5, 2, 0, cache=False)[0]) == 0
+    assert count_caches(input_pipeline.eval_batches(numbered(5), 2)) == 1
+    assert count_caches(input_pipeline.eval_batches(numbered(5).cache(), 2)) == 1

@@ -61,7 +61,9 @@ class ModelPair:
         self.reset()
 
     def _optimizer(self, name):
-        return keras.optimizers.get({"class_name": name, "config": {"learning_rate": self.LR}})
+        # A fixed name: legacy .h5 files store it.
+        return keras.optimizers.get({"class_name": name,
+                                     "config": {"learning_rate": self.LR, "name": name}})
 
     def models(self):
         return (self.keras, self.ours, self.ours_compiled)
@@ -188,7 +190,8 @@ def drive(hook, model, scenario, snapshot=None, params=None, before_epoch_end=No
             except Exception as e:  # noqa: BLE001 - recorded and compared.
                 error = (type(e).__name__, str(e))
         caught = [(w.category.__name__, str(w.message)) for w in caught
-                  if warn_filter is None or warn_filter(w)]
+                  if not issubclass(w.category, DeprecationWarning)
+                  and (warn_filter is None or warn_filter(w))]
         records.append((name, args, error, caught, norm(logs), snapshot(hook, model, name)))
         return error
 

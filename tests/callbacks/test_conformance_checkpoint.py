@@ -77,7 +77,7 @@ def _run(module, model, kwargs, scenario, root):
     kwargs = dict(kwargs, filepath=os.path.join(root, kwargs["filepath"]))
     hook, error, caught = _make(module, kwargs)
     if hook is None:
-        return [("constructor", error, caught)]
+        return scrub([("constructor", error, caught)], root, "<dir>")
     watcher = FolderWatcher(root)
 
     def snapshot(h, m, event):
