@@ -66,7 +66,7 @@ class ModelCheckpoint(MonitorCallback):
     def _should_save_on_batch(self, batch):
         if self.save_freq == "epoch":
             return False
-        if self._last_batch_seen is None or batch < self._last_batch_seen:
+        if self._last_batch_seen is None or batch <= self._last_batch_seen:
             add_batches = batch + 1  # A new epoch; batches are 0-based.
         else:
             add_batches = batch - self._last_batch_seen
@@ -128,7 +128,7 @@ class ModelCheckpoint(MonitorCallback):
         try:
             if batch is None or "batch" in logs:
                 return self.filepath.format(epoch=epoch + 1, **logs)
-            return self.filepath.format(epoch=epoch + 1, batch=batch + 1, **logs)
+            return self.filepath.format(epoch=epoch + 1, batch=batch, **logs)
         except KeyError as e:
             raise KeyError(
                 f'Failed to format this callback filepath: "{self.filepath}". Reason: {e}')

@@ -20,24 +20,41 @@ log = logging.getLogger(__name__)
 CACHE_BUDGET_BYTES = 2 << 30
 
 
+# Epoch e is shuffled with seed EPOCH_SEED_STRIDE * seed + e.
+EPOCH_SEED_STRIDE = 1_000_003
+_ENOUGH_EPOCHS = 1 << 40
+
+
 def train_batches(ds: tf.data.Dataset, num_examples: int, batch_size: int, seed: int,
-                  cache_dir: str | None = None, cache: bool | None = None):
-    """`(batches, steps_per_epoch)`: one infinite, seeded, reshuffled-per-epoch stream.
+                  cache_dir: str | None = None, cache: bool | None = None,
+                  start_epoch: int = 0, skip_batches: int = 0):
+    """`(batches, steps_per_epoch)`: one infinite stream, epoch after epoch.
 
     `ds` is a split from `load_splits` (or any `(x, label)` dataset) and
     `num_examples` its exact size. Each run of `steps_per_epoch = ceil(n / batch_size)`
     steps is one epoch: a permutation of all examples, the last batch partial.
-    Images become float32 in 0..255. `cache`: None caches unless `ds` ends in
-    `.cache()` already; see `_cache` for where.
+
+    Epoch e's order is a function of (`seed`, e) only, never of how many
+    iterators were made before (Keras fit() makes extra ones, and a reshuffling
+    dataset would give it other orders than a plain loop). So any loop sees the
+    same batches, and a resumed run continues exactly: `start_epoch` and
+    `skip_batches` position the stream. Images become float32 in 0..255.
+    `cache`: None caches unless `ds` ends in `.cache()` already; see `_cache`.
     """
     if num_examples < 1:
         raise DataError("the training split is empty; add training images")
     ds = _cache(ds, num_examples, cache_dir, cache)
-    ds = ds.shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
+
+    def one_epoch(epoch):
+        order_seed = tf.constant(EPOCH_SEED_STRIDE * seed, tf.int64) + epoch
+        return ds.shuffle(num_examples, seed=order_seed, reshuffle_each_iteration=False) \
+                 .batch(batch_size)
+
+    batches = tf.data.Dataset.range(start_epoch, _ENOUGH_EPOCHS).flat_map(one_epoch)
     # Cast after batching: the shuffle buffer then holds uint8, a quarter of the memory.
-    ds = ds.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.repeat().prefetch(AUTOTUNE)
-    return ds, math.ceil(num_examples / batch_size)
+    batches = batches.map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=True)
+    batches = batches.skip(skip_batches).prefetch(AUTOTUNE)
+    return batches, math.ceil(num_examples / batch_size)
 
 
 def eval_batches(ds: tf.data.Dataset, batch_size: int, cache_dir: str | None = None,

@@ -21,7 +21,7 @@ from loops import train_lib  # noqa: E402
 
 
 def main(workdir, loop):
-    cfg = Config(workdir=workdir, loop=loop, backbone="mobilenet", alpha=0.25, weights="none",
+    cfg = Config(workdir=workdir, loop=loop, backbone="vgg16", weights="none",
                  image_size=32, dataset="synthetic", synthetic_examples=32, batch_size=16,
                  epochs=2, verbose=0, deterministic=True, dropout=0.0, learning_rate=1e-2,
                  feature_cache="off")

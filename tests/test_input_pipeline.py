@@ -351,6 +351,30 @@ def test_train_batches_reshuffle_every_epoch_deterministically():
     assert epochs(21, 4, seed=4)[1] != runs
 
 
+def labels_of(iterator, steps):
+    return [next(iterator)[1].numpy().tolist() for _ in range(steps)]
+
+
+def test_train_batches_order_does_not_depend_on_how_many_iterators_were_made():
+    """Keras fit() makes extra iterators; every iterator must replay the same epochs."""
+    batches, steps = input_pipeline.train_batches(numbered(9), 9, 4, seed=5)
+    first = iter(batches)
+    stream = labels_of(first, 3 * steps)
+    assert labels_of(iter(batches), 3 * steps) == stream  # a second iterator: same stream
+    rebuilt, _ = input_pipeline.train_batches(numbered(9), 9, 4, seed=5)
+    assert labels_of(iter(rebuilt), 3 * steps) == stream
+
+
+def test_train_batches_resume_at_any_epoch_and_batch():
+    batches, steps = input_pipeline.train_batches(numbered(9), 9, 4, seed=5)
+    stream = labels_of(iter(batches), 4 * steps)
+    for epoch, skip in [(1, 0), (1, 2), (2, 1), (0, 5)]:
+        resumed, _ = input_pipeline.train_batches(numbered(9), 9, 4, seed=5,
+                                                  start_epoch=epoch, skip_batches=skip)
+        position = epoch * steps + skip
+        assert labels_of(iter(resumed), 4 * steps - position) == stream[position:]
+
+
 def test_train_batches_cache_in_a_file_over_budget(tmp_path, monkeypatch):
     monkeypatch.setattr(batching, "CACHE_BUDGET_BYTES", 10)
     cached = epochs(10, 3, seed=0, cache_dir=str(tmp_path))[1]
@@ -389,8 +413,9 @@ def count_caches(ds):
 
 
 def test_an_already_cached_dataset_is_not_cached_twice():
-    assert count_caches(input_pipeline.train_batches(numbered(5), 5, 2, 0)[0]) == 1
-    assert count_caches(input_pipeline.train_batches(numbered(5).cache(), 5, 2, 0)[0]) == 1
-    assert count_caches(input_pipeline.train_batches(numbered(5), 5, 2, 0, cache=False)[0]) == 0
+    # train_batches caches through _cache (its epochs are built inside a flat_map).
+    assert count_caches(batching._cache(numbered(5), 5, None, None)) == 1
+    assert count_caches(batching._cache(numbered(5).cache(), 5, None, None)) == 1
+    assert count_caches(batching._cache(numbered(5), 5, None, False)) == 0
     assert count_caches(input_pipeline.eval_batches(numbered(5), 2)) == 1
     assert count_caches(input_pipeline.eval_batches(numbered(5).cache(), 2)) == 1

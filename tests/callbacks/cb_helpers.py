@@ -17,12 +17,32 @@ import warnings
 
 import keras
 import numpy as np
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
+import random
 
 CASES = 200  # Generated cases per hook.
-SETTINGS = settings(max_examples=CASES, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=list(HealthCheck), print_blob=True)
+
+
+class Rng(random.Random):
+    """A seeded generator of case parameters; its str() names the case."""
+
+    def __init__(self, name, index):
+        super().__init__(f"{name}-{index}")
+        self.name = f"{name} case #{index}"
+
+    def integer(self, low, high):
+        return self.randint(low, high)
+
+    def boolean(self):
+        return self.random() < 0.5
+
+    def __str__(self):
+        return self.name
+
+
+def cases(name, n=CASES):
+    """`n` seeded generators, one per case (deterministic across runs)."""
+    for index in range(n):
+        yield Rng(name, index)
 
 LOG_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss")
 
@@ -248,13 +268,12 @@ def assert_same_records(ours, theirs, context=""):
         f"last: ours {ours[-1][:3] if ours else None}, keras {theirs[-1][:3] if theirs else None}")
 
 
-# ---- value strategies -----------------------------------------------------------
+# ---- value generators -------------------------------------------------------------
 SPECIAL = (math.nan, math.inf, -math.inf)
 ANCHORS = (0.25, 0.5, 0.75, 1.0)
 
 
-@st.composite
-def monitored_values(draw, min_delta, n, references=()):
+def monitored_values(rng, min_delta, n, references=()):
     """`n` values full of ties, min_delta edges, float32-invisible changes and NaN/inf.
 
     Ties and edges are taken relative to the previous value, the running
@@ -262,39 +281,38 @@ def monitored_values(draw, min_delta, n, references=()):
     (e.g. a baseline).
     """
     values = []
-    previous = low = high = draw(st.sampled_from(ANCHORS))
+    previous = low = high = rng.choice(ANCHORS)
     for _ in range(n):
-        kind = draw(st.sampled_from(
-            ["tie", "tie", "delta", "delta", "tiny", "tiny", "anchor", "random", "special"]))
-        reference = draw(st.sampled_from((previous, low, high) + tuple(references)))
+        kind = rng.choice(
+            ["tie", "tie", "delta", "delta", "tiny", "tiny", "anchor", "random", "special"])
+        reference = rng.choice((previous, low, high) + tuple(references))
         if kind == "tie":
             value = reference
         elif kind == "delta":
-            value = reference + draw(st.sampled_from((-2, -1, -0.5, 0.5, 1, 2))) * min_delta
+            value = reference + rng.choice((-2, -1, -0.5, 0.5, 1, 2)) * min_delta
         elif kind == "tiny":  # Differs from `reference` only around float32 precision.
-            value = reference + draw(st.sampled_from((-1e-9, 1e-9, -3e-8, 3e-8, -1e-7, 1e-7)))
+            value = reference + rng.choice((-1e-9, 1e-9, -3e-8, 3e-8, -1e-7, 1e-7))
         elif kind == "anchor":
-            value = draw(st.sampled_from(ANCHORS))
+            value = rng.choice(ANCHORS)
         elif kind == "random":
-            value = draw(st.floats(-2.0, 2.0, allow_nan=False))
+            value = rng.uniform(-2.0, 2.0)
         else:
-            value = draw(st.sampled_from(SPECIAL))
+            value = rng.choice(SPECIAL)
         if not math.isnan(value) and not math.isinf(value):
             previous, low, high = value, min(low, value), max(high, value)
         values.append(value)
     return values
 
 
-@st.composite
-def epoch_logs_streams(draw, n_epochs, monitor, min_delta, missing=True, references=()):
+def epoch_logs_streams(rng, n_epochs, monitor, min_delta, missing=True, references=()):
     """Per-epoch logs dicts (sorted keys, like fit's) where `monitor` follows
     `monitored_values` and is sometimes missing."""
-    values = draw(monitored_values(min_delta, n_epochs, references))
+    values = monitored_values(rng, min_delta, n_epochs, references)
     streams = []
     for epoch in range(n_epochs):
-        logs = {k: draw(st.sampled_from(ANCHORS)) for k in LOG_KEYS}
+        logs = {k: rng.choice(ANCHORS) for k in LOG_KEYS}
         logs[monitor] = values[epoch]
-        if missing and draw(st.integers(0, 9)) == 0:
+        if missing and rng.integer(0, 9) == 0:
             del logs[monitor]
         streams.append(dict(sorted(logs.items())))
     return streams

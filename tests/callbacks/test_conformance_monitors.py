@@ -8,13 +8,11 @@ exceptions.
 import keras
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 import callbacks
-from cb_helpers import (CASES, EPOCH_EVENTS, MIN_DELTAS, MODES, MONITORS, SETTINGS, ModelPair,
-                        assert_same_records, check_lr, drive, epoch_logs_streams, lr_of, norm,
-                        scenario_from_logs, weights_of)
+from cb_helpers import (EPOCH_EVENTS, MIN_DELTAS, MODES, MONITORS, ModelPair,
+                        assert_same_records, cases, check_lr, drive, epoch_logs_streams, lr_of,
+                        norm, scenario_from_logs, weights_of)
 
 
 @pytest.fixture(scope="module")
@@ -22,37 +20,34 @@ def pair():
     return ModelPair("sgd")
 
 
-def monitor_setup():
-    """monitor, mode, min_delta; sometimes an unknown mode (warns, falls back to auto)
-    or a monitor that is not in the logs / cannot be resolved in auto mode."""
-    return st.tuples(
-        st.sampled_from(MONITORS + ("val_loss", "val_accuracy", "val_unknown")),
-        st.sampled_from(MODES + ("auto", "bogus")),
-        st.sampled_from(MIN_DELTAS))
+def monitor_setup(rng):
+    """monitor, mode, min_delta; sometimes an unknown mode (warns, falls back to
+    auto) or a monitor that is not in the logs (and cannot be resolved in auto mode)."""
+    return (rng.choice(MONITORS + ("val_loss", "val_accuracy", "val_unknown")),
+            rng.choice(MODES + ("auto", "bogus")),
+            rng.choice(MIN_DELTAS))
 
 
-def _both(pair, make, case, compiled, snapshot, **drive_kwargs):
-    """Runs the same scenario on Keras' hook and ours; returns both records."""
-    pair.reset(lr=case.get("lr"))
-    check_lr(pair, case.get("lr") or pair.LR)
-    keras_records = drive(make(keras.callbacks), pair.keras, case["scenario"], snapshot,
-                          **drive_kwargs)
-    ours_records = drive(make(callbacks), pair.ours_for(compiled), case["scenario"], snapshot,
-                         **drive_kwargs)
-    return ours_records, keras_records
-
-
-def _scenario(draw, monitor, min_delta, max_epochs=10, references=()):
-    n_epochs = draw(st.integers(1, max_epochs))
+def scenario(rng, monitor, min_delta, max_epochs=10, references=()):
     references = tuple(r for r in references if r is not None and abs(r) < 10)
-    logs = draw(epoch_logs_streams(n_epochs, "val_loss" if monitor == "val_unknown" else monitor,
-                                   min_delta, references=references))
-    return scenario_from_logs(logs, seed=draw(st.integers(0, 2**16)),
-                              batches=draw(st.integers(0, 2)), val_batches=1)
+    logs = epoch_logs_streams(rng, rng.integer(1, max_epochs),
+                              "val_loss" if monitor == "val_unknown" else monitor, min_delta,
+                              references=references)
+    return scenario_from_logs(logs, seed=rng.integer(0, 2**16), batches=rng.integer(0, 2),
+                              val_batches=1)
+
+
+def run_both(pair, make, scenario, compiled, snapshot, lr=None):
+    """The same scenario on Keras' hook and on ours; returns (ours, keras) records."""
+    pair.reset(lr=lr)
+    check_lr(pair, lr or pair.LR)
+    theirs = drive(make(keras.callbacks), pair.keras, scenario, snapshot)
+    ours = drive(make(callbacks), pair.ours_for(compiled), scenario, snapshot)
+    return ours, theirs
 
 
 # ---- EarlyStopping ------------------------------------------------------------
-def _early_stopping_snapshot(hook, model, event):
+def early_stopping_snapshot(hook, model, event):
     state = (bool(model.stop_training), hook.wait, norm(hook.best), hook.stopped_epoch,
              getattr(hook, "best_epoch", None))
     if event not in EPOCH_EVENTS:
@@ -61,33 +56,22 @@ def _early_stopping_snapshot(hook, model, event):
 
 
 def test_early_stopping_conformance(pair):
-    count = [0]
-
-    @SETTINGS
-    @given(st.data())
-    def check(data):
-        count[0] += 1
-        monitor, mode, min_delta = data.draw(monitor_setup())
+    for rng in cases("EarlyStopping"):
+        monitor, mode, min_delta = monitor_setup(rng)
         kwargs = dict(
-            monitor=monitor, mode=mode, min_delta=min_delta,
-            patience=data.draw(st.integers(0, 4)),
-            baseline=data.draw(st.sampled_from((None, None, 0.5, 0.75, 0.25, 1e9, -1e9))),
-            restore_best_weights=data.draw(st.booleans()),
-            start_from_epoch=data.draw(st.sampled_from((0, 0, 1, 2, 5))),
-            verbose=data.draw(st.sampled_from((0, 1))))
-        case = {"scenario": _scenario(data.draw, monitor, min_delta,
-                                      references=(kwargs["baseline"],))}
-        compiled = data.draw(st.booleans())
-        ours, theirs = _both(pair, lambda m: m.EarlyStopping(**kwargs), case, compiled,
-                             _early_stopping_snapshot)
-        assert_same_records(ours, theirs, f"{kwargs} compiled={compiled}")
-
-    check()
-    assert count[0] >= CASES
+            monitor=monitor, mode=mode, min_delta=min_delta, patience=rng.integer(0, 4),
+            baseline=rng.choice((None, None, None, 0.5, 0.75, 0.25, 1e9, -1e9)),
+            restore_best_weights=rng.boolean(),
+            start_from_epoch=rng.choice((0, 0, 1, 2, 5)), verbose=rng.choice((0, 1)))
+        compiled = rng.boolean()
+        stream = scenario(rng, monitor, min_delta, references=(kwargs["baseline"],))
+        ours, theirs = run_both(pair, lambda m: m.EarlyStopping(**kwargs), stream, compiled,
+                                early_stopping_snapshot)
+        assert_same_records(ours, theirs, f"{rng}: {kwargs} compiled={compiled}\n{stream}")
 
 
 # ---- ReduceLROnPlateau --------------------------------------------------------
-def _plateau_snapshot(hook, model, event):
+def plateau_snapshot(hook, model, event):
     state = (hook.wait, hook.cooldown_counter, norm(hook.best))
     if event not in EPOCH_EVENTS:
         return state
@@ -95,32 +79,22 @@ def _plateau_snapshot(hook, model, event):
 
 
 def test_reduce_lr_on_plateau_conformance(pair):
-    count = [0]
-
-    @SETTINGS
-    @given(st.data())
-    def check(data):
-        count[0] += 1
-        monitor, mode, min_delta = data.draw(monitor_setup())
+    for rng in cases("ReduceLROnPlateau"):
+        monitor, mode, min_delta = monitor_setup(rng)
         kwargs = dict(
             monitor=monitor, mode=mode, min_delta=min_delta,
-            factor=data.draw(st.sampled_from((0.1, 0.5, 0.2, 0.9, 0.0))),
-            patience=data.draw(st.integers(0, 3)),
-            cooldown=data.draw(st.integers(0, 2)),
-            min_lr=data.draw(st.sampled_from((0.0, 1e-4, 1e-3, 5e-3, 0.01, 0.05))),
-            verbose=data.draw(st.sampled_from((0, 1))))
+            factor=rng.choice((0.1, 0.5, 0.2, 0.9, 0.0)), patience=rng.integer(0, 3),
+            cooldown=rng.integer(0, 2), min_lr=rng.choice((0.0, 1e-4, 1e-3, 5e-3, 0.01, 0.05)),
+            verbose=rng.choice((0, 1)))
         # Learning rates at, just above and far above min_lr (float32 rounding edges).
         min_lr = kwargs["min_lr"]
-        lr = data.draw(st.sampled_from((0.01, 0.1, 1e-3, 1.0, min_lr or 0.3,
-                                        min_lr * 1.0000001 or 0.3, min_lr * 1.5 or 0.3)))
-        case = {"scenario": _scenario(data.draw, monitor, min_delta), "lr": lr}
-        compiled = data.draw(st.booleans())
-        ours, theirs = _both(pair, lambda m: m.ReduceLROnPlateau(**kwargs), case, compiled,
-                             _plateau_snapshot)
-        assert_same_records(ours, theirs, f"{kwargs} lr={lr} compiled={compiled}")
-
-    check()
-    assert count[0] >= CASES
+        lr = rng.choice((0.01, 0.1, 1e-3, 1.0, min_lr or 0.3, min_lr * 1.0000001 or 0.3,
+                         min_lr * 1.5 or 0.3))
+        compiled = rng.boolean()
+        stream = scenario(rng, monitor, min_delta)
+        ours, theirs = run_both(pair, lambda m: m.ReduceLROnPlateau(**kwargs), stream, compiled,
+                                plateau_snapshot, lr=lr)
+        assert_same_records(ours, theirs, f"{rng}: {kwargs} lr={lr} compiled={compiled}\n{stream}")
 
 
 def test_reduce_lr_on_plateau_rejects_factor_one():
@@ -130,59 +104,40 @@ def test_reduce_lr_on_plateau_rejects_factor_one():
 
 
 # ---- LearningRateScheduler ------------------------------------------------------
-def _schedule(kind, rate):
+def make_schedule(kind, rate):
     """A family of schedules, including the one-argument form and bad outputs."""
-    if kind == "constant":
-        return lambda epoch, lr: lr
-    if kind == "step":
-        return lambda epoch, lr: lr * rate if epoch and epoch % 2 == 0 else lr
-    if kind == "exponential":
-        return lambda epoch, lr: float(lr * np.exp(-rate * epoch))
-    if kind == "float32":
-        return lambda epoch, lr: np.float32(0.1 / (epoch + 1))
-    if kind == "float64":
-        return lambda epoch, lr: np.float64(rate) ** epoch
-    if kind == "one_arg":
-        return lambda epoch: 0.5 ** epoch
-    if kind == "int":  # Not a float: both raise ValueError.
-        return lambda epoch, lr: 1 if epoch > 1 else 0.1
-    if kind == "tiny":
-        return lambda epoch, lr: 1e-45 * (epoch + 1)
-    raise AssertionError(kind)
+    return {
+        "constant": lambda epoch, lr: lr,
+        "step": lambda epoch, lr: lr * rate if epoch and epoch % 2 == 0 else lr,
+        "exponential": lambda epoch, lr: float(lr * np.exp(-rate * epoch)),
+        "float32": lambda epoch, lr: np.float32(0.1 / (epoch + 1)),
+        "float64": lambda epoch, lr: np.float64(rate) ** epoch,
+        "one_arg": lambda epoch: 0.5 ** epoch,
+        "int": lambda epoch, lr: 1 if epoch > 1 else 0.1,  # Not a float: ValueError.
+        "tiny": lambda epoch, lr: 1e-45 * (epoch + 1),  # float32 subnormals.
+    }[kind]
 
 
 SCHEDULES = ("constant", "step", "exponential", "float32", "float64", "one_arg", "int", "tiny")
 
 
-def _scheduler_snapshot(hook, model, event):
+def scheduler_snapshot(hook, model, event):
     if event not in EPOCH_EVENTS:
         return None
     return norm(lr_of(model)), weights_of(model)
 
 
 def test_learning_rate_scheduler_conformance(pair):
-    count = [0]
-
-    @SETTINGS
-    @given(st.data())
-    def check(data):
-        count[0] += 1
-        kind = data.draw(st.sampled_from(SCHEDULES))
-        rate = data.draw(st.sampled_from((0.1, 0.5, 0.9, 2.0)))
-        lr = data.draw(st.sampled_from((0.01, 0.1, 1.0)))
-        verbose = data.draw(st.sampled_from((0, 1)))
-        n_epochs = data.draw(st.integers(1, 6))
-        logs = data.draw(epoch_logs_streams(n_epochs, "val_loss", 0.0))
+    for rng in cases("LearningRateScheduler"):
+        kind, rate = rng.choice(SCHEDULES), rng.choice((0.1, 0.5, 0.9, 2.0))
+        lr, verbose = rng.choice((0.01, 0.1, 1.0)), rng.choice((0, 1))
+        logs = epoch_logs_streams(rng, rng.integer(1, 6), "val_loss", 0.0)
         # Sometimes empty logs: Keras then adds learning_rate to a private dict.
-        logs = [{} if data.draw(st.integers(0, 5)) == 0 else x for x in logs]
-        scenario = scenario_from_logs(logs, seed=data.draw(st.integers(0, 2**16)),
-                                      batches=data.draw(st.integers(0, 2)), val_batches=1)
-        case = {"scenario": scenario, "lr": lr}
-        compiled = data.draw(st.booleans())
-        ours, theirs = _both(
-            pair, lambda m: m.LearningRateScheduler(_schedule(kind, rate), verbose=verbose),
-            case, compiled, _scheduler_snapshot)
-        assert_same_records(ours, theirs, f"{kind} rate={rate} lr={lr}")
-
-    check()
-    assert count[0] >= CASES
+        logs = [{} if rng.integer(0, 5) == 0 else x for x in logs]
+        stream = scenario_from_logs(logs, seed=rng.integer(0, 2**16),
+                                    batches=rng.integer(0, 2), val_batches=1)
+        compiled = rng.boolean()
+        ours, theirs = run_both(
+            pair, lambda m: m.LearningRateScheduler(make_schedule(kind, rate), verbose=verbose),
+            stream, compiled, scheduler_snapshot, lr=lr)
+        assert_same_records(ours, theirs, f"{rng}: {kind} rate={rate} lr={lr}\n{stream}")
