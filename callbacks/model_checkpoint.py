@@ -128,7 +128,7 @@ class ModelCheckpoint(MonitorCallback):
         try:
             if batch is None or "batch" in logs:
                 return self.filepath.format(epoch=epoch + 1, **logs)
-            return self.filepath.format(epoch=epoch + 1, batch=batch, **logs)
+            return self.filepath.format(epoch=epoch + 1, batch=batch + 1, **logs)
         except KeyError as e:
             raise KeyError(
                 f'Failed to format this callback filepath: "{self.filepath}". Reason: {e}')

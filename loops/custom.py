@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from callbacks import CallbackList
+from loops.resume import Position
 
 
 def unscale_loss_for_distribution(loss):
@@ -104,41 +105,62 @@ class CustomLoop:
 
     # ---- fit / evaluate ----------------------------------------------------------
     def fit(self, train_data, *, epochs, steps_per_epoch, validation_data=None,
-            callbacks=(), initial_epoch=0, verbose=0):
+            callbacks=(), initial_epoch=0, verbose=0, backup=None):
         """Runs epochs [initial_epoch, epochs) over one iterator of `train_data`.
 
         `train_data` yields batches forever; each epoch takes `steps_per_epoch`
-        of them (the data pipeline fixes the order of every epoch).
+        of them (the data pipeline fixes the order of every epoch). With a
+        `loops.resume.Backup` holding a saved state, training continues exactly
+        where it was saved; `train_data` must then start at `backup.position`.
         Returns the last epoch's logs (None if no epoch ran).
         """
         model = self.model
         if not isinstance(callbacks, CallbackList):
             callbacks = CallbackList(callbacks, model=model, verbose=verbose,
                                      epochs=epochs, steps=steps_per_epoch)
+        resume = backup.position if backup is not None else None
         iterator = iter(self.strategy.experimental_distribute_dataset(train_data))
         model.stop_training = False
+        if resume:
+            backup.truncate_logs(callbacks)
         callbacks.on_train_begin()
         training_logs = None
         # BackupAndRestore hooks set model._initial_epoch, as for Keras fit().
         initial_epoch = getattr(model, "_initial_epoch", None) or initial_epoch
+        first_step = 0
+        if resume:
+            backup.restore(self, callbacks)
+            initial_epoch, first_step = resume.epoch, resume.step
+            training_logs = backup.last_logs
+            if resume.stopped:
+                initial_epoch = epochs
+        global_step = initial_epoch * steps_per_epoch + first_step
         for epoch in range(initial_epoch, epochs):
-            self.reset_metrics()
+            if not first_step:  # Mid-epoch resume: the restored running means go on.
+                self.reset_metrics()
             callbacks.on_epoch_begin(epoch)
             logs = {}
-            for begin in range(0, steps_per_epoch, self.steps_per_execution):
+            for begin in range(first_step, steps_per_epoch, self.steps_per_execution):
                 end = min(begin + self.steps_per_execution, steps_per_epoch) - 1
                 callbacks.on_train_batch_begin(begin)
                 logs = self._to_python(
                     self._train_function(iterator, tf.constant(end - begin + 1)))
                 callbacks.on_train_batch_end(end, logs)
+                global_step += end - begin + 1
                 if model.stop_training:
                     break
+                if backup is not None and backup.due(global_step) and end + 1 < steps_per_epoch:
+                    backup.save(self, callbacks, Position(epoch, end + 1), training_logs)
+            first_step = 0
             epoch_logs = dict(logs)
             if validation_data is not None:
                 val_logs = self.evaluate(validation_data, callbacks=callbacks)
                 epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
             callbacks.on_epoch_end(epoch, epoch_logs)
             training_logs = epoch_logs
+            if backup is not None:
+                backup.save(self, callbacks, Position(epoch + 1, 0, bool(model.stop_training)),
+                            training_logs)
             if model.stop_training:
                 break
         if epochs > 0:  # As fit(): e.g. swaps in EMA weights when the optimizer uses them.

@@ -36,14 +36,18 @@ def hook_specs(cfg, run_dir: str) -> list[tuple[str, dict]]:
             monitor=cfg.monitor, mode=cfg.mode, patience=cfg.early_stopping_patience,
             min_delta=cfg.min_delta, restore_best_weights=cfg.restore_best_weights)))
     if cfg.csv_log:
-        specs.append(("CSVLogger", dict(filename=os.path.join(run_dir, LOG_CSV))))
+        # A resumed run appends (the custom loop first drops rows written after its backup).
+        specs.append(("CSVLogger", dict(filename=os.path.join(run_dir, LOG_CSV),
+                                        append=cfg.backup)))
     if cfg.tensorboard:
         specs.append(("TensorBoard", dict(
             log_dir=os.path.join(run_dir, TENSORBOARD_DIR), write_graph=False,
             profile_batch=0)))
     if cfg.remote_monitor_url:
         specs.append(("RemoteMonitor", _remote_monitor_kwargs(cfg.remote_monitor_url)))
-    if cfg.backup:
+    if cfg.backup and cfg.loop == "fit":
+        # The custom loop backs up more than this hook can (loops/resume.py): exact,
+        # step-level resume. fit() gets Keras' epoch-level BackupAndRestore.
         specs.append(("BackupAndRestore", dict(backup_dir=os.path.join(run_dir, BACKUP_DIR))))
     return specs
 

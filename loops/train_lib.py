@@ -5,6 +5,7 @@ needs is derived from that object.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -16,9 +17,10 @@ import tensorflow as tf
 import callbacks as hooks_module
 import input_pipeline
 from flags.config import Config, ConfigError
-from loops import feature_cache
+from callbacks._io import atomic_save, atomic_write_text
+from loops import feature_cache, resume
 from loops.custom import CustomLoop
-from loops.hooks import BEST_WEIGHTS, FINAL_WEIGHTS, hook_specs, instantiate
+from loops.hooks import BACKUP_DIR, BEST_WEIGHTS, FINAL_WEIGHTS, hook_specs, instantiate
 from loops.schedules import make_optimizer
 from loops.strategy import make_strategy
 from model import build_model, set_trainable
@@ -51,11 +53,7 @@ def read_json(path):
 
 def write_json(path, value):
     """Atomic: a crash leaves the previous file intact."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def init_checkpoint(cfg: Config) -> str:
@@ -81,8 +79,23 @@ def check_matches_head(cfg: Config) -> None:
             "pass the head run's values")
 
 
+def check_writable(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create --workdir={workdir} ({e.strerror}); pass a "
+                          "writable --workdir") from None
+    if not os.access(workdir, os.W_OK):
+        raise ConfigError(f"--workdir={workdir} is not writable; pass a writable --workdir")
+
+
+# Flags that may change between a run and its resumption.
+RESUMABLE_CHANGES = ("verbose", "overwrite")
+
+
 def prepare_run_dir(cfg: Config, run_dir: str) -> None:
-    """Refuses to train over a finished or foreign run unless --overwrite (or --backup resumes)."""
+    """Refuses to train over a finished or foreign run unless --overwrite; with
+    --backup, an unfinished run of the same flags is resumed."""
     if not os.path.isdir(run_dir) or not os.listdir(run_dir):
         return
     if cfg.overwrite:
@@ -95,6 +108,15 @@ def prepare_run_dir(cfg: Config, run_dir: str) -> None:
         raise ConfigError(
             f"{run_dir} holds an unfinished run; pass --backup to resume it or --overwrite "
             "to start over")
+    saved_path = os.path.join(run_dir, CONFIG_JSON)
+    if os.path.exists(saved_path):
+        saved = read_json(saved_path)
+        diffs = [f"--{k}={getattr(cfg, k)} (was {saved.get(k)})" for k in cfg.to_dict()
+                 if k not in RESUMABLE_CHANGES and saved.get(k) != getattr(cfg, k)]
+        if diffs:
+            raise ConfigError(
+                f"cannot resume {run_dir} with other flags: {', '.join(diffs)}; pass the "
+                "same flags, or --overwrite to start over")
 
 
 def load_weights(model, path):
@@ -180,8 +202,16 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
                         split))
                 for split, images in (("train", splits.train),
                                       ("validation", splits.validation)))
+    backup = None
+    if cfg.backup and cfg.loop == "custom":
+        backup = resume.Backup(os.path.join(run_dir, BACKUP_DIR), cfg.backup_every_steps)
+    position = (backup and backup.position) or resume.Position()
+    if position.epoch or position.step:
+        logging.info("resuming from the backup at epoch %d, step %d", position.epoch + 1,
+                     position.step)
     train_data, steps_per_epoch = input_pipeline.train_batches(
-        train_examples, splits.sizes["train"], cfg.batch_size, cfg.seed)
+        train_examples, splits.sizes["train"], cfg.batch_size, cfg.seed,
+        start_epoch=position.epoch, skip_batches=position.step)
     validation_data = input_pipeline.eval_batches(validation_examples, cfg.batch_size)
     specs = hook_specs(cfg, run_dir)
     with strategy.scope():
@@ -195,7 +225,8 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
                           steps_per_execution=cfg.steps_per_execution,
                           train_model=train_model)
         logs = loop.fit(train_data, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                        validation_data=validation_data, callbacks=hooks, verbose=cfg.verbose)
+                        validation_data=validation_data, callbacks=hooks, verbose=cfg.verbose,
+                        backup=backup)
     else:
         hooks = instantiate(specs, keras.callbacks)
         hooks += extra_hooks(keras.callbacks) if extra_hooks else []
@@ -207,8 +238,33 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
                             validation_data=validation_data, shuffle=False, callbacks=hooks,
                             verbose=cfg.verbose)
         logs = {k: v[-1] for k, v in history.history.items()} if history.history else None
-    model.save_weights(os.path.join(run_dir, FINAL_WEIGHTS))
+    save_weights(model, os.path.join(run_dir, FINAL_WEIGHTS))
+    if backup is not None:  # Only now: a kill before the final save resumes from it.
+        backup.delete()
     return model, logs
+
+
+def save_weights(model, path):
+    """Atomic `model.save_weights`; a full disk is a one-line error, the old file survives."""
+    try:
+        atomic_save(lambda tmp: model.save_weights(tmp, overwrite=True), path)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise ConfigError(f"no space left on the device while saving {path}; free some "
+                              "space or pass another --workdir (the previous file is intact)")
+        raise
+
+
+def run(cfg: Config) -> dict:
+    """The phase cfg names; a full disk anywhere (checkpoints, logs) is a one-line error."""
+    try:
+        return evaluate(cfg) if cfg.phase == "evaluate" else train(cfg)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise ConfigError(f"no space left on the device ({e.filename or cfg.workdir}); "
+                              "free some space or pass another --workdir; files saved "
+                              "earlier are intact") from None
+        raise
 
 
 def newest_phase(workdir: str) -> str:
@@ -256,6 +312,3 @@ def evaluate(cfg: Config) -> dict:
     write_json(os.path.join(cfg.run_dir, EVALUATION_JSON), result)
     return result
 
-
-def run(cfg: Config) -> dict:
-    return evaluate(cfg) if cfg.phase == "evaluate" else train(cfg)

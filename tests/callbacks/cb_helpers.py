@@ -50,7 +50,7 @@ LOG_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss")
 # ---- models -------------------------------------------------------------------
 def tiny_model():
     """Dense(2) on 4 inputs, with fixed names (so both copies serialise the same)."""
-    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")],
+    return keras.Sequential([keras.Input((4,), name="x"), keras.layers.Dense(2, name="dense")],
                             name="tiny")
 
 

@@ -1,0 +1,107 @@
+"""Head phase: custom loop with the frozen-prefix feature cache vs Keras fit().
+
+Each run is one `loops.train_lib.train_phase(cfg)` call in a fresh child
+process (a fresh run directory, nothing cached from an earlier run); runs
+alternate custom, fit, custom, fit, ... The custom time is the whole call, so
+it includes the one-time forward pass that fills the cache (epoch 1) as well
+as data checks, model build, validation and checkpoints, exactly as for fit.
+
+    python bench/head_cache.py [--epochs 10] [--examples 500] [--image_size 128]
+        [--repeats 1] [--variants custom,fit]
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="vgg16")
+    parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--examples", type=int, default=500,
+                        help="max photos per split (train 500, validation 200 carved)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--variants", default="custom,fit",
+                        help="custom (cache), custom_nocache, fit")
+    parser.add_argument("--feature_cache", default="auto")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="keep the TensorBoard hook on (off: pure compute)")
+    return parser.parse_args(argv)
+
+
+def worker(args):
+    workdir = common.fresh_workdir("head")
+    try:
+        cfg = common.phase_config(args, args.worker, workdir, phase="head",
+                                  epochs=args.epochs)
+        common.emit(common.timed_phase(cfg))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def summarize(runs):
+    """Per-variant medians over its runs."""
+    later = [common.median(r["epoch_s"][1:]) for r in runs]
+    return {
+        "total": common.median([r["total_s"] for r in runs]),
+        "total_range": common.spread([r["total_s"] for r in runs]),
+        "setup": common.median([r["setup_s"] for r in runs]),
+        "epoch1": common.median([r["epoch_s"][0] for r in runs]),
+        "later": common.median(later),
+        "epochs_sum": common.median([sum(r["epoch_s"]) for r in runs]),
+        "rss": common.median([r["max_rss_mib"] for r in runs]),
+        "val_loss": common.median([(r["last_logs"] or {}).get("val_loss") for r in runs]),
+    }
+
+
+def main():
+    args = parse_args()
+    args.data_dir = common.check_data_dir(args.data_dir)
+    if args.worker:
+        common.quiet_tf()
+        worker(args)
+        return
+    variants = args.variants.split(",")
+    passthrough = [a for a in sys.argv[1:] if not a.startswith("--json")]
+    runs = {v: [] for v in variants}
+    for repeat, variant in common.interleaved(variants, args.repeats):
+        common.log(f"run {repeat} {variant} ...")
+        result = common.run_worker(os.path.abspath(__file__),
+                                   passthrough + ["--worker", variant,
+                                                  "--data_dir", args.data_dir])
+        runs[variant].append(result)
+        common.log(f"run {repeat} {variant}: total {result['total_s']:.1f}s, epochs "
+                   + " ".join(f"{s:.1f}" for s in result["epoch_s"])
+                   + f", max RSS {result['max_rss_mib']:.0f} MiB, {result['feature_cache']}")
+    stats = {v: summarize(runs[v]) for v in variants}
+    rows = [[v, len(runs[v]), f"{s['total']:.1f}", s["total_range"], f"{s['setup']:.1f}",
+             f"{s['epoch1']:.1f}", f"{s['later']:.2f}", f"{s['epochs_sum']:.1f}",
+             f"{s['rss']:.0f}", f"{s['val_loss']:.4f}"] for v, s in stats.items()]
+    text = (f"{args.backbone} (weights=none) at {args.image_size}², head phase, "
+            f"{args.epochs} epochs, batch {args.batch_size}, max {args.examples} photos per "
+            f"split, feature_cache={args.feature_cache} for custom, TensorBoard "
+            f"{'on' if args.tensorboard else 'off'}; one child process per run, runs "
+            f"interleaved, {args.repeats} run(s) per variant.\n\n")
+    text += common.table(
+        ["variant", "runs", "total s (median)", "total range", "setup s", "epoch 1 s",
+         "epochs 2+ s (median)", "sum of epochs s", "max RSS MiB", "final val_loss"], rows)
+    if "custom" in stats and "fit" in stats:
+        paired = [f["total_s"] / c["total_s"] for c, f in zip(runs["custom"], runs["fit"])]
+        text += (f"\n\nratio fit/custom, total wall time: "
+                 f"{stats['fit']['total'] / stats['custom']['total']:.2f}x (medians), "
+                 f"{common.median(paired):.2f}x (median of pairs); target >= 8x")
+        text += (f"\nratio fit/custom, epochs 2+: "
+                 f"{stats['fit']['later'] / stats['custom']['later']:.1f}x")
+    common.report("head_cache: custom loop + feature cache vs fit()", text,
+                  {"args": vars(args), "runs": runs}, args.json)
+
+
+if __name__ == "__main__":
+    main()
