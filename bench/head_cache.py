@@ -56,6 +56,7 @@ def summarize(runs):
         "epoch1": common.median([r["epoch_s"][0] for r in runs]),
         "later": common.median(later),
         "epochs_sum": common.median([sum(r["epoch_s"]) for r in runs]),
+        "after": common.median([r["after_s"] for r in runs]),
         "rss": common.median([r["max_rss_mib"] for r in runs]),
         "val_loss": common.median([(r["last_logs"] or {}).get("val_loss") for r in runs]),
     }
@@ -82,7 +83,7 @@ def main():
                    + f", max RSS {result['max_rss_mib']:.0f} MiB, {result['feature_cache']}")
     stats = {v: summarize(runs[v]) for v in variants}
     rows = [[v, len(runs[v]), f"{s['total']:.1f}", s["total_range"], f"{s['setup']:.1f}",
-             f"{s['epoch1']:.1f}", f"{s['later']:.2f}", f"{s['epochs_sum']:.1f}",
+             f"{s['epoch1']:.1f}", f"{s['later']:.2f}", f"{s['epochs_sum']:.1f}", f"{s['after']:.1f}",
              f"{s['rss']:.0f}", f"{s['val_loss']:.4f}"] for v, s in stats.items()]
     text = (f"{args.backbone} (weights=none) at {args.image_size}², head phase, "
             f"{args.epochs} epochs, batch {args.batch_size}, max {args.examples} photos per "
@@ -91,7 +92,8 @@ def main():
             f"interleaved, {args.repeats} run(s) per variant.\n\n")
     text += common.table(
         ["variant", "runs", "total s (median)", "total range", "setup s", "epoch 1 s",
-         "epochs 2+ s (median)", "sum of epochs s", "max RSS MiB", "final val_loss"], rows)
+         "epochs 2+ s (median)", "sum of epochs s", "after s", "max RSS MiB",
+         "final val_loss"], rows)
     if "custom" in stats and "fit" in stats:
         paired = [f["total_s"] / c["total_s"] for c, f in zip(runs["custom"], runs["fit"])]
         text += (f"\n\nratio fit/custom, total wall time: "

@@ -16,8 +16,10 @@ timed from outside (so each includes its per-call overhead: iterator, hooks).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -33,9 +35,11 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--examples", type=int, default=256,
                         help="training photos (decoded once, kept in memory)")
-    parser.add_argument("--steps", type=int, default=12, help="steps per timed chunk")
+    parser.add_argument("--steps", type=int, default=4, help="min steps per timed chunk")
+    parser.add_argument("--chunk_seconds", type=float, default=3.0,
+                        help="steps per chunk are calibrated to about this long")
     parser.add_argument("--warmup", type=int, default=2, help="untimed chunks per loop")
-    parser.add_argument("--repeats", type=int, default=5, help="timed chunks per loop")
+    parser.add_argument("--repeats", type=int, default=10, help="timed chunks per loop")
     parser.add_argument("--mobilenet_weights", default=common.DEFAULT_MOBILENET_WEIGHTS)
     parser.add_argument("--backbone", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
@@ -89,41 +93,57 @@ def measure(args, backbone, phase, loops):
     cfg = make_config(args, backbone, phase, common.fresh_workdir("step"))
     ds, n, num_classes = load_photos(cfg)
     data, _ = input_pipeline.train_batches(ds, n, cfg.batch_size, cfg.seed)
-    images = images_in_first_steps(n, cfg.batch_size, args.steps)
     strategy = make_strategy(cfg.strategy)
     runners = {}
     if "custom" in loops:
         model = train_lib.build(cfg, strategy, num_classes)
         custom = CustomLoop(model, make_optimizer(cfg), strategy, jit_compile=cfg.jit_compile,
                             steps_per_execution=cfg.steps_per_execution)
-        runners["custom"] = (lambda: custom.fit(data, epochs=1, steps_per_epoch=args.steps),
-                             lambda: tracing_count(custom._train_function))
+
+        def run_custom(steps=args.steps):
+            custom.fit(data, epochs=1, steps_per_epoch=steps)
+
+        runners["custom"] = (run_custom, lambda: tracing_count(custom._train_function))
     if "fit" in loops:
         model_f = train_lib.build(cfg, strategy, num_classes)
         model_f.compile(optimizer=make_optimizer(cfg), loss=train_lib.loss_fn(),
                         metrics=["accuracy"], jit_compile=cfg.jit_compile,
                         steps_per_execution=cfg.steps_per_execution)
-        runners["fit"] = (lambda: model_f.fit(data, epochs=1, steps_per_epoch=args.steps,
-                                              shuffle=False, verbose=0),
-                          lambda: tracing_count(model_f.train_function))
-    result = {loop: [] for loop in loops}
-    warm_traces = {}
+
+        def run_fit(steps=args.steps):
+            model_f.fit(data, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
+
+        runners["fit"] = (run_fit, lambda: tracing_count(model_f.train_function))
     for _ in range(args.warmup):
         for loop in loops:
             runners[loop][0]()
-    for loop in loops:
-        warm_traces[loop] = runners[loop][1]()
+    warm_traces = {loop: runners[loop][1]() for loop in loops}
+    steps = calibrate(args, runners[loops[0]][0])
+    images = images_in_first_steps(n, cfg.batch_size, steps)
+    result = {loop: [] for loop in loops}
+    cpu = {loop: [] for loop in loops}
     loads = []
     for repeat, loop in common.interleaved(loops, args.repeats):
-        start = common.now()
-        runners[loop][0]()
-        seconds = common.now() - start
+        start, start_cpu = common.now(), time.process_time()
+        runners[loop][0](steps)
+        seconds, cpu_seconds = common.now() - start, time.process_time() - start_cpu
         result[loop].append(images / seconds)
+        cpu[loop].append(images / cpu_seconds)
         loads.append(common.loadavg())
-        common.log(f"{backbone}/{phase} {loop} #{repeat}: {images / seconds:.1f} img/s")
+        common.log(f"{backbone}/{phase} {loop} #{repeat}: {images / seconds:.1f} img/s, "
+                   f"{images / cpu_seconds:.1f} img/CPU-s")
     traces = {loop: {"after_warmup": warm_traces[loop], "at_end": runners[loop][1]()}
               for loop in loops}
-    return {"rates": result, "traces": traces, "loadavg": loads, "images_per_chunk": images}
+    return {"rates": result, "cpu_rates": cpu, "traces": traces, "loadavg": loads,
+            "steps_per_chunk": steps, "images_per_chunk": images}
+
+
+def calibrate(args, run):
+    """Steps per chunk so that one chunk takes about --chunk_seconds (at least --steps)."""
+    start = common.now()
+    run(args.steps)
+    per_step = (common.now() - start) / args.steps
+    return max(args.steps, math.ceil(args.chunk_seconds / per_step))
 
 
 def main():
@@ -154,23 +174,28 @@ def main():
         results[f"{backbone}/{phase}"] = out
         custom, fit = out["rates"]["custom"], out["rates"]["fit"]
         paired = [c / f for c, f in zip(custom, fit)]
+        cpu_c, cpu_f = out["cpu_rates"]["custom"], out["cpu_rates"]["fit"]
         rows.append([
             backbone, phase,
             f"{common.median(custom):.1f}", common.spread(custom),
             f"{common.median(fit):.1f}", common.spread(fit),
             f"{common.median(custom) / common.median(fit):.3f}",
             f"{common.median(paired):.3f}",
+            f"{common.median(cpu_c):.1f}/{common.median(cpu_f):.1f}",
+            f"{common.median(cpu_c) / common.median(cpu_f):.3f}",
+            out["steps_per_chunk"],
             "/".join(f"{rss[l]['max_rss_mib']:.0f}" if l in rss else "-" for l in LOOPS),
-            "/".join(str(out["traces"][l]["at_end"]) for l in LOOPS),
+            out["traces"]["custom"]["at_end"],
         ])
     text = (f"image {args.image_size}², batch {args.batch_size}, {args.examples} photos in "
-            f"memory, {args.steps} steps per chunk, {args.warmup} warm-up + {args.repeats} "
+            f"memory, chunks of ~{args.chunk_seconds:g} s, {args.warmup} warm-up + {args.repeats} "
             "timed chunks per loop, interleaved custom/fit; no feature cache; "
             "VGG16 weights=none, MobileNet(0.25) real weights.\n\n")
     text += common.table(
         ["backbone", "phase", "custom img/s (median)", "custom range", "fit img/s (median)",
          "fit range", "ratio custom/fit (medians)", "ratio (median of pairs)",
-         "max RSS MiB custom/fit", "traces custom/fit"], rows)
+         "img/CPU-s custom/fit", "CPU ratio", "steps/chunk", "max RSS MiB custom/fit",
+         "custom traces"], rows)
     common.report("step_rate: custom loop vs fit()", text, results, args.json)
 
 

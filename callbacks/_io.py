@@ -1,4 +1,9 @@
-"""Atomic file writes: write a temporary file in the same folder, then `os.replace`."""
+"""Atomic file writes: write a temporary file in the same folder, then `os.replace`.
+
+Readers see the old file or the new one, never a partial write, whatever
+interrupts the writer (an exception, a kill, a preempted machine). Files are
+not fsync'ed: like Keras' own writes, a power loss may still lose the newest one.
+"""
 from __future__ import annotations
 
 import json
@@ -42,8 +47,6 @@ def atomic_write_text(path, text):
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
     atomic_save(write, path)
 
 

@@ -77,10 +77,14 @@ class BackupAndRestore(Callback):
         try:
             self._restore(self._metadata_path)
         except (OSError, ValueError, KeyError):  # JSONDecodeError is a ValueError.
-            # Unreadable backup: fall back on the previous one, if kept.
+            # Unreadable backup: fall back on the previous one, if kept, and make
+            # it the current one again (as Keras copies its .bkp files back).
             if not os.path.exists(self._prev_metadata_path):
                 raise
             self._restore(self._prev_metadata_path)
+            with open(self._prev_metadata_path, encoding="utf-8") as f:
+                atomic_write_text(self._metadata_path, f.read())
+            self._remove_unreferenced_weights()
 
     def _restore(self, metadata_path):
         metadata = read_json(metadata_path) if os.path.exists(metadata_path) else None

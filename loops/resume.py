@@ -56,6 +56,14 @@ def _load_arrays(path):
         return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
+def remove_partial_files(run_dir: str) -> list[str]:
+    """Deletes temporary files a kill left behind mid-save (see callbacks._io.temp_path)."""
+    partial = glob.glob(os.path.join(glob.escape(run_dir), "**", ".*.tmp-*"), recursive=True)
+    for path in partial:
+        os.remove(path)
+    return partial
+
+
 class Backup:
     """Saves and restores a `CustomLoop`'s full training state in `backup_dir`."""
 

@@ -183,6 +183,7 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
     if cfg.overwrite and os.path.isdir(run_dir):
         shutil.rmtree(run_dir)
     os.makedirs(run_dir, exist_ok=True)
+    resume.remove_partial_files(run_dir)
     write_json(os.path.join(run_dir, CONFIG_JSON), cfg.to_dict())
     write_json(os.path.join(run_dir, CLASSES_JSON), list(splits.class_names))
     if splits.skipped:

@@ -88,9 +88,12 @@ class ModelPair:
     def models(self):
         return (self.keras, self.ours, self.ours_compiled)
 
-    def reset(self, lr=None):
-        for model in self.models():
-            model.set_weights(self.initial)
+    def reset(self, lr=None, models=None):
+        """Initial weights, zeroed optimizer state, learning rate `lr` (all models
+        or just `models`)."""
+        for model in models or self.models():
+            for v, w in zip(model.weights, self.initial):
+                v.assign(w)
             model.stop_training = False
             model._initial_epoch = None
             for v in model.optimizer.variables:
