@@ -83,6 +83,8 @@ class ProgbarLogger(Callback):
                 self.progbar.set_postfix_str(format_logs(logs), refresh=False)
 
     def _finish_bar(self, logs, title):
+        if self.target is None:  # Unknown length: learnt from the first run, as Keras.
+            self.target = self.seen
         if self.progbar is not None:
             if self.progbar.total is None:
                 self.progbar.total = self.seen

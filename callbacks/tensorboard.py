@@ -387,3 +387,8 @@ class TensorBoard(Callback):
         """Restores the batch counters; call after `on_train_begin` (which resets one)."""
         self._global_train_batch = state["global_train_batch"]
         self._global_test_batch = state["global_test_batch"]
+        if self.update_freq != "epoch" and self._prev_summary_state:
+            # The writer context on_train_begin entered records by step 0; an
+            # uninterrupted run would be at the restored step.
+            self._pop_writer()
+            self._push_writer(self._train_writer, self._global_train_batch)

@@ -85,7 +85,9 @@ def define_flags(flag_values=flags.FLAGS) -> None:
         name, default, kind = field.name, field.default, field.type
         help_text = HELP[name]
         if name in _CHOICES:
-            flags.DEFINE_enum(name, default, _CHOICES[name], help_text, flag_values=flag_values)
+            # Validated by Config, whose error is one line that lists the choices.
+            flags.DEFINE_string(name, default, f"{help_text} One of: {', '.join(_CHOICES[name])}.",
+                                flag_values=flag_values)
         elif kind == "bool":
             flags.DEFINE_boolean(name, default, help_text, flag_values=flag_values)
         elif kind == "int":

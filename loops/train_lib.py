@@ -96,6 +96,7 @@ RESUMABLE_CHANGES = ("verbose", "overwrite")
 def prepare_run_dir(cfg: Config, run_dir: str) -> None:
     """Refuses to train over a finished or foreign run unless --overwrite; with
     --backup, an unfinished run of the same flags is resumed."""
+    check_writable(cfg.workdir)
     if not os.path.isdir(run_dir) or not os.listdir(run_dir):
         return
     if cfg.overwrite:

@@ -61,7 +61,28 @@ def test_rerunning_a_finished_phase_says_how_to_start_over(tmp_path):
     assert_one_line_error(out, "is finished", "--overwrite")
 
 
-def test_unknown_backbone_is_a_usage_error(tmp_path):
-    out = run_train(*TINY, f"--workdir={tmp_path}", "--backbone=resnet")
-    assert out.returncode != 0 and "Traceback" not in out.stderr
-    assert "vgg16" in out.stderr and "mobilenet" in out.stderr
+@pytest.mark.parametrize("flag,choices", [
+    ("--backbone=resnet", ["vgg16", "mobilenet"]),
+    ("--optimizer=adamw", ["adam", "sgd", "rmsprop"]),
+    ("--lr_schedule=linear", ["constant", "step", "exponential", "cosine"]),
+    ("--phase=pretrain", ["head", "finetune", "evaluate"]),
+])
+def test_unknown_choices_list_the_valid_ones(tmp_path, flag, choices):
+    out = run_train(*TINY, f"--workdir={tmp_path}", flag)
+    assert_one_line_error(out, flag.split("=")[1], *choices)
+
+
+def test_workdir_that_cannot_be_created_is_an_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = run_train(*TINY, f"--workdir={blocker}/run")
+    assert_one_line_error(out, "--workdir", "writable")
+
+
+def test_incompatible_weights_file_is_an_error(tmp_path):
+    import keras
+    path = str(tmp_path / "vgg.weights.h5")
+    keras.applications.VGG16(include_top=False, weights=None,
+                             input_shape=(32, 32, 3)).save_weights(path)
+    out = run_train(*TINY, f"--workdir={tmp_path}", f"--weights={path}")
+    assert_one_line_error(out, "does not fit mobilenet")
