@@ -250,3 +250,16 @@ def timed_phase(cfg) -> dict:
             "epoch_s": clock.epoch_seconds, "after_s": start + total - clock.train_end,
             "last_logs": logs, "loadavg_end": loadavg(),
             "feature_cache": [m for m in messages if "feature cache" in m]}
+
+
+def passthrough_args(argv) -> list[str]:
+    """This invocation's arguments for a worker child, without --json."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--json":
+            skip = True
+        elif not arg.startswith("--json="):
+            out.append(arg)
+    return out

@@ -85,7 +85,7 @@ def main():
         worker(args)
         return
     variants = args.variants.split(",")
-    passthrough = [a for a in sys.argv[1:] if not a.startswith("--json")]
+    passthrough = common.passthrough_args(sys.argv[1:])
     passthrough += ["--data_dir", args.data_dir]
     prep_dir = common.fresh_workdir("finetune-head")
     head_weights = os.path.join(prep_dir, "head.weights.h5")

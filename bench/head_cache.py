@@ -70,7 +70,7 @@ def main():
         worker(args)
         return
     variants = args.variants.split(",")
-    passthrough = [a for a in sys.argv[1:] if not a.startswith("--json")]
+    passthrough = common.passthrough_args(sys.argv[1:])
     runs = {v: [] for v in variants}
     for repeat, variant in common.interleaved(variants, args.repeats):
         common.log(f"run {repeat} {variant} ...")

@@ -151,7 +151,7 @@ def main():
     out = measure(args, VARIANTS, args.repeats)
     rss = {}
     if not args.no_memory:
-        passthrough = [a for a in sys.argv[1:] if not a.startswith("--json")]
+        passthrough = common.passthrough_args(sys.argv[1:])
         for variant in VARIANTS:
             rss[variant] = common.run_worker(
                 os.path.abspath(__file__),

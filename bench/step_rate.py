@@ -165,7 +165,7 @@ def main():
         rss = {}
         if not args.no_memory:
             for loop in LOOPS:
-                worker_args = sys.argv[1:] + [
+                worker_args = common.passthrough_args(sys.argv[1:]) + [
                     "--worker", loop, "--backbone", backbone, "--phase", phase,
                     "--repeats", "2", "--data_dir", args.data_dir]
                 rss[loop] = common.run_worker(os.path.abspath(__file__), worker_args)

@@ -10,6 +10,7 @@ which hooks, checkpoints, evaluation and prediction keep using.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
@@ -104,6 +105,11 @@ def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
                 .apply(tf.data.experimental.assert_cardinality(num_examples)))
     if path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        # A run killed while writing the cache leaves a lock file and no index:
+        # drop the partial files so this run writes the cache again.
+        if glob.glob(glob.escape(path) + "*.lockfile"):
+            for stale in glob.glob(glob.escape(path) + "*"):
+                os.remove(stale)
     return features.cache(path or "")
 
 
@@ -112,11 +118,10 @@ DATA_FIELDS = ("dataset", "data_dir", "tfds_data_dir", "train_split", "validatio
                "max_examples_per_split", "synthetic_examples", "seed", "image_size")
 
 
-def data_key(cfg, split: str) -> dict:
-    """What determines a split's images: the data flags and, for an image folder,
-    every file's path, size and modification time."""
+def data_key(cfg) -> dict:
+    """What determines the images of every split: the data flags and, for an image
+    folder, every file's path, size and modification time."""
     key = {f: getattr(cfg, f) for f in DATA_FIELDS}
-    key["split"] = split
     if cfg.data_dir:
         files = []
         for root, _, names in os.walk(cfg.data_dir):

@@ -196,14 +196,14 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
         cut, cache_mode = plan_feature_cache(cfg, model, splits.sizes)
         if cache_mode != "off":
             train_model = cut.suffix
+            folder = None
+            if cache_mode == "disk":
+                folder = os.path.join(cfg.workdir, feature_cache.CACHE_DIR,
+                                      feature_cache.fingerprint(cut, feature_cache.data_key(cfg)))
             train_examples, validation_examples = (
-                feature_cache.cached_features(
-                    cut, images, splits.sizes[split], None if cache_mode == "memory" else os.path.join(
-                        cfg.workdir, feature_cache.CACHE_DIR,
-                        feature_cache.fingerprint(cut, feature_cache.data_key(cfg, split)),
-                        split))
-                for split, images in (("train", splits.train),
-                                      ("validation", splits.validation)))
+                feature_cache.cached_features(cut, images, splits.sizes[split],
+                                              folder and os.path.join(folder, split))
+                for split, images in (("train", splits.train), ("validation", splits.validation)))
     backup = None
     if cfg.backup and cfg.loop == "custom":
         backup = resume.Backup(os.path.join(run_dir, BACKUP_DIR), cfg.backup_every_steps)

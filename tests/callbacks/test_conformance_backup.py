@@ -14,9 +14,9 @@ import pytest
 
 import callbacks
 from callbacks.backup_and_restore import METADATA
+from cb_files import TempDirs
 from cb_helpers import (ANCHORS, Epoch, ModelPair, Scenario, assert_same_records,
                         cases, drive, norm, perturb, tiny_model, weights_of)
-from files import TempDirs
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import keras
 import pytest
 
 import callbacks
+from cb_files import FolderWatcher, TempDirs
 from cb_helpers import (ANCHORS, LOG_KEYS, MODES, MONITORS, Epoch, ModelPair, Scenario,
                         assert_same_records, cases, drive, epoch_logs_streams, monitored_values,
                         norm, perturb)
-from files import FolderWatcher, TempDirs
 
 # (filepath template, save_weights_only); some are invalid on purpose.
 TEMPLATES = (

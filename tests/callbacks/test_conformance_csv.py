@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import callbacks
+from cb_files import FolderWatcher, TempDirs
 from cb_helpers import (Epoch, ModelPair, Scenario, assert_same_records, cases, drive,
                         monitored_values)
-from files import FolderWatcher, TempDirs
 
 KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "lr", "a,b",
         'quo"te', "val_x y", "é")

@@ -5,6 +5,8 @@ callback and compares, after every event: stop flag, counters, best value,
 learning rate, logs (e.g. the `learning_rate` they add), weights, warnings and
 exceptions.
 """
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -37,12 +39,23 @@ def scenario(rng, monitor, min_delta, max_epochs=10, references=()):
                               val_batches=1)
 
 
+def construct(make, module):
+    """The hook and the warnings its constructor gave (e.g. for an unknown mode)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hook = make(module)
+    return hook, [(w.category.__name__, str(w.message)) for w in caught]
+
+
 def run_both(pair, make, scenario, compiled, snapshot, lr=None):
     """The same scenario on Keras' hook and on ours; returns (ours, keras) records."""
     pair.reset(lr=lr)
     check_lr(pair, lr or pair.LR)
-    theirs = drive(make(keras.callbacks), pair.keras, scenario, snapshot)
-    ours = drive(make(callbacks), pair.ours_for(compiled), scenario, snapshot)
+    keras_hook, keras_warnings = construct(make, keras.callbacks)
+    our_hook, our_warnings = construct(make, callbacks)
+    assert our_warnings == keras_warnings
+    theirs = drive(keras_hook, pair.keras, scenario, snapshot)
+    ours = drive(our_hook, pair.ours_for(compiled), scenario, snapshot)
     return ours, theirs
 
 

@@ -7,10 +7,10 @@ import keras
 import pytest
 
 import callbacks
+from cb_events import read_scalars
+from cb_files import TempDirs
 from cb_helpers import (ANCHORS, Epoch, ModelPair, Scenario, assert_same_records, cases, drive,
                         monitored_values)
-from events import read_scalars
-from files import TempDirs
 
 
 @pytest.fixture(scope="module")

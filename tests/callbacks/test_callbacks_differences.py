@@ -6,8 +6,8 @@ import keras
 import pytest
 
 import callbacks
+from cb_events import read_scalars
 from cb_helpers import Epoch, ModelPair, Scenario, drive
-from events import read_scalars
 
 
 @pytest.fixture(scope="module")
