@@ -4,7 +4,7 @@ Every benchmark is one invocation of one script: it measures its variants
 interleaved (A, B, A, B, ...) on this machine and prints medians and ratios.
 Peak memory is per variant, so each variant's max RSS comes from a child
 process of that invocation (`run_worker`) that runs only that variant and
-reports `ru_maxrss` of itself.
+reports its own peak RSS (`max_rss_mib`).
 
 These are benchmarks, not tests: nothing here asserts a timing.
 """
@@ -89,7 +89,19 @@ def spread(values) -> str:
 
 
 def max_rss_mib() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
+    """Peak resident set size of this process so far, in MiB.
+
+    VmHWM of /proc/self/status, not getrusage's ru_maxrss: a child started by
+    subprocess (vfork + exec) inherits its parent's ru_maxrss on Linux, so a
+    small child of a large parent would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -112,7 +124,8 @@ class EpochClock:
         self.train_begin = None
         self.train_end = None
         self.epoch_seconds = []
-        self._start = None
+        self.epoch_cpu_seconds = []  # CPU time of this process (all its threads).
+        self._start = self._start_cpu = None
 
     def hooks(self, module):
         return [module.LambdaCallback(on_train_begin=self._train_begin,
@@ -127,10 +140,11 @@ class EpochClock:
         self.train_end = now()
 
     def _epoch_begin(self, epoch, logs=None):
-        self._start = now()
+        self._start, self._start_cpu = now(), time.process_time()
 
     def _epoch_end(self, epoch, logs=None):
         self.epoch_seconds.append(now() - self._start)
+        self.epoch_cpu_seconds.append(time.process_time() - self._start_cpu)
 
 
 # ---- child processes ----------------------------------------------------------------
@@ -247,7 +261,8 @@ def timed_phase(cfg) -> dict:
     _, logs = train_lib.train_phase(cfg, extra_hooks=clock.hooks)
     total = now() - start
     return {"total_s": total, "setup_s": clock.train_begin - start,
-            "epoch_s": clock.epoch_seconds, "after_s": start + total - clock.train_end,
+            "epoch_s": clock.epoch_seconds, "epoch_cpu_s": clock.epoch_cpu_seconds,
+            "after_s": start + total - clock.train_end,
             "last_logs": logs, "loadavg_end": loadavg(),
             "feature_cache": [m for m in messages if "feature cache" in m]}
 

@@ -83,7 +83,8 @@ def main():
                    + f", max RSS {result['max_rss_mib']:.0f} MiB, {result['feature_cache']}")
     stats = {v: summarize(runs[v]) for v in variants}
     rows = [[v, len(runs[v]), f"{s['total']:.1f}", s["total_range"], f"{s['setup']:.1f}",
-             f"{s['epoch1']:.1f}", f"{s['later']:.2f}", f"{s['epochs_sum']:.1f}", f"{s['after']:.1f}",
+             f"{s['epoch1']:.1f}", f"{s['later']:.2f}", f"{s['epochs_sum']:.1f}",
+             f"{s['after']:.1f}",
              f"{s['rss']:.0f}", f"{s['val_loss']:.4f}"] for v, s in stats.items()]
     text = (f"{args.backbone} (weights=none) at {args.image_size}², head phase, "
             f"{args.epochs} epochs, batch {args.batch_size}, max {args.examples} photos per "

@@ -40,6 +40,8 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mobilenet_weights", default=common.DEFAULT_MOBILENET_WEIGHTS)
+    parser.add_argument("--no_input_only", dest="input_only", action="store_false",
+                        help="skip timing the input pipelines alone (no training)")
     parser.add_argument("--memory_repeats", type=int, default=1, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -108,7 +110,7 @@ class Trainer:
             import keras
             self.model.fit(data, epochs=epochs, steps_per_epoch=steps, shuffle=False,
                            verbose=0, callbacks=clock.hooks(keras.callbacks))
-        return clock.epoch_seconds
+        return clock.epoch_seconds, clock.epoch_cpu_seconds
 
     def tracing_count(self):
         if self.cfg.loop == "custom":
@@ -128,13 +130,39 @@ def measure(args, variants, repeats):
     for variant in variants:  # Warm-up: tracing, oneDNN primitives, page cache.
         trainers[variant].run(data_for(variant), 1, steps)
     epochs = {v: [] for v in variants}
+    cpu = {v: [] for v in variants}
     for repeat, variant in common.interleaved(variants, repeats):
-        seconds = trainers[variant].run(data_for(variant), args.epochs, steps)
+        seconds, cpu_seconds = trainers[variant].run(data_for(variant), args.epochs, steps)
         epochs[variant].append(seconds)
+        cpu[variant].append(cpu_seconds)
         common.log(f"{variant} #{repeat}: epochs " + " ".join(f"{s:.2f}" for s in seconds)
                    + f" s ({n} images each)")
-    return {"epoch_s": epochs, "examples": n, "steps_per_epoch": steps,
+    # The input pipelines alone: what they cost without any training step.
+    input_epochs = {v: [] for v in variants}
+    input_cpu = {v: [] for v in variants}
+    for repeat, variant in common.interleaved(variants, repeats if args.input_only else 0):
+        seconds, cpu_seconds = drain(data_for(variant), args.epochs, steps)
+        input_epochs[variant].append(seconds)
+        input_cpu[variant].append(cpu_seconds)
+        common.log(f"{variant} input only #{repeat}: epochs "
+                   + " ".join(f"{s:.2f}" for s in seconds) + " s")
+    return {"epoch_s": epochs, "epoch_cpu_s": cpu, "input_only_epoch_s": input_epochs,
+            "input_only_epoch_cpu_s": input_cpu, "examples": n, "steps_per_epoch": steps,
             "traces": {v: trainers[v].tracing_count() for v in variants}}
+
+
+def drain(data, epochs, steps):
+    """Iterates `epochs` epochs of batches without training: (wall s, CPU s) per epoch."""
+    import time
+    iterator = iter(data)
+    seconds, cpu_seconds = [], []
+    for _ in range(epochs):
+        start, start_cpu = common.now(), time.process_time()
+        for _ in range(steps):
+            next(iterator)
+        seconds.append(common.now() - start)
+        cpu_seconds.append(time.process_time() - start_cpu)
+    return seconds, cpu_seconds
 
 
 def main():
@@ -155,42 +183,62 @@ def main():
         for variant in VARIANTS:
             rss[variant] = common.run_worker(
                 os.path.abspath(__file__),
-                passthrough + ["--worker", variant, "--data_dir", args.data_dir])
+                passthrough + ["--worker", variant, "--data_dir", args.data_dir,
+                               "--no_input_only"])
             common.log(f"{variant}: max RSS {rss[variant]['max_rss_mib']:.0f} MiB")
     n = out["examples"]
-    rates = {}
-    for variant in VARIANTS:
-        runs = out["epoch_s"][variant]
-        rates[variant] = {
-            "epoch1": [n / r[0] for r in runs],
-            "steady": [n / s for r in runs for s in r[1:]],
-            "overall": [n * len(r) / sum(r) for r in runs],
+
+    def rates(epoch_s, epoch_cpu_s):
+        return {
+            "epoch1": [n / r[0] for r in epoch_s],
+            "steady": [n / s for r in epoch_s for s in r[1:]],
+            "overall": [n * len(r) / sum(r) for r in epoch_s],
+            "cpu1": [1e3 * r[0] / n for r in epoch_cpu_s],
+            "cpu_steady": [1e3 * s / n for r in epoch_cpu_s for s in r[1:]],
         }
+
+    train = {v: rates(out["epoch_s"][v], out["epoch_cpu_s"][v]) for v in VARIANTS}
     rows = []
     for variant in VARIANTS:
-        r = rates[variant]
+        r = train[variant]
         rows.append([variant] + [f"{common.median(r[k]):.1f}" for k in
                                  ("epoch1", "steady", "overall")]
-                    + [common.spread(r["steady"]),
+                    + [common.spread(r["steady"]), f"{common.median(r['cpu1']):.2f}",
+                       f"{common.median(r['cpu_steady']):.2f}",
                        f"{rss[variant]['max_rss_mib']:.0f}" if rss else "-",
                        out["traces"][variant]])
-    ratio = {k: common.median(rates["real"][k]) / common.median(rates["preloaded"][k])
+    ratio = {k: common.median(train["real"][k]) / common.median(train["preloaded"][k])
              for k in ("epoch1", "steady", "overall")}
-    paired_overall = [r / p for r, p in zip(rates["real"]["overall"],
-                                            rates["preloaded"]["overall"])]
+    paired_overall = [r / p for r, p in zip(train["real"]["overall"],
+                                            train["preloaded"]["overall"])]
+    cpu_ratio = {k: common.median(train["preloaded"][k]) / common.median(train["real"][k])
+                 for k in ("cpu1", "cpu_steady")}
     rows.append(["ratio real/preloaded", f"{ratio['epoch1']:.3f}", f"{ratio['steady']:.3f}",
-                 f"{ratio['overall']:.3f} (pairs {common.median(paired_overall):.3f})",
-                 "", "", ""])
-    text = (f"{args.backbone}{' (alpha 0.25, real weights)' if args.backbone == 'mobilenet' else ' (weights=none)'} "
-            f"at {args.image_size}², {args.phase} phase, {args.loop} loop, batch "
-            f"{args.batch_size}, {n} photos, {args.epochs} epochs per run, {args.repeats} runs "
-            "per variant interleaved (after 1 warm-up run each), no validation.\n\n")
+                 f"{ratio['overall']:.3f} (pairs {common.median(paired_overall):.3f})", "",
+                 f"{cpu_ratio['cpu1']:.3f}", f"{cpu_ratio['cpu_steady']:.3f}", "", ""])
+    if args.input_only:
+        for variant in VARIANTS:
+            r = rates(out["input_only_epoch_s"][variant], out["input_only_epoch_cpu_s"][variant])
+            rows.append([f"{variant}, input only"] + [f"{common.median(r[k]):.1f}" for k in
+                                                      ("epoch1", "steady", "overall")]
+                        + [common.spread(r["steady"]), f"{common.median(r['cpu1']):.2f}",
+                           f"{common.median(r['cpu_steady']):.2f}", "", ""])
+    weights = "alpha 0.25, real weights" if args.backbone == "mobilenet" else "weights=none"
+    text = (f"{args.backbone} ({weights}) at {args.image_size}², {args.phase} phase, "
+            f"{args.loop} loop, batch {args.batch_size}, {n} photos, {args.epochs} epochs per "
+            f"run, {args.repeats} runs per variant interleaved (after 1 warm-up run each), "
+            "no validation.\n\n")
     text += common.table(
         ["variant", "epoch 1 img/s", "epochs 2+ img/s", f"all {args.epochs} epochs img/s",
-         "epochs 2+ range", "max RSS MiB", "traces"], rows)
-    text += "\n\ntarget: real/preloaded >= 0.95"
+         "epochs 2+ range", "CPU ms/img epoch 1", "CPU ms/img epochs 2+", "max RSS MiB",
+         "traces"], rows)
+    text += ("\n\nCPU ms/img: CPU time of the whole process (all threads) per image; "
+             "the ratio row gives preloaded/real for it (higher is better, like img/s). "
+             "'input only' rows iterate the same batches with no training step.\n"
+             "target: real/preloaded >= 0.95")
     common.report("pipeline: real input pipeline vs pre-loaded batches", text,
-                  {"args": vars(args), "measure": out, "worker": rss}, args.json)
+                  {"args": vars(args), "measure": out, "worker": rss, "rates": train},
+                  args.json)
 
 
 if __name__ == "__main__":

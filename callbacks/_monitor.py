@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - other Keras layouts.
 
 
 def metric_direction(model, metric_name):
-    """"up", "down" or None: the direction of a compiled metric named `metric_name`.
+    """The direction ("up", "down" or None) of the compiled metric `metric_name`.
 
     Looks into the model's compiled metrics exactly like Keras (the last match wins).
     """

@@ -74,6 +74,7 @@ class BackupAndRestore(Callback):
                 "To use the BackupAndRestore callback, you model must be built before "
                 f"you call `fit()`. Model {self.model} is unbuilt. You can build it "
                 "beforehand by calling it on a batch of data.")
+        self._remove_stale_temporaries()
         try:
             self._restore(self._metadata_path)
         except (OSError, ValueError, KeyError):  # JSONDecodeError is a ValueError.
@@ -156,6 +157,12 @@ class BackupAndRestore(Callback):
         for path in candidates:
             if os.path.basename(path) not in keep and os.path.exists(path):
                 os.remove(path)
+
+    def _remove_stale_temporaries(self):
+        """Temporary files left by a run killed in the middle of a backup."""
+        pattern = os.path.join(glob.escape(self.backup_dir), ".*.tmp-*")
+        for path in glob.glob(pattern):
+            os.remove(path)
 
     def on_train_end(self, logs=None):
         if self.delete_checkpoint and os.path.exists(self.backup_dir):

@@ -17,9 +17,10 @@ class ModelCheckpoint(MonitorCallback):
     `filepath` may hold `str.format` fields: `{epoch}` (1-based), `{batch}`
     (1-based, with an integer `save_freq`) and any logs key, e.g.
     `"ckpt-{epoch:02d}-{val_loss:.4f}.weights.h5"`. Arguments and behaviour are
-    those of `keras.callbacks.ModelCheckpoint`; the one difference is that every
-    file is written to a temporary name in the same folder and renamed into
-    place, so a crash never leaves a half-written checkpoint.
+    those of `keras.callbacks.ModelCheckpoint`, except that every file is written
+    to a temporary name in the same folder and renamed into place (a crash never
+    leaves a half-written checkpoint) and that batch-level `save_best_only`
+    works before the first epoch end (see DIFFERENCES.md).
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,

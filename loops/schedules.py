@@ -19,8 +19,15 @@ OPTIMIZERS = {
 
 
 def make_optimizer(cfg) -> keras.optimizers.Optimizer:
-    """A fresh optimizer for one phase (never carried across phases)."""
-    return OPTIMIZERS[cfg.optimizer](learning_rate=cfg.resolved_learning_rate)
+    """A fresh optimizer for one phase (never carried across phases).
+
+    Under mixed_float16 it scales the loss dynamically, as `compile()` would
+    wrap it, so that both loops step the same way.
+    """
+    optimizer = OPTIMIZERS[cfg.optimizer](learning_rate=cfg.resolved_learning_rate)
+    if cfg.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -214,6 +214,11 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
     train_data, steps_per_epoch = input_pipeline.train_batches(
         train_examples, splits.sizes["train"], cfg.batch_size, cfg.seed,
         start_epoch=position.epoch, skip_batches=position.step)
+    if steps_per_epoch % cfg.steps_per_execution:
+        # fit() would run whole executions across the epoch boundary, shifting epochs.
+        raise ConfigError(
+            f"--steps_per_execution={cfg.steps_per_execution} does not divide the "
+            f"{steps_per_epoch} steps of an epoch; pass a divisor of {steps_per_epoch}")
     validation_data = input_pipeline.eval_batches(validation_examples, cfg.batch_size)
     specs = hook_specs(cfg, run_dir)
     with strategy.scope():

@@ -1,11 +1,15 @@
 """custom loop == fit(), bit for bit, under --deterministic (and the check can fail)."""
 import filecmp
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from loops import compare_lib, train_lib
+from tests.conftest import ROOT
 
 
 @pytest.fixture
@@ -96,3 +100,37 @@ def test_parity_when_early_stopping_and_plateau_reduction_fire(parity_config):
     rates = [logs["learning_rate"] for logs in report["logs"]["custom"]]
     assert rates[2] == pytest.approx(rates[1] * 0.5)
     assert_parity(report, cfg.run_dir)
+
+
+def test_parity_with_xla_and_several_steps_per_execution(tmp_path):
+    """XLA has no deterministic MaxPool gradient, so no --deterministic (and a fresh
+    process: op determinism cannot be switched off): the relative tolerance applies."""
+    out = subprocess.run(
+        [sys.executable, "compare.py", f"--workdir={tmp_path}", "--backbone=vgg16",
+         "--weights=none", "--image_size=32", "--dataset=synthetic", "--synthetic_examples=48",
+         "--batch_size=16", "--epochs=2", "--dropout=0.3", "--learning_rate=0.005",
+         "--verbose=0", "--jit_compile", "--steps_per_execution=3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    report = json.load(open(tmp_path / "head" / "report.json"))
+    assert report["equal"] and report["tolerance"] == compare_lib.DEFAULT_TOLERANCE
+    assert report["config"]["jit_compile"] and report["epochs"] == {"custom": 2, "fit": 2}
+
+
+def test_steps_per_execution_must_divide_an_epoch(parity_config):
+    from flags.config import ConfigError
+    with pytest.raises(ConfigError, match="does not divide the 3 steps"):
+        train_lib.train_phase(parity_config.replace(steps_per_execution=2))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_in_both_loops_alike(parity_config, policy):
+    import keras
+    cfg = parity_config.replace(mixed_precision=policy, epochs=1, early_stopping=False,
+                                augment=False)
+    try:
+        report = compare_lib.compare(cfg)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert report["equal"], {k: report[k] for k in ("max_abs_weight_diff", "max_abs_metric_diff")}
+    assert all(np.isfinite(v) for v in report["logs"]["custom"][0].values())
