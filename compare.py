@@ -6,40 +6,30 @@ Exit code 0 iff the two runs agree within the criterion written in the report
 (exact equality under --deterministic, else a relative tolerance).
 """
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from flags.definitions import config_from_flags, define_flags  # noqa: E402
+from flags.definitions import define_flags, run_command  # noqa: E402
 
 define_flags()
 flags.DEFINE_float("tolerance", 1e-5, "Relative tolerance when not --deterministic.")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def compare(cfg):
     from flags.config import ConfigError
-    from input_pipeline import DataError
-    try:
-        from loops.strategy import split_cpu
-        split_cpu(FLAGS.logical_cpus)
-        from loops import compare_lib
-        cfg = config_from_flags()
-        if cfg.phase == "evaluate":
-            raise ConfigError("compare.py trains a phase: pass --phase=head or --phase=finetune")
-        report = compare_lib.compare(cfg, FLAGS.tolerance)
-    except (ConfigError, DataError) as e:
-        sys.exit(f"error: {e}")
+    from loops import compare_lib
+    if cfg.phase == "evaluate":
+        raise ConfigError("compare.py trains a phase: pass --phase=head or --phase=finetune")
+    report = compare_lib.compare(cfg, FLAGS.tolerance)
     print(f"{'EQUAL' if report['equal'] else 'DIFFERENT'}: max_abs_weight_diff="
           f"{report['max_abs_weight_diff']:.3g} max_abs_metric_diff="
           f"{report['max_abs_metric_diff']:.3g} ({report['criterion']}); report in "
           f"{os.path.join(cfg.run_dir, 'report.md')}")
-    sys.exit(0 if report["equal"] else 1)
+    return 0 if report["equal"] else 1
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(lambda argv: run_command(argv, compare))

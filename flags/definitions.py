@@ -104,3 +104,25 @@ def config_from_flags(flag_values=flags.FLAGS, **overrides) -> config_lib.Config
     values = {f.name: flag_values[f.name].value for f in dataclasses.fields(config_lib.Config)}
     values.update(overrides)
     return config_lib.Config(**values)
+
+
+def run_command(argv, command):
+    """Entry-point wrapper: no positional arguments; splits the CPU if asked; turns a
+    user error (ConfigError, DataError) into one `error: ...` line and exit code 1.
+
+    `command(cfg)` does the work and returns its exit code (None for 0).
+    """
+    import sys
+
+    from absl import app
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from input_pipeline import DataError
+    from loops.strategy import split_cpu
+
+    try:
+        split_cpu(flags.FLAGS.logical_cpus)
+        return command(config_from_flags())
+    except (config_lib.ConfigError, DataError) as e:
+        sys.exit(f"error: {e}")
