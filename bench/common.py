@@ -11,11 +11,13 @@ These are benchmarks, not tests: nothing here asserts a timing.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -168,7 +170,10 @@ def run_worker(script: str, args: list[str], timeout: float | None = None) -> di
 
 
 def fresh_workdir(prefix: str) -> str:
-    return tempfile.mkdtemp(prefix=f"tapefit-bench-{prefix}-")
+    """A new temporary folder, removed when this process exits."""
+    path = tempfile.mkdtemp(prefix=f"tapefit-bench-{prefix}-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 # ---- reporting ------------------------------------------------------------------------
@@ -241,7 +246,8 @@ def timed_phase(cfg) -> dict:
     total_s: the whole call (data listing and checks, model build, the custom
     loop's one-time feature pass, every epoch with validation, checkpoints);
     setup_s: call start to on_train_begin; epoch_s: on_epoch_begin to
-    on_epoch_end of each epoch (training + validation + epoch-end hooks).
+    on_epoch_end of each epoch (training + validation + epoch-end hooks);
+    *_cpu_s: CPU time of this process (all threads), robust to other load.
     """
     import logging
 
@@ -257,10 +263,10 @@ def timed_phase(cfg) -> dict:
     root.addHandler(Catch(logging.INFO))
     root.setLevel(logging.INFO)
     clock = EpochClock()
-    start = now()
+    start, start_cpu = now(), time.process_time()
     _, logs = train_lib.train_phase(cfg, extra_hooks=clock.hooks)
-    total = now() - start
-    return {"total_s": total, "setup_s": clock.train_begin - start,
+    total, total_cpu = now() - start, time.process_time() - start_cpu
+    return {"total_s": total, "total_cpu_s": total_cpu, "setup_s": clock.train_begin - start,
             "epoch_s": clock.epoch_seconds, "epoch_cpu_s": clock.epoch_cpu_seconds,
             "after_s": start + total - clock.train_end,
             "last_logs": logs, "loadavg_end": loadavg(),

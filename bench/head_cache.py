@@ -57,6 +57,7 @@ def summarize(runs):
         "later": common.median(later),
         "epochs_sum": common.median([sum(r["epoch_s"]) for r in runs]),
         "after": common.median([r["after_s"] for r in runs]),
+        "cpu_total": common.median([r["total_cpu_s"] for r in runs]),
         "rss": common.median([r["max_rss_mib"] for r in runs]),
         "val_loss": common.median([(r["last_logs"] or {}).get("val_loss") for r in runs]),
     }
@@ -84,7 +85,7 @@ def main():
     stats = {v: summarize(runs[v]) for v in variants}
     rows = [[v, len(runs[v]), f"{s['total']:.1f}", s["total_range"], f"{s['setup']:.1f}",
              f"{s['epoch1']:.1f}", f"{s['later']:.2f}", f"{s['epochs_sum']:.1f}",
-             f"{s['after']:.1f}",
+             f"{s['after']:.1f}", f"{s['cpu_total']:.0f}",
              f"{s['rss']:.0f}", f"{s['val_loss']:.4f}"] for v, s in stats.items()]
     text = (f"{args.backbone} (weights=none) at {args.image_size}², head phase, "
             f"{args.epochs} epochs, batch {args.batch_size}, max {args.examples} photos per "
@@ -93,13 +94,19 @@ def main():
             f"interleaved, {args.repeats} run(s) per variant.\n\n")
     text += common.table(
         ["variant", "runs", "total s (median)", "total range", "setup s", "epoch 1 s",
-         "epochs 2+ s (median)", "sum of epochs s", "after s", "max RSS MiB",
+         "epochs 2+ s (median)", "sum of epochs s", "after s", "CPU s total", "max RSS MiB",
          "final val_loss"], rows)
     if "custom" in stats and "fit" in stats:
         paired = [f["total_s"] / c["total_s"] for c, f in zip(runs["custom"], runs["fit"])]
         text += (f"\n\nratio fit/custom, total wall time: "
                  f"{stats['fit']['total'] / stats['custom']['total']:.2f}x (medians), "
                  f"{common.median(paired):.2f}x (median of pairs); target >= 8x")
+        no_teardown = [(f["total_s"] - f["after_s"]) / (c["total_s"] - c["after_s"])
+                       for c, f in zip(runs["custom"], runs["fit"])]
+        text += (f"\nratio fit/custom, total minus 'after s' (the end-of-run iterator "
+                 f"teardown, see README): {common.median(no_teardown):.2f}x (median of pairs)")
+        text += (f"\nratio fit/custom, total CPU time: "
+                 f"{stats['fit']['cpu_total'] / stats['custom']['cpu_total']:.2f}x")
         text += (f"\nratio fit/custom, epochs 2+: "
                  f"{stats['fit']['later'] / stats['custom']['later']:.1f}x")
     common.report("head_cache: custom loop + feature cache vs fit()", text,

@@ -83,7 +83,16 @@ def tracing_count(fn):
 
 
 def measure(args, backbone, phase, loops):
-    """{loop: [images/s per timed chunk]} plus tracing counts; loops interleaved."""
+    """{loop: [images/s per timed chunk]} plus tracing counts; loops interleaved.
+
+    A chunk's rate is timed from on_epoch_begin to on_epoch_end (a hook of each
+    loop), so it leaves out the per-call iterator teardown, which in TF 2.21
+    can stall for a random fraction of a second or more (see bench/README.md);
+    `call_rates` time the whole call, teardown included.
+    """
+    import keras
+
+    import callbacks as callbacks_module
     import input_pipeline
     from loops import train_lib
     from loops.custom import CustomLoop
@@ -101,7 +110,10 @@ def measure(args, backbone, phase, loops):
                             steps_per_execution=cfg.steps_per_execution)
 
         def run_custom(steps=args.steps):
-            custom.fit(data, epochs=1, steps_per_epoch=steps)
+            clock = common.EpochClock()
+            custom.fit(data, epochs=1, steps_per_epoch=steps,
+                       callbacks=clock.hooks(callbacks_module))
+            return clock
 
         runners["custom"] = (run_custom, lambda: tracing_count(custom._train_function))
     if "fit" in loops:
@@ -111,7 +123,10 @@ def measure(args, backbone, phase, loops):
                         steps_per_execution=cfg.steps_per_execution)
 
         def run_fit(steps=args.steps):
-            model_f.fit(data, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
+            clock = common.EpochClock()
+            model_f.fit(data, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0,
+                        callbacks=clock.hooks(keras.callbacks))
+            return clock
 
         runners["fit"] = (run_fit, lambda: tracing_count(model_f.train_function))
     for _ in range(args.warmup):
@@ -122,19 +137,24 @@ def measure(args, backbone, phase, loops):
     images = images_in_first_steps(n, cfg.batch_size, steps)
     result = {loop: [] for loop in loops}
     cpu = {loop: [] for loop in loops}
+    call = {loop: [] for loop in loops}
     loads = []
     for repeat, loop in common.interleaved(loops, args.repeats):
-        start, start_cpu = common.now(), time.process_time()
-        runners[loop][0](steps)
-        seconds, cpu_seconds = common.now() - start, time.process_time() - start_cpu
+        start = common.now()
+        clock = runners[loop][0](steps)
+        call_seconds = common.now() - start
+        seconds, cpu_seconds = clock.epoch_seconds[0], clock.epoch_cpu_seconds[0]
         result[loop].append(images / seconds)
         cpu[loop].append(images / cpu_seconds)
+        call[loop].append(images / call_seconds)
         loads.append(common.loadavg())
         common.log(f"{backbone}/{phase} {loop} #{repeat}: {images / seconds:.1f} img/s, "
-                   f"{images / cpu_seconds:.1f} img/CPU-s")
+                   f"{images / cpu_seconds:.1f} img/CPU-s, whole call {call_seconds:.2f}s "
+                   f"(epoch {seconds:.2f}s)")
     traces = {loop: {"after_warmup": warm_traces[loop], "at_end": runners[loop][1]()}
               for loop in loops}
-    return {"rates": result, "cpu_rates": cpu, "traces": traces, "loadavg": loads,
+    return {"rates": result, "cpu_rates": cpu, "call_rates": call, "traces": traces,
+            "loadavg": loads,
             "steps_per_chunk": steps, "images_per_chunk": images}
 
 
@@ -175,6 +195,7 @@ def main():
         custom, fit = out["rates"]["custom"], out["rates"]["fit"]
         paired = [c / f for c, f in zip(custom, fit)]
         cpu_c, cpu_f = out["cpu_rates"]["custom"], out["cpu_rates"]["fit"]
+        call_c, call_f = out["call_rates"]["custom"], out["call_rates"]["fit"]
         rows.append([
             backbone, phase,
             f"{common.median(custom):.1f}", common.spread(custom),
@@ -183,18 +204,23 @@ def main():
             f"{common.median(paired):.3f}",
             f"{common.median(cpu_c):.1f}/{common.median(cpu_f):.1f}",
             f"{common.median(cpu_c) / common.median(cpu_f):.3f}",
+            f"{common.median(call_c) / common.median(call_f):.3f}",
             out["steps_per_chunk"],
             "/".join(f"{rss[l]['max_rss_mib']:.0f}" if l in rss else "-" for l in LOOPS),
             out["traces"]["custom"]["at_end"],
         ])
     text = (f"image {args.image_size}², batch {args.batch_size}, {args.examples} photos in "
-            f"memory, chunks of ~{args.chunk_seconds:g} s, {args.warmup} warm-up + {args.repeats} "
-            "timed chunks per loop, interleaved custom/fit; no feature cache; "
-            "VGG16 weights=none, MobileNet(0.25) real weights.\n\n")
+            f"memory, chunks of ~{args.chunk_seconds:g} s, {args.warmup} warm-up + "
+            f"{args.repeats} timed chunks per loop, interleaved custom/fit; no feature cache; "
+            "VGG16 weights=none, MobileNet(0.25) real weights. img/s: on_epoch_begin to "
+            "on_epoch_end of each one-epoch call; img/CPU-s: the same span in process CPU "
+            "time; whole-call ratio: the calls timed from outside (iterator setup and "
+            "teardown included).\n\n")
     text += common.table(
         ["backbone", "phase", "custom img/s (median)", "custom range", "fit img/s (median)",
          "fit range", "ratio custom/fit (medians)", "ratio (median of pairs)",
-         "img/CPU-s custom/fit", "CPU ratio", "steps/chunk", "max RSS MiB custom/fit",
+         "img/CPU-s custom/fit", "CPU ratio", "whole-call ratio", "steps/chunk",
+         "max RSS MiB custom/fit",
          "custom traces"], rows)
     common.report("step_rate: custom loop vs fit()", text, results, args.json)
 

@@ -54,7 +54,7 @@ def train_batches(ds: tf.data.Dataset, num_examples: int, batch_size: int, seed:
     # Cast after batching: the shuffle buffer then holds uint8, a quarter of the memory.
     batches = batches.map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=True)
     batches = batches.skip(skip_batches).prefetch(AUTOTUNE)
-    return batches, math.ceil(num_examples / batch_size)
+    return _shard_by_data(batches), math.ceil(num_examples / batch_size)
 
 
 def eval_batches(ds: tf.data.Dataset, batch_size: int, cache_dir: str | None = None,
@@ -62,7 +62,19 @@ def eval_batches(ds: tf.data.Dataset, batch_size: int, cache_dir: str | None = N
     """Batches in the split's fixed order, float32 images; one pass per iteration."""
     ds = _cache(ds, int(ds.cardinality()), cache_dir, cache)
     ds = ds.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.prefetch(AUTOTUNE)
+    return _shard_by_data(ds.prefetch(AUTOTUNE))
+
+
+def _shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Distributed over several workers (MultiWorkerMirroredStrategy), each worker
+    runs this whole pipeline and keeps its replicas' slices of every global batch,
+    so a step sees the same examples as on one device. The default (AUTO) would
+    give each worker whole input files when it finds them (tfds): other batches,
+    and per-worker batch counts that need not agree. No effect on one worker."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return ds.with_options(options)
 
 
 def _to_float(images, labels):

@@ -87,6 +87,8 @@ def compare(cfg: Config, tolerance: float = DEFAULT_TOLERANCE, fit_changes=None)
             extra_hooks=recorder.hooks)
         runs[loop] = (model, recorder)
     report = build_report(cfg, runs, tolerance)
+    if not train_lib.is_chief(cfg.strategy):
+        return report  # Only the chief of a multi-worker job writes the run directory.
     train_lib.write_json(os.path.join(cfg.run_dir, REPORT_JSON), report)
     with open(os.path.join(cfg.run_dir, REPORT_MD), "w") as f:
         f.write(render_markdown(report))

@@ -1,12 +1,22 @@
-"""tf.distribute strategy selection (both loops build and train under it)."""
+"""tf.distribute strategy selection (both loops build and train under it), and
+which worker of a multi-worker job writes the run directory."""
 from __future__ import annotations
 
+import functools
+import json
+import os
+
 import tensorflow as tf
+
+from flags.config import ConfigError
+
+_multi_worker = None  # One MultiWorkerMirroredStrategy per process (collectives start once).
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """`default`: the current (single-device) strategy. `mirrored`: all GPUs, or
     every logical CPU device when there is no GPU. `multi_worker`: reads TF_CONFIG."""
+    global _multi_worker
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -14,8 +24,82 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if _multi_worker is None:
+            _multi_worker = tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker
     raise ValueError(f"unknown strategy {name!r}")
+
+
+def check_supported(cfg) -> None:
+    """One-line errors for what TF 2.21 / Keras 3.15 cannot run across workers."""
+    if cfg.strategy != "multi_worker":
+        return
+    if cfg.jit_compile and not tf.config.list_physical_devices("GPU"):
+        raise ConfigError("--jit_compile cannot run --strategy=multi_worker on CPUs (XLA has "
+                          "no CPU collectives); drop --jit_compile")
+    if cfg.loop == "fit" and cfg.steps_per_execution > 1:
+        raise ConfigError("--loop=fit cannot run --steps_per_execution > 1 with "
+                          "--strategy=multi_worker (Keras 3 fails); pass --steps_per_execution=1 "
+                          "or --loop=custom")
+
+
+def task() -> tuple[str | None, int, dict]:
+    """(task type, task index, cluster) of this process, from TF_CONFIG."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task_spec = config.get("task") or {}
+    return task_spec.get("type"), int(task_spec.get("index", 0)), config.get("cluster") or {}
+
+
+def is_chief(strategy_name: str) -> bool:
+    """Whether this process writes the run directory: always, except under
+    `multi_worker`, where only the chief does (task type 'chief', or 'worker' 0
+    when the cluster has no chief), as in the TF multi-worker guides."""
+    if strategy_name != "multi_worker":
+        return True
+    task_type, index, cluster = task()
+    if task_type is None or not cluster:
+        return True  # No TF_CONFIG: a single local worker.
+    return task_type == "chief" or (task_type == "worker" and index == 0
+                                    and "chief" not in cluster)
+
+
+def in_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether `strategy` spans several workers (processes)."""
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
+
+
+def barrier(strategy: tf.distribute.Strategy, token: int = 0) -> bool:
+    """Waits until every worker gets here (an all-gather); whether all of them
+    passed the same `token` (an integer below 2**53). True at once on one worker."""
+    if not in_multi_worker(strategy):
+        return True
+    value = tf.constant([token], tf.float64)
+    tokens = strategy.gather(strategy.run(lambda: value), axis=0).numpy().tolist()
+    return tokens == [token] * len(tokens)
+
+
+def prepare_fit(model, strategy: tf.distribute.Strategy, data: tf.data.Dataset) -> None:
+    """Lets a compiled Keras 3 model `fit()` and `evaluate()` across workers.
+
+    Keras 3 (3.15 included, keras-team/keras#20585) fails there twice: its symbolic
+    build all-reduces a whole input batch (a tuple, which the strategy cannot
+    reduce), and it reduces each step's scalar logs along an axis 0 they lack.
+    So we build from the dataset's element spec, and the steps return their logs
+    as 1-element vectors: Keras then averages them over replicas, as it does
+    under MirroredStrategy. Nothing changes on one worker.
+    """
+    if not in_multi_worker(strategy):
+        return
+    with strategy.scope():
+        model._symbolic_build(data_batch=data.element_spec)
+    model._maybe_symbolic_build = lambda *args, **kwargs: None
+    for name in ("train_step", "test_step"):
+        setattr(model, name, functools.partial(_vector_logs, getattr(model, name)))
+
+
+def _vector_logs(step, data):
+    return tf.nest.map_structure(lambda value: tf.expand_dims(value, 0), step(data))
 
 
 def split_cpu(num_devices: int) -> None:

@@ -5,11 +5,14 @@ needs is derived from that object.
 """
 from __future__ import annotations
 
+import atexit
 import errno
 import json
 import logging
 import os
 import shutil
+import tempfile
+import zlib
 
 import keras
 import tensorflow as tf
@@ -22,7 +25,8 @@ from loops import feature_cache, resume
 from loops.custom import CustomLoop
 from loops.hooks import BACKUP_DIR, BEST_WEIGHTS, FINAL_WEIGHTS, hook_specs, instantiate
 from loops.schedules import make_optimizer
-from loops.strategy import make_strategy
+from loops.strategy import (barrier, check_supported, is_chief, make_strategy, prepare_fit,
+                            task)
 from model import build_model, set_trainable
 
 CONFIG_JSON = "config.json"
@@ -93,10 +97,12 @@ def check_writable(workdir: str) -> None:
 RESUMABLE_CHANGES = ("verbose", "overwrite")
 
 
-def prepare_run_dir(cfg: Config, run_dir: str) -> None:
+def prepare_run_dir(cfg: Config, run_dir: str, writer: bool = True) -> None:
     """Refuses to train over a finished or foreign run unless --overwrite; with
-    --backup, an unfinished run of the same flags is resumed."""
-    check_writable(cfg.workdir)
+    --backup, an unfinished run of the same flags is resumed. Every worker of a
+    multi-worker job checks (and fails alike); only the `writer` needs --workdir."""
+    if writer:
+        check_writable(cfg.workdir)
     if not os.path.isdir(run_dir) or not os.listdir(run_dir):
         return
     if cfg.overwrite:
@@ -159,12 +165,38 @@ def train(cfg: Config) -> dict:
             "run_dir": cfg.run_dir}
 
 
+def worker_run_dir(cfg: Config, run_dir: str) -> str:
+    """A non-chief worker's run directory: a temporary one, deleted at the end,
+    holding a copy of the chief's backup (`run_dir` must be on a shared file system
+    for that), so every worker resumes from the same state."""
+    task_type, index, _ = task()
+    folder = tempfile.mkdtemp(prefix=f"tapefit-{task_type}{index}-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    backup_dir = os.path.join(run_dir, BACKUP_DIR)
+    if cfg.backup and not cfg.overwrite and os.path.isdir(backup_dir):
+        shutil.copytree(backup_dir, os.path.join(folder, BACKUP_DIR),
+                        ignore=shutil.ignore_patterns(".*"))  # Not files being written.
+    return folder
+
+
+def backup_token(cfg: Config, run_dir: str) -> int:
+    """A number that workers resuming from the same backup agree on (0: none)."""
+    backup_dir = os.path.join(run_dir, BACKUP_DIR)
+    if not cfg.backup or cfg.overwrite or not os.path.isdir(backup_dir):
+        return 0
+    names = sorted(name for name in os.listdir(backup_dir) if not name.startswith("."))
+    listing = [(name, os.path.getsize(os.path.join(backup_dir, name))) for name in names]
+    return zlib.crc32(json.dumps(listing).encode()) if names else 0
+
+
 def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
     """Trains one phase; returns (model, last epoch logs).
 
     `run_dir` overrides <workdir>/<phase> (compare.py runs both loops side by side);
     `extra_hooks(module)` returns more hooks built from `callbacks` (custom loop) or
     `keras.callbacks` (fit loop), appended after the configured ones.
+    Under --strategy=multi_worker only the chief writes `run_dir`; the other
+    workers run the same steps and hooks in a temporary directory.
     """
     configure_determinism(cfg)
     checkpoint = None
@@ -172,8 +204,17 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
         checkpoint = init_checkpoint(cfg)
         check_matches_head(cfg)
     run_dir = run_dir or cfg.run_dir
-    prepare_run_dir(cfg, run_dir)
+    check_supported(cfg)
+    chief = is_chief(cfg.strategy)
+    prepare_run_dir(cfg, run_dir, writer=chief)
+    if not chief:
+        run_dir = worker_run_dir(cfg, run_dir)
     strategy = make_strategy(cfg.strategy)
+    # Every worker has read the chief's backup (the chief may go on), the same one.
+    if not barrier(strategy, backup_token(cfg, run_dir)):
+        raise ConfigError(
+            f"the workers see different backups in --workdir={cfg.workdir}: to resume with "
+            "--backup, --workdir must be on a file system that every worker shares")
     splits = input_pipeline.load_splits(cfg)
     if splits.skipped:
         logging.warning("skipped %d unreadable files, e.g. %s (full list in %s)",
@@ -198,7 +239,8 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
             train_model = cut.suffix
             folder = None
             if cache_mode == "disk":
-                folder = os.path.join(cfg.workdir, feature_cache.CACHE_DIR,
+                root = cfg.workdir if chief else run_dir  # Other workers: their own.
+                folder = os.path.join(root, feature_cache.CACHE_DIR,
                                       feature_cache.fingerprint(cut, feature_cache.data_key(cfg)))
             train_examples, validation_examples = (
                 feature_cache.cached_features(cut, images, splits.sizes[split],
@@ -220,7 +262,9 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
             f"--steps_per_execution={cfg.steps_per_execution} does not divide the "
             f"{steps_per_epoch} steps of an epoch; pass a divisor of {steps_per_epoch}")
     validation_data = input_pipeline.eval_batches(validation_examples, cfg.batch_size)
-    specs = hook_specs(cfg, run_dir)
+    # Only the chief posts to --remote_monitor_url (that hook comes after every hook
+    # with a state: the others' backups still match the chief's hook by hook).
+    specs = hook_specs(cfg if chief else cfg.replace(remote_monitor_url=None), run_dir)
     with strategy.scope():
         optimizer = make_optimizer(cfg)
     if cfg.loop == "custom":
@@ -241,6 +285,7 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
             model.compile(optimizer=optimizer, loss=loss_fn(), metrics=["accuracy"],
                           jit_compile=cfg.jit_compile,
                           steps_per_execution=cfg.steps_per_execution)
+        prepare_fit(model, strategy, train_data)
         history = model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                             validation_data=validation_data, shuffle=False, callbacks=hooks,
                             verbose=cfg.verbose)
@@ -248,6 +293,8 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
     save_weights(model, os.path.join(run_dir, FINAL_WEIGHTS))
     if backup is not None:  # Only now: a kill before the final save resumes from it.
         backup.delete()
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
     return model, logs
 
 
@@ -315,7 +362,8 @@ def evaluate(cfg: Config) -> dict:
         logs = CustomLoop(model, make_optimizer(trained)).evaluate(test)
     result = {"phase": phase, "weights": os.path.join(cfg.workdir, phase, BEST_WEIGHTS),
               "test_examples": splits.sizes["test"], **logs}
-    os.makedirs(cfg.run_dir, exist_ok=True)
-    write_json(os.path.join(cfg.run_dir, EVALUATION_JSON), result)
+    if is_chief(cfg.strategy):
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        write_json(os.path.join(cfg.run_dir, EVALUATION_JSON), result)
     return result
 
