@@ -26,7 +26,6 @@ RANDOM_LAYERS = (keras.layers.Dropout, keras.layers.GaussianNoise, keras.layers.
                  keras.layers.RandomTranslation, keras.layers.RandomZoom,
                  keras.layers.RandomContrast, keras.layers.RandomCrop)
 MEMORY_BUDGET_BYTES = 2 << 30
-PREFIX_BATCH_SIZE = 64
 CACHE_DIR = "feature_cache"
 
 
@@ -95,11 +94,12 @@ def feature_bytes(cut: Cut, num_examples: int) -> int:
 
 
 def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
-                    path: str | None) -> tf.data.Dataset:
+                    path: str | None, batch_size: int) -> tf.data.Dataset:
     """(features, label) in the order of `images` (unbatched), computed on first
     iteration and cached in memory (path None) or in files at `path`."""
     prefix = tf.function(lambda x: cut.prefix(x, training=False))
-    features = (images.batch(PREFIX_BATCH_SIZE)
+    # The run's batch size: the feature pass needs no more memory than training.
+    features = (images.batch(batch_size)
                 .map(lambda x, y: (prefix(tf.cast(x, tf.float32)), y))
                 .unbatch()
                 .apply(tf.data.experimental.assert_cardinality(num_examples)))

@@ -244,7 +244,8 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
                                       feature_cache.fingerprint(cut, feature_cache.data_key(cfg)))
             train_examples, validation_examples = (
                 feature_cache.cached_features(cut, images, splits.sizes[split],
-                                              folder and os.path.join(folder, split))
+                                              folder and os.path.join(folder, split),
+                                              cfg.batch_size)
                 for split, images in (("train", splits.train), ("validation", splits.validation)))
     backup = None
     if cfg.backup and cfg.loop == "custom":
