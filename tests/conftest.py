@@ -11,6 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import socket  # noqa: E402
+
 import pytest  # noqa: E402
 
 from flags.config import Config  # noqa: E402
@@ -23,3 +25,18 @@ def tiny_config(tmp_path):
         workdir=str(tmp_path / "run"), backbone="mobilenet", alpha=0.25, weights="none",
         image_size=32, dataset="synthetic", synthetic_examples=40, batch_size=8, epochs=2,
         verbose=0, deterministic=True, unfreeze_from="conv_dw_13")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fails any connection that leaves the machine; proxies are ignored."""
+    real_connect = socket.socket.connect
+
+    def connect(sock, address):
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            raise OSError(f"test tried to reach the network: {address}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)

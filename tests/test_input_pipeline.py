@@ -3,7 +3,6 @@ and the batching that fixes the training order. Tiny images made here with Pillo
 import hashlib
 import io
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -17,17 +16,7 @@ from input_pipeline import DataError, batching, synthetic
 S = 32
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Fails any connection that leaves the machine."""
-    real_connect = socket.socket.connect
-
-    def connect(sock, address):
-        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
-            raise OSError(f"test tried to reach the network: {address}")
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+pytestmark = pytest.mark.usefixtures("no_network")  # From conftest.py.
 
 
 def config(data_dir=None, **changes):

@@ -15,19 +15,7 @@ from input_pipeline import DataError, tfds_source
 S = 40
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Fails any connection that leaves the machine; proxies are ignored."""
-    real_connect = socket.socket.connect
-
-    def connect(sock, address):
-        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
-            raise OSError(f"test tried to reach the network: {address}")
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_network")  # From conftest.py.
 
 
 @pytest.fixture
