@@ -11,7 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from flags.definitions import define_flags, run_command  # noqa: E402
+from flags.definitions import define_flags  # noqa: E402
+from loops.entry import run_command  # noqa: E402
 
 define_flags()
 flags.DEFINE_float("tolerance", 1e-5, "Relative tolerance when not --deterministic.")

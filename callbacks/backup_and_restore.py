@@ -23,7 +23,7 @@ import glob
 import os
 import shutil
 
-from callbacks._io import atomic_save, atomic_write_json, atomic_write_text, read_json
+from callbacks.atomic_io import atomic_save, atomic_write_json, atomic_write_text, read_json
 from callbacks.base import Callback
 
 FORMAT = 1

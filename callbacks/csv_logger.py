@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from callbacks._io import is_remote
+from callbacks.atomic_io import is_remote
 from callbacks.base import Callback
 
 

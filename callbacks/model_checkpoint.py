@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 from keras import ops
 
-from callbacks._io import atomic_save
+from callbacks.atomic_io import atomic_save
 from callbacks._monitor import MonitorCallback, to_json_number
 
 

@@ -22,12 +22,7 @@ FINETUNE_LEARNING_RATE = HEAD_LEARNING_RATE / 10
 DEFAULT_UNFREEZE_FROM = {"vgg16": "block5_conv1", "mobilenet": "conv_dw_12"}
 
 
-class ConfigError(ValueError):
-    """A configuration problem the user fixes on the command line.
-
-    Its message is one line that names the fix; entry points print it without a
-    traceback and exit non-zero.
-    """
+from flags.errors import ConfigError  # noqa: E402,F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +53,7 @@ class Config:
     test_split_fraction: float = 0.1
     max_examples_per_split: int = 0
     synthetic_examples: int = 64
+    split_seed: int = 42
     # Optimisation.
     batch_size: int = 32
     epochs: int = 10
@@ -70,6 +66,7 @@ class Config:
     mixed_precision: Optional[str] = None
     steps_per_execution: int = 1
     feature_cache: str = "auto"
+    feature_cache_dir: Optional[str] = None
     # Hooks (Keras-callback-like names).
     monitor: str = "val_loss"
     mode: str = "auto"
@@ -90,9 +87,10 @@ class Config:
     csv_log: bool = True
     remote_monitor_url: Optional[str] = None
     terminate_on_nan: bool = True
-    backup: bool = False
+    backup: bool = True
     backup_every_steps: int = 0
     verbose: int = 1
+    debug: bool = False
 
     # ---- derived values -------------------------------------------------------
     @property

@@ -33,6 +33,9 @@ HELP = {
     "test_split_fraction": "--data_dir without a test folder: fraction carved out for testing.",
     "max_examples_per_split": "Use at most this many examples per split (0: all).",
     "synthetic_examples": "--dataset=synthetic: training examples.",
+    "split_seed": "Seed of the data split (carved validation/test folders, synthetic data); "
+                  "independent of --seed, so runs with other seeds are evaluated on the same "
+                  "examples.",
     "batch_size": "Global batch size.",
     "epochs": "Epochs to train this phase.",
     "learning_rate": f"Initial rate (default {config_lib.HEAD_LEARNING_RATE} for head, "
@@ -47,6 +50,8 @@ HELP = {
     "mixed_precision": "mixed_float16 or mixed_bfloat16 (default: float32).",
     "steps_per_execution": "Train steps per compiled call (both loops).",
     "feature_cache": "Frozen-prefix feature cache of the custom loop.",
+    "feature_cache_dir": "Where disk feature caches live (default <workdir>/feature_cache); "
+                         "runs that share it share their frozen features.",
     "monitor": "Quantity for best checkpoint, early stopping and plateau reduction.",
     "mode": "min, max or auto (from the monitor's name), as in Keras.",
     "save_best_only": "Keep only best.weights.h5; when false also keep every epoch's weights.",
@@ -66,9 +71,11 @@ HELP = {
     "csv_log": "Write per-epoch logs to <run>/log.csv.",
     "remote_monitor_url": "POST each epoch's logs as JSON to this URL (RemoteMonitor).",
     "terminate_on_nan": "Stop at the first non-finite loss.",
-    "backup": "Back up training state each epoch and resume from it after a crash.",
+    "backup": "Back up the training state at each epoch end (and every --backup_every_steps) "
+              "and resume from it when the same command is run again (--nobackup: off).",
     "backup_every_steps": "Also back up every N steps (0: epoch ends only).",
     "verbose": "0: quiet; 1: a progress bar per epoch.",
+    "debug": "Show the full traceback of an error instead of one line.",
 }
 
 _CHOICES = {
@@ -104,25 +111,3 @@ def config_from_flags(flag_values=flags.FLAGS, **overrides) -> config_lib.Config
     values = {f.name: flag_values[f.name].value for f in dataclasses.fields(config_lib.Config)}
     values.update(overrides)
     return config_lib.Config(**values)
-
-
-def run_command(argv, command):
-    """Entry-point wrapper: no positional arguments; splits the CPU if asked; turns a
-    user error (ConfigError, DataError) into one `error: ...` line and exit code 1.
-
-    `command(cfg)` does the work and returns its exit code (None for 0).
-    """
-    import sys
-
-    from absl import app
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from input_pipeline import DataError
-    from loops.strategy import split_cpu
-
-    try:
-        split_cpu(flags.FLAGS.logical_cpus)
-        return command(config_from_flags())
-    except (config_lib.ConfigError, DataError) as e:
-        sys.exit(f"error: {e}")

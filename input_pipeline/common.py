@@ -9,12 +9,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 SPLITS = ("train", "validation", "test")
 
 
-class DataError(ValueError):
-    """A data problem the user fixes on the command line or on disk.
-
-    Its message is one line that names the fix; entry points print it without a
-    traceback and exit non-zero.
-    """
+from flags.errors import DataError  # noqa: E402,F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Class names are the sorted sub-folder names and a label is a class's index, as in
 `keras.utils.image_dataset_from_directory`. Missing validation and test splits are
-carved from train (stratified by class, seeded with `cfg.seed`).
+carved from train (stratified by class, seeded with `cfg.split_seed`).
 
 Every file is checked once, up front, in a thread pool: a file TensorFlow decodes
 is read by `tf.io.decode_image` in the pipeline; a valid picture that TensorFlow
@@ -57,7 +57,7 @@ def load(cfg) -> Splits:
             candidates = entries[split]
             limit = cfg.max_examples_per_split if cfg.max_examples_per_split > 0 else None
             if limit is not None and len(candidates) > limit:
-                rng = np.random.default_rng([cfg.seed, 2, index])
+                rng = np.random.default_rng([cfg.split_seed, 2, index])
                 candidates = [candidates[i] for i in _stratified_order(candidates, rng)]
             kept, bad = _check_files(pool, candidates, cfg.image_size, limit)
             skipped += bad
@@ -184,7 +184,7 @@ def _carve_missing(entries: dict, folders: dict, cfg) -> dict:
                 f"{folders['train']} has only {len(pool)} images, too few to carve "
                 f"{' and '.join(missing)} splits from; add images or lower "
                 f"{' and '.join('--' + flags[s][0] for s in missing)}")
-    order = _stratified_order(pool, np.random.default_rng([cfg.seed, 1]))
+    order = _stratified_order(pool, np.random.default_rng([cfg.split_seed, 1]))
     out, start = dict(entries), 0
     for split, count in zip(missing, counts):
         out[split] = [pool[i] for i in order[start:start + count]]

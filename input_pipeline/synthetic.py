@@ -29,7 +29,7 @@ def load(cfg) -> Splits:
         sizes = {split: min(n, cfg.max_examples_per_split) for split, n in sizes.items()}
     datasets = {}
     for index, split in enumerate(SPLITS):
-        images, labels = generate(sizes[split], cfg.image_size, cfg.seed, index)
+        images, labels = generate(sizes[split], cfg.image_size, cfg.split_seed, index)
         datasets[split] = tf.data.Dataset.from_tensor_slices((images, labels))
     return Splits(class_names=CLASS_NAMES, sizes=sizes, **datasets)
 

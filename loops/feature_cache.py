@@ -115,7 +115,7 @@ def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
 
 DATA_FIELDS = ("dataset", "data_dir", "tfds_data_dir", "train_split", "validation_split_name",
                "test_split", "validation_split", "test_split_fraction",
-               "max_examples_per_split", "synthetic_examples", "seed", "image_size")
+               "max_examples_per_split", "synthetic_examples", "split_seed", "image_size")
 
 
 def data_key(cfg) -> dict:

@@ -27,7 +27,7 @@ import shutil
 import keras
 import numpy as np
 
-from callbacks._io import atomic_save, atomic_write_json, read_json
+from callbacks.atomic_io import atomic_save, atomic_write_json, read_json
 
 FORMAT = 1
 STATE_JSON = "state.json"
@@ -57,7 +57,7 @@ def _load_arrays(path):
 
 
 def remove_partial_files(run_dir: str) -> list[str]:
-    """Deletes temporary files a kill left behind mid-save (see callbacks._io.temp_path)."""
+    """Deletes temporary files a kill left behind mid-save (see callbacks.atomic_io.temp_path)."""
     partial = glob.glob(os.path.join(glob.escape(run_dir), "**", ".*.tmp-*"), recursive=True)
     for path in partial:
         os.remove(path)

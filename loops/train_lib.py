@@ -20,7 +20,7 @@ import tensorflow as tf
 import callbacks as hooks_module
 import input_pipeline
 from flags.config import Config, ConfigError
-from callbacks._io import atomic_save, atomic_write_text
+from callbacks.atomic_io import atomic_save, atomic_write_text
 from loops import feature_cache, resume
 from loops.custom import CustomLoop
 from loops.hooks import BACKUP_DIR, BEST_WEIGHTS, FINAL_WEIGHTS, hook_specs, instantiate

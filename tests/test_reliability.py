@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from callbacks._io import atomic_save
+from callbacks.atomic_io import atomic_save
 from flags.config import ConfigError
 from loops import train_lib
 from tests.conftest import ROOT
@@ -101,7 +101,7 @@ def test_full_disk_while_saving_keeps_the_previous_file(tiny_config, monkeypatch
 KILL_DURING_SAVE = """
 import sys, time
 sys.path.insert(0, {root!r})
-from callbacks._io import atomic_save
+from callbacks.atomic_io import atomic_save
 def slow_save(path):
     with open(path, "wb") as f:
         f.write(b"half a checkpoint")
