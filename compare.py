@@ -7,15 +7,19 @@ Exit code 0 iff the two runs agree within the criterion written in the report
 """
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from flags.quiet import silence_native_logs
+
+if __name__ == "__main__":
+    silence_native_logs()  # Before anything imports TensorFlow.
 
 from absl import app, flags  # noqa: E402
 
-from flags.definitions import define_flags  # noqa: E402
+from flags.definitions import define_flags, define_help_flags  # noqa: E402
 from loops.entry import run_command  # noqa: E402
 
 define_flags()
 flags.DEFINE_float("tolerance", 1e-5, "Relative tolerance when not --deterministic.")
+define_help_flags({"comparison": ("tolerance",)})
 FLAGS = flags.FLAGS
 
 

@@ -7,21 +7,32 @@
 Flags are read here only; the library receives a frozen `Config`.
 """
 import json
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from flags.quiet import silence_native_logs
+
+if __name__ == "__main__":
+    silence_native_logs()  # Before anything imports TensorFlow.
 
 from absl import app  # noqa: E402
 
-from flags.definitions import define_flags  # noqa: E402
+from flags.definitions import (  # noqa: E402
+    define_flags, define_help_flags, define_output_flags)
 from loops.entry import run_command  # noqa: E402
 
 define_flags()
+define_output_flags()
+define_help_flags()
 
 
 def train(cfg):
-    from loops import train_lib
-    print(json.dumps(train_lib.run(cfg), indent=2, sort_keys=True))
+    from absl import flags
+
+    from loops import console, train_lib
+    result = train_lib.run(cfg)
+    if flags.FLAGS["json"].value:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(console.phase_summary(result))
 
 
 if __name__ == "__main__":

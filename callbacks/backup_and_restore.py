@@ -16,12 +16,31 @@ On-disk layout of `backup_dir` (format 1):
   backup, whose weights file is kept; it is used when the newest one cannot be read.
 
 A Keras backup (`latest.weights.h5` and a metadata without `"weights"`) is read too.
+
+**Exact mode** (tapefit's custom loop, `bind(loop, hooks)`): Keras' hook restarts at
+the beginning of an epoch and forgets the hooks, the RNG and the data position. Bound
+to a loop, the same hook saves, every `save_freq` steps and at each epoch end:
+- every variable of the model (Keras' dropout/augmentation seed-generator states
+  included), of the optimizer (slots, iterations, learning rate) and of the loop's
+  running metrics, bit for bit, in a NumPy `.npz` (no pickle);
+- the position: epoch, steps done in it, whether training had stopped;
+- every hook's `get_state()`, keyed by the hook's stable name (`state_key`, else its
+  class name), not by its place in the list; arrays in a state (EarlyStopping's best
+  weights) go to their own `.npz`.
+The loop drives it (`restore()` after `on_train_begin`, `save(position)` after the
+hooks saw a step or an epoch end) and positions the data stream from (epoch, step).
+Layout: `state.json` is the commit point, replaced atomically after the files it
+names are fully written; older files are removed after it.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
+import io
 import os
 import shutil
+
+import numpy as np
 
 from callbacks.atomic_io import atomic_save, atomic_write_json, atomic_write_text, read_json
 from callbacks.base import Callback
@@ -29,6 +48,48 @@ from callbacks.base import Callback
 FORMAT = 1
 METADATA = "training_metadata.json"
 KERAS_WEIGHTS = "latest.weights.h5"
+EXACT_FORMAT = 2
+STATE_JSON = "state.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Where a run stands: the epoch to continue, the batches of it already trained,
+    and whether a hook had stopped training (only on_train_end is left)."""
+
+    epoch: int = 0
+    step: int = 0
+    stopped: bool = False
+
+
+def state_key(hook) -> str:
+    """A hook's stable name in a backup: its `state_key` or its class name."""
+    return getattr(hook, "state_key", None) or type(hook).__name__
+
+
+def _is_arrays(value) -> bool:
+    return isinstance(value, (list, tuple)) and bool(value) and all(
+        isinstance(a, np.ndarray) for a in value)
+
+
+def _save_arrays(path, arrays):
+    def write(tmp):
+        buffer = io.BytesIO()
+        np.savez(buffer, *arrays)
+        with open(tmp, "wb") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+    atomic_save(write, path)
+
+
+def _load_arrays(path):
+    with np.load(path, allow_pickle=False) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+class BackupError(ValueError):
+    """A backup that cannot be restored (another model, missing or corrupt files)."""
 
 
 class BackupAndRestore(Callback):
@@ -69,6 +130,9 @@ class BackupAndRestore(Callback):
 
     # ---- restore ------------------------------------------------------------
     def on_train_begin(self, logs=None):
+        if self.bound:  # Exact mode: the loop calls restore().
+            self._remove_stale_temporaries()
+            return
         if not self.model.built:
             raise ValueError(
                 "To use the BackupAndRestore callback, you model must be built before "
@@ -106,12 +170,16 @@ class BackupAndRestore(Callback):
 
     # ---- backup -------------------------------------------------------------
     def on_epoch_end(self, epoch, logs=None):
+        if self.bound:  # Exact mode: the loop calls save() after every hook saw the epoch.
+            return
         self._current_epoch = epoch + 1
         self._last_batch_seen = 0
         if self.save_freq == "epoch":
             self._save_model()
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.bound:
+            return
         if self._should_save_on_batch(batch):
             self._save_model()
 
@@ -165,6 +233,143 @@ class BackupAndRestore(Callback):
             os.remove(path)
 
     def on_train_end(self, logs=None):
+        if self.bound:  # Exact mode: deleted by the phase after its final save.
+            return
         if self.delete_checkpoint and os.path.exists(self.backup_dir):
             shutil.rmtree(self.backup_dir)
 
+    # ---- exact mode (bound to tapefit's custom loop) -----------------------------
+    def bind(self, loop, hooks):
+        """Exact mode: back up `loop`'s whole state and `hooks`' states. The loop then
+        calls `restore()` and `save()`; the hook's own events do nothing."""
+        self._loop, self._hooks = loop, [h for h in hooks if h is not self]
+        self._exact_state = None
+        self._state_path = os.path.join(self.backup_dir, STATE_JSON)
+        if os.path.exists(self._state_path):
+            try:
+                self._exact_state = read_json(self._state_path)
+            except ValueError:
+                raise BackupError(f"the backup {self._state_path} is corrupt") from None
+        self._save_index = self._exact_state["index"] if self._exact_state else 0
+        return self
+
+    @property
+    def bound(self) -> bool:
+        return getattr(self, "_loop", None) is not None
+
+    @property
+    def position(self):
+        """The saved Position (exact mode), None when there is no backup."""
+        state = getattr(self, "_exact_state", None)
+        if state is None:
+            return None
+        return Position(state["epoch"], state["step"], state["stopped"])
+
+    @property
+    def last_logs(self):
+        state = getattr(self, "_exact_state", None)
+        return state.get("logs") if state else None
+
+    def due(self, global_step: int) -> bool:
+        return isinstance(self.save_freq, int) and self.save_freq > 0 and \
+            global_step % self.save_freq == 0
+
+    def _variables(self):
+        loop = self._loop
+        metric_variables = [v for metric in loop.metrics for v in metric.variables]
+        return list(loop.model.variables) + list(loop.optimizer.variables) + metric_variables
+
+    def _hook_keys(self):
+        keys, seen = [], {}
+        for hook in self._hooks:
+            if not hasattr(hook, "get_state"):
+                keys.append(None)
+                continue
+            key = state_key(hook)
+            seen[key] = seen.get(key, 0) + 1
+            keys.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
+        return keys
+
+    def save(self, position, logs=None):
+        """Writes a complete backup at `position` (exact mode)."""
+        import keras
+
+        os.makedirs(self.backup_dir, exist_ok=True)
+        self._save_index += 1
+        index = self._save_index
+        files = {"variables": f"variables-{index:06d}.npz"}
+        variables = self._variables()
+        _save_arrays(os.path.join(self.backup_dir, files["variables"]),
+                     [keras.ops.convert_to_numpy(v) for v in variables])
+        hook_states = {}
+        for n, (hook, key) in enumerate(zip(self._hooks, self._hook_keys())):
+            if key is None:
+                continue
+            state, arrays = {}, {}
+            for name, value in hook.get_state().items():
+                (arrays if _is_arrays(value) else state)[name] = value
+            for name, value in arrays.items():
+                files[f"{key}/{name}"] = f"hook{n}-{name}-{index:06d}.npz"
+                _save_arrays(os.path.join(self.backup_dir, files[f"{key}/{name}"]), value)
+            hook_states[key] = {"class": type(hook).__name__, "state": state,
+                                "arrays": sorted(arrays)}
+        self._exact_state = {
+            "format": EXACT_FORMAT, "index": index, "epoch": position.epoch,
+            "step": position.step, "stopped": position.stopped, "logs": logs,
+            "files": files, "variable_paths": [v.path for v in variables],
+            "hooks": hook_states,
+        }
+        atomic_write_json(self._state_path, self._exact_state)
+        keep = set(files.values()) | {STATE_JSON}
+        for path in glob.glob(os.path.join(glob.escape(self.backup_dir), "*")):
+            name = os.path.basename(path)
+            if name not in keep and not name.startswith("."):
+                os.remove(path)
+
+    def restore(self):
+        """Assigns every saved variable and hook state; returns the Position, or None
+        when there is no backup (exact mode; call after on_train_begin)."""
+        state = self._exact_state
+        if state is None:
+            return None
+        if state.get("format") != EXACT_FORMAT:
+            raise BackupError(f"{self._state_path} has format {state.get('format')}, "
+                              f"not {EXACT_FORMAT}")
+        variables = self._variables()
+        if [v.path for v in variables] != state["variable_paths"]:
+            raise BackupError(f"the backup in {self.backup_dir} is of another model or "
+                              "optimizer")
+        try:
+            values = _load_arrays(os.path.join(self.backup_dir, state["files"]["variables"]))
+            if len(values) != len(variables) or any(
+                    tuple(value.shape) != tuple(variable.shape)
+                    for value, variable in zip(values, variables)):
+                raise BackupError(f"the backup in {self.backup_dir} does not fit this model")
+            for variable, value in zip(variables, values):
+                variable.assign(value)
+            keys = self._hook_keys()
+            if sorted(k for k in keys if k) != sorted(state["hooks"]):
+                raise BackupError(
+                    f"the backup's hooks {sorted(state['hooks'])} differ from this run's "
+                    f"{sorted(k for k in keys if k)}")
+            for hook, key in zip(self._hooks, keys):
+                if key is None:
+                    continue
+                saved = state["hooks"][key]
+                if saved["class"] != type(hook).__name__:
+                    raise BackupError(f"the backup's hook {key} is a {saved['class']}, not a "
+                                      f"{type(hook).__name__}")
+                hook_state = dict(saved["state"])
+                for name in saved["arrays"]:
+                    hook_state[name] = _load_arrays(
+                        os.path.join(self.backup_dir, state["files"][f"{key}/{name}"]))
+                hook.set_state(hook_state)
+        except (OSError, KeyError, ValueError) as e:
+            if isinstance(e, BackupError):
+                raise
+            raise BackupError(f"the backup in {self.backup_dir} cannot be read "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        return self.position
+
+    def delete(self):
+        shutil.rmtree(self.backup_dir, ignore_errors=True)

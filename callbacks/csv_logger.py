@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from callbacks.atomic_io import is_remote
+from callbacks.atomic_io import atomic_save, is_remote
 from callbacks.base import Callback
 
 
@@ -106,6 +106,26 @@ class CSVLogger(Callback):
                 "rows_written": self.rows_written}
 
     def set_state(self, state):
-        """Restores the columns; call after `on_train_begin` (use `append=True` to resume)."""
+        """Restores the columns; call after `on_train_begin` (use `append=True` to resume).
+
+        The file is cut back to the header and the `rows_written` rows of that state:
+        rows written after it (by a run killed before its next backup) are dropped, so
+        a resumed run never repeats or loses a row.
+        """
         self.keys = None if state["keys"] is None else list(state["keys"])
         self.rows_written = state["rows_written"]
+        if not self.append or is_remote(self.filename) or not _exists(self.filename):
+            return
+        if self.csv_file and not self.csv_file.closed:
+            self.csv_file.close()
+        with open(self.filename, newline="") as f:
+            lines = f.readlines()
+        keep = lines[:1 + self.rows_written] if self.rows_written else []
+        if keep != lines:
+            def write(tmp):
+                with open(tmp, "w", newline="") as f:
+                    f.writelines(keep)
+            atomic_save(write, self.filename)
+        self.append_header = not keep
+        self.writer = None
+        self.csv_file = _open(self.filename, "a")

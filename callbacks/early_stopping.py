@@ -86,24 +86,29 @@ class EarlyStopping(MonitorCallback):
 
     # ---- resumable state ----------------------------------------------------
     def get_state(self):
-        """JSON-serialisable counters (the best weights themselves are not included)."""
+        """Counters (JSON numbers) and, under `best_weights`, the best epoch's weights
+        (a list of arrays, or None)."""
         return {
             "wait": self.wait,
             "stopped_epoch": self.stopped_epoch,
             "best": to_json_number(self.best),
             "best_epoch": self.best_epoch,
             "has_best_weights": self.best_weights is not None,
+            "best_weights": self.best_weights,
         }
 
     def set_state(self, state, best_weights=None):
         """Restores `get_state()`; call after `on_train_begin` (which resets it).
 
-        `best_weights` (a list of arrays) is needed when the state says it had some.
+        The best weights come from `state["best_weights"]` or, when the state went
+        through JSON without them, from `best_weights`.
         """
         self.wait = state["wait"]
         self.stopped_epoch = state["stopped_epoch"]
         self.best = state["best"]
         self.best_epoch = state["best_epoch"]
+        if best_weights is None:
+            best_weights = state.get("best_weights")
         if state.get("has_best_weights") and best_weights is None:
             raise ValueError("This EarlyStopping state had best weights: pass `best_weights`.")
-        self.best_weights = best_weights if state.get("has_best_weights") else None
+        self.best_weights = list(best_weights) if state.get("has_best_weights") else None

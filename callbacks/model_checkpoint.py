@@ -135,6 +135,11 @@ class ModelCheckpoint(MonitorCallback):
                 f'Failed to format this callback filepath: "{self.filepath}". Reason: {e}')
 
     # ---- resumable state ----------------------------------------------------
+    @property
+    def state_key(self):
+        """Names this hook's state in a backup: one per file pattern."""
+        return f"ModelCheckpoint:{os.path.basename(str(self.filepath))}"
+
     def get_state(self):
         return {
             "best": to_json_number(self.best),

@@ -1,15 +1,18 @@
 """`ProgbarLogger`: a tqdm progress bar per epoch, with the running metrics."""
 from __future__ import annotations
 
+import io
+import os
 import sys
+import time
 
 from tqdm import tqdm
 
 from callbacks.base import Callback
 
 
-def format_logs(logs):
-    """`name: value` pairs, numbers formatted like Keras' Progbar."""
+def log_items(logs):
+    """`name: value` texts, numbers formatted like Keras' Progbar."""
     parts = []
     for name, value in (logs or {}).items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -17,7 +20,41 @@ def format_logs(logs):
         else:
             text = str(value)
         parts.append(f"{name}: {text}")
-    return " - ".join(parts)
+    return parts
+
+
+def format_logs(logs):
+    """`name: value - name: value`, numbers formatted like Keras' Progbar."""
+    return " - ".join(log_items(logs))
+
+
+def fit_items(items, room):
+    """(the leading items whose " - "-joined text fits in `room` columns, the others);
+    `room=None`: all fit."""
+    if room is None:
+        return list(items), []
+    shown, used = [], 0
+    for i, item in enumerate(items):
+        used += len(item) + (3 if shown else 0)
+        if used > room:
+            return shown, list(items[i:])
+        shown.append(item)
+    return shown, []
+
+
+def wrap_items(items, width, indent=""):
+    """Lines of " - "-joined items, each within `width` columns (an item longer than the
+    line gets one of its own); `width=None`: one line."""
+    lines, current = [], ""
+    for item in items:
+        candidate = f"{current} - {item}" if current else indent + item
+        if current and width is not None and len(candidate) > width - 1:
+            lines.append(current)
+            candidate = indent + item
+        current = candidate
+    if current:
+        lines.append(current)
+    return lines
 
 
 class ProgbarLogger(Callback):
@@ -28,22 +65,34 @@ class ProgbarLogger(Callback):
     postfix and the epoch's logs (validation included) when it closes;
     `verbose=2`: one line per epoch; `verbose=0`: nothing. Validation inside
     training is silent; a stand-alone evaluation or prediction gets its own bar.
-    Nothing is written when the stream is not a terminal, unless `force=True`.
+    Nothing is written when the stream is not a terminal, unless `force=True`
+    or `lines_when_not_tty=True`.
+
+    A bar never runs past the terminal's width: the metrics that do not fit next to
+    it are left out while it runs, and at epoch end the epoch's logs that do not fit
+    (validation first) follow on their own line(s) under the closed bar.
 
     Args:
-      force: write even when `file` is not a TTY (logs, tests).
+      force: write even when `file` is not a TTY (logs, tests): bars as on a terminal.
       file: the stream (default: `sys.stdout` at the time of writing).
+      lines_when_not_tty: when `file` is not a TTY (a log file, a pipe, a batch job),
+        write exactly one plain line per epoch (`Epoch 3/10 - 40 steps - 12.3s -
+        loss: ...`) whatever `verbose` (> 0) is: no carriage returns, no ANSI codes.
     """
 
-    def __init__(self, force=False, file=None):
+    MIN_BAR_WIDTH = 10
+
+    def __init__(self, force=False, file=None, lines_when_not_tty=False):
         super().__init__()
         self.force = force
         self.file = file
+        self.lines_when_not_tty = lines_when_not_tty
         self.verbose = 1
         self.epochs = 1
         self.target = None
         self.seen = 0
         self.progbar = None
+        self._started = None
         self._called_in_fit = False
 
     def set_params(self, params):
@@ -58,20 +107,48 @@ class ProgbarLogger(Callback):
     def _stream(self):
         return self.file if self.file is not None else sys.stdout
 
-    def _enabled(self):
-        if not self.verbose:
-            return False
-        if self.force:
-            return True
+    def _is_tty(self):
         try:
             return bool(self._stream().isatty())
         except (AttributeError, ValueError):
             return False
 
+    def _mode(self):
+        """"bar", "line" (one line per epoch) or None (silent)."""
+        if not self.verbose:
+            return None
+        if self._is_tty():
+            return "bar" if self.verbose == 1 else "line"
+        if self.lines_when_not_tty:
+            return "line"
+        if self.force:
+            return "bar" if self.verbose == 1 else "line"
+        return None
+
+    def _enabled(self):
+        return self._mode() is not None
+
+    def _width(self):
+        """The terminal's width in columns, None when unknown (not a real terminal)."""
+        try:
+            return os.get_terminal_size(self._stream().fileno()).columns
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            return None
+
+    def _postfix_room(self):
+        """Columns left for the postfix next to the bar (None: unlimited)."""
+        width = self._width()
+        if width is None or self.progbar is None:
+            return None
+        meter = dict(self.progbar.format_dict, postfix=None, ncols=0)  # 0: without the bar.
+        # ", " before the postfix, one column spare (the cursor).
+        return width - len(self.progbar.format_meter(**meter)) - self.MIN_BAR_WIDTH - 3
+
     def _open_bar(self, desc, total):
         self._close_bar()
         self.seen = 0
-        if self.verbose == 1 and self._enabled():
+        self._started = time.monotonic()
+        if self._mode() == "bar":
             self.progbar = tqdm(total=total, desc=desc, unit="step", file=self._stream(),
                                 leave=True, dynamic_ncols=True)
 
@@ -80,7 +157,8 @@ class ProgbarLogger(Callback):
         if self.progbar is not None:
             self.progbar.update(self.seen - self.progbar.n)
             if logs:
-                self.progbar.set_postfix_str(format_logs(logs), refresh=False)
+                shown, _ = fit_items(log_items(logs), self._postfix_room())
+                self.progbar.set_postfix_str(" - ".join(shown), refresh=False)
 
     def _finish_bar(self, logs, title):
         if self.target is None:  # Unknown length: learnt from the first run, as Keras.
@@ -89,10 +167,24 @@ class ProgbarLogger(Callback):
             if self.progbar.total is None:
                 self.progbar.total = self.seen
             self.progbar.update(max(self.progbar.total - self.progbar.n, 0))
-            self.progbar.set_postfix_str(format_logs(logs), refresh=False)
+            items = log_items(logs)
+            # Training metrics first: what does not fit (validation) goes below the bar.
+            ordered = ([i for i in items if not i.startswith("val_")]
+                       + [i for i in items if i.startswith("val_")])
+            shown, rest = fit_items(items, self._postfix_room())
+            if rest:
+                shown, rest = fit_items(ordered, self._postfix_room())
+            self.progbar.set_postfix_str(" - ".join(shown), refresh=False)
             self._close_bar()
-        elif self.verbose == 2 and self._enabled():
+            if rest:
+                stream = self._stream()
+                for line in wrap_items(rest, self._width(), indent="  "):
+                    stream.write(line + "\n")
+                stream.flush()
+        elif self._mode() == "line":
             line = f"{title} - {self.seen} steps"
+            if self._started is not None:
+                line += f" - {time.monotonic() - self._started:.1f}s"
             if logs:
                 line += " - " + format_logs(logs)
             print(line, file=self._stream(), flush=True)

@@ -3,23 +3,43 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import urllib.parse
 from typing import Optional
 
 PHASES = ("head", "finetune", "evaluate")
 LOOPS = ("custom", "fit")
-BACKBONES = ("vgg16", "mobilenet")
+BACKBONES = ("vgg16", "vgg19", "resnet50", "resnet50v2", "mobilenet", "mobilenet_v2",
+             "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1",
+             "efficientnet_b2", "efficientnet_b3", "efficientnetv2_b0", "convnext_tiny",
+             "densenet121", "inception_v3", "xception")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 LR_SCHEDULES = ("constant", "step", "exponential", "cosine")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 FEATURE_CACHE = ("auto", "off", "memory", "disk")
+MODES = ("auto", "min", "max")
+# What --monitor can name: the logs of both loops (loops/custom.py make_metrics).
+MONITORS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# Seeds are 32-bit (numpy, TF): [0, SEED_LIMIT).
+SEED_LIMIT = 2**32
+# Larger images are no use to these backbones and run out of memory.
+MAX_IMAGE_SIZE = 1024
+REMOTE_MONITOR_SCHEMES = ("http", "https")
 
 # Learning-rate defaults per phase: fine-tuning uses a tenth of the head rate.
 HEAD_LEARNING_RATE = 1e-3
 FINETUNE_LEARNING_RATE = HEAD_LEARNING_RATE / 10
 
-# Default first trainable layer in the finetune phase, per backbone.
-DEFAULT_UNFREEZE_FROM = {"vgg16": "block5_conv1", "mobilenet": "conv_dw_12"}
+# Default first trainable block in the finetune phase, per backbone: its last block
+# or stage (model/backbones.py holds the same values; tests check they agree).
+DEFAULT_UNFREEZE_FROM = {
+    "vgg16": "block5", "vgg19": "block5", "resnet50": "conv5", "resnet50v2": "conv5",
+    "mobilenet": "block_12", "mobilenet_v2": "block_16",
+    "mobilenet_v3_small": "expanded_conv_10", "mobilenet_v3_large": "expanded_conv_14",
+    "efficientnet_b0": "block7", "efficientnet_b1": "block7", "efficientnet_b2": "block7",
+    "efficientnet_b3": "block7", "efficientnetv2_b0": "block6h", "convnext_tiny": "stage_3",
+    "densenet121": "conv5", "inception_v3": "mixed9", "xception": "block14"}
 
 
 from flags.errors import ConfigError  # noqa: E402,F401  (re-exported)
@@ -122,10 +142,10 @@ class Config:
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("feature_cache", self.feature_cache, FEATURE_CACHE)
-        _choice("mode", self.mode, ("auto", "min", "max"))
+        _choice("mode", self.mode, MODES)
         if self.mixed_precision not in (None, "mixed_float16", "mixed_bfloat16"):
-            raise ConfigError(
-                    f"unknown --mixed_precision={self.mixed_precision!r}; pass mixed_float16 or mixed_bfloat16")
+            raise ConfigError(f"unknown --mixed_precision={self.mixed_precision!r}; "
+                              "pass mixed_float16 or mixed_bfloat16")
         if self.batch_size < 1:
             raise ConfigError(f"--batch_size={self.batch_size} must be at least 1")
         if self.epochs < 0:
@@ -139,7 +159,54 @@ class Config:
         if not 0.0 < self.validation_split < 1.0:
             raise ConfigError(f"--validation_split={self.validation_split} must be in (0, 1)")
         if self.steps_per_execution < 1:
-            raise ConfigError(f"--steps_per_execution={self.steps_per_execution} must be at least 1")
+            raise ConfigError(
+                f"--steps_per_execution={self.steps_per_execution} must be at least 1")
+        self._check_ranges()
+
+    def _check_ranges(self):
+        """Checks that need no data or model: one line each, naming the fix, before
+        anything is written or trained."""
+        if not self.workdir:
+            raise ConfigError("--workdir is empty; pass a run directory, e.g. --workdir=runs/x")
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ConfigError(f"--alpha={self.alpha} must be a positive number; pass e.g. "
+                              "--alpha=1.0 (ImageNet weights exist for 0.25, 0.5, 0.75, 1.0)")
+        for name in ("seed", "split_seed"):
+            value = getattr(self, name)
+            if not 0 <= value < SEED_LIMIT:
+                raise ConfigError(f"--{name}={value} must be in [0, 2**32); pass e.g. --{name}=0")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(f"--image_size={self.image_size} is too large; pass --image_size "
+                              f"of at most {MAX_IMAGE_SIZE} (224 is the backbones' native size)")
+        if self.learning_rate is not None and not math.isfinite(self.learning_rate):
+            raise ConfigError(f"--learning_rate={self.learning_rate} is not a finite number; "
+                              "pass e.g. --learning_rate=0.001")
+        if not (0.0 < self.reduce_lr_factor < 1.0):
+            raise ConfigError(f"--reduce_lr_factor={self.reduce_lr_factor} must be in (0, 1) "
+                              "(the rate is multiplied by it on a plateau); pass e.g. 0.1")
+        if not (self.reduce_lr_min_lr >= 0 and math.isfinite(self.reduce_lr_min_lr)):
+            raise ConfigError(f"--reduce_lr_min_lr={self.reduce_lr_min_lr} must be a number of "
+                              "at least 0; pass e.g. --reduce_lr_min_lr=0")
+        if not (self.lr_decay_rate > 0 and math.isfinite(self.lr_decay_rate)):
+            raise ConfigError(f"--lr_decay_rate={self.lr_decay_rate} must be a positive number; "
+                              "pass e.g. --lr_decay_rate=0.1")
+        if self.lr_decay_epochs < 1:
+            raise ConfigError(f"--lr_decay_epochs={self.lr_decay_epochs} must be at least 1")
+        if self.monitor not in MONITORS:
+            raise ConfigError(f"unknown --monitor={self.monitor!r}; choose one of: "
+                              f"{', '.join(MONITORS)}")
+        if not math.isfinite(self.min_delta):
+            raise ConfigError(f"--min_delta={self.min_delta} is not a finite number; pass e.g. "
+                              "--min_delta=0")
+        for name in ("early_stopping_patience", "reduce_lr_patience", "reduce_lr_cooldown",
+                     "backup_every_steps", "max_examples_per_split"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ConfigError(f"--{name}={value} must be at least 0")
+        if self.verbose not in (0, 1, 2):
+            raise ConfigError(f"--verbose={self.verbose} must be 0, 1 or 2")
+        if self.remote_monitor_url:
+            _check_url("remote_monitor_url", self.remote_monitor_url)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -158,6 +225,18 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> "Config":
         return cls.from_dict(json.loads(text))
+
+
+def _check_url(name: str, url: str) -> None:
+    """http(s)://host[:port][/path] only: no file://, ftp:// or other schemes."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is no number)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in REMOTE_MONITOR_SCHEMES or not parts.hostname:
+        raise ConfigError(f"--{name}={url!r} is not an http:// or https:// URL with a host; "
+                          f"pass e.g. --{name}=http://localhost:9000")
 
 
 def _choice(name, value, choices):

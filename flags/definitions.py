@@ -1,9 +1,14 @@
-"""absl flag definitions, generated from `Config` so the two never drift apart."""
+"""absl flag definitions, generated from `Config` so the two never drift apart.
+
+`--help` (and `--helpshort`) list these flags grouped by purpose (`GROUPS`), each
+with its default; `--helpfull` keeps absl's full per-module listing.
+"""
 from __future__ import annotations
 
 import dataclasses
+import sys
 
-from absl import flags
+from absl import app, flags
 
 from flags import config as config_lib
 
@@ -74,20 +79,49 @@ HELP = {
     "backup": "Back up the training state at each epoch end (and every --backup_every_steps) "
               "and resume from it when the same command is run again (--nobackup: off).",
     "backup_every_steps": "Also back up every N steps (0: epoch ends only).",
-    "verbose": "0: quiet; 1: a progress bar per epoch.",
+    "verbose": "0: quiet; 1: a progress bar per epoch (one plain line per epoch when the "
+               "output is not a terminal); 2: also TensorFlow's native start-up logs.",
     "debug": "Show the full traceback of an error instead of one line.",
+}
+
+# `--help` headings, in order, and the flags under each. Every `Config` field must be in
+# exactly one group (`define_flags` raises otherwise); entry-point flags may be too.
+GROUPS = {
+    "phase and paths": ("phase", "loop", "workdir", "overwrite", "init_checkpoint"),
+    "model": ("backbone", "alpha", "weights", "image_size", "dropout", "augment",
+              "unfreeze_from"),
+    "data": ("dataset", "data_dir", "tfds_data_dir", "train_split", "validation_split_name",
+             "test_split", "validation_split", "test_split_fraction", "max_examples_per_split",
+             "synthetic_examples", "split_seed"),
+    "optimisation and schedules": ("batch_size", "epochs", "learning_rate", "optimizer", "seed",
+                                   "lr_schedule", "lr_decay_rate", "lr_decay_epochs",
+                                   "reduce_lr_on_plateau", "reduce_lr_patience",
+                                   "reduce_lr_factor", "reduce_lr_min_lr", "reduce_lr_cooldown"),
+    "hooks": ("monitor", "mode", "save_best_only", "early_stopping", "early_stopping_patience",
+              "min_delta", "restore_best_weights", "tensorboard", "csv_log",
+              "remote_monitor_url", "terminate_on_nan"),
+    "speed": ("jit_compile", "mixed_precision", "steps_per_execution", "feature_cache",
+              "feature_cache_dir"),
+    "reliability": ("deterministic", "backup", "backup_every_steps"),
+    "distribution": ("strategy", "logical_cpus"),
+    "output": ("verbose", "debug", "json"),
 }
 
 _CHOICES = {
     "phase": config_lib.PHASES, "loop": config_lib.LOOPS, "backbone": config_lib.BACKBONES,
     "optimizer": config_lib.OPTIMIZERS, "lr_schedule": config_lib.LR_SCHEDULES,
     "strategy": config_lib.STRATEGIES, "feature_cache": config_lib.FEATURE_CACHE,
-    "mode": ("auto", "min", "max"),
+    "mode": config_lib.MODES,
 }
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
-    """Defines one flag per `Config` field, with the field's default."""
+    """Defines one flag per `Config` field, with the field's default.
+
+    Raises `ValueError` (a programming error) when a field has no help text or no
+    `--help` group.
+    """
+    check_groups()
     for field in dataclasses.fields(config_lib.Config):
         name, default, kind = field.name, field.default, field.type
         help_text = HELP[name]
@@ -104,6 +138,93 @@ def define_flags(flag_values=flags.FLAGS) -> None:
         else:
             flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
     flags.DEFINE_integer("logical_cpus", 0, HELP["logical_cpus"], flag_values=flag_values)
+
+
+def check_groups(fields=None) -> None:
+    """Every `Config` field has a `HELP` text and exactly one `GROUPS` heading."""
+    names = [f.name for f in dataclasses.fields(config_lib.Config)] if fields is None else fields
+    grouped = [name for members in GROUPS.values() for name in members]
+    for name in names:
+        if name not in HELP:
+            raise ValueError(f"Config field {name!r} has no help text: add it to HELP in "
+                             "flags/definitions.py")
+        if grouped.count(name) != 1:
+            raise ValueError(f"Config field {name!r} is in {grouped.count(name)} --help groups: "
+                             "put it in exactly one of GROUPS in flags/definitions.py")
+
+
+def define_output_flags(flag_values=flags.FLAGS) -> None:
+    """Entry-point output options (not part of `Config`: they change no result)."""
+    flags.DEFINE_boolean("json", False, "Print the phase's summary as JSON (as written to "
+                         "<run>/summary.json) instead of the human summary.",
+                         flag_values=flag_values)
+
+
+def grouped_help(flag_values=flags.FLAGS, module=None, groups=None) -> str:
+    """The flags of `--help`: under each `GROUPS` heading (plus `groups`, a mapping of
+    further headings to flag names) the defined flags of that group, then any other key
+    flag of `module` (default: the main module) under "other"."""
+    groups = {**GROUPS, **(groups or {})}
+    module = sys.argv[0] if module is None else module
+    shown, sections = set(), []
+    for heading, names in groups.items():
+        members = [flag_values[name] for name in names if name in flag_values]
+        shown.update(id(f) for f in members)
+        if members:
+            sections.append((heading, members))
+    rest = sorted((f for f in flag_values.get_key_flags_for_module(module)
+                   if id(f) not in shown), key=lambda f: f.name)
+    if rest:
+        sections.append(("other", rest))
+    lines = []
+    for heading, members in sections:
+        lines.append(f"\n{heading}:")
+        for flag in members:
+            lines.append(_flag_help(flag))
+    return "\n".join(lines) + "\n"
+
+
+def _flag_help(flag) -> str:
+    """One flag as absl's help shows it: `--[no]name: help` and `(default: ...)`."""
+    name = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
+    text = flags.text_wrap(f"{name}: {flag.help}", indent="    ", firstline_indent="  ")
+    default = flag.default_as_str or "unset"
+    return text + "\n" + flags.text_wrap(f"(default: {default})", indent="    ")
+
+
+class _GroupedHelpFlag(app.HelpFlag):
+    """absl's `--help`/`-?`, printing `grouped_help()` instead of the main module's flags."""
+
+    groups = None
+
+    def __init__(self):
+        super().__init__()
+        self.allow_override = True  # Replaces absl's own (already defined) help flag.
+
+    def parse(self, arg):
+        if self._parse(arg):
+            doc = (sys.modules["__main__"].__doc__ or "").rstrip()
+            sys.stdout.write(f"{doc}\n\nflags:\n")
+            sys.stdout.write(grouped_help(groups=self.groups))
+            sys.stdout.write("\nTry --helpfull to get a list of all flags (absl's included).\n")
+            sys.stdout.flush()
+            sys.exit(1)  # As absl's --help and --helpfull.
+
+
+class _GroupedHelpshortFlag(_GroupedHelpFlag):
+    NAME = "helpshort"
+    SHORT_NAME = None
+
+
+def define_help_flags(groups=None) -> None:
+    """Makes `--help`/`--helpshort` print the flags grouped by purpose (call at import
+    time of an entry point, after its flags are defined or not: the help is built when
+    it is asked for). `groups`: further headings -> flag names (e.g. a sweep's own)."""
+    app.define_help_flags()  # absl's first (idempotent), then ours over them.
+    for flag_class in (_GroupedHelpFlag, _GroupedHelpshortFlag):
+        flag = flag_class()
+        flag.groups = groups
+        flags.DEFINE_flag(flag)
 
 
 def config_from_flags(flag_values=flags.FLAGS, **overrides) -> config_lib.Config:

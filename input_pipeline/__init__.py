@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from input_pipeline.batching import CACHE_BUDGET_BYTES, eval_batches, train_batches
 from input_pipeline.common import DataError, Splits
-from input_pipeline.folders import IMAGE_EXTENSIONS, read_image_file
+from input_pipeline.folders import IMAGE_EXTENSIONS, data_fingerprint, printable, read_image_file
 
-__all__ = ["CACHE_BUDGET_BYTES", "DataError", "IMAGE_EXTENSIONS", "Splits", "eval_batches",
-           "load_splits", "read_image_file", "train_batches"]
+__all__ = ["CACHE_BUDGET_BYTES", "DataError", "IMAGE_EXTENSIONS", "Splits", "data_fingerprint",
+           "eval_batches", "load_splits", "printable", "read_image_file", "train_batches"]
 
 
 def load_splits(cfg) -> Splits:
@@ -32,3 +32,9 @@ def load_splits(cfg) -> Splits:
         return synthetic.load(cfg)
     from input_pipeline import tfds_source
     return tfds_source.load(cfg)
+
+
+def load_test_split(cfg):
+    """What `--phase=evaluate` tests on: (dataset, size, class names); see evaluation.py."""
+    from input_pipeline.evaluation import load_test_split as load
+    return load(cfg)

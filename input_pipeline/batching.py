@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 CACHE_BUDGET_BYTES = 2 << 30
 
 
-# Epoch e is shuffled with seed EPOCH_SEED_STRIDE * seed + e.
+# Epoch e is shuffled with the seed pair (seed, EPOCH_SEED_STRIDE * seed + e), each
+# modulo _MAXINT32; see `_shuffle_epoch`.
 EPOCH_SEED_STRIDE = 1_000_003
+_MAXINT32 = 2**31 - 1
 _ENOUGH_EPOCHS = 1 << 40
 
 
@@ -46,15 +48,39 @@ def train_batches(ds: tf.data.Dataset, num_examples: int, batch_size: int, seed:
     ds = _cache(ds, num_examples, cache_dir, cache)
 
     def one_epoch(epoch):
-        order_seed = tf.constant(EPOCH_SEED_STRIDE * seed, tf.int64) + epoch
-        return ds.shuffle(num_examples, seed=order_seed, reshuffle_each_iteration=False) \
-                 .batch(batch_size)
+        return _shuffle_epoch(ds, num_examples, seed, epoch).batch(batch_size)
 
     batches = tf.data.Dataset.range(start_epoch, _ENOUGH_EPOCHS).flat_map(one_epoch)
     # Cast after batching: the shuffle buffer then holds uint8, a quarter of the memory.
     batches = batches.map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=True)
     batches = batches.skip(skip_batches).prefetch(AUTOTUNE)
     return _shard_by_data(batches), math.ceil(num_examples / batch_size)
+
+
+def _shuffle_epoch(ds: tf.data.Dataset, num_examples: int, seed: int, epoch) -> tf.data.Dataset:
+    """`ds` shuffled for epoch `epoch` (a scalar int64 tensor), from (`seed`, `epoch`) only.
+
+    `ds.shuffle(seed=op_seed)` would take its first seed from TF's global seed (the
+    one `keras.utils.set_random_seed(seed)` sets) and crash in graph mode when that
+    is 0 or 2**31 - 1 (TF compares `(0, op_seed) == (0, 0)` in Python, and `op_seed`
+    is a tensor here). So both seeds are given explicitly, computed as TF computes
+    them under the global seed `seed`: the same orders as `ds.shuffle` gave for
+    every seed that worked, and nothing depends on the global seed any more.
+    """
+    seed1 = tf.constant(seed % _MAXINT32, tf.int64)
+    seed2 = (tf.constant(EPOCH_SEED_STRIDE * seed, tf.int64) + epoch) % _MAXINT32
+    # (0, 0) means "nondeterministic" to the kernel; TF maps it to (0, 2**31 - 1).
+    seed2 = tf.where((seed1 == 0) & (seed2 == 0), tf.constant(_MAXINT32, tf.int64), seed2)
+    specs = tf.nest.flatten(ds.element_spec)
+    if not all(type(spec) is tf.TensorSpec for spec in specs):
+        raise TypeError(f"train_batches needs dense tensors, got {ds.element_spec}")
+    shuffled = tf.raw_ops.ShuffleDatasetV3(
+        input_dataset=tf.data.experimental.to_variant(ds),
+        buffer_size=tf.constant(num_examples, tf.int64), seed=seed1, seed2=seed2,
+        seed_generator=tf.raw_ops.DummySeedGenerator(), reshuffle_each_iteration=False,
+        output_types=[spec.dtype for spec in specs],
+        output_shapes=[spec.shape for spec in specs])
+    return tf.data.experimental.from_variant(shuffled, ds.element_spec)
 
 
 def eval_batches(ds: tf.data.Dataset, batch_size: int, cache_dir: str | None = None,

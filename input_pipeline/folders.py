@@ -9,13 +9,22 @@ is read by `tf.io.decode_image` in the pipeline; a valid picture that TensorFlow
 cannot decode correctly (e.g. a TIFF or palette BMP named .jpg) is decoded by
 Pillow, resized, and kept in memory as PNG; anything else is skipped and listed
 in `Splits.skipped`. So the pipeline never meets a file it cannot decode.
+
+Only regular files are read (a symbolic link to one counts): a FIFO, socket,
+device or dangling link named like an image is skipped and listed too, never
+opened in a way that could block. File names need not be UTF-8: they are read
+through their bytes (`os.fsencode`) and listed with undecodable bytes escaped
+(`printable`).
 """
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import io
+import json
 import logging
 import os
+import stat
 import time
 import warnings
 
@@ -45,13 +54,16 @@ def load(cfg) -> Splits:
                 "(DIR/train, DIR/validation, DIR/test with one sub-folder per class) "
                 "or --dataset=synthetic")
     folders = _find_layout(root)
-    listings = {split: _list_classes(folder) for split, folder in folders.items() if folder}
+    skipped, listings = [], {}
+    for split, folder in folders.items():
+        if folder:
+            listings[split] = _list_classes(folder, skipped)
     class_names = _check_classes(listings, folders)
     entries = {split: _entries(listing, class_names) for split, listing in listings.items()}
     entries = _carve_missing(entries, folders, cfg)
 
     t0 = time.perf_counter()
-    skipped, datasets, sizes = [], {}, {}
+    datasets, sizes = {}, {}
     with concurrent.futures.ThreadPoolExecutor(_num_workers()) as pool:
         for index, split in enumerate(SPLITS):
             candidates = entries[split]
@@ -65,25 +77,84 @@ def load(cfg) -> Splits:
                 source = folders[split] or f"carved from {folders['train']}"
                 raise DataError(
                         f"the {split} split ({source}) has no readable images "
-                        f"({len(bad)} unreadable skipped, e.g. {bad[0] if bad else 'none'}); "
+                        f"({len(bad)} unreadable skipped, e.g. "
+                        f"{printable(bad[0]) if bad else 'none'}); "
                         "add readable images")
             kept.sort(key=lambda e: (e[1], e[0]))
             datasets[split] = _dataset(kept, cfg.image_size)
             sizes[split] = len(kept)
     log.info("checked image files in %.1fs: sizes %s, %d skipped",
              time.perf_counter() - t0, sizes, len(skipped))
-    return Splits(class_names=class_names, sizes=sizes, skipped=tuple(sorted(skipped)),
-                  **datasets)
+    return Splits(class_names=class_names, sizes=sizes,
+                  skipped=tuple(sorted(printable(path) for path in skipped)), **datasets)
+
+
+def printable(path: str) -> str:
+    """`path` with the bytes of a non-UTF-8 file name escaped (`\\xff`): safe to print,
+    log or write to a UTF-8 file."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def image_files(folder: str) -> tuple[list, list]:
+    """(regular image files, other entries named like images) under `folder`, sorted.
+
+    Recursive; hidden files and folders (".name") are left out, symbolic links to
+    folders are not followed. The second list holds FIFOs, sockets, devices and
+    dangling links: nothing to read.
+    """
+    paths, others = [], []
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if _is_image_name(name):
+                path = os.path.join(parent, name)
+                (paths if os.path.isfile(path) else others).append(path)
+    return sorted(paths), sorted(others)
+
+
+# Flags that decide which examples a run sees (for `data_fingerprint`).
+_DATA_FLAGS = ("dataset", "data_dir", "tfds_data_dir", "train_split", "validation_split_name",
+               "test_split", "validation_split", "test_split_fraction", "max_examples_per_split",
+               "synthetic_examples", "split_seed", "image_size")
+
+
+def data_fingerprint(cfg) -> str:
+    """A hex digest that changes when the data `cfg` names changes.
+
+    An image folder: every image file's path (relative to `cfg.data_dir`, as bytes),
+    size and modification time (ns) — regular files only, as `load` reads them — so
+    images added, removed, renamed or rewritten change it; `cfg.data_dir`'s own
+    spelling does not. tfds and synthetic data: a hash of the data flags (what the
+    run sees is a function of them).
+    """
+    digest = hashlib.sha256()
+    flags = {name: getattr(cfg, name, None) for name in _DATA_FLAGS if name != "data_dir"}
+    digest.update(json.dumps(flags, sort_keys=True).encode())
+    if cfg.data_dir:
+        root = os.path.normpath(cfg.data_dir)
+        if not os.path.isdir(root):
+            raise DataError(f"--data_dir={printable(cfg.data_dir)} is not a folder; pass the "
+                            "image folder the run was trained on")
+        for path in image_files(root)[0]:
+            try:
+                st = os.stat(path)
+            except OSError:  # Removed while listing: not part of the data.
+                continue
+            relative = os.fsencode(os.path.relpath(path, root))
+            digest.update(b"%s\0%d\0%d\n" % (relative, st.st_size, st.st_mtime_ns))
+    return digest.hexdigest()
 
 
 def read_image_file(path: str, image_size: int) -> np.ndarray:
     """One image file as `uint8[S, S, 3]`, decoded and resized as in `load`."""
     if not os.path.isfile(path):
-        raise DataError(f"no such image file: {path}; pass the path of a JPEG, PNG, GIF or BMP")
+        what = "not a regular file" if os.path.lexists(path) else "no such image file"
+        raise DataError(f"{what}: {printable(path)}; pass the path of a JPEG, PNG, GIF or BMP")
     override = _check_file(path, image_size)
     if override is None:
-        raise DataError(f"{path} is not a readable image; pass a JPEG, PNG, GIF or BMP file")
-    data = override or tf.io.read_file(path)
+        raise DataError(f"{printable(path)} is not a readable image; pass a JPEG, PNG, GIF "
+                        "or BMP file")
+    data = override or tf.io.read_file(os.fsencode(path))
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     return resize_uint8(image, image_size).numpy()
 
@@ -111,10 +182,16 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _list_classes(folder: str) -> dict:
-    """{class name: sorted image paths} for the class sub-folders of `folder`."""
+def _list_classes(folder: str, skipped: list) -> dict:
+    """{class name: sorted image paths} for the class sub-folders of `folder`; appends
+    entries named like images that are no regular files to `skipped`."""
     classes = sorted(e.name for e in os.scandir(folder)
                      if e.is_dir() and not e.name.startswith("."))
+    for name in classes:
+        if printable(name) != name:
+            raise DataError(f"class folder name {printable(os.path.join(folder, name))} is not "
+                            "valid UTF-8; rename the folder (class names are written to "
+                            "classes.json and printed)")
     if not classes:
         if any(_is_image_name(e.name) for e in os.scandir(folder) if e.is_file()):
             raise DataError(f"{folder} holds images but no class sub-folders; move them into "
@@ -124,14 +201,12 @@ def _list_classes(folder: str) -> dict:
     listing = {}
     for name in classes:
         class_dir = os.path.join(folder, name)
-        paths = []
-        for parent, dirs, files in os.walk(class_dir):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            paths += [os.path.join(parent, f) for f in files if _is_image_name(f)]
+        paths, others = image_files(class_dir)
+        skipped += others
         if not paths:
-            raise DataError(f"class folder {class_dir} holds no images "
+            raise DataError(f"class folder {printable(class_dir)} holds no images "
                             f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
-        listing[name] = sorted(paths)
+        listing[name] = paths
     return listing
 
 
@@ -226,9 +301,16 @@ def _check_files(pool, entries: list, image_size: int, limit=None):
 
 
 def _check_file(path: str, image_size: int):
-    """None for an unreadable file, b"" where TF decodes it, else PNG bytes (Pillow)."""
+    """None for an unreadable file, b"" where TF decodes it, else PNG bytes (Pillow).
+
+    Only a regular file is read: opened without blocking (a FIFO would wait for a
+    writer) and checked on the open descriptor (no race with a swapped file).
+    """
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
             data = f.read()
         if not data:
             return None
@@ -260,7 +342,8 @@ def _check_file(path: str, image_size: int):
 def _dataset(kept: list, image_size: int) -> tf.data.Dataset:
     paths, labels, overrides = zip(*kept)
     ds = tf.data.Dataset.from_tensor_slices((
-            tf.constant(paths, tf.string), tf.constant(overrides, tf.string),
+            tf.constant([os.fsencode(p) for p in paths], tf.string),
+            tf.constant(overrides, tf.string),
             tf.constant(labels, tf.int32)))
 
     def decode(path, override, label):

@@ -11,7 +11,17 @@ import keras
 import tensorflow as tf
 
 from callbacks import CallbackList
-from loops.resume import Position
+from callbacks.backup_and_restore import Position
+
+
+def make_loss():
+    """The loss of both loops (compile() gets the same factory's object)."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def make_metrics():
+    """The compiled metrics of both loops, by the names fit() logs them under."""
+    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
 
 def unscale_loss_for_distribution(loss):
@@ -43,9 +53,9 @@ class CustomLoop:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.steps_per_execution = steps_per_execution
         with self.strategy.scope():
-            self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            self.loss_fn = make_loss()
             self.loss_tracker = keras.metrics.Mean(name="loss")
-            self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+            self.compiled_metrics = make_metrics()
             optimizer.build(self.train_model.trainable_variables)
         model.optimizer = optimizer
         train_step, test_step = self.train_step, self.test_step
@@ -58,7 +68,7 @@ class CustomLoop:
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.accuracy]
+        return [self.loss_tracker, *self.compiled_metrics]
 
     # ---- one step, as in keras Model.train_step / test_step -------------------
     def train_step(self, data):
@@ -72,7 +82,8 @@ class CustomLoop:
         weights = self.train_model.trainable_weights
         gradients = tape.gradient(loss, weights)
         self.optimizer.apply_gradients(zip(gradients, weights))
-        self.accuracy.update_state(y, y_pred)
+        for metric in self.compiled_metrics:
+            metric.update_state(y, y_pred)
 
     def test_step(self, data):
         x, y = data
@@ -80,7 +91,8 @@ class CustomLoop:
         loss = self.loss_fn(y, y_pred)
         self.loss_tracker.update_state(
             unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0])
-        self.accuracy.update_state(y, y_pred)
+        for metric in self.compiled_metrics:
+            metric.update_state(y, y_pred)
 
     # ---- compiled drivers --------------------------------------------------------
     def _results(self):
@@ -105,34 +117,30 @@ class CustomLoop:
 
     # ---- fit / evaluate ----------------------------------------------------------
     def fit(self, train_data, *, epochs, steps_per_epoch, validation_data=None,
-            callbacks=(), initial_epoch=0, verbose=0, backup=None):
+            callbacks=(), initial_epoch=0, verbose=0):
         """Runs epochs [initial_epoch, epochs) over one iterator of `train_data`.
 
         `train_data` yields batches forever; each epoch takes `steps_per_epoch`
-        of them (the data pipeline fixes the order of every epoch). With a
-        `loops.resume.Backup` holding a saved state, training continues exactly
-        where it was saved; `train_data` must then start at `backup.position`.
+        of them (the data pipeline fixes the order of every epoch). A
+        `BackupAndRestore` hook bound to this loop (`hook.bind(loop, hooks)`) makes
+        the run resumable exactly: training continues where its backup was saved, and
+        `train_data` must then start at the backup's `position`.
         Returns the last epoch's logs (None if no epoch ran).
         """
         model = self.model
         if not isinstance(callbacks, CallbackList):
             callbacks = CallbackList(callbacks, model=model, verbose=verbose,
                                      epochs=epochs, steps=steps_per_epoch)
-        resume = backup.position if backup is not None else None
+        backup = next((hook for hook in callbacks if getattr(hook, "bound", False)), None)
         iterator = iter(self.strategy.experimental_distribute_dataset(train_data))
         model.stop_training = False
-        if resume:
-            backup.truncate_logs(callbacks)
         callbacks.on_train_begin()
-        training_logs = None
-        # BackupAndRestore hooks set model._initial_epoch, as for Keras fit().
-        initial_epoch = getattr(model, "_initial_epoch", None) or initial_epoch
-        first_step = 0
-        if resume:
-            backup.restore(self, callbacks)
-            initial_epoch, first_step = resume.epoch, resume.step
+        training_logs, first_step = None, 0
+        position = backup.restore() if backup is not None else None
+        if position is not None:
+            initial_epoch, first_step = position.epoch, position.step
             training_logs = backup.last_logs
-            if resume.stopped:
+            if position.stopped:
                 initial_epoch = epochs
         global_step = initial_epoch * steps_per_epoch + first_step
         for epoch in range(initial_epoch, epochs):
@@ -150,7 +158,7 @@ class CustomLoop:
                 if model.stop_training:
                     break
                 if backup is not None and backup.due(global_step) and end + 1 < steps_per_epoch:
-                    backup.save(self, callbacks, Position(epoch, end + 1), training_logs)
+                    backup.save(Position(epoch, end + 1), training_logs)
             first_step = 0
             epoch_logs = dict(logs)
             if validation_data is not None:
@@ -159,8 +167,7 @@ class CustomLoop:
             callbacks.on_epoch_end(epoch, epoch_logs)
             training_logs = epoch_logs
             if backup is not None:
-                backup.save(self, callbacks, Position(epoch + 1, 0, bool(model.stop_training)),
-                            training_logs)
+                backup.save(Position(epoch + 1, 0, bool(model.stop_training)), training_logs)
             if model.stop_training:
                 break
         if epochs > 0:  # As fit(): e.g. swaps in EMA weights when the optimizer uses them.

@@ -1,21 +1,27 @@
 """One list of hook specifications, instantiated from `callbacks` (custom loop)
 or from `keras.callbacks` (fit loop), so both loops get the same hooks with the
-same arguments, in the same order."""
+same arguments, in the same order.
+
+One rule on top of Keras' hooks, in both loops: a checkpoint is never written with
+non-finite weights (`FiniteOnly`), so `best.weights.h5` stays the last finite one.
+"""
 from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from loops.schedules import make_schedule
 
-BEST_WEIGHTS = "best.weights.h5"
-FINAL_WEIGHTS = "final.weights.h5"
+from loops.run_dir import BACKUP_DIR, BEST_WEIGHTS, FINAL_WEIGHTS  # noqa: F401
+
 LOG_CSV = "log.csv"
 TENSORBOARD_DIR = "tensorboard"
-BACKUP_DIR = "backup"
 
 
-def hook_specs(cfg, run_dir: str) -> list[tuple[str, dict]]:
-    """(class name, constructor kwargs) for every hook the config asks for."""
+def hook_specs(cfg, run_dir: str, resuming: bool = False) -> list[tuple[str, dict]]:
+    """(class name, constructor kwargs) for every hook the config asks for; `resuming`:
+    the run continues from a backup (the CSV log is appended to)."""
     specs = [("LearningRateScheduler", dict(schedule=make_schedule(cfg)))]
     if cfg.reduce_lr_on_plateau:
         specs.append(("ReduceLROnPlateau", dict(
@@ -36,19 +42,21 @@ def hook_specs(cfg, run_dir: str) -> list[tuple[str, dict]]:
             monitor=cfg.monitor, mode=cfg.mode, patience=cfg.early_stopping_patience,
             min_delta=cfg.min_delta, restore_best_weights=cfg.restore_best_weights)))
     if cfg.csv_log:
-        # A resumed run appends (the custom loop first drops rows written after its backup).
+        # A resumed run appends (its state cuts rows written after the backup).
         specs.append(("CSVLogger", dict(filename=os.path.join(run_dir, LOG_CSV),
-                                        append=cfg.backup)))
+                                        append=resuming)))
     if cfg.tensorboard:
         specs.append(("TensorBoard", dict(
             log_dir=os.path.join(run_dir, TENSORBOARD_DIR), write_graph=False,
             profile_batch=0)))
     if cfg.remote_monitor_url:
         specs.append(("RemoteMonitor", _remote_monitor_kwargs(cfg.remote_monitor_url)))
-    if cfg.backup and cfg.loop == "fit":
-        # The custom loop backs up more than this hook can (loops/resume.py): exact,
-        # step-level resume. fit() gets Keras' epoch-level BackupAndRestore.
-        specs.append(("BackupAndRestore", dict(backup_dir=os.path.join(run_dir, BACKUP_DIR))))
+    if cfg.backup:
+        # The custom loop binds its BackupAndRestore (exact, step-level resume, every
+        # --backup_every_steps); fit() gets Keras' epoch-level one.
+        every = cfg.backup_every_steps if cfg.loop == "custom" else 0
+        specs.append(("BackupAndRestore", dict(backup_dir=os.path.join(run_dir, BACKUP_DIR),
+                                               save_freq=every or "epoch")))
     return specs
 
 
@@ -59,5 +67,35 @@ def _remote_monitor_kwargs(url: str) -> dict:
     return dict(root=root, path=parts.path or "/publish/epoch/end/", send_as_json=True)
 
 
+def weights_are_finite(model) -> bool:
+    import keras
+    return all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights
+               if np.issubdtype(np.dtype(w.dtype), np.floating))
+
+
+_FINITE_ONLY = {}
+
+
+def finite_only(cls):
+    """`cls` (a ModelCheckpoint) that skips a save while the weights are not finite."""
+    if cls not in _FINITE_ONLY:
+        class FiniteOnly(cls):
+            skipped_non_finite = None  # The last epoch whose save was skipped.
+
+            def on_epoch_end(self, epoch, logs=None):
+                if weights_are_finite(self.model):
+                    super().on_epoch_end(epoch, logs)
+                else:
+                    self.skipped_non_finite = epoch
+
+        FiniteOnly.__name__ = FiniteOnly.__qualname__ = cls.__name__
+        _FINITE_ONLY[cls] = FiniteOnly
+    return _FINITE_ONLY[cls]
+
+
 def instantiate(specs, module) -> list:
-    return [getattr(module, name)(**kwargs) for name, kwargs in specs]
+    hooks = []
+    for name, kwargs in specs:
+        cls = getattr(module, name)
+        hooks.append((finite_only(cls) if name == "ModelCheckpoint" else cls)(**kwargs))
+    return hooks

@@ -34,6 +34,7 @@ def check_supported(cfg) -> None:
     """One-line errors for what TF 2.21 / Keras 3.15 cannot run across workers."""
     if cfg.strategy != "multi_worker":
         return
+    task()  # A malformed TF_CONFIG: one line now, not a traceback from TF later.
     if cfg.jit_compile and not tf.config.list_physical_devices("GPU"):
         raise ConfigError("--jit_compile cannot run --strategy=multi_worker on CPUs (XLA has "
                           "no CPU collectives); drop --jit_compile")
@@ -43,11 +44,47 @@ def check_supported(cfg) -> None:
                           "or --loop=custom")
 
 
+_TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                      '"task": {"type": "worker", "index": 0}}')
+
+
 def task() -> tuple[str | None, int, dict]:
-    """(task type, task index, cluster) of this process, from TF_CONFIG."""
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task_spec = config.get("task") or {}
-    return task_spec.get("type"), int(task_spec.get("index", 0)), config.get("cluster") or {}
+    """(task type, task index, cluster) of this process, from TF_CONFIG; (None, 0, {})
+    without one. A malformed TF_CONFIG is a one-line ConfigError."""
+    text = os.environ.get("TF_CONFIG") or ""
+    if not text.strip():
+        return None, 0, {}
+
+    def bad(problem):
+        return ConfigError(f"TF_CONFIG {problem}; set it like {_TF_CONFIG_EXAMPLE} "
+                           "(one entry per worker, this process's type and index) or unset it")
+
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise bad(f"is not JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise bad("is not a JSON object")
+    cluster, task_spec = config.get("cluster") or {}, config.get("task") or {}
+    if not cluster and not task_spec:
+        return None, 0, {}
+    if not isinstance(cluster, dict) or not cluster or not all(
+            isinstance(v, list) and v and all(isinstance(a, str) and a for a in v)
+            for v in cluster.values()):
+        raise bad('needs "cluster": a JSON object of task types, each a list of "host:port"')
+    if not isinstance(task_spec, dict) or not task_spec:
+        raise bad('has a cluster but no "task"')
+    task_type, index = task_spec.get("type"), task_spec.get("index", 0)
+    if isinstance(index, str) and index.isdigit():
+        index = int(index)
+    if task_type not in cluster:
+        raise bad(f'names task type {task_type!r}, which its cluster lacks '
+                  f'(it has {", ".join(sorted(cluster))})')
+    if isinstance(index, bool) or not isinstance(index, int) or \
+            not 0 <= index < len(cluster[task_type]):
+        raise bad(f'has task index {index!r}, but its cluster has {len(cluster[task_type])} '
+                  f'{task_type} entries (indices 0 to {len(cluster[task_type]) - 1})')
+    return task_type, index, cluster
 
 
 def is_chief(strategy_name: str) -> bool:

@@ -1,44 +1,61 @@
 """One phase of the recipe (head, finetune or evaluate), through either loop.
 
-Entry points turn flags into a `Config` and call `run(cfg)`; everything a phase
-needs is derived from that object.
+A phase reads top to bottom, like Flax's `train_and_evaluate`:
+
+    plan = make_plan(cfg)            # resolve and check everything; nothing written
+    with locked(plan):               # one process per run directory
+        prepare(plan)                # the run-directory decision, config.json, classes.json
+        runner = RUNNERS[cfg.loop](plan)
+        logs = runner.fit(*runner.data(), runner.hooks())
+        finish(plan, runner)         # final weights (never non-finite), backup removed
+
+Entry points turn flags into a `Config` and call `run(cfg)`.
 """
 from __future__ import annotations
 
-import atexit
+import contextlib
+import dataclasses
 import errno
 import json
 import logging
+import math
 import os
 import shutil
-import tempfile
-import zlib
 
 import keras
-import tensorflow as tf
 
-import callbacks as hooks_module
 import input_pipeline
-from flags.config import Config, ConfigError
-from callbacks.atomic_io import atomic_save, atomic_write_text
-from loops import feature_cache, resume
-from loops.custom import CustomLoop
-from loops.hooks import BACKUP_DIR, BEST_WEIGHTS, FINAL_WEIGHTS, hook_specs, instantiate
+from callbacks.atomic_io import atomic_save, atomic_write_text, read_json
+from flags.config import Config
+from flags.errors import ConfigError, RunError
+from loops import run_dir as run_dir_lib
+from loops.custom import make_loss
+from loops.hooks import weights_are_finite
+from loops.run_dir import (BEST_WEIGHTS, CLASSES_JSON, CONFIG_JSON, DATA_JSON, FINAL_WEIGHTS,
+                           SKIPPED_FILES)
+from loops.runners import RUNNERS
 from loops.schedules import make_optimizer
-from loops.strategy import (barrier, check_supported, is_chief, make_strategy, prepare_fit,
-                            task)
+from loops.strategy import barrier, check_supported, is_chief, make_strategy, task
 from model import build_model, set_trainable
 
-CONFIG_JSON = "config.json"
-CLASSES_JSON = "classes.json"
 EVALUATION_JSON = "evaluation.json"
-SKIPPED_FILES = "skipped_files.txt"
+SUMMARY_JSON = "summary.json"
 # Fields that define the network: a finetune or evaluate run must match its head run.
 ARCHITECTURE_FIELDS = ("backbone", "alpha", "image_size", "dropout", "augment")
+# Data flags `--phase=evaluate` takes from the command line when given (else the
+# trained run's): evaluate a trained model on other data.
+EVALUATION_DATA_FIELDS = ("data_dir", "dataset", "tfds_data_dir", "test_split",
+                          "max_examples_per_split")
+
+loss_fn = make_loss  # The one loss of both loops.
+__all__ = ["run", "train_phase", "make_plan", "evaluate", "build", "load_trained_model",
+           "make_strategy", "make_optimizer", "is_chief", "loss_fn"]
 
 
+# ---- small helpers -------------------------------------------------------------------
 def configure_determinism(cfg: Config) -> None:
     """Seeds Python, NumPy, TF and Keras; with --deterministic also makes TF ops deterministic."""
+    import tensorflow as tf
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -46,18 +63,18 @@ def configure_determinism(cfg: Config) -> None:
         keras.mixed_precision.set_global_policy(cfg.mixed_precision)
 
 
-def loss_fn():
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
 def write_json(path, value):
     """Atomic: a crash leaves the previous file intact."""
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def _read_run_json(path: str, fix: str):
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing; {fix}") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} is unreadable ({type(e).__name__}); {fix}") from None
 
 
 def init_checkpoint(cfg: Config) -> str:
@@ -74,56 +91,13 @@ def check_matches_head(cfg: Config) -> None:
     head_config = os.path.join(cfg.phase_dir("head"), CONFIG_JSON)
     if cfg.init_checkpoint or not os.path.isfile(head_config):
         return
-    head = read_json(head_config)
-    diffs = [f"--{k}={getattr(cfg, k)} (head: {head[k]})"
+    head = _read_run_json(head_config, "pass --init_checkpoint=PATH instead")
+    diffs = [f"--{k}={getattr(cfg, k)} (head: {head.get(k)})"
              for k in ARCHITECTURE_FIELDS if head.get(k) != getattr(cfg, k)]
     if diffs:
         raise ConfigError(
             f"finetune flags differ from the head run in {head_config}: {', '.join(diffs)}; "
             "pass the head run's values")
-
-
-def check_writable(workdir: str) -> None:
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create --workdir={workdir} ({e.strerror}); pass a "
-                          "writable --workdir") from None
-    if not os.access(workdir, os.W_OK):
-        raise ConfigError(f"--workdir={workdir} is not writable; pass a writable --workdir")
-
-
-# Flags that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("verbose", "overwrite")
-
-
-def prepare_run_dir(cfg: Config, run_dir: str, writer: bool = True) -> None:
-    """Refuses to train over a finished or foreign run unless --overwrite; with
-    --backup, an unfinished run of the same flags is resumed. Every worker of a
-    multi-worker job checks (and fails alike); only the `writer` needs --workdir."""
-    if writer:
-        check_writable(cfg.workdir)
-    if not os.path.isdir(run_dir) or not os.listdir(run_dir):
-        return
-    if cfg.overwrite:
-        return
-    if os.path.exists(os.path.join(run_dir, FINAL_WEIGHTS)):
-        raise ConfigError(
-            f"phase '{cfg.phase}' in {run_dir} is finished; pass --overwrite to train it "
-            "again, or another --workdir")
-    if not cfg.backup:
-        raise ConfigError(
-            f"{run_dir} holds an unfinished run; pass --backup to resume it or --overwrite "
-            "to start over")
-    saved_path = os.path.join(run_dir, CONFIG_JSON)
-    if os.path.exists(saved_path):
-        saved = read_json(saved_path)
-        diffs = [f"--{k}={getattr(cfg, k)} (was {saved.get(k)})" for k in cfg.to_dict()
-                 if k not in RESUMABLE_CHANGES and saved.get(k) != getattr(cfg, k)]
-        if diffs:
-            raise ConfigError(
-                f"cannot resume {run_dir} with other flags: {', '.join(diffs)}; pass the "
-                "same flags, or --overwrite to start over")
 
 
 def load_weights(model, path):
@@ -135,6 +109,12 @@ def load_weights(model, path):
             "pass the flags of the run that wrote it") from None
 
 
+def check_finite(model, path):
+    if not weights_are_finite(model):
+        raise RunError(f"the weights in {path} hold NaN or infinite values; retrain with a "
+                       "lower --learning_rate (and --overwrite)")
+
+
 def build(cfg: Config, strategy, num_classes: int, checkpoint: str | None = None):
     """Seeds right before building (Keras draws layer seeds at construction)."""
     keras.utils.set_random_seed(cfg.seed)
@@ -142,51 +122,139 @@ def build(cfg: Config, strategy, num_classes: int, checkpoint: str | None = None
         model = build_model(cfg, num_classes, weights=None if checkpoint else "from_config")
         if checkpoint:
             load_weights(model, checkpoint)
+            check_finite(model, checkpoint)
         set_trainable(model, cfg.phase, cfg.resolved_unfreeze_from)
     return model
 
 
-def plan_feature_cache(cfg: Config, model, sizes):
-    """(cut, off|memory|disk) for the custom loop; logs why the cache is off."""
-    if cfg.feature_cache == "off":
-        return None, "off"
-    cut, reason = feature_cache.find_cut(model)
-    mode = feature_cache.resolve(cfg.feature_cache, cut, reason,
-                                 sizes["train"] + sizes["validation"])
-    if mode != "off":
-        logging.info("feature cache (%s): training from %s on cached features", mode, cut.layer)
-    return cut, mode
+def _is_full_disk(e: BaseException) -> bool:
+    text = str(e)
+    return getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or \
+        "errno = 28" in text
 
 
-def train(cfg: Config) -> dict:
-    """Runs the head or finetune phase in <workdir>/<phase>; returns a JSON-able summary."""
-    _, logs = train_phase(cfg)
-    return {"phase": cfg.phase, "loop": cfg.loop, "last_epoch_logs": logs,
-            "run_dir": cfg.run_dir}
+def save_weights(model, path):
+    """Atomic `model.save_weights`; a full disk is a one-line error, the old file survives."""
+    try:
+        atomic_save(lambda tmp: model.save_weights(tmp, overwrite=True), path)
+    except Exception as e:  # h5py reports a full disk as OSError or RuntimeError.
+        if _is_full_disk(e):
+            raise RunError(f"no space left on the device while saving {path}; free some "
+                           "space or pass another --workdir (the previous file is intact)"
+                           ) from None
+        raise
 
 
-def worker_run_dir(cfg: Config, run_dir: str) -> str:
-    """A non-chief worker's run directory: a temporary one, deleted at the end,
-    holding a copy of the chief's backup (`run_dir` must be on a shared file system
-    for that), so every worker resumes from the same state."""
-    task_type, index, _ = task()
-    folder = tempfile.mkdtemp(prefix=f"tapefit-{task_type}{index}-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    backup_dir = os.path.join(run_dir, BACKUP_DIR)
-    if cfg.backup and not cfg.overwrite and os.path.isdir(backup_dir):
-        shutil.copytree(backup_dir, os.path.join(folder, BACKUP_DIR),
-                        ignore=shutil.ignore_patterns(".*"))  # Not files being written.
-    return folder
+# ---- plan: everything resolved and checked, nothing written --------------------------
+@dataclasses.dataclass
+class Plan:
+    cfg: Config
+    run_dir: str  # Where this process writes (a temporary folder on non-chief workers).
+    chief: bool
+    state: run_dir_lib.RunDirState
+    data_fingerprint: str
+    strategy: object
+    splits: input_pipeline.Splits
+    steps_per_epoch: int
+    model: keras.Model
+    checkpoint: str | None = None
+    extra_hooks: object = None  # extra_hooks(module) -> more hooks (compare.py).
 
 
-def backup_token(cfg: Config, run_dir: str) -> int:
-    """A number that workers resuming from the same backup agree on (0: none)."""
-    backup_dir = os.path.join(run_dir, BACKUP_DIR)
-    if not cfg.backup or cfg.overwrite or not os.path.isdir(backup_dir):
-        return 0
-    names = sorted(name for name in os.listdir(backup_dir) if not name.startswith("."))
-    listing = [(name, os.path.getsize(os.path.join(backup_dir, name))) for name in names]
-    return zlib.crc32(json.dumps(listing).encode()) if names else 0
+def make_plan(cfg: Config, run_dir: str | None = None, extra_hooks=None) -> Plan:
+    """Resolves and checks everything a training phase needs; writes nothing."""
+    check_supported(cfg)
+    if cfg.epochs < 1:
+        raise ConfigError(f"--epochs={cfg.epochs} trains nothing; pass --epochs=1 or more")
+    checkpoint = None
+    if cfg.phase == "finetune":
+        checkpoint = init_checkpoint(cfg)
+        check_matches_head(cfg)
+    run_dir = run_dir or cfg.run_dir
+    chief = is_chief(cfg.strategy)
+    if chief:
+        run_dir_lib.check_not_running(run_dir)
+    fingerprint = input_pipeline.data_fingerprint(cfg)
+    state = run_dir_lib.inspect(cfg, run_dir, fingerprint, writer=chief)
+    configure_determinism(cfg)
+    strategy = make_strategy(cfg.strategy)
+    if not chief:
+        task_type, index, _ = task()
+        run_dir = run_dir_lib.worker_run_dir(cfg, run_dir, f"{task_type}{index}")
+    # Every worker has read the chief's backup (the chief may go on), the same one.
+    if not barrier(strategy, run_dir_lib.backup_token(cfg, run_dir)):
+        raise ConfigError(
+            f"the workers see different backups in --workdir={cfg.workdir}: to resume, "
+            "--workdir must be on a file system that every worker shares")
+    splits = input_pipeline.load_splits(cfg)
+    steps_per_epoch = math.ceil(splits.sizes["train"] / cfg.batch_size)
+    if steps_per_epoch % cfg.steps_per_execution:
+        # fit() would run whole executions across the epoch boundary, shifting epochs.
+        raise ConfigError(
+            f"--steps_per_execution={cfg.steps_per_execution} does not divide the "
+            f"{steps_per_epoch} steps of an epoch; pass a divisor of {steps_per_epoch}")
+    model = build(cfg, strategy, len(splits.class_names), checkpoint)
+    return Plan(cfg, run_dir, chief, state, fingerprint, strategy, splits, steps_per_epoch,
+                model, checkpoint, extra_hooks)
+
+
+# ---- prepare: the only place a phase starts writing ----------------------------------
+@contextlib.contextmanager
+def locked(plan: Plan):
+    """Holds the run directory's lock (the chief's; other workers write temporary ones)."""
+    if not plan.chief:
+        yield
+        return
+    from loops.run_lock import RunLock
+    os.makedirs(os.path.dirname(run_dir_lib.lock_path(plan.run_dir)), exist_ok=True)
+    with RunLock(run_dir_lib.lock_path(plan.run_dir), what="run directory"):
+        yield
+
+
+def prepare(plan: Plan) -> None:
+    cfg, run_dir, splits = plan.cfg, plan.run_dir, plan.splits
+    run_dir_lib.prepare(run_dir, plan.state)
+    write_json(os.path.join(run_dir, CONFIG_JSON), cfg.to_dict())
+    write_json(os.path.join(run_dir, CLASSES_JSON), list(splits.class_names))
+    write_json(os.path.join(run_dir, DATA_JSON), {"fingerprint": plan.data_fingerprint})
+    if splits.skipped:
+        atomic_write_text(os.path.join(run_dir, SKIPPED_FILES), "\n".join(splits.skipped) + "\n")
+        logging.warning("skipped %d unreadable files, e.g. %s (full list in %s)",
+                        len(splits.skipped), splits.skipped[0],
+                        os.path.join(run_dir, SKIPPED_FILES))
+    if plan.state.position is not None:
+        logging.info("resuming from the backup at epoch %d, step %d",
+                     plan.state.position.epoch + 1, plan.state.position.step)
+
+
+# ---- finish ---------------------------------------------------------------------------
+def finish(plan: Plan, runner) -> None:
+    """The final weights (never non-finite), then the backup goes (a kill before the
+    final save resumes from it)."""
+    run_dir = plan.run_dir
+    if not weights_are_finite(plan.model):
+        best = os.path.join(run_dir, BEST_WEIGHTS)
+        kept = (f"{best} holds the last finite epoch's weights" if os.path.exists(best)
+                else "no checkpoint was written")
+        raise RunError(f"training diverged: the weights are NaN or infinite ({kept}); pass a "
+                       "lower --learning_rate and --overwrite")
+    save_weights(plan.model, os.path.join(run_dir, FINAL_WEIGHTS))
+    runner.delete_backup()
+    if not plan.chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
+    plan = make_plan(cfg, run_dir, extra_hooks)
+    with locked(plan):
+        prepare(plan)
+        runner = RUNNERS[cfg.loop](plan)
+        logs = runner.fit(*runner.data(), runner.hooks())
+        finish(plan, runner)
+        summary = runner.summary(logs)
+        if plan.chief:
+            write_json(os.path.join(plan.run_dir, SUMMARY_JSON), summary)
+    return plan, summary, logs
 
 
 def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
@@ -198,130 +266,16 @@ def train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
     Under --strategy=multi_worker only the chief writes `run_dir`; the other
     workers run the same steps and hooks in a temporary directory.
     """
-    configure_determinism(cfg)
-    checkpoint = None
-    if cfg.phase == "finetune":
-        checkpoint = init_checkpoint(cfg)
-        check_matches_head(cfg)
-    run_dir = run_dir or cfg.run_dir
-    check_supported(cfg)
-    chief = is_chief(cfg.strategy)
-    prepare_run_dir(cfg, run_dir, writer=chief)
-    if not chief:
-        run_dir = worker_run_dir(cfg, run_dir)
-    strategy = make_strategy(cfg.strategy)
-    # Every worker has read the chief's backup (the chief may go on), the same one.
-    if not barrier(strategy, backup_token(cfg, run_dir)):
-        raise ConfigError(
-            f"the workers see different backups in --workdir={cfg.workdir}: to resume with "
-            "--backup, --workdir must be on a file system that every worker shares")
-    splits = input_pipeline.load_splits(cfg)
-    if splits.skipped:
-        logging.warning("skipped %d unreadable files, e.g. %s (full list in %s)",
-                        len(splits.skipped), splits.skipped[0],
-                        os.path.join(run_dir, SKIPPED_FILES))
-    model = build(cfg, strategy, len(splits.class_names), checkpoint)
-
-    if cfg.overwrite and os.path.isdir(run_dir):
-        shutil.rmtree(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    resume.remove_partial_files(run_dir)
-    write_json(os.path.join(run_dir, CONFIG_JSON), cfg.to_dict())
-    write_json(os.path.join(run_dir, CLASSES_JSON), list(splits.class_names))
-    if splits.skipped:
-        with open(os.path.join(run_dir, SKIPPED_FILES), "w") as f:
-            f.write("\n".join(splits.skipped) + "\n")
-
-    train_examples, validation_examples, train_model = splits.train, splits.validation, None
-    if cfg.loop == "custom":
-        cut, cache_mode = plan_feature_cache(cfg, model, splits.sizes)
-        if cache_mode != "off":
-            train_model = cut.suffix
-            folder = None
-            if cache_mode == "disk":
-                root = cfg.workdir if chief else run_dir  # Other workers: their own.
-                folder = os.path.join(root, feature_cache.CACHE_DIR,
-                                      feature_cache.fingerprint(cut, feature_cache.data_key(cfg)))
-            train_examples, validation_examples = (
-                feature_cache.cached_features(cut, images, splits.sizes[split],
-                                              folder and os.path.join(folder, split),
-                                              cfg.batch_size)
-                for split, images in (("train", splits.train), ("validation", splits.validation)))
-    backup = None
-    if cfg.backup and cfg.loop == "custom":
-        backup = resume.Backup(os.path.join(run_dir, BACKUP_DIR), cfg.backup_every_steps)
-    position = (backup and backup.position) or resume.Position()
-    if position.epoch or position.step:
-        logging.info("resuming from the backup at epoch %d, step %d", position.epoch + 1,
-                     position.step)
-    train_data, steps_per_epoch = input_pipeline.train_batches(
-        train_examples, splits.sizes["train"], cfg.batch_size, cfg.seed,
-        start_epoch=position.epoch, skip_batches=position.step)
-    if steps_per_epoch % cfg.steps_per_execution:
-        # fit() would run whole executions across the epoch boundary, shifting epochs.
-        raise ConfigError(
-            f"--steps_per_execution={cfg.steps_per_execution} does not divide the "
-            f"{steps_per_epoch} steps of an epoch; pass a divisor of {steps_per_epoch}")
-    validation_data = input_pipeline.eval_batches(validation_examples, cfg.batch_size)
-    # Only the chief posts to --remote_monitor_url (that hook comes after every hook
-    # with a state: the others' backups still match the chief's hook by hook).
-    specs = hook_specs(cfg if chief else cfg.replace(remote_monitor_url=None), run_dir)
-    with strategy.scope():
-        optimizer = make_optimizer(cfg)
-    if cfg.loop == "custom":
-        hooks = instantiate(specs, hooks_module)
-        hooks += extra_hooks(hooks_module) if extra_hooks else []
-        if cfg.verbose:
-            hooks.append(hooks_module.ProgbarLogger())
-        loop = CustomLoop(model, optimizer, strategy, jit_compile=cfg.jit_compile,
-                          steps_per_execution=cfg.steps_per_execution,
-                          train_model=train_model)
-        logs = loop.fit(train_data, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                        validation_data=validation_data, callbacks=hooks, verbose=cfg.verbose,
-                        backup=backup)
-    else:
-        hooks = instantiate(specs, keras.callbacks)
-        hooks += extra_hooks(keras.callbacks) if extra_hooks else []
-        with strategy.scope():
-            model.compile(optimizer=optimizer, loss=loss_fn(), metrics=["accuracy"],
-                          jit_compile=cfg.jit_compile,
-                          steps_per_execution=cfg.steps_per_execution)
-        prepare_fit(model, strategy, train_data)
-        history = model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                            validation_data=validation_data, shuffle=False, callbacks=hooks,
-                            verbose=cfg.verbose)
-        logs = {k: v[-1] for k, v in history.history.items()} if history.history else None
-    save_weights(model, os.path.join(run_dir, FINAL_WEIGHTS))
-    if backup is not None:  # Only now: a kill before the final save resumes from it.
-        backup.delete()
-    if not chief:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return model, logs
+    plan, _, logs = _train_phase(cfg, run_dir, extra_hooks)
+    return plan.model, logs
 
 
-def save_weights(model, path):
-    """Atomic `model.save_weights`; a full disk is a one-line error, the old file survives."""
-    try:
-        atomic_save(lambda tmp: model.save_weights(tmp, overwrite=True), path)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise ConfigError(f"no space left on the device while saving {path}; free some "
-                              "space or pass another --workdir (the previous file is intact)")
-        raise
+def train(cfg: Config) -> dict:
+    """Runs the head or finetune phase in <workdir>/<phase>; returns its summary."""
+    return _train_phase(cfg)[1]
 
 
-def run(cfg: Config) -> dict:
-    """The phase cfg names; a full disk anywhere (checkpoints, logs) is a one-line error."""
-    try:
-        return evaluate(cfg) if cfg.phase == "evaluate" else train(cfg)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise ConfigError(f"no space left on the device ({e.filename or cfg.workdir}); "
-                              "free some space or pass another --workdir; files saved "
-                              "earlier are intact") from None
-        raise
-
-
+# ---- evaluate ---------------------------------------------------------------------------
 def newest_phase(workdir: str) -> str:
     for phase in ("finetune", "head"):
         if os.path.isfile(os.path.join(workdir, phase, BEST_WEIGHTS)):
@@ -332,8 +286,17 @@ def newest_phase(workdir: str) -> str:
 
 def trained_config(workdir: str, phase: str) -> tuple[Config, list[str]]:
     run_dir = os.path.join(workdir, phase)
-    cfg = Config.from_dict(read_json(os.path.join(run_dir, CONFIG_JSON)))
-    return cfg, read_json(os.path.join(run_dir, CLASSES_JSON))
+    fix = f"retrain with `train.py --phase={phase} --workdir={workdir} --overwrite`"
+    try:
+        cfg = Config.from_dict(_read_run_json(os.path.join(run_dir, CONFIG_JSON), fix))
+    except (TypeError, AttributeError, ConfigError) as e:
+        raise ConfigError(f"{os.path.join(run_dir, CONFIG_JSON)} is not a tapefit config "
+                          f"({str(e)[:100]}); {fix}") from None
+    classes = _read_run_json(os.path.join(run_dir, CLASSES_JSON), fix)
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ConfigError(f"{os.path.join(run_dir, CLASSES_JSON)} is not a list of class "
+                          f"names; {fix}")
+    return cfg, classes
 
 
 def load_trained_model(workdir: str):
@@ -342,29 +305,70 @@ def load_trained_model(workdir: str):
     cfg, class_names = trained_config(workdir, phase)
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg, len(class_names), weights=None)
-    load_weights(model, os.path.join(workdir, phase, BEST_WEIGHTS))
+    weights = os.path.join(workdir, phase, BEST_WEIGHTS)
+    load_weights(model, weights)
+    check_finite(model, weights)
     return model, cfg, class_names, phase
 
 
+def evaluation_data(cfg: Config, trained: Config) -> Config:
+    """The trained run's data config with the data flags given on this command line."""
+    default = Config()
+    given = {f: getattr(cfg, f) for f in EVALUATION_DATA_FIELDS
+             if getattr(cfg, f) != getattr(default, f)}
+    return trained.replace(phase="evaluate", workdir=cfg.workdir, **given)
+
+
 def evaluate(cfg: Config) -> dict:
-    """Evaluates the newest phase's best weights on the test split."""
+    """Evaluates the newest phase's best weights on the test split (the trained run's,
+    or the data named by --data_dir / --dataset / --test_split)."""
+    from loops.custom import CustomLoop
+    from loops.run_lock import RunLock
+
+    if is_chief(cfg.strategy):
+        run_dir_lib.check_writable(cfg.workdir)
+        run_dir_lib.check_not_running(cfg.run_dir)
     configure_determinism(cfg)
     model, trained, class_names, phase = load_trained_model(cfg.workdir)
-    data_cfg = trained.replace(phase="evaluate", workdir=cfg.workdir)
-    splits = input_pipeline.load_splits(data_cfg)
-    if tuple(splits.class_names) != tuple(class_names):
+    data_cfg = evaluation_data(cfg, trained)
+    test, size, data_classes = input_pipeline.load_test_split(data_cfg)
+    if tuple(data_classes) != tuple(class_names):
         raise ConfigError(
-            f"test classes {list(splits.class_names)} differ from the trained ones {class_names}")
-    test = input_pipeline.eval_batches(splits.test, cfg.batch_size)
+            f"the evaluation data's classes {list(data_classes)} differ from the trained ones "
+            f"{class_names}; pass data with one folder per trained class")
+    batches = input_pipeline.eval_batches(test, cfg.batch_size)
     if cfg.loop == "fit":
-        model.compile(loss=loss_fn(), metrics=["accuracy"], jit_compile=cfg.jit_compile)
-        logs = model.evaluate(test, return_dict=True, verbose=0)
+        model.compile(loss=make_loss(), metrics=["accuracy"], jit_compile=cfg.jit_compile)
+        logs = model.evaluate(batches, return_dict=True, verbose=0)
     else:
-        logs = CustomLoop(model, make_optimizer(trained)).evaluate(test)
-    result = {"phase": phase, "weights": os.path.join(cfg.workdir, phase, BEST_WEIGHTS),
-              "test_examples": splits.sizes["test"], **logs}
+        logs = CustomLoop(model, make_optimizer(trained)).evaluate(batches)
+    data = data_cfg.data_dir or f"{data_cfg.dataset}:{data_cfg.test_split}"
+    result = {"phase": "evaluate", "trained_phase": phase, "workdir": cfg.workdir,
+              "weights": os.path.join(cfg.workdir, phase, BEST_WEIGHTS),
+              "data": data, "test_examples": size, **{k: float(v) for k, v in logs.items()},
+              "files": {"evaluation": os.path.join(cfg.run_dir, EVALUATION_JSON)},
+              "command_flags": [f"--workdir={cfg.workdir}"]}
     if is_chief(cfg.strategy):
-        os.makedirs(cfg.run_dir, exist_ok=True)
-        write_json(os.path.join(cfg.run_dir, EVALUATION_JSON), result)
+        os.makedirs(cfg.workdir, exist_ok=True)
+        with RunLock(run_dir_lib.lock_path(cfg.run_dir), what="run directory"):
+            os.makedirs(cfg.run_dir, exist_ok=True)
+            write_json(os.path.join(cfg.run_dir, EVALUATION_JSON),
+                       {k: v for k, v in result.items() if k not in ("files", "command_flags")})
+            write_json(os.path.join(cfg.run_dir, SUMMARY_JSON), result)
     return result
 
+
+def run(cfg: Config) -> dict:
+    """The phase cfg names; returns its summary. A full disk anywhere (checkpoints,
+    logs) is a one-line error."""
+    try:
+        return evaluate(cfg) if cfg.phase == "evaluate" else train(cfg)
+    except OSError as e:
+        if _is_full_disk(e):
+            raise RunError(f"no space left on the device ({e.filename or cfg.workdir}); "
+                           "free some space or pass another --workdir; files saved "
+                           "earlier are intact") from None
+        if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise RunError(f"cannot write {e.filename or cfg.workdir} ({e.strerror}); pass a "
+                           "writable --workdir") from None
+        raise

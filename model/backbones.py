@@ -1,8 +1,10 @@
-"""Supported pretrained backbones and how to obtain their ImageNet weights offline-safely."""
+"""The supported keras.applications backbones: preprocessing, minimum input size,
+block names for --unfreeze_from, and offline-safe ImageNet weights."""
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 from typing import Callable
 
@@ -13,38 +15,152 @@ from flags.config import ConfigError
 # Where keras.applications downloads ImageNet weights from.
 WEIGHTS_HOST = ("storage.googleapis.com", 443)
 NETWORK_PROBE_TIMEOUT_S = 3.0
-# Keras' own lower bound on the input size of these applications.
-MIN_IMAGE_SIZE = 32
-# Input sizes for which Keras publishes MobileNet ImageNet weights.
-MOBILENET_WEIGHT_SIZES = (128, 160, 192, 224)
+# ImageNet statistics of the "torch" preprocessing mode (keras.applications.imagenet_utils).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STDDEV = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    """How a family names its blocks: `pattern` matches a layer name; its named groups
+    `stage` and `block` (either may be absent) give the names, via `stage`/`block` formats.
+    A block starts after the last single-tensor boundary before its first layer."""
+
+    pattern: str
+    stage: str | None = None
+    block: str | None = None
+
+    def names(self, layer_name: str) -> list[str]:
+        """The stage and block names `layer_name` belongs to (none, one or both)."""
+        match = re.match(self.pattern, layer_name)
+        if not match:
+            return []
+        groups = {k: v for k, v in match.groupdict().items() if v is not None}
+        names = []
+        for fmt in (self.stage, self.block):
+            try:
+                names.append(fmt.format(**groups))
+            except (AttributeError, KeyError):  # No such format, or its group did not match.
+                pass
+        return names
+
+
+VGG_BLOCKS = Blocks(r"^(?P<stage>block\d+)_", stage="{stage}")
+RESNET_BLOCKS = Blocks(r"^(?P<stage>conv\d+)_(?:(?P<block>block\d+)_)?", stage="{stage}",
+                       block="{stage}_{block}")
+EFFICIENTNET_BLOCKS = Blocks(r"^(?P<stage>block\d+)(?P<block>[a-z])_", stage="{stage}",
+                             block="{stage}{block}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Backbone:
     name: str
     application: Callable[..., keras.Model]
-    preprocess_mode: str  # keras.applications.imagenet_utils mode: "caffe" or "tf".
+    # imagenet_utils mode applied by our "preprocess" layer ("caffe", "tf", "torch"), or
+    # None when the application preprocesses raw 0-255 RGB itself; `preprocess_as` is
+    # then the imagenet_utils mode its own layers compute.
+    preprocess_mode: str | None
+    preprocess_as: str
+    min_size: int  # Keras' own lower bound (obtain_input_shape's min_size).
+    blocks: Blocks
+    default_unfreeze: str
+    weights_name: str  # File name keras.applications caches ImageNet weights under (no top).
+    imagenet_alphas: tuple[float, ...] = ()  # Width multipliers with ImageNet weights.
+    imagenet_sizes: tuple[int, ...] = ()  # Sizes with their own weights file (else 224).
+
+    @property
+    def has_alpha(self) -> bool:
+        return bool(self.imagenet_alphas)
 
     def weights_file(self, alpha: float, image_size: int) -> str:
         """The file name keras.applications caches ImageNet weights under (no top)."""
-        if self.name == "vgg16":
-            return "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
-        alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}[alpha]
-        rows = image_size if image_size in MOBILENET_WEIGHT_SIZES else 224
-        return f"mobilenet_{alpha_text}_{rows}_tf_no_top.h5"
+        rows = image_size if image_size in self.imagenet_sizes else 224
+        return self.weights_name.format(alpha=alpha, rows=rows,
+                                        mobilenet_alpha={1.0: "1_0", 0.75: "7_5", 0.5: "5_0",
+                                                         0.25: "2_5"}.get(alpha, alpha))
 
-    def build(self, input_tensor, weights, alpha):
-        kwargs = dict(include_top=False, weights=weights, input_tensor=input_tensor,
+    def build(self, input_tensor, weights, alpha) -> keras.Model:
+        """The application on `input_tensor` (its layers join the caller's graph)."""
+        kwargs = dict(include_top=False, input_tensor=input_tensor,
                       input_shape=tuple(input_tensor.shape[1:]))
-        if self.name == "mobilenet":
+        if self.has_alpha:
             kwargs["alpha"] = alpha
-        return self.application(**kwargs)
+        if self.name.startswith("efficientnet_"):
+            return _efficientnet_v1(self, kwargs, weights)
+        return self.application(weights=weights, **kwargs)
 
 
-BACKBONES = {
-    "vgg16": Backbone("vgg16", keras.applications.VGG16, "caffe"),
-    "mobilenet": Backbone("mobilenet", keras.applications.MobileNet, "tf"),
-}
+def _efficientnet_v1(backbone, kwargs, weights):
+    """EfficientNet (V1) normalizes inside the model with a Normalization layer whose
+    statistics come from the weights file, plus an extra Rescaling only when built with
+    weights="imagenet" (Keras' fix for tensorflow#49930). We always build without that
+    layer (one architecture, whatever the weights source: checkpoints fit each other)
+    and set the statistics so that the stem computes exactly the "torch" preprocessing
+    the ImageNet weights expect: (x / 255 - mean) / std."""
+    app = backbone.application(weights=None, **kwargs)
+    if weights == "imagenet":
+        from keras.src.applications import efficientnet as keras_efficientnet
+        file_name = backbone.weights_file(1.0, 224)
+        weights = keras.utils.get_file(
+            file_name, keras_efficientnet.BASE_WEIGHTS_PATH + file_name, cache_subdir="models",
+            file_hash=keras_efficientnet.WEIGHTS_HASHES[backbone.name[-2:]][1])
+    if weights is not None:
+        app.load_weights(weights)
+    normalization = next(l for l in app.layers if isinstance(l, keras.layers.Normalization))
+    normalization.adapt_mean.assign(IMAGENET_MEAN)
+    normalization.adapt_variance.assign([s * s for s in IMAGENET_STDDEV])
+    normalization.finalize_state()
+    return app
+
+
+def _backbones(*items: Backbone) -> dict[str, Backbone]:
+    return {b.name: b for b in items}
+
+
+A = keras.applications
+MOBILENET_V3_BLOCKS = Blocks(r"^(?P<block>expanded_conv(?:_\d+)?)_", block="{block}")
+BACKBONES = _backbones(
+    Backbone("vgg16", A.VGG16, "caffe", "caffe", 32, VGG_BLOCKS, "block5",
+             "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("vgg19", A.VGG19, "caffe", "caffe", 32, VGG_BLOCKS, "block5",
+             "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("resnet50", A.ResNet50, "caffe", "caffe", 32, RESNET_BLOCKS, "conv5",
+             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("resnet50v2", A.ResNet50V2, "tf", "tf", 32, RESNET_BLOCKS, "conv5",
+             "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("mobilenet", A.MobileNet, "tf", "tf", 32,
+             Blocks(r"^conv_(?:dw|pw|pad)_(?P<block>\d+)", block="block_{block}"), "block_12",
+             "mobilenet_{mobilenet_alpha}_{rows}_tf_no_top.h5",
+             imagenet_alphas=(0.25, 0.5, 0.75, 1.0), imagenet_sizes=(128, 160, 192, 224)),
+    Backbone("mobilenet_v2", A.MobileNetV2, "tf", "tf", 32,
+             Blocks(r"^(?P<block>block_\d+|expanded_conv)_", block="{block}"), "block_16",
+             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}_no_top.h5",
+             imagenet_alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+             imagenet_sizes=(96, 128, 160, 192, 224)),
+    Backbone("mobilenet_v3_small", A.MobileNetV3Small, None, "tf", 32, MOBILENET_V3_BLOCKS,
+             "expanded_conv_10", "weights_mobilenet_v3_small_224_{alpha}_float_no_top_v2.h5",
+             imagenet_alphas=(0.75, 1.0)),
+    Backbone("mobilenet_v3_large", A.MobileNetV3Large, None, "tf", 32, MOBILENET_V3_BLOCKS,
+             "expanded_conv_14", "weights_mobilenet_v3_large_224_{alpha}_float_no_top_v2.h5",
+             imagenet_alphas=(0.75, 1.0)),
+    *(Backbone(f"efficientnet_b{i}", getattr(A, f"EfficientNetB{i}"), None, "torch", 32,
+               EFFICIENTNET_BLOCKS, "block7", f"efficientnetb{i}_notop.h5")
+      for i in range(4)),
+    Backbone("efficientnetv2_b0", A.EfficientNetV2B0, None, "torch", 32, EFFICIENTNET_BLOCKS,
+             "block6h", "efficientnetv2-b0_notop.h5"),
+    Backbone("convnext_tiny", A.ConvNeXtTiny, None, "torch", 32,
+             Blocks(r"^convnext_[a-z]+_(?P<stage>stage_\d+)_(?P<block>block_\d+)_",
+                    stage="{stage}", block="{stage}_{block}"),
+             "stage_3", "convnext_tiny_notop.h5"),
+    Backbone("densenet121", A.DenseNet121, "torch", "torch", 32, RESNET_BLOCKS, "conv5",
+             "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    # Inception blocks are named by the concatenation that ends them (mixed0 ... mixed10).
+    Backbone("inception_v3", A.InceptionV3, "tf", "tf", 75,
+             Blocks(r"^(?P<block>mixed\d+)$", block="{block}"), "mixed9",
+             "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("xception", A.Xception, "tf", "tf", 71, VGG_BLOCKS, "block14",
+             "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+)
 
 
 def keras_weights_cache(file_name: str) -> str:
@@ -65,6 +181,14 @@ def network_reachable(host=WEIGHTS_HOST, timeout=NETWORK_PROBE_TIMEOUT_S) -> boo
         return False
 
 
+def check_alpha(cfg) -> None:
+    backbone = BACKBONES[cfg.backbone]
+    if not backbone.has_alpha and cfg.alpha != 1.0:
+        users = ", ".join(b.name for b in BACKBONES.values() if b.has_alpha)
+        raise ConfigError(f"--alpha={cfg.alpha} has no meaning for {cfg.backbone} (only for "
+                          f"{users}); drop --alpha")
+
+
 def resolve_weights(cfg) -> str | None:
     """Turns --weights into what keras.applications accepts, or a one-line error.
 
@@ -75,17 +199,18 @@ def resolve_weights(cfg) -> str | None:
     if cfg.weights == "none":
         return None
     if cfg.weights == "imagenet":
-        if cfg.backbone == "mobilenet" and cfg.alpha not in (0.25, 0.5, 0.75, 1.0):
+        if backbone.has_alpha and cfg.alpha not in backbone.imagenet_alphas:
             raise ConfigError(
-                f"no ImageNet weights for --alpha={cfg.alpha}; use 0.25, 0.5, 0.75 or 1.0, "
-                "or pass --weights=none")
-        cached = keras_weights_cache(backbone.weights_file(cfg.alpha, cfg.image_size))
+                f"no ImageNet weights for {cfg.backbone} with --alpha={cfg.alpha}; use "
+                + ", ".join(str(a) for a in backbone.imagenet_alphas) + ", or --weights=none")
+        file_name = backbone.weights_file(cfg.alpha, cfg.image_size)
+        cached = keras_weights_cache(file_name)
         if os.path.exists(cached) or network_reachable():
             return "imagenet"
         raise ConfigError(
             f"cannot download ImageNet weights for {cfg.backbone} (no network, not in "
-            f"{os.path.dirname(cached)}): pass --weights=PATH to a local "
-            f"{backbone.weights_file(cfg.alpha, cfg.image_size)} or --weights=none")
+            f"{os.path.dirname(cached)}): pass --weights=PATH to a local {file_name} "
+            "or --weights=none")
     if not os.path.isfile(cfg.weights):
         raise ConfigError(
             f"--weights={cfg.weights!r} is not a file; pass --weights=imagenet, "

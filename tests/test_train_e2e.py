@@ -41,7 +41,7 @@ def test_head_finetune_evaluate_on_synthetic_images(tiny_config, loop):
     assert saved["phase"] == "finetune" and saved["loop"] == loop
 
     result = train_lib.run(cfg.replace(phase="evaluate"))
-    assert result["phase"] == "finetune"
+    assert result["phase"] == "evaluate" and result["trained_phase"] == "finetune"
     assert set(result) >= {"loss", "accuracy", "test_examples"}
     on_disk = json.load(open(os.path.join(cfg.workdir, "evaluate", "evaluation.json")))
     assert on_disk["accuracy"] == result["accuracy"]
@@ -106,7 +106,7 @@ def test_command_line_head_then_predict(tmp_path):
     common = ["--dataset=synthetic", "--weights=none", "--backbone=mobilenet", "--alpha=0.25",
               "--image_size=32", "--batch_size=8", "--synthetic_examples=16", "--verbose=0",
               f"--workdir={workdir}"]
-    out = run_cli("train.py", "--phase=head", "--epochs=1", *common)
+    out = run_cli("train.py", "--phase=head", "--epochs=1", "--json", *common)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["phase"] == "head"
 

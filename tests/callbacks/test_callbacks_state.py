@@ -27,7 +27,10 @@ def play(hook, model, logs_list, batches, seed, start, stop, state=None, finish=
     hook.set_model(model)
     hook.on_train_begin()
     if state is not None:
-        hook.set_state(json.loads(json.dumps(state)), **set_state_kwargs)
+        # Through JSON, as a backup stores it (arrays, e.g. best weights, go apart).
+        arrays = {k: v for k, v in state.items() if k == "best_weights"}
+        state = json.loads(json.dumps({k: v for k, v in state.items() if k not in arrays}))
+        hook.set_state(state, **set_state_kwargs)
     for epoch in range(start, stop):
         hook.on_epoch_begin(epoch)
         for step, loss in enumerate(batches[epoch]):

@@ -1,0 +1,45 @@
+"""The data `--phase=evaluate` tests on.
+
+- The trained run's data, or `--dataset`/`--test_split`: that source's test split.
+- `--data_dir=DIR` with `DIR/test/<class>/`: that folder.
+- `--data_dir=DIR` with the class folders directly in it (`DIR/<class>/`, e.g. a folder
+  of new photos): every image in it, nothing carved off.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+
+from input_pipeline import folders
+from input_pipeline.common import DataError
+
+
+def load_test_split(cfg):
+    """(dataset of (uint8 image, label), number of examples, class names)."""
+    if cfg.data_dir:
+        root = os.path.normpath(cfg.data_dir)
+        if not os.path.isdir(root):
+            raise DataError(f"--data_dir={folders.printable(cfg.data_dir)} is not a folder; "
+                            "pass a folder with one sub-folder of images per class")
+        names = {e.name for e in os.scandir(root) if e.is_dir()}
+        if "train" not in names and "test" not in names:
+            return _whole_folder(root, cfg)
+        if "test" in names:
+            return _whole_folder(os.path.join(root, "test"), cfg)
+    from input_pipeline import load_splits
+    splits = load_splits(cfg)
+    return splits.test, splits.sizes["test"], tuple(splits.class_names)
+
+
+def _whole_folder(folder: str, cfg):
+    skipped = []
+    listing = folders._list_classes(folder, skipped)
+    class_names = tuple(listing)
+    entries = folders._entries(listing, class_names)
+    limit = cfg.max_examples_per_split if cfg.max_examples_per_split > 0 else None
+    with concurrent.futures.ThreadPoolExecutor(folders._num_workers()) as pool:
+        kept, bad = folders._check_files(pool, entries, cfg.image_size, limit)
+    if not kept:
+        raise DataError(f"{folders.printable(folder)} has no readable images; add some")
+    kept.sort(key=lambda e: (e[1], e[0]))
+    return folders._dataset(kept, cfg.image_size), len(kept), class_names

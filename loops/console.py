@@ -1,0 +1,165 @@
+"""What a user reads on the console: progress settings and the end-of-phase summary.
+
+`--verbose`: 0 quiet; 1 a bar per epoch on a terminal, one plain line per epoch
+otherwise (a log file, a pipe, nohup, Slurm); 2 the same plus TensorFlow's native
+start-up logs (see `flags/quiet.py`).
+
+No TensorFlow import here.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import sys
+
+# How `phase_summary` names each `stop_reason`.
+STOP_REASONS = ("finished", "early_stopping", "nan", "stopped")
+
+
+def is_interactive(stream=None) -> bool:
+    """Whether `stream` (default: stdout) is a terminal, where progress bars belong."""
+    stream = sys.stdout if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def keras_verbose(verbose: int, stream=None) -> int:
+    """`model.fit(verbose=...)` for tapefit's `--verbose`: 0 stays quiet; otherwise Keras'
+    bar (1) on a terminal and one line per epoch (2: no carriage returns) elsewhere.
+    tapefit's 2 (native logs too) is a bar on a terminal as well."""
+    if verbose <= 0:
+        return 0
+    return 1 if is_interactive(stream) else 2
+
+
+def progress_hook(hooks_module=None):
+    """The custom loop's progress hook: a bar per epoch on a terminal, one plain line per
+    epoch when stdout is not one. Pass `verbose=keras_verbose(cfg.verbose)` to the loop."""
+    if hooks_module is None:
+        import callbacks as hooks_module
+    return hooks_module.ProgbarLogger(lines_when_not_tty=True)
+
+
+# ---- end-of-phase summary -------------------------------------------------------
+def _number(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.4e}"
+
+
+def _command(program: str, *args: str) -> str:
+    return " ".join(["python", program, *(shlex.quote(a) for a in args)])
+
+
+def _without(flags, *names):
+    """`flags` without any `--name=...`/`--name`/`--noname` of `names`."""
+    kept = []
+    for flag in flags:
+        name = flag.lstrip("-").split("=", 1)[0]
+        if name in names or (name.startswith("no") and name[2:] in names):
+            continue
+        kept.append(flag)
+    return kept
+
+
+def next_command(result: dict) -> str:
+    """The command to run after this phase: finetune after head, evaluate after
+    finetune, predict after evaluate; after a NaN stop, the same phase again
+    (with --overwrite; lower --learning_rate)."""
+    phase = result.get("phase")
+    flags = _without(list(result.get("command_flags") or []), "phase", "overwrite")
+    if phase == "evaluate":
+        workdir = result.get("workdir")
+        return _command("predict.py", f"--workdir={workdir}") + " IMAGE..."
+    if result.get("stop_reason") == "nan":
+        return _command("train.py", f"--phase={phase}", *flags, "--overwrite")
+    following = {"head": "finetune", "finetune": "evaluate"}.get(phase, "evaluate")
+    return _command("train.py", f"--phase={following}", *flags)
+
+
+def _stop_text(result: dict) -> str:
+    reason = result.get("stop_reason")
+    epoch = result.get("stopped_epoch")
+    at = f" at epoch {epoch}" if epoch else ""
+    if reason == "finished":
+        return "finished"
+    if reason == "early_stopping":
+        return (f"early stopping{at} (--monitor={result.get('monitor')} stopped improving)")
+    if reason == "nan":
+        return f"stopped{at}: the loss became NaN or infinite"
+    if reason == "stopped":
+        return f"stopped{at} by a hook (stop_training)"
+    return str(reason)
+
+
+def _files_lines(files: dict, labels) -> list[str]:
+    rows = [(label, files.get(key)) for key, label in labels if files.get(key)]
+    rows += [(key, path) for key, path in files.items()
+             if path and key not in dict(labels)]
+    width = max((len(label) for label, _ in rows), default=0)
+    return [f"  {label.ljust(width)}  {path}" for label, path in rows]
+
+
+_TRAIN_FILES = (("best", "best weights"), ("final", "final weights"), ("log", "epoch log"),
+                ("tensorboard", "TensorBoard"), ("summary", "summary"))
+
+
+def phase_summary(result: dict) -> str:
+    """A few lines for a human at the end of a phase (`result`: what `train_lib.run`
+    returns): epochs run and why it stopped, the best monitored value and its epoch,
+    the files written, and the next command."""
+    phase = result.get("phase")
+    lines = []
+    if phase == "evaluate":
+        examples = result.get("test_examples")
+        on = f" on {examples} test examples" if examples is not None else ""
+        lines.append(f"evaluate: loss {_number(result.get('loss'))}, accuracy "
+                     f"{_number(result.get('accuracy'))}{on}")
+        source = result.get("weights")
+        if source:
+            trained = result.get("trained_phase")
+            lines.append(f"weights: {source}" + (f" ({trained} phase)" if trained else ""))
+        data = result.get("data")
+        if data:
+            if isinstance(data, dict):
+                data = ", ".join(f"{k}={v}" for k, v in data.items())
+            lines.append(f"data: {data}")
+        labels = (("evaluation", "evaluation"),)
+    else:
+        epochs_run, epochs = result.get("epochs_run"), result.get("epochs")
+        loop = result.get("loop")
+        lines.append(f"{phase} phase ({loop} loop): {epochs_run}/{epochs} epochs, "
+                     f"{_stop_text(result)}")
+        monitor, best = result.get("monitor"), result.get("best_value")
+        if best is not None:
+            epoch = result.get("best_epoch")
+            lines.append(f"best {monitor}: {_number(best)}"
+                         + (f" at epoch {epoch}" if epoch else ""))
+        else:
+            lines.append(f"best {monitor}: none (never logged, or not finite)")
+        last = result.get("last_epoch_logs")
+        if last:
+            lines.append("last epoch: " + " - ".join(f"{k} {_number(v)}" for k, v in last.items()))
+        labels = _TRAIN_FILES
+    files = dict(result.get("files") or {})
+    if phase != "evaluate" and result.get("run_dir") and "summary" not in files:
+        files["summary"] = os.path.join(result["run_dir"], "summary.json")
+    file_lines = _files_lines(files, labels)
+    if file_lines:
+        lines.append("files:")
+        lines.extend(file_lines)
+    if phase != "evaluate" and result.get("stop_reason") == "nan":
+        lines.append("next: lower --learning_rate and run the phase again:")
+    else:
+        lines.append("next:")
+    lines.append("  " + next_command(result))
+    return "\n".join(lines)

@@ -1,0 +1,215 @@
+"""The run-directory policy: what a phase may do with `<workdir>/<phase>/`.
+
+`inspect()` reads the directory and decides, without writing anything:
+- `new`: nothing there yet;
+- `resume`: an unfinished run of the same flags and data with a backup: continue it;
+- `restart`: an unfinished run of the same flags and data killed before its first
+  backup: start it again (there is no training progress to keep);
+- `overwrite`: `--overwrite` over whatever is there.
+Everything else is a one-line error: a finished phase, another run's flags, data that
+changed since the run started, a corrupt backup, a directory that is not writable, or
+a directory another process is running in (`loops.run_lock`).
+
+`prepare()` then applies the decision; it runs under the directory's lock.
+Workers of a multi-worker job other than the chief write into a temporary directory
+(`worker_run_dir`) holding a copy of the chief's backup.
+"""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import glob
+import json
+import os
+import shutil
+import tempfile
+import zlib
+
+from callbacks.atomic_io import read_json
+from callbacks.backup_and_restore import METADATA, STATE_JSON, Position
+from flags.config import Config
+from flags.errors import ConfigError, RunError
+
+CONFIG_JSON = "config.json"
+CLASSES_JSON = "classes.json"
+DATA_JSON = "data.json"
+SKIPPED_FILES = "skipped_files.txt"
+BEST_WEIGHTS = "best.weights.h5"
+FINAL_WEIGHTS = "final.weights.h5"
+BACKUP_DIR = "backup"
+# Flags that may change between a run and its resumption.
+RESUMABLE_CHANGES = ("verbose", "overwrite", "debug", "workdir")
+# Flags holding paths: compared as real paths (a moved or re-spelled --workdir resumes).
+PATH_FIELDS = ("data_dir", "tfds_data_dir", "init_checkpoint", "weights", "feature_cache_dir")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDirState:
+    mode: str  # new | resume | restart | overwrite
+    position: Position | None = None
+
+
+def lock_path(run_dir: str) -> str:
+    """The lock file of a run directory: a hidden sibling, so the directory itself
+    is not created before every check has passed."""
+    parent, name = os.path.split(os.path.normpath(run_dir))
+    return os.path.join(parent, f".{name}.lock")
+
+
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def check_writable(path: str, flag: str = "--workdir") -> None:
+    """`path` exists and is a writable folder, or could be created: else one line."""
+    existing = _nearest_existing(path)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"cannot create {flag}={path}: {existing} is not a folder; pass "
+                          f"another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == os.path.abspath(path) else \
+            f"cannot be created ({existing} is not writable)"
+        raise ConfigError(f"{flag}={path} {what}; pass a writable {flag}")
+
+
+def _normalised(field: str, value):
+    if field in PATH_FIELDS and isinstance(value, str) and value not in ("imagenet", "none"):
+        return os.path.realpath(value)
+    return value
+
+
+def config_differences(cfg: Config, saved: dict) -> list[str]:
+    return [f"--{k}={getattr(cfg, k)} (was {saved.get(k)})" for k in cfg.to_dict()
+            if k not in RESUMABLE_CHANGES
+            and _normalised(k, saved.get(k)) != _normalised(k, getattr(cfg, k))]
+
+
+def _check_backup(backup_dir: str) -> Position | None:
+    """The position of a readable backup, None without one; one line when corrupt."""
+    state_path = os.path.join(backup_dir, STATE_JSON)
+    keras_path = os.path.join(backup_dir, METADATA)
+    try:
+        if os.path.exists(state_path):  # The custom loop's exact backup.
+            state = read_json(state_path)
+            for name in state["files"].values():
+                with open(os.path.join(backup_dir, name), "rb") as f:
+                    if f.read(4) != b"PK\x03\x04":  # Every .npz is a zip archive.
+                        raise ValueError(f"{name} is not an .npz file")
+            return Position(state["epoch"], state["step"], state["stopped"])
+        if os.path.exists(keras_path):  # Keras' BackupAndRestore (fit loop).
+            return Position(int(read_json(keras_path)["epoch"]), 0)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"the backup in {backup_dir} is corrupt ({str(e)[:100]}); pass "
+                          "--overwrite to start the phase over") from None
+    return None
+
+
+def _meaningful_files(run_dir: str) -> list[str]:
+    return [n for n in os.listdir(run_dir) if not n.startswith(".")]
+
+
+def inspect(cfg: Config, run_dir: str, data_fingerprint: str, writer: bool = True
+            ) -> RunDirState:
+    """Decides what to do with `run_dir` (see the module docstring); writes nothing."""
+    if writer:
+        check_writable(cfg.workdir)
+        if os.path.isdir(run_dir):
+            check_writable(run_dir, flag=f"the phase directory of --workdir={cfg.workdir}:")
+    if not os.path.isdir(run_dir) or not _meaningful_files(run_dir):
+        return RunDirState("new")
+    if cfg.overwrite:
+        return RunDirState("overwrite")
+    if os.path.exists(os.path.join(run_dir, FINAL_WEIGHTS)):
+        raise ConfigError(
+            f"phase '{cfg.phase}' in {run_dir} is finished; pass --overwrite to train it "
+            "again, or another --workdir")
+    saved_path = os.path.join(run_dir, CONFIG_JSON)
+    if not os.path.exists(saved_path):
+        raise ConfigError(f"{run_dir} holds files but no {CONFIG_JSON}: not a tapefit run; "
+                          "pass --overwrite to replace it, or another --workdir")
+    try:
+        saved = read_json(saved_path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{saved_path} is unreadable ({e}); pass --overwrite to start the "
+                          "phase over") from None
+    diffs = config_differences(cfg, saved)
+    if diffs:
+        raise ConfigError(
+            f"{run_dir} holds an unfinished run with other flags: {', '.join(diffs)}; pass "
+            "the same flags to resume it, or --overwrite to start over")
+    if not cfg.backup:
+        raise ConfigError(
+            f"{run_dir} holds an unfinished run; drop --nobackup to resume it or pass "
+            "--overwrite to start over")
+    data_path = os.path.join(run_dir, DATA_JSON)
+    if os.path.exists(data_path):
+        try:
+            before = read_json(data_path).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            before = None
+        if before != data_fingerprint:
+            raise ConfigError(
+                f"the data of the unfinished run in {run_dir} changed since it started "
+                "(files added, removed or modified); restore the data, or pass --overwrite "
+                "to start over")
+    position = _check_backup(os.path.join(run_dir, BACKUP_DIR))
+    return RunDirState("resume", position) if position else RunDirState("restart")
+
+
+def remove_partial_files(run_dir: str) -> list[str]:
+    """Deletes temporary files a kill left behind mid-save (callbacks.atomic_io.temp_path)."""
+    partial = glob.glob(os.path.join(glob.escape(run_dir), "**", ".*.tmp-*"), recursive=True)
+    for path in partial:
+        os.remove(path)
+    return partial
+
+
+def prepare(run_dir: str, state: RunDirState) -> None:
+    """Applies `inspect()`'s decision (under the directory's lock)."""
+    if state.mode in ("overwrite", "restart") and os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    remove_partial_files(run_dir)
+
+
+def worker_run_dir(cfg: Config, run_dir: str, task_name: str) -> str:
+    """A non-chief worker's run directory: a temporary one, deleted at the end,
+    holding a copy of the chief's backup (`run_dir` must be on a shared file system
+    for that), so every worker resumes from the same state."""
+    folder = tempfile.mkdtemp(prefix=f"tapefit-{task_name}-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    backup_dir = os.path.join(run_dir, BACKUP_DIR)
+    if cfg.backup and not cfg.overwrite and os.path.isdir(backup_dir):
+        shutil.copytree(backup_dir, os.path.join(folder, BACKUP_DIR),
+                        ignore=shutil.ignore_patterns(".*"))  # Not files being written.
+    return folder
+
+
+def backup_token(cfg: Config, run_dir: str) -> int:
+    """A number that workers resuming from the same backup agree on (0: none)."""
+    backup_dir = os.path.join(run_dir, BACKUP_DIR)
+    if not cfg.backup or cfg.overwrite or not os.path.isdir(backup_dir):
+        return 0
+    names = sorted(name for name in os.listdir(backup_dir) if not name.startswith("."))
+    listing = [(name, os.path.getsize(os.path.join(backup_dir, name))) for name in names]
+    return zlib.crc32(json.dumps(listing).encode()) if names else 0
+
+
+def check_not_running(run_dir: str) -> None:
+    """One line when another live process holds `run_dir`'s lock (read-only check)."""
+    from loops.run_lock import RunLock
+    holder = RunLock(lock_path(run_dir), what="run directory").holder
+    if holder is not None:
+        # acquire() decides whether the holder is alive; try it on a throwaway basis.
+        lock = RunLock(lock_path(run_dir), what="run directory")
+        try:
+            lock.acquire()
+        except RunError:
+            raise
+        lock.release()

@@ -1,0 +1,297 @@
+"""One process per run directory: an exclusive lock file with a heartbeat.
+
+    with RunLock(os.path.join(run_dir, ".lock"), what="run") as lock:
+        ...  # train; a second process on run_dir gets a one-line RunError
+
+The lock file is created with `O_CREAT | O_EXCL` (atomic, also on NFS v3+) and
+holds JSON `{host, pid, start, token}`. While held, a daemon thread touches it
+every `lease_s / 4` seconds (its mtime is the heartbeat). A lock is stale, and
+taken over, when its holder is gone: on this host, its pid no longer runs (or
+runs a process started after the lock: a reused pid); on another host (a shared
+file system), its heartbeat is older than `lease_s`. Take-overs are serialised
+by a second `O_EXCL` file (`<lock>.takeover`): its holder re-reads the lock,
+deletes it only if it is still the same stale one, and then competes for
+`O_EXCL` like everyone else — so of two processes taking over at once, exactly
+one wins, and a live lock is never deleted.
+"""
+from __future__ import annotations
+
+import atexit
+import datetime
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+from flags.errors import RunError
+
+log = logging.getLogger(__name__)
+
+_ATTEMPTS = 200  # Rounds of create / judge / take over before giving up.
+_PAUSE_S = 0.05  # Between rounds that found the lock in motion.
+_YOUNG_S = 2.0  # A lock file without a record yet, younger than this, is being written.
+_TAKEOVER_STALE_S = 30.0  # A take-over takes milliseconds; an older .takeover file is left over.
+_HELD_TOKENS = set()  # Tokens of the locks this process holds.
+
+
+class RunLock:
+    """An exclusive, stale-safe lock on a run directory (see the module docstring).
+
+    `path` is the lock file (e.g. `<workdir>/<phase>/.lock`); its folder must exist.
+    `what` names the locked thing in the error ("run", "sweep trial", ...).
+    """
+
+    def __init__(self, path: str, *, lease_s: float = 120.0, what: str = "run"):
+        if not lease_s > 0:
+            raise ValueError(f"lease_s={lease_s} must be positive")
+        self.path = os.path.abspath(path)
+        self.lease_s = float(lease_s)
+        self.what = what
+        self._token = None
+        self._stop = threading.Event()
+        self._thread = None
+        self._mutex = threading.Lock()
+
+    # ---- public API -------------------------------------------------------------
+    def acquire(self) -> "RunLock":
+        """Takes the lock (over a stale one) or raises a one-line RunError naming the
+        holder. Acquiring a lock this object holds already is a no-op."""
+        if self._token is not None:
+            return self
+        token = uuid.uuid4().hex
+        record = {"host": socket.gethostname(), "pid": os.getpid(),
+                  "start": _now_iso(), "token": token}
+        for _ in range(_ATTEMPTS):
+            if self._create(record):
+                self._token = token
+                _HELD_TOKENS.add(token)
+                self._start_heartbeat()
+                atexit.register(self.release)
+                return self
+            holder, mtime = self._read()
+            if holder is None:
+                continue  # Released between our create and our read: try again.
+            if not holder and mtime is not None and time.time() - mtime < _YOUNG_S:
+                time.sleep(_PAUSE_S)  # Just created, its record not written yet.
+                continue
+            if not self._is_stale(holder, mtime):
+                raise RunError(self._message(holder))
+            if not self._take_over(holder):
+                time.sleep(_PAUSE_S)  # Another process is taking it over.
+        raise RunError(self._message(self._read()[0]))
+
+    def release(self) -> None:
+        """Stops the heartbeat and removes the lock file if it is still ours. Idempotent."""
+        with self._mutex:
+            token, self._token = self._token, None
+        if token is None:
+            return
+        _HELD_TOKENS.discard(token)
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None
+        try:
+            atexit.unregister(self.release)
+        except Exception:  # noqa: BLE001  (interpreter shutting down)
+            pass
+        holder, _ = self._read()
+        if holder is not None and holder.get("token") == token:
+            # Move it aside before deleting: a lock created by another process after a
+            # take-over between our read and the removal is never the one removed.
+            aside = f"{self.path}.released-{token}"
+            try:
+                os.rename(self.path, aside)
+            except OSError:
+                return
+            moved, _ = _read_record(aside)
+            if moved is not None and moved.get("token") != token:
+                try:  # Not ours after all (taken over in between): put it back.
+                    os.link(aside, self.path)
+                except OSError:
+                    pass
+            _remove(aside)
+
+    @property
+    def holder(self) -> dict | None:
+        """The holder's record (host, pid, start, token) plus `heartbeat` (ISO time of
+        the file's last touch), or None when nobody holds the lock."""
+        record, mtime = self._read()
+        if record is None:
+            return None
+        return {**record, "heartbeat": _iso(mtime) if mtime is not None else None}
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._token is not None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    # ---- internals --------------------------------------------------------------
+    def _create(self, record: dict) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        except FileNotFoundError:
+            raise RunError(f"cannot lock {os.path.dirname(self.path)}: the folder does not "
+                           "exist; pass a writable --workdir") from None
+        except PermissionError:
+            raise RunError(f"cannot lock {os.path.dirname(self.path)}: permission denied; "
+                           "pass a writable --workdir") from None
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            _remove(self.path)
+            raise RunError(f"cannot write the lock file {self.path} ({e.strerror}); free some "
+                           "space or pass another --workdir") from None
+        return True
+
+    def _read(self):
+        """(record or None, mtime or None) of the lock file; (None, None) if absent.
+        A file that exists but is not (yet) a JSON record reads as ({}, mtime)."""
+        return _read_record(self.path)
+
+    def _is_stale(self, holder: dict, mtime: float | None) -> bool:
+        pid, host = holder.get("pid"), holder.get("host")
+        if host == socket.gethostname() and isinstance(pid, int):
+            if pid == os.getpid():  # Ours, or a previous process's with our pid.
+                return holder.get("token") not in _HELD_TOKENS
+            return not _pid_alive(pid, _epoch(holder.get("start")))
+        # Another host, or a record unreadable: go by the heartbeat.
+        return mtime is not None and time.time() - mtime > self.lease_s
+
+    def _take_over(self, holder: dict) -> bool:
+        """Deletes the lock file if it is still the stale one `holder` read; False when
+        another process is taking it over right now."""
+        breaker = self.path + ".takeover"
+        try:
+            fd = os.open(breaker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:  # Left over by a process killed in the middle of a take-over?
+                if time.time() - os.stat(breaker).st_mtime > _TAKEOVER_STALE_S:
+                    os.remove(breaker)
+            except OSError:
+                pass
+            return False
+        except OSError:
+            return False
+        try:
+            current, mtime = self._read()
+            if (current is not None and current.get("token") == holder.get("token")
+                    and self._is_stale(current, mtime)):
+                log.warning("taking over the stale lock %s of pid %s on host %s (since %s)",
+                            self.path, holder.get("pid"), holder.get("host"),
+                            holder.get("start"))
+                _remove(self.path)
+        finally:
+            os.close(fd)
+            _remove(breaker)
+        return True
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name=f"RunLock {self.path}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        interval = self.lease_s / 4
+        while not self._stop.wait(interval):
+            token = self._token
+            if token is None:
+                return
+            holder, _ = self._read()
+            if holder is None or holder.get("token") != token:
+                log.warning("lost the lock %s (taken over or removed)", self.path)
+                return
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass  # A full or flaky file system: the next beat tries again.
+
+    def _message(self, holder: dict | None) -> str:
+        holder = holder or {}
+        folder = os.path.dirname(self.path)
+        return (f"{self.what} {folder} is in use by pid {holder.get('pid', '?')} on host "
+                f"{holder.get('host', '?')} since {holder.get('start', '?')}; wait for it "
+                "to finish or pass another --workdir")
+
+
+def _read_record(path: str):
+    try:
+        mtime = os.stat(path).st_mtime
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None, None
+    except OSError:
+        return {}, None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {}, mtime
+    return (record if isinstance(record, dict) else {}), mtime
+
+
+def _pid_alive(pid: int, since: float | None = None) -> bool:
+    """Whether process `pid` runs on this host (and, where /proc tells, started no later
+    than `since`, the lock's start: else the pid was reused)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # Exists, owned by another user.
+    except OSError:
+        return False
+    started = _process_start(pid)
+    # 2 s: the record's start is rounded down to seconds, /proc's boot time too.
+    return since is None or started is None or started <= since + 2.0
+
+
+def _process_start(pid: int) -> float | None:
+    """Start time (epoch seconds) of process `pid` from /proc, None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as f:
+            boot = next(float(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _epoch(iso: str | None) -> float | None:
+    try:
+        return datetime.datetime.fromisoformat(iso).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _now_iso() -> str:
+    return _iso(time.time())
+
+
+def _iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")

@@ -1,0 +1,238 @@
+"""One runner per loop, behind one small interface (Orbit's `StandardTrainer` role):
+
+    runner = RUNNERS[cfg.loop](plan)
+    train_data, validation_data = runner.data()    # batches, positioned for a resume
+    hooks = runner.hooks()                           # the configured hooks, ours or Keras'
+    logs = runner.fit(train_data, validation_data, hooks)
+    runner.summary(logs)                             # what the phase did, for people
+
+`CustomRunner` trains with `loops.custom.CustomLoop` (and the frozen-prefix feature
+cache); `FitRunner` with `model.compile()` + `model.fit()` and `keras.callbacks`.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+
+import keras
+
+import callbacks as our_callbacks
+import input_pipeline
+from loops import feature_cache
+from loops.custom import CustomLoop, make_loss, make_metrics
+from loops.hooks import BACKUP_DIR, LOG_CSV, TENSORBOARD_DIR, hook_specs, instantiate
+from loops.run_dir import BEST_WEIGHTS, FINAL_WEIGHTS
+from loops.schedules import make_optimizer
+from loops.strategy import prepare_fit
+
+
+class Runner:
+    """What both loops share: the plan, the optimizer, the hooks from one spec list."""
+
+    module = None  # Where the hook classes come from.
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.cfg = plan.cfg
+        with plan.strategy.scope():
+            self.optimizer = make_optimizer(self.cfg)
+        self.position = plan.state.position
+        self._hooks = []
+
+    def _specs(self):
+        cfg = self.cfg
+        # Only the chief posts to --remote_monitor_url.
+        cfg = cfg if self.plan.chief else cfg.replace(remote_monitor_url=None)
+        return hook_specs(cfg, self.plan.run_dir, resuming=self.position is not None)
+
+    def hooks(self):
+        hooks = instantiate(self._specs(), self.module)
+        if self.plan.extra_hooks:
+            hooks += self.plan.extra_hooks(self.module)
+        self._hooks = hooks
+        return hooks
+
+    def _batches(self, train_examples, validation_examples):
+        position = self.position
+        train, _ = input_pipeline.train_batches(
+            train_examples, self.plan.splits.sizes["train"], self.cfg.batch_size, self.cfg.seed,
+            start_epoch=position.epoch if position else 0,
+            skip_batches=position.step if position else 0)
+        return train, input_pipeline.eval_batches(validation_examples, self.cfg.batch_size)
+
+    def delete_backup(self):
+        backup = os.path.join(self.plan.run_dir, BACKUP_DIR)
+        if os.path.isdir(backup):
+            import shutil
+            shutil.rmtree(backup, ignore_errors=True)
+
+    # ---- what the phase did ------------------------------------------------------------
+    def _history(self, logs):
+        path = os.path.join(self.plan.run_dir, LOG_CSV)
+        if self.cfg.csv_log and os.path.exists(path):
+            with open(path, newline="") as f:
+                return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [dict(logs, epoch=None)] if logs else []
+
+    def summary(self, logs) -> dict:
+        cfg, run_dir = self.cfg, self.plan.run_dir
+        history = self._history(logs)
+        monitor = cfg.monitor
+        values = [(row.get(monitor), i) for i, row in enumerate(history)
+                  if isinstance(row.get(monitor), float) and math.isfinite(row[monitor])]
+        best_value, best_epoch = None, None
+        if values:
+            pick = min if _mode(cfg.mode, monitor) == "min" else max
+            best_value, index = pick(values, key=lambda v: v[0])
+            best_epoch = index + 1
+        stop_reason, stopped_epoch = "finished", None
+        early = next((h for h in self._hooks if type(h).__name__ == "EarlyStopping"), None)
+        last_loss = (logs or {}).get("loss")
+        if last_loss is not None and not math.isfinite(last_loss):
+            stop_reason, stopped_epoch = "nan", len(history)
+        elif early is not None and getattr(early, "stopped_epoch", 0):
+            stop_reason, stopped_epoch = "early_stopping", early.stopped_epoch + 1
+        elif len(history) < cfg.epochs and history:
+            stop_reason, stopped_epoch = "stopped", len(history)
+        best = os.path.join(run_dir, BEST_WEIGHTS)
+        return {
+            "phase": cfg.phase, "loop": cfg.loop, "run_dir": run_dir, "workdir": cfg.workdir,
+            "epochs_run": len(history), "epochs": cfg.epochs,
+            "stop_reason": stop_reason, "stopped_epoch": stopped_epoch,
+            "monitor": monitor, "best_value": best_value, "best_epoch": best_epoch,
+            "files": {"best": best if os.path.exists(best) else None,
+                      "final": os.path.join(run_dir, FINAL_WEIGHTS),
+                      "log": os.path.join(run_dir, LOG_CSV) if cfg.csv_log else None,
+                      "tensorboard": (os.path.join(run_dir, TENSORBOARD_DIR)
+                                      if cfg.tensorboard else None)},
+            "last_epoch_logs": logs,
+            "command_flags": command_flags(cfg),
+        }
+
+
+def _number(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def _mode(mode, monitor):
+    if mode != "auto":
+        return mode
+    return "max" if "acc" in monitor else "min"
+
+
+# Flags a later phase must repeat (they define the network or the data).
+_REPEATED = ("backbone", "alpha", "weights", "image_size", "dropout", "augment", "dataset",
+             "data_dir", "tfds_data_dir", "train_split", "validation_split_name", "test_split",
+             "validation_split", "test_split_fraction", "max_examples_per_split",
+             "synthetic_examples", "split_seed", "batch_size", "loop")
+
+
+def command_flags(cfg) -> list[str]:
+    """`--workdir` and the non-default flags of `cfg` a next command must repeat."""
+    from flags.config import Config
+    default = Config()
+    flags = [f"--workdir={cfg.workdir}"]
+    for name in _REPEATED:
+        value = getattr(cfg, name)
+        if value != getattr(default, name):
+            if isinstance(value, bool):
+                flags.append(f"--{name}" if value else f"--no{name}")
+            else:
+                flags.append(f"--{name}={value}")
+    return flags
+
+
+class CustomRunner(Runner):
+    """tf.function + GradientTape (loops/custom.py), on cached frozen features when it can."""
+
+    module = our_callbacks
+
+    def __init__(self, plan):
+        super().__init__(plan)
+        self.train_model = None
+
+    def data(self):
+        plan, cfg = self.plan, self.cfg
+        splits = plan.splits
+        train_examples, validation_examples = splits.train, splits.validation
+        cut, mode = None, "off"
+        if cfg.feature_cache != "off":
+            cut, reason = feature_cache.find_cut(plan.model)
+            mode = feature_cache.resolve(cfg.feature_cache, cut, reason,
+                                         splits.sizes["train"] + splits.sizes["validation"])
+        if mode != "off":
+            logging.info("feature cache (%s): training from %s on cached features", mode,
+                         cut.layer)
+            self.train_model = cut.suffix
+            folder = None
+            if mode == "disk":
+                root = (cfg.feature_cache_dir
+                        or os.path.join(cfg.workdir if plan.chief else plan.run_dir,
+                                        feature_cache.CACHE_DIR))
+                folder = os.path.join(root, feature_cache.fingerprint(
+                    cut, feature_cache.data_key(cfg)))
+            train_examples, validation_examples = (
+                feature_cache.cached_features(cut, images, splits.sizes[split],
+                                              folder and os.path.join(folder, split),
+                                              cfg.batch_size)
+                for split, images in (("train", splits.train),
+                                      ("validation", splits.validation)))
+        return self._batches(train_examples, validation_examples)
+
+    def hooks(self):
+        hooks = super().hooks()
+        if self.cfg.verbose:
+            hooks.append(our_callbacks.ProgbarLogger())
+        return hooks
+
+    def fit(self, train_data, validation_data, hooks):
+        plan, cfg = self.plan, self.cfg
+        loop = CustomLoop(plan.model, self.optimizer, plan.strategy,
+                          jit_compile=cfg.jit_compile,
+                          steps_per_execution=cfg.steps_per_execution,
+                          train_model=self.train_model)
+        for hook in hooks:
+            if isinstance(hook, our_callbacks.BackupAndRestore):
+                hook.bind(loop, hooks)
+        return loop.fit(train_data, epochs=cfg.epochs, steps_per_epoch=plan.steps_per_epoch,
+                        validation_data=validation_data, callbacks=hooks, verbose=cfg.verbose)
+
+
+class FitRunner(Runner):
+    """Keras `compile()` + `fit()` with `keras.callbacks` (epoch-level BackupAndRestore)."""
+
+    module = keras.callbacks
+
+    def data(self):
+        # Keras' BackupAndRestore restarts its epoch: the stream starts at that epoch.
+        if self.position is not None:
+            self.position = type(self.position)(self.position.epoch, 0)
+        return self._batches(self.plan.splits.train, self.plan.splits.validation)
+
+    def fit(self, train_data, validation_data, hooks):
+        plan, cfg, model = self.plan, self.cfg, self.plan.model
+        with plan.strategy.scope():
+            model.compile(optimizer=self.optimizer, loss=make_loss(), metrics=make_metrics(),
+                          jit_compile=cfg.jit_compile,
+                          steps_per_execution=cfg.steps_per_execution)
+        prepare_fit(model, plan.strategy, train_data)
+        history = model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=plan.steps_per_epoch,
+                            validation_data=validation_data, shuffle=False, callbacks=hooks,
+                            verbose=_keras_verbose(cfg.verbose))
+        return {k: v[-1] for k, v in history.history.items()} if history.history else None
+
+
+def _keras_verbose(verbose: int) -> int:
+    try:
+        from loops.console import keras_verbose
+    except ImportError:
+        return verbose
+    return keras_verbose(verbose)
+
+
+RUNNERS = {"custom": CustomRunner, "fit": FitRunner}

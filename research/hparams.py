@@ -1,0 +1,89 @@
+"""TensorBoard HParams for a study (`tensorboard.plugins.hparams.api`).
+
+- `<study>/hparams/`: the experiment (`hp.hparams_config`: the axes and the metrics);
+- `<study>/trials/<id>/hparams/`: the trial's session: `hp.hparams(values, trial_id=group)`,
+  where the group is the trial id without the seed, so the dashboard groups (averages)
+  the seeds of one configuration, and the trial's final metrics as scalars.
+
+`tensorboard --logdir=<study>` shows them next to every phase's training curves.
+"""
+from __future__ import annotations
+
+import glob
+import math
+import os
+
+from research import grid
+
+HPARAMS_DIR = "hparams"
+# (summary tag, display name); the values come from research.report.collect.
+METRICS = (("test_accuracy", "test accuracy"), ("test_loss", "test loss"),
+           ("val_accuracy", "validation accuracy (final, last phase)"),
+           ("val_loss", "validation loss (best, last phase)"))
+
+
+def _value(value):
+    return "none" if value is None else value
+
+
+def _hparams(study: grid.Study):
+    from tensorboard.plugins.hparams import api as hp
+
+    out = []
+    for axis in study.axes:
+        for i, name in enumerate(axis.names):
+            values = [_value(v[i]) for v in axis.values]
+            kinds = {type(v) for v in values}
+            domain = None
+            if len(kinds) == 1 and kinds <= {bool, int, float, str}:
+                domain = hp.Discrete(values)
+            out.append(hp.HParam(name, domain))
+    return out
+
+
+def _written(folder: str) -> bool:
+    return bool(glob.glob(os.path.join(glob.escape(folder), "events.out.tfevents.*")))
+
+
+def write_experiment(study: grid.Study, study_dir: str) -> None:
+    """The experiment summary at <study>/hparams (once; a changed grid adds a new file)."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    folder = os.path.join(study_dir, HPARAMS_DIR)
+    signature = os.path.join(folder, ".axes-" + _signature(study))
+    if os.path.exists(signature):
+        return
+    os.makedirs(folder, exist_ok=True)
+    writer = tf.summary.create_file_writer(folder)
+    with writer.as_default():
+        hp.hparams_config(hparams=_hparams(study),
+                          metrics=[hp.Metric(tag, display_name=name) for tag, name in METRICS])
+    writer.close()
+    open(signature, "w").close()
+
+
+def _signature(study: grid.Study) -> str:
+    import hashlib
+    import json
+    text = json.dumps([[a.names, a.values] for a in study.axes], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def write_trial(trial_dir: str, assignment: dict, group_id: str, metrics: dict) -> None:
+    """The trial's session: its axis values, group id and finished metrics (once)."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    folder = os.path.join(trial_dir, HPARAMS_DIR)
+    if _written(folder):
+        return
+    writer = tf.summary.create_file_writer(folder)
+    with writer.as_default():
+        hp.hparams({name: _value(value) for name, value in assignment.items()},
+                   trial_id=group_id)
+        for tag, _ in METRICS:
+            value = metrics.get(tag)
+            if value is not None and math.isfinite(value):
+                tf.summary.scalar(tag, value, step=0)
+    writer.close()
