@@ -15,8 +15,7 @@ if __name__ == "__main__":
 
 from absl import app  # noqa: E402
 
-from flags.definitions import (  # noqa: E402
-    define_flags, define_help_flags, define_output_flags)
+from flags.definitions import define_flags, define_help_flags, define_output_flags  # noqa: E402
 from loops.entry import run_command  # noqa: E402
 
 define_flags()

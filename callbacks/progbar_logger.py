@@ -10,6 +10,9 @@ from tqdm import tqdm
 
 from callbacks.base import Callback
 
+# tqdm's default without the rate (room for the metrics); known and unknown length.
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+
 
 def log_items(logs):
     """`name: value` texts, numbers formatted like Keras' Progbar."""
@@ -80,7 +83,7 @@ class ProgbarLogger(Callback):
         loss: ...`) whatever `verbose` (> 0) is: no carriage returns, no ANSI codes.
     """
 
-    MIN_BAR_WIDTH = 10
+    MIN_BAR_WIDTH = 5
 
     def __init__(self, force=False, file=None, lines_when_not_tty=False):
         super().__init__()
@@ -93,6 +96,7 @@ class ProgbarLogger(Callback):
         self.seen = 0
         self.progbar = None
         self._started = None
+        self._running = set()  # Names shown while the bar runs.
         self._called_in_fit = False
 
     def set_params(self, params):
@@ -140,23 +144,27 @@ class ProgbarLogger(Callback):
         width = self._width()
         if width is None or self.progbar is None:
             return None
-        meter = dict(self.progbar.format_dict, postfix=None, ncols=0)  # 0: without the bar.
+        # Without ncols tqdm draws a 10-column bar.
+        meter = dict(self.progbar.format_dict, postfix=None, ncols=None)
+        fixed = len(self.progbar.format_meter(**meter)) - 10
         # ", " before the postfix, one column spare (the cursor).
-        return width - len(self.progbar.format_meter(**meter)) - self.MIN_BAR_WIDTH - 3
+        return width - fixed - self.MIN_BAR_WIDTH - 3
 
     def _open_bar(self, desc, total):
         self._close_bar()
         self.seen = 0
         self._started = time.monotonic()
+        self._running = set()
         if self._mode() == "bar":
             self.progbar = tqdm(total=total, desc=desc, unit="step", file=self._stream(),
-                                leave=True, dynamic_ncols=True)
+                                leave=True, dynamic_ncols=True, bar_format=BAR_FORMAT)
 
     def _update_bar(self, batch, logs):
         self.seen = batch + 1  # 1-based.
         if self.progbar is not None:
             self.progbar.update(self.seen - self.progbar.n)
             if logs:
+                self._running = set(logs)
                 shown, _ = fit_items(log_items(logs), self._postfix_room())
                 self.progbar.set_postfix_str(" - ".join(shown), refresh=False)
 
@@ -167,20 +175,22 @@ class ProgbarLogger(Callback):
             if self.progbar.total is None:
                 self.progbar.total = self.seen
             self.progbar.update(max(self.progbar.total - self.progbar.n, 0))
-            items = log_items(logs)
-            # Training metrics first: what does not fit (validation) goes below the bar.
-            ordered = ([i for i in items if not i.startswith("val_")]
-                       + [i for i in items if i.startswith("val_")])
-            shown, rest = fit_items(items, self._postfix_room())
-            if rest:
-                shown, rest = fit_items(ordered, self._postfix_room())
+            names, items = list(logs or {}), log_items(logs)
+            room = self._postfix_room()
+            shown, rest = fit_items(items, room)
+            below = [rest]
+            if rest:  # The running metrics stay on the bar; the others (validation) below.
+                running = [i for n, i in zip(names, items, strict=True) if n in self._running]
+                shown, rest = fit_items(running, room)
+                below = [rest, [i for n, i in zip(names, items, strict=True)
+                                  if n not in self._running]]
             self.progbar.set_postfix_str(" - ".join(shown), refresh=False)
             self._close_bar()
-            if rest:
-                stream = self._stream()
-                for line in wrap_items(rest, self._width(), indent="  "):
-                    stream.write(line + "\n")
-                stream.flush()
+            lines = [line for group in below
+                     for line in wrap_items(group, self._width(), indent="  ")]
+            if lines:
+                self._stream().write("".join(line + "\n" for line in lines))
+                self._stream().flush()
         elif self._mode() == "line":
             line = f"{title} - {self.seen} steps"
             if self._started is not None:

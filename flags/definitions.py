@@ -26,7 +26,8 @@ HELP = {
     "augment": "Random horizontal flips and small rotations inside the model (training only).",
     "unfreeze_from": "finetune: this layer and all after it train (default: block5_conv1 for "
                      "vgg16, conv_dw_12 for mobilenet).",
-    "init_checkpoint": "finetune: start from these weights instead of <workdir>/head/best.weights.h5.",
+    "init_checkpoint": "finetune: start from these weights instead of "
+                       "<workdir>/head/best.weights.h5.",
     "dataset": "A tfds image-classification dataset with image/label features, or 'synthetic'.",
     "data_dir": "Image folder (DIR/train, DIR/validation or DIR/val, DIR/test, one sub-folder "
                 "per class); replaces --dataset.",

@@ -91,11 +91,22 @@ class NoiseFilter:
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
             kept = b"".join(line + b"\n" for line in lines if self.keep(line))
-            if pending and not pending.startswith((b"I", b"W", b"E", b"F")):
+            if pending and not _may_become_dropped(pending):
                 kept, pending = kept + pending, b""
             _write_all(write_fd, kept)
         if pending and self.keep(pending):
             _write_all(write_fd, pending)
+
+
+_PREINIT_TEXT = b"WARNING: All log messages before absl::InitializeLog()"
+
+
+def _may_become_dropped(partial: bytes) -> bool:
+    """Whether a line's beginning may be that of a native log line (held until its end)."""
+    if partial[:1] in (b"I", b"W", b"E", b"F") and partial[1:2] in b"0123456789":
+        return True  # Includes a lone severity letter.
+    n = min(len(partial), len(_PREINIT_TEXT))
+    return partial[:n] == _PREINIT_TEXT[:n]
 
 
 def _write_all(fd, data):
@@ -175,11 +186,19 @@ def _restore_stderr():
     os.dup2(_saved_stderr, 2)  # Closes our pipe end: the filter sees EOF.
     os.close(_saved_stderr)
     try:
-        _filter_process.wait(timeout=5)
+        _filter_process.wait(timeout=2)
     except subprocess.TimeoutExpired:  # A child process still holds the pipe.
         pass
     _filter_process = _saved_stderr = None
 
 
-if __name__ == "__main__":  # The filter process (`python -S flags/quiet.py`).
+if __name__ == "__main__":  # The filter process (`python -I -S flags/quiet.py`).
+    import signal
+
+    # Ctrl-C, a closed terminal or a batch system's SIGTERM reach the whole process
+    # group: the filter outlives them to pass on what its writers still say (it ends
+    # at EOF, when they have all exited).
+    for _name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
+        if hasattr(signal, _name):
+            signal.signal(getattr(signal, _name), signal.SIG_IGN)
     NoiseFilter().run()

@@ -261,7 +261,7 @@ def _carve_missing(entries: dict, folders: dict, cfg) -> dict:
                 f"{' and '.join('--' + flags[s][0] for s in missing)}")
     order = _stratified_order(pool, np.random.default_rng([cfg.split_seed, 1]))
     out, start = dict(entries), 0
-    for split, count in zip(missing, counts):
+    for split, count in zip(missing, counts, strict=True):
         out[split] = [pool[i] for i in order[start:start + count]]
         start += count
     out["train"] = [pool[i] for i in order[start:]]
@@ -290,7 +290,7 @@ def _check_files(pool, entries: list, image_size: int, limit=None):
             chunk = entries[start:start + max(32, 2 * (limit - len(kept)))]
         start += len(chunk)
         results = pool.map(lambda e: _check_file(e[0], image_size), chunk)
-        for (path, label), override in zip(chunk, results):
+        for (path, label), override in zip(chunk, results, strict=True):
             if limit is not None and len(kept) >= limit:
                 break
             if override is None:
@@ -340,7 +340,7 @@ def _check_file(path: str, image_size: int):
 
 
 def _dataset(kept: list, image_size: int) -> tf.data.Dataset:
-    paths, labels, overrides = zip(*kept)
+    paths, labels, overrides = zip(*kept, strict=True)
     ds = tf.data.Dataset.from_tensor_slices((
             tf.constant([os.fsencode(p) for p in paths], tf.string),
             tf.constant(overrides, tf.string),

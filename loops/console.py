@@ -13,9 +13,6 @@ import os
 import shlex
 import sys
 
-# How `phase_summary` names each `stop_reason`.
-STOP_REASONS = ("finished", "early_stopping", "nan", "stopped")
-
 
 def is_interactive(stream=None) -> bool:
     """Whether `stream` (default: stdout) is a terminal, where progress bars belong."""
@@ -148,7 +145,10 @@ def phase_summary(result: dict) -> str:
             lines.append(f"best {monitor}: none (never logged, or not finite)")
         last = result.get("last_epoch_logs")
         if last:
-            lines.append("last epoch: " + " - ".join(f"{k} {_number(v)}" for k, v in last.items()))
+            # A fixed order (the JSON's is sorted): loss first, then validation.
+            names = sorted(last, key=lambda n: (n == "learning_rate", n.startswith("val_"),
+                                                n.removeprefix("val_") != "loss", n))
+            lines.append("last epoch: " + " - ".join(f"{n} {_number(last[n])}" for n in names))
         labels = _TRAIN_FILES
     files = dict(result.get("files") or {})
     if phase != "evaluate" and result.get("run_dir") and "summary" not in files:

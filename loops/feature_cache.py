@@ -20,6 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from model import graph
+
 # Layers whose output depends on an RNG in training mode: they cannot be cached.
 RANDOM_LAYERS = (keras.layers.Dropout, keras.layers.GaussianNoise, keras.layers.GaussianDropout,
                  keras.layers.RandomFlip, keras.layers.RandomRotation,
@@ -36,56 +38,72 @@ class Cut:
     prefix: keras.Model
     suffix: keras.Model
     layer: str  # First layer of the suffix.
+    after: str = ""  # The layer whose output is cached (the prefix's last layer).
 
 
-def _chain(model):
-    """The model's layers if they form a single chain (each feeds only the next), else None."""
-    layers = model.layers
-    for previous, layer in zip(layers, layers[1:]):
-        if len(layer._inbound_nodes) != 1:
-            return None
-        inputs = layer._inbound_nodes[0].input_tensors
-        if len(inputs) != 1 or inputs[0] is not previous.output:
-            return None
-    return layers if model.outputs[0] is layers[-1].output else None
+def is_random(layer) -> bool:
+    """Whether the layer draws random numbers in training mode (a frozen backbone's
+    dropout has rate 0: model.build.set_trainable)."""
+    return isinstance(layer, RANDOM_LAYERS) and getattr(layer, "rate", None) != 0
 
 
 def find_cut(model) -> tuple[Cut | None, str]:
-    """The latest cacheable cut before the first trainable weight, or (None, reason)."""
-    layers = _chain(model)
-    if layers is None:
-        return None, "the model is not a single chain of layers (no single-tensor boundary)"
-    first_trainable = next((i for i, l in enumerate(layers) if l.trainable_weights), None)
-    if first_trainable is None:
+    """The latest cacheable cut, or (None, reason).
+
+    The cut is a tensor every path from the input to the output passes through (a
+    dominator of the output in the layer graph), such that no layer up to it has
+    trainable weights or is random: its output, computed once, is what the suffix
+    would see at every step.
+    """
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return None, "the model has more than one input or output"
+    nodes = graph.topological_nodes(model)
+    layers = [node.operation for node in nodes]
+    blocker = next((i for i, layer in enumerate(layers)
+                    if getattr(layer, "trainable_weights", None) or is_random(layer)), None)
+    if blocker is None:
         return None, "nothing is trainable"
-    # A random layer (dropout, augmentation) must run in the suffix, every step.
-    cut = next((i for i in range(1, first_trainable) if isinstance(layers[i], RANDOM_LAYERS)),
-               first_trainable)
-    if cut <= 1:
-        return None, (f"{layers[1].name} right after the input is random (augmentation) "
-                      "or trainable")
-    boundary = layers[cut].input
-    prefix = keras.Model(model.input, boundary, name="frozen_prefix")
-    x = inputs = keras.Input(boundary.shape[1:], dtype=boundary.dtype, name="features")
-    for layer in layers[cut:]:
-        x = layer(x)
-    suffix = keras.Model(inputs, x, name="trainable_suffix")
-    return Cut(prefix, suffix, layers[cut].name), ""
+    is_boundary = graph.boundaries(nodes)
+    cut = max(i for i in range(blocker) if is_boundary[i])  # 0: the input itself.
+    if cut == 0:
+        kind = "random (augmentation, dropout)" if is_random(layers[blocker]) else "trainable"
+        return None, (f"{layers[blocker].name} is {kind} and no single-tensor boundary "
+                      "comes before it")
+    boundary = nodes[cut].outputs[0]
+    prefix = keras.Model(model.inputs[0], boundary, name="frozen_prefix")
+    inputs = keras.Input(boundary.shape[1:], dtype=boundary.dtype, name="features")
+    # Replays the graph after the cut on the new input (as keras' Functional does):
+    # the same layer objects, so the suffix shares the model's variables.
+    tensors = {id(boundary): inputs}
+    for node in nodes[cut + 1:]:
+        if any(id(x) not in tensors for x in node.input_tensors):
+            raise AssertionError(f"{node.operation.name} reads from before the cut")
+        args, kwargs = node.arguments.fill_in(tensors)
+        for x, y in zip(node.outputs, keras.tree.flatten(node.operation(*args, **kwargs)),
+                        strict=True):
+            tensors[id(x)] = y
+    suffix = keras.Model(inputs, tensors[id(model.outputs[0])], name="trainable_suffix")
+    return Cut(prefix, suffix, layers[cut + 1].name, layers[cut].name), ""
 
 
 def fingerprint(cut: Cut, data_key: dict) -> str:
     """Hash of everything that determines the features: the prefix's weights
     (backbone, weights file, earlier phases), its architecture and cut, and the
-    data (source, split, image size, preprocessing is part of the prefix)."""
+    data (source, split, image size, preprocessing is part of the prefix).
+
+    Layer classes and positions stand for the architecture, not layer names: Keras
+    numbers unnamed layers per process (`conv2d_97`), and the same prefix must find
+    its cache again in the next run."""
     h = hashlib.sha256()
-    h.update(json.dumps({"cut": cut.layer, "data": data_key,
-                         "layers": [l.name for l in cut.prefix.layers],
+    h.update(json.dumps({"data": data_key,
+                         "layers": [type(layer).__name__ for layer in cut.prefix.layers],
                          "input": list(cut.prefix.input.shape[1:]),
                          "output": list(cut.prefix.output.shape[1:])},
                         sort_keys=True, default=str).encode())
     for variable in cut.prefix.weights:
-        h.update(variable.path.encode())
-        h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
+        h.update(f"{value.dtype}{value.shape}".encode())
+        h.update(value.tobytes())
     return h.hexdigest()[:16]
 
 
@@ -140,6 +158,8 @@ def resolve(mode: str, cut: Cut | None, reason: str, num_examples: int) -> str:
     if cut is None:
         logging.info("feature cache off: %s", reason)
         return "off"
-    if mode != "auto":
-        return mode
-    return "memory" if feature_bytes(cut, num_examples) <= MEMORY_BUDGET_BYTES else "disk"
+    if mode == "auto":
+        mode = "memory" if feature_bytes(cut, num_examples) <= MEMORY_BUDGET_BYTES else "disk"
+    logging.info("feature cache (%s): cut after %s (%d frozen layers run once per image); "
+                 "training from %s", mode, cut.after, len(cut.prefix.layers), cut.layer)
+    return mode

@@ -71,7 +71,7 @@ def check_writable(path: str, flag: str = "--workdir") -> None:
     existing = _nearest_existing(path)
     if not os.path.isdir(existing):
         raise ConfigError(f"cannot create {flag}={path}: {existing} is not a folder; pass "
-                          f"another {flag}")
+                          f"a writable {flag}")
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "is not writable" if existing == os.path.abspath(path) else \
             f"cannot be created ({existing} is not writable)"
@@ -141,8 +141,8 @@ def inspect(cfg: Config, run_dir: str, data_fingerprint: str, writer: bool = Tru
     diffs = config_differences(cfg, saved)
     if diffs:
         raise ConfigError(
-            f"{run_dir} holds an unfinished run with other flags: {', '.join(diffs)}; pass "
-            "the same flags to resume it, or --overwrite to start over")
+            f"cannot resume the unfinished run in {run_dir} with other flags: "
+            f"{', '.join(diffs)}; pass the same flags to resume it, or --overwrite to start over")
     if not cfg.backup:
         raise ConfigError(
             f"{run_dir} holds an unfinished run; drop --nobackup to resume it or pass "
@@ -204,6 +204,8 @@ def backup_token(cfg: Config, run_dir: str) -> int:
 def check_not_running(run_dir: str) -> None:
     """One line when another live process holds `run_dir`'s lock (read-only check)."""
     from loops.run_lock import RunLock
+    if not os.path.isfile(lock_path(run_dir)):
+        return
     holder = RunLock(lock_path(run_dir), what="run directory").holder
     if holder is not None:
         # acquire() decides whether the holder is alive; try it on a throwaway basis.

@@ -173,6 +173,7 @@ def make_plan(cfg: Config, run_dir: str | None = None, extra_hooks=None) -> Plan
     run_dir = run_dir or cfg.run_dir
     chief = is_chief(cfg.strategy)
     if chief:
+        run_dir_lib.check_writable(cfg.workdir)
         run_dir_lib.check_not_running(run_dir)
     fingerprint = input_pipeline.data_fingerprint(cfg)
     state = run_dir_lib.inspect(cfg, run_dir, fingerprint, writer=chief)
@@ -228,20 +229,26 @@ def prepare(plan: Plan) -> None:
 
 
 # ---- finish ---------------------------------------------------------------------------
-def finish(plan: Plan, runner) -> None:
-    """The final weights (never non-finite), then the backup goes (a kill before the
-    final save resumes from it)."""
+def finish(plan: Plan, runner) -> bool:
+    """The final weights, then the backup goes (a kill before the final save resumes
+    from it). Non-finite weights (a run stopped on NaN) are never saved: the run says
+    so, and `best.weights.h5` stays the last finite epoch's (or is absent). Returns
+    whether the final weights were saved."""
     run_dir = plan.run_dir
-    if not weights_are_finite(plan.model):
+    finite = weights_are_finite(plan.model)
+    if finite:
+        save_weights(plan.model, os.path.join(run_dir, FINAL_WEIGHTS))
+    else:
         best = os.path.join(run_dir, BEST_WEIGHTS)
         kept = (f"{best} holds the last finite epoch's weights" if os.path.exists(best)
                 else "no checkpoint was written")
-        raise RunError(f"training diverged: the weights are NaN or infinite ({kept}); pass a "
-                       "lower --learning_rate and --overwrite")
-    save_weights(plan.model, os.path.join(run_dir, FINAL_WEIGHTS))
+        logging.warning("training diverged: the weights are NaN or infinite, so %s is not "
+                        "written (%s); pass a lower --learning_rate and --overwrite",
+                        FINAL_WEIGHTS, kept)
     runner.delete_backup()
     if not plan.chief:
         shutil.rmtree(run_dir, ignore_errors=True)
+    return finite
 
 
 def _train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
@@ -250,8 +257,11 @@ def _train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
         prepare(plan)
         runner = RUNNERS[cfg.loop](plan)
         logs = runner.fit(*runner.data(), runner.hooks())
-        finish(plan, runner)
+        saved = finish(plan, runner)
         summary = runner.summary(logs)
+        if not saved:
+            summary["files"]["final"] = None
+            summary["stop_reason"] = "nan"
         if plan.chief:
             write_json(os.path.join(plan.run_dir, SUMMARY_JSON), summary)
     return plan, summary, logs

@@ -3,10 +3,11 @@ block names for --unfreeze_from, and offline-safe ImageNet weights."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 
@@ -100,13 +101,15 @@ def _efficientnet_v1(backbone, kwargs, weights):
     app = backbone.application(weights=None, **kwargs)
     if weights == "imagenet":
         from keras.src.applications import efficientnet as keras_efficientnet
+        from keras.src.utils import file_utils  # What the applications call.
         file_name = backbone.weights_file(1.0, 224)
-        weights = keras.utils.get_file(
+        weights = file_utils.get_file(
             file_name, keras_efficientnet.BASE_WEIGHTS_PATH + file_name, cache_subdir="models",
             file_hash=keras_efficientnet.WEIGHTS_HASHES[backbone.name[-2:]][1])
     if weights is not None:
         app.load_weights(weights)
-    normalization = next(l for l in app.layers if isinstance(l, keras.layers.Normalization))
+    normalization = next(layer for layer in app.layers
+                         if isinstance(layer, keras.layers.Normalization))
     normalization.adapt_mean.assign(IMAGENET_MEAN)
     normalization.adapt_variance.assign([s * s for s in IMAGENET_STDDEV])
     normalization.finalize_state()
@@ -165,7 +168,9 @@ BACKBONES = _backbones(
 
 def keras_weights_cache(file_name: str) -> str:
     """Path where keras.utils.get_file caches an application weights file."""
-    from keras.src.backend import config as keras_config  # Keras' own resolution of KERAS_HOME.
+    from keras.src.backend import (
+        config as keras_config,  # Keras' own resolution of KERAS_HOME.
+    )
 
     home = os.path.expanduser(keras_config.keras_home())
     if not os.access(home, os.W_OK):  # keras.utils.get_file falls back the same way.
@@ -185,8 +190,9 @@ def check_alpha(cfg) -> None:
     backbone = BACKBONES[cfg.backbone]
     if not backbone.has_alpha and cfg.alpha != 1.0:
         users = ", ".join(b.name for b in BACKBONES.values() if b.has_alpha)
-        raise ConfigError(f"--alpha={cfg.alpha} has no meaning for {cfg.backbone} (only for "
-                          f"{users}); drop --alpha")
+        # Not an error: a study may sweep backbones with one --alpha for the MobileNets.
+        logging.warning("--alpha=%s has no effect on %s (only on %s)", cfg.alpha,
+                        cfg.backbone, users)
 
 
 def resolve_weights(cfg) -> str | None:

@@ -1,6 +1,8 @@
 """The classifier: raw 0–255 RGB → backbone preprocess → backbone → GAP → Dropout → logits."""
 from __future__ import annotations
 
+import warnings
+
 import keras
 from keras import layers
 
@@ -58,7 +60,9 @@ def build_model(cfg, num_classes: int, weights="from_config") -> keras.Model:
     if backbone.preprocess_mode:  # Otherwise the application preprocesses raw pixels itself.
         x = BackbonePreprocess(backbone.preprocess_mode, name="preprocess")(x)
     try:
-        features = backbone.build(x, weights, cfg.alpha).output
+        with warnings.catch_warnings():  # Keras warns per layer of a file that does not fit.
+            warnings.filterwarnings("ignore", module=r"keras\.src\.saving")
+            features = backbone.build(x, weights, cfg.alpha).output
     except (ValueError, KeyError, OSError, TypeError) as e:  # e.g. another architecture's file.
         if isinstance(weights, str) and weights != "imagenet":
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
@@ -162,9 +166,8 @@ def preprocessing_output(model):
     `preprocess` layer or the application's own Rescaling/Normalization layers."""
     output = model.inputs[0]
     for layer in ordered_layers(model)[1:]:
-        if layer.name.startswith("augment_"):
-            output = layer.output
-        elif isinstance(layer, (BackbonePreprocess, *PREPROCESSING_LAYERS)):
+        if layer.name.startswith("augment_") or isinstance(
+                layer, (BackbonePreprocess, *PREPROCESSING_LAYERS)):
             output = layer.output
         else:
             return output

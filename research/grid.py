@@ -10,7 +10,8 @@ Axis syntax (command line; the same in a sweep file):
 - `head.name=...`, `finetune.name=...`, `evaluate.name=...`: that phase only (e.g.
   the finetune learning rate, which defaults to a tenth of the head's).
 - `a/b=x1/y1,x2/y2`: a paired axis: the names take their values together (one
-  configuration per pair), e.g. `head.learning_rate/finetune.learning_rate=1e-3/1e-4,3e-3/3e-4`.
+  configuration per pair), e.g. `head.learning_rate/finetune.learning_rate=1e-3/1e-4,3e-3/3e-4`
+  (values that contain '/' or ',' go in a sweep file, where a pair is a JSON list).
 """
 from __future__ import annotations
 
@@ -134,7 +135,7 @@ def format_value(value) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Axis:
-    names: tuple[str, ...]  # e.g. ("learning_rate",), ("head.learning_rate", "finetune.learning_rate")
+    names: tuple[str, ...]  # ("learning_rate",), ("head.learning_rate", "finetune.learning_rate")
     values: tuple[tuple, ...]  # one tuple per configuration, one value per name
 
     @property
@@ -149,7 +150,10 @@ def parse_axis(text: str) -> Axis:
                           "--axis=learning_rate=1e-3,3e-3)")
     label, raw = text.split("=", 1)
     raw_values = [v for v in raw.split(",")] if raw.strip() else []
-    return make_axis(label.split("/"), [v.split("/") for v in raw_values], text)
+    names = label.split("/")
+    # Only a paired axis splits its values at '/' (a path stays whole); paired values
+    # with '/' in them go in a sweep file, as lists.
+    return make_axis(names, [v.split("/") if len(names) > 1 else [v] for v in raw_values], text)
 
 
 def make_axis(names, raw_values, where: str) -> Axis:
@@ -168,7 +172,8 @@ def make_axis(names, raw_values, where: str) -> Axis:
             raise ConfigError(f"axis {where!r}: the value {'/'.join(map(str, raw))!r} has "
                               f"{len(raw)} part(s) for {len(names)} name(s); pass one value per "
                               f"name joined by '/', e.g. {'/'.join(['V'] * len(names))}")
-        values.append(tuple(parse_value(f, r, n) for f, n, r in zip(fields, names, raw)))
+        values.append(tuple(parse_value(f, r, n)
+                            for f, n, r in zip(fields, names, raw, strict=True)))
     if len(set(map(_key, values))) != len(values):
         raise ConfigError(f"axis {where!r} lists a value twice; pass each value once")
     return Axis(names, tuple(values))
@@ -193,7 +198,7 @@ class Study:
                          for a in self.axes},
                 "seeds": list(self.seeds),
                 "baseline": {a.label: "/".join(format_value(x) for x in v)
-                             for a, v in zip(self.axes, self.baseline)},
+                             for a, v in zip(self.axes, self.baseline, strict=True)},
                 "flags": {k: v for k, v in self.base.to_dict().items()
                           if v != getattr(defaults, k) and k not in ("phase", "seed", "workdir")}}
 
@@ -253,20 +258,20 @@ def resolve_baseline(axes, raw: dict) -> tuple[tuple, ...]:
     chosen = []
     for axis in axes:
         given = {}
-        for i, name in enumerate(axis.names):
+        for name in axis.names:
             for key in (name, axis.label):
                 if key in raw:
                     parts = raw.pop(key)
-                    parts = parts.split("/") if isinstance(parts, str) else parts
-                    parts = parts if isinstance(parts, (list, tuple)) else [parts]
                     if key == axis.label and len(axis.names) > 1:
+                        parts = parts.split("/") if isinstance(parts, str) else parts
+                        parts = parts if isinstance(parts, (list, tuple)) else [parts]
                         if len(parts) != len(axis.names):
                             raise ConfigError(f"--baseline: {key}={raw_text(parts)} needs "
                                               f"{len(axis.names)} values joined by '/'")
                         given.update({n: parse_value(check_name(n), p, n)
-                                      for n, p in zip(axis.names, parts)})
+                                      for n, p in zip(axis.names, parts, strict=True)})
                     else:
-                        given[name] = parse_value(check_name(name), parts[0], name)
+                        given[name] = parse_value(check_name(name), parts, name)
         matches = [v for v in axis.values
                    if all(v[axis.names.index(n)] == x for n, x in given.items())]
         if given and not matches:
@@ -276,7 +281,8 @@ def resolve_baseline(axes, raw: dict) -> tuple[tuple, ...]:
                 f"{', '.join('/'.join(map(format_value, v)) for v in axis.values)}")
         if len(matches) > 1 and given:
             raise ConfigError(f"--baseline does not pick one value of the paired axis "
-                              f"{axis.label}; pass {axis.label}=" + "/".join(["V"] * len(axis.names)))
+                              f"{axis.label}; pass {axis.label}="
+                              + "/".join(["V"] * len(axis.names)))
         if not given and len(axis.values) > 1:
             raise ConfigError(f"--baseline does not name the axis {axis.label}; pass "
                               f"--baseline=...,{axis.label}=VALUE (one of "
@@ -412,7 +418,8 @@ def configurations(study: Study) -> list[tuple[tuple[str, Any], ...]]:
     """Every assignment of the axes' values (the grid without seeds), first axis slowest."""
     grid = [()]
     for axis in study.axes:
-        grid = [g + tuple(zip(axis.names, v)) for g in grid for v in axis.values]
+        grid = [g + tuple(zip(axis.names, v, strict=True))
+                for g in grid for v in axis.values]
     return grid
 
 
@@ -430,7 +437,8 @@ def expand(study: Study, study_dir: str) -> list[Trial]:
 
 
 def baseline_assignment(study: Study) -> tuple:
-    return tuple((n, x) for a, v in zip(study.axes, study.baseline) for n, x in zip(a.names, v))
+    return tuple((n, x) for a, v in zip(study.axes, study.baseline, strict=True)
+                 for n, x in zip(a.names, v, strict=True))
 
 
 def parse_shard(text: str) -> tuple[int, int]:

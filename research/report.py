@@ -18,8 +18,8 @@ import io
 import math
 import os
 
-from research.files import atomic_save, atomic_write_text
 from research import grid, runner, stats
+from research.files import atomic_save, atomic_write_text
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -230,16 +230,17 @@ def plot(study: grid.Study, entries, path: str) -> None:
         color = colors[x % len(colors)]
         values = e[f"{metric}_values"]
         seeds = sorted(values)
-        jitter = np.linspace(-0.12, 0.12, len(seeds)) if len(seeds) > 1 else [0.0]
-        left.scatter([x + j for j in jitter], [values[s] for s in seeds], color=color,
-                     alpha=0.6, s=18, zorder=3)
+        jitter = np.linspace(-0.2, 0.0, len(seeds)) if len(seeds) > 1 else [-0.1] * len(seeds)
+        if seeds:
+            left.scatter([x + j for j in jitter], [values[s] for s in seeds], color=color,
+                         alpha=0.6, s=18, zorder=3)
         s = e[metric]
         if s.n:
             if math.isfinite(s.low):
-                left.errorbar([x + 0.25], [s.mean], yerr=[[s.mean - s.low], [s.high - s.mean]],
+                left.errorbar([x + 0.12], [s.mean], yerr=[[s.mean - s.low], [s.high - s.mean]],
                               fmt="o", color=color, capsize=4, zorder=4)
             else:
-                left.plot([x + 0.25], [s.mean], "o", color=color, zorder=4)
+                left.plot([x + 0.12], [s.mean], "o", color=color, zorder=4)
         curves = [[loss for _, loss in c] for c in e["curves"]]
         if curves:
             length = min(map(len, curves))
@@ -254,6 +255,7 @@ def plot(study: grid.Study, entries, path: str) -> None:
                 head_epochs = sum(1 for p, _ in e["curves"][0][:length] if p == "head")
                 if 0 < head_epochs < length:
                     right.axvline(head_epochs + 0.5, color="gray", linestyle=":", linewidth=1)
+    left.set_xlim(-0.6, len(entries) - 0.4)
     left.set_xticks(range(len(entries)))
     left.set_xticklabels([("* " if e["baseline"] else "") + e["label"] for e in entries],
                          rotation=20, ha="right", fontsize=8)

@@ -23,10 +23,10 @@ import subprocess
 import sys
 import time
 
-from research.files import atomic_write_json
 from flags.config import Config
 from flags.errors import RunError, TapefitError
 from loops.run_lock import RunLock
+from research.files import atomic_write_json
 
 TRIAL_JSON = "trial.json"
 STATUS_JSON = "status.json"
@@ -239,15 +239,19 @@ def _die_with_parent():
 
 
 def run_parallel(jobs, parallel: int, worker_command, on_done) -> None:
-    """Runs `jobs` [(trial_dir, ...)] as at most `parallel` worker processes at once.
+    """Runs `jobs` [trial_dir, ...] as at most `parallel` worker processes at once (the
+    first one alone).
 
     `worker_command(trial_dir)` is the argv of a worker; its output goes to
     <trial>/trial.log. `on_done(trial_dir, outcome)` is called as each one ends."""
     queue = list(jobs)
     running = {}
+    finished = 0
     try:
         while queue or running:
-            while queue and len(running) < parallel:
+            # The first trial alone: it fills the feature caches that later trials share
+            # (two processes must not fill one cache folder at once).
+            while queue and len(running) < (parallel if finished else 1):
                 trial_dir = queue.pop(0)
                 os.makedirs(trial_dir, exist_ok=True)
                 out = open(os.path.join(trial_dir, TRIAL_LOG), "ab")
@@ -267,6 +271,7 @@ def run_parallel(jobs, parallel: int, worker_command, on_done) -> None:
                         record_failure(trial_dir, f"the worker process exited with code "
                                                   f"{proc.returncode}; see {TRIAL_LOG}")
                         outcome = FAILED
+                finished += 1
                 on_done(trial_dir, outcome)
     finally:
         for proc, (_, out) in running.items():

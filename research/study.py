@@ -11,10 +11,10 @@ import json
 import os
 import sys
 
-from research.files import atomic_write_json
 from flags.config import Config
 from flags.errors import ConfigError
 from research import grid, report, runner
+from research.files import atomic_write_text
 
 SWEEP_JSON = "sweep.json"
 
@@ -70,7 +70,8 @@ def save(study: grid.Study, study_dir: str) -> None:
     content = study.to_dict()
     previous = runner.read_json(path)
     if previous != json.loads(json.dumps(content)):
-        atomic_write_json(path, content)
+        # Not key-sorted: the order of the axes is the order of the grid.
+        atomic_write_text(path, json.dumps(content, indent=1) + "\n")
 
 
 def check_layers(trials) -> None:

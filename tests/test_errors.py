@@ -50,7 +50,7 @@ def test_unknown_layer_lists_the_layers_and_overwrites_nothing(tmp_path):
     before = best.read_bytes()
     out = run_train(*TINY, f"--workdir={tmp_path}", "--phase=finetune",
                     "--unfreeze_from=conv_dw_99")
-    assert_one_line_error(out, "'conv_dw_99'", "conv_dw_12", "conv_pw_13")
+    assert_one_line_error(out, "'conv_dw_99'", "block_12", "block_13")
     assert best.read_bytes() == before
     assert not (tmp_path / "finetune").exists()
 

@@ -1,10 +1,12 @@
 """The frozen-prefix feature cache is exact, keyed by everything that determines
 the features, and off when the prefix is random."""
+import logging
 import os
 
 import keras
 import numpy as np
 import pytest
+from keras import layers
 
 from loops import feature_cache, train_lib
 from model import build_model, set_trainable
@@ -16,7 +18,7 @@ RELATIVE_TOLERANCE = 1e-5
 
 @pytest.fixture
 def cache_config(tiny_config):
-    return tiny_config.replace(backbone="vgg16", unfreeze_from="block5_conv1",
+    return tiny_config.replace(backbone="vgg16", alpha=1.0, unfreeze_from="block5_conv1",
                                synthetic_examples=36, batch_size=8, epochs=2, dropout=0.3,
                                learning_rate=3e-3)
 
@@ -30,14 +32,14 @@ def model_for(cfg, phase="head"):
 
 def test_head_cut_keeps_dropout_in_the_suffix(cache_config):
     cut, reason = feature_cache.find_cut(model_for(cache_config))
-    assert reason == "" and cut.layer == "head_dropout"
+    assert reason == "" and cut.layer == "head_dropout" and cut.after == "avg_pool"
     assert cut.prefix.output_shape == (None, 512)
 
 
 def test_finetune_cut_is_the_first_trainable_layer(cache_config):
     cut, _ = feature_cache.find_cut(model_for(cache_config, "finetune"))
     assert cut.layer == "block5_conv1"
-    assert [l.name for l in cut.suffix.layers][1] == "block5_conv1"
+    assert [layer.name for layer in cut.suffix.layers][1] == "block5_conv1"
 
 
 def test_suffix_of_prefix_is_the_model(cache_config):
@@ -53,23 +55,90 @@ def test_cache_is_off_with_augmentation(cache_config):
     assert feature_cache.resolve("auto", cut, reason, 10) == "off"
 
 
+# VGG16 is a chain; MobileNetV2 has residual connections (the cut is a dominator).
+RESIDUAL = dict(backbone="mobilenet_v2", unfreeze_from=None)
+
+
 @pytest.mark.parametrize("phase", ["head", "finetune"])
-def test_training_on_cached_features_equals_training_on_images(cache_config, phase, tmp_path):
+@pytest.mark.parametrize("changes", [{}, RESIDUAL], ids=["vgg16", "mobilenet_v2"])
+def test_training_on_cached_features_equals_training_on_images(cache_config, phase, changes,
+                                                               tmp_path, caplog):
+    cache_config = cache_config.replace(**changes)
     if phase == "finetune":
         train_lib.train_phase(cache_config.replace(feature_cache="off"))
     results = {}
     for mode in ("off", "memory"):
         cfg = cache_config.replace(phase=phase, feature_cache=mode)
-        model, logs = train_lib.train_phase(cfg, run_dir=str(tmp_path / f"{phase}-{mode}"))
+        with caplog.at_level(logging.INFO):
+            model, logs = train_lib.train_phase(cfg, run_dir=str(tmp_path / f"{phase}-{mode}"))
         results[mode] = (model.get_weights(), logs)
+    expected_cut = {("head", "vgg16"): "avg_pool", ("finetune", "vgg16"): "block4_pool",
+                    ("head", "mobilenet_v2"): "avg_pool",
+                    ("finetune", "mobilenet_v2"): "block_15_add"}[phase, cache_config.backbone]
+    assert f"cut after {expected_cut} " in caplog.text  # The cache engaged, cut logged.
     (plain, plain_logs), (cached, cached_logs) = results["off"], results["memory"]
-    scale = max(float(np.max(np.abs(w))) for w in plain)
-    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(plain, cached))
-    assert worst <= RELATIVE_TOLERANCE * scale
+    # Relative difference of all weights together (a wrong cut differs by O(1)).
+    difference = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(plain, cached, strict=True)))
+    assert difference <= RELATIVE_TOLERANCE * np.sqrt(sum(np.sum(w ** 2) for w in plain))
     assert any(not np.array_equal(a, b) for a, b in zip(
-        plain, model_for(cache_config, phase).get_weights()))  # It trained.
+        plain, model_for(cache_config, phase).get_weights(), strict=True))  # It trained.
     for key in plain_logs:
         assert cached_logs[key] == pytest.approx(plain_logs[key], rel=1e-5), key
+
+
+def frozen(layer):
+    layer.trainable = False
+    return layer
+
+
+def test_cut_is_the_last_dominator_before_the_first_trainable_layer():
+    """A skip connection around a frozen layer moves the cut to where the paths join;
+    a trainable layer on a branch moves it back to where the paths split."""
+    inputs = keras.Input((4,), name="x")
+    a = frozen(layers.Dense(4, name="a"))(inputs)
+    b = frozen(layers.Dense(4, name="b"))(a)
+    joined = layers.Add(name="join")([a, b])  # a is not a dominator: a -> join skips b.
+    c = frozen(layers.Dense(4, name="c"))(joined)
+    branch = layers.Dense(4, name="branch")(c)  # The first trainable layer, on a branch.
+    out = layers.Dense(2, name="out")(layers.Add(name="join2")([c, branch]))
+    model = keras.Model(inputs, out)
+    cut, reason = feature_cache.find_cut(model)
+    assert reason == "" and cut.after == "c"
+    assert [layer.name for layer in cut.prefix.layers] == ["x", "a", "b", "join", "c"]
+    assert {layer.name for layer in cut.suffix.layers} == {"features", "branch", "join2", "out"}
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    np.testing.assert_allclose(cut.suffix(cut.prefix(x)), model(x), rtol=1e-6)
+    model.get_layer("c").trainable = True
+    cut, _ = feature_cache.find_cut(model)
+    assert cut.after == "join"  # Not b: the skip from a jumps over it.
+    model.get_layer("a").trainable = True
+    cut, reason = feature_cache.find_cut(model)
+    assert cut is None and "a is trainable" in reason
+
+
+def test_suffix_shares_the_models_layers_and_variables(cache_config):
+    model = model_for(cache_config.replace(backbone="resnet50", unfreeze_from="conv5"),
+                      "finetune")
+    cut, _ = feature_cache.find_cut(model)
+    assert cut.after == "conv4_block6_out"
+    assert {id(v) for v in cut.suffix.trainable_variables} == {
+        id(v) for v in model.trainable_variables}
+    assert cut.suffix.get_layer("conv5_block1_0_conv") is model.get_layer("conv5_block1_0_conv")
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(cut.suffix(cut.prefix(x)), model(x), rtol=1e-5)
+
+
+def test_frozen_backbone_dropout_is_off_and_cached(cache_config):
+    """EfficientNet's stochastic depth sits in the backbone: off while frozen (inference
+    mode, like batch-norm), so the head phase caches up to the pooled features."""
+    model = model_for(cache_config.replace(backbone="efficientnet_b0", unfreeze_from=None))
+    cut, _ = feature_cache.find_cut(model)
+    assert cut.after == "avg_pool"
+    assert model.get_layer("block6d_drop").rate == 0
+    set_trainable(model, "finetune", "block6")
+    assert model.get_layer("block6d_drop").rate > 0
+    cut, _ = feature_cache.find_cut(model)
+    assert cut.after == "block5c_add"
 
 
 def key_of(cfg, phase="head", weights=None):
@@ -104,3 +173,13 @@ def test_disk_cache_is_reused_for_the_same_key_and_rebuilt_for_another(cache_con
     assert {n: os.path.getmtime(os.path.join(cache_root, first[0], n)) for n in stamp} == stamp
     train_lib.train_phase(cfg.replace(overwrite=True, image_size=48))
     assert len(os.listdir(cache_root)) == 2  # Another image size: another cache.
+
+
+def test_fingerprint_does_not_depend_on_generated_layer_names(cache_config):
+    """Keras numbers unnamed layers per process; the same prefix keeps its cache."""
+    cfg = cache_config.replace(backbone="mobilenet_v3_small", unfreeze_from=None)
+    first, second = model_for(cfg), model_for(cfg)
+    assert [layer.name for layer in first.layers] != [layer.name for layer in second.layers]
+    keys = [feature_cache.fingerprint(feature_cache.find_cut(m)[0], feature_cache.data_key(cfg))
+            for m in (first, second)]
+    assert keys[0] == keys[1]

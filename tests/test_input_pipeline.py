@@ -126,7 +126,7 @@ def test_carving_is_stratified_disjoint_and_seeded(tmp_path, layout):
     assert len(set(everything)) == 30  # disjoint, and together every image
     again = input_pipeline.load_splits(cfg)
     assert {s: fingerprints(getattr(again, s)) for s in prints} == prints
-    other = input_pipeline.load_splits(cfg.replace(seed=7))
+    other = input_pipeline.load_splits(cfg.replace(split_seed=7))
     assert set(fingerprints(other.validation)) != set(prints["validation"])
 
 
@@ -289,7 +289,7 @@ def test_synthetic_is_seeded_and_learnable():
     images, labels = as_arrays(splits.train)
     again, _ = as_arrays(input_pipeline.load_splits(cfg).train)
     np.testing.assert_array_equal(images, again)
-    other, _ = as_arrays(input_pipeline.load_splits(cfg.replace(seed=1)).train)
+    other, _ = as_arrays(input_pipeline.load_splits(cfg.replace(split_seed=1)).train)
     assert not np.array_equal(images, other)
     assert not np.array_equal(images[:20], as_arrays(splits.validation)[0])
     assert np.bincount(labels).tolist() == [20, 20]

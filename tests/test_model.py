@@ -1,11 +1,11 @@
 import os
 
+import keras
 import numpy as np
 import pytest
-import keras
 
 from flags.config import Config, ConfigError
-from model import backbones, backbone_layer_names, build_model, set_trainable
+from model import backbone_layer_names, backbones, build_model, set_trainable
 
 VGG_BLOCK5 = ["block5_conv1/kernel", "block5_conv1/bias", "block5_conv2/kernel",
               "block5_conv2/bias", "block5_conv3/kernel", "block5_conv3/bias"]
@@ -32,11 +32,27 @@ def test_unfreeze_from_block5_conv1_trains_exactly_block5_and_head(vgg):
     assert "block4_conv3/kernel" in frozen and "block1_conv1/kernel" in frozen
 
 
-def test_unknown_layer_names_it_and_lists_the_valid_ones(vgg):
+def test_unknown_layer_names_it_and_lists_the_blocks(vgg):
     with pytest.raises(ConfigError) as e:
         set_trainable(vgg, "finetune", "blok5_conv1")
     message = str(e.value)
-    assert "'blok5_conv1'" in message and "block5_conv1" in message and "\n" not in message
+    assert "'blok5_conv1'" in message and "\n" not in message
+    assert "block1, block2, block3, block4, block5" in message
+
+
+def test_block_name_unfreezes_the_whole_block(vgg):
+    set_trainable(vgg, "finetune", "block5")
+    assert trainable_paths(vgg) == VGG_BLOCK5 + ["logits/kernel", "logits/bias"]
+
+
+def test_mobilenet_default_block_trains_what_conv_dw_12_trained():
+    """The default moved from the layer conv_dw_12 to its block: the same variables train."""
+    cfg = Config(backbone="mobilenet", alpha=0.25, weights="none", image_size=32)
+    model = build_model(cfg, 2)
+    set_trainable(model, "finetune", "conv_dw_12")
+    by_layer = trainable_paths(model)
+    set_trainable(model, "finetune", cfg.resolved_unfreeze_from)
+    assert cfg.resolved_unfreeze_from == "block_12" and trainable_paths(model) == by_layer
 
 
 def test_mobilenet_finetune_keeps_batchnorm_frozen():

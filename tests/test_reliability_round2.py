@@ -322,7 +322,7 @@ def assert_predict_error(out, *fragments):
     stderr = out.stderr.decode(errors="replace")
     assert out.returncode == 1, stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-2000:]
-    errors = [l for l in stderr.splitlines() if l.startswith("error: ")]
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, stderr[-2000:]
     for fragment in fragments:
         assert fragment in errors[0], errors[0]

@@ -63,7 +63,7 @@ def race(tmp_path, count):
             if c.poll() is None:
                 c.kill()
                 c.wait()
-    return [(c.pid, out, err) for c, (out, err) in zip(children, outputs)]
+    return [(c.pid, out, err) for c, (out, err) in zip(children, outputs, strict=True)]
 
 
 def test_two_processes_racing_for_one_lock_exactly_one_wins(tmp_path):

@@ -1,0 +1,133 @@
+"""A head-phase sweep (`sweep.py`, one process) vs the same trials as separate
+`train.py --loop=fit` runs.
+
+Six trials: 3 learning rates × 2 seeds, 3 epochs, VGG16 (weights=none) at 128²,
+500 photos per split of ../shared. Each side is timed from outside, as a user would
+see it: the wall time of its command(s), Python and TensorFlow start-up included,
+and the CPU time of those processes (all threads).
+
+    python bench/sweep.py [--epochs 3] [--examples 500] [--image_size 128]
+        [--learning_rates 1e-3,3e-3,1e-2] [--seeds 0,1] [--repeats 1] [--variants sweep,fit]
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="vgg16")
+    parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--examples", type=int, default=500, help="max photos per split")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--learning_rates", default="1e-3,3e-3,1e-2")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--variants", default="sweep,fit", help="sweep (one sweep.py), fit "
+                        "(one train.py --loop=fit per trial), custom (one train.py per trial)")
+    return parser.parse_args(argv)
+
+
+def base_flags(args) -> list[str]:
+    return [f"--backbone={args.backbone}", "--weights=none", f"--image_size={args.image_size}",
+            f"--data_dir={args.data_dir}", f"--max_examples_per_split={args.examples}",
+            f"--batch_size={args.batch_size}", f"--epochs={args.epochs}", "--verbose=0"]
+
+
+def timed(commands, log) -> dict:
+    """Runs the commands one after the other; wall and CPU time of them all."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = common.now()
+    walls = []
+    for cmd in commands:
+        t0 = common.now()
+        proc = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True)
+        walls.append(common.now() - t0)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
+            raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{tail}")
+        log(f"  {walls[-1]:.1f} s: {' '.join(cmd[1:3])} ...")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": common.now() - start, "cpu_s": cpu, "command_wall_s": walls}
+
+
+def run_variant(args, variant: str) -> dict:
+    workdir = common.fresh_workdir(f"sweep-{variant}")
+    rates = args.learning_rates.split(",")
+    seeds = args.seeds.split(",")
+    python = sys.executable
+    if variant == "sweep":
+        commands = [[python, "sweep.py", f"--workdir={workdir}", "--phases=head",
+                     f"--axis=learning_rate={args.learning_rates}", f"--seeds={args.seeds}",
+                     "--noprogress", *base_flags(args)]]
+    else:
+        loop = "fit" if variant == "fit" else "custom"
+        commands = [[python, "train.py", "--phase=head", f"--loop={loop}",
+                     f"--workdir={os.path.join(workdir, f'lr{lr}-s{seed}')}",
+                     f"--learning_rate={lr}", f"--seed={seed}", *base_flags(args)]
+                    for seed in seeds for lr in rates]
+    result = timed(commands, common.log)
+    result["trials"] = len(rates) * len(seeds)
+    result["val_loss"] = final_val_losses(workdir, variant)
+    return result
+
+
+def final_val_losses(workdir, variant):
+    """The last val_loss of every trial (a sanity check that both sides trained alike)."""
+    out = []
+    for root, _, names in sorted(os.walk(workdir)):
+        if "log.csv" in names and os.path.basename(root) == "head":
+            with open(os.path.join(root, "log.csv")) as f:
+                last = f.read().splitlines()[-1].split(",")
+            out.append(float(last[-1]))
+    return sorted(out)
+
+
+def main():
+    args = parse_args()
+    args.data_dir = common.check_data_dir(args.data_dir)
+    variants = args.variants.split(",")
+    runs = {v: [] for v in variants}
+    for repeat, variant in common.interleaved(variants, args.repeats):
+        common.log(f"run {repeat} {variant} ...")
+        runs[variant].append(run_variant(args, variant))
+    rows = []
+    for variant in variants:
+        walls = [r["wall_s"] for r in runs[variant]]
+        cpus = [r["cpu_s"] for r in runs[variant]]
+        trials = runs[variant][0]["trials"]
+        rows.append([variant, len(walls), f"{common.median(walls):.1f}", common.spread(walls),
+                     f"{common.median(walls) / trials:.1f}", f"{common.median(cpus):.0f}",
+                     ", ".join(f"{v:.4f}" for v in runs[variant][-1]["val_loss"])])
+    text = common.table(["variant", "runs", "total wall s (median)", "range", "wall s / trial",
+                         "CPU s", "final val_loss of the trials (sorted)"], rows)
+    if "sweep" in runs and "fit" in runs:
+        wall = common.median([r["wall_s"] for r in runs["fit"]]) / common.median(
+            [r["wall_s"] for r in runs["sweep"]])
+        cpu = common.median([r["cpu_s"] for r in runs["fit"]]) / common.median(
+            [r["cpu_s"] for r in runs["sweep"]])
+        pairs = [f["wall_s"] / s["wall_s"]
+                 for f, s in zip(runs["fit"], runs["sweep"], strict=True)]
+        text += (f"\n\n```\nratio fit/sweep, total wall time: {wall:.2f}x (medians), "
+                 f"{common.median(pairs):.2f}x (median of pairs); target >= 8x\n"
+                 f"ratio fit/sweep, total CPU time: {cpu:.2f}x\n```")
+    text += (f"\n\n{len(args.learning_rates.split(','))} learning rates × "
+             f"{len(args.seeds.split(','))} seeds, head phase, {args.epochs} epochs, "
+             f"{args.backbone} (weights=none) at {args.image_size}², max {args.examples} photos "
+             f"per split, batch {args.batch_size}; load average at the end "
+             f"{common.loadavg():.1f}.")
+    common.report("sweep", text, runs, args.json)
+    print(json.dumps({v: [r["command_wall_s"] for r in rs] for v, rs in runs.items()}))
+
+
+if __name__ == "__main__":
+    main()
