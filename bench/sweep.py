@@ -33,6 +33,10 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--variants", default="sweep,fit", help="sweep (one sweep.py), fit "
                         "(one train.py --loop=fit per trial), custom (one train.py per trial)")
+    parser.add_argument("--sample", type=int, default=0,
+                        help="fit/custom: run only the first N of the per-trial commands and "
+                             "scale their time by trials/N (an estimate, marked as such; for "
+                             "slow machines: the per-trial runs all do the same work)")
     return parser.parse_args(argv)
 
 
@@ -75,8 +79,15 @@ def run_variant(args, variant: str) -> dict:
                      f"--workdir={os.path.join(workdir, f'lr{lr}-s{seed}')}",
                      f"--learning_rate={lr}", f"--seed={seed}", *base_flags(args)]
                     for seed in seeds for lr in rates]
+    trials = len(rates) * len(seeds)
+    if variant != "sweep" and args.sample:
+        commands = commands[:args.sample]
     result = timed(commands, common.log)
-    result["trials"] = len(rates) * len(seeds)
+    if variant != "sweep" and len(commands) < trials:  # --sample: scaled, an estimate.
+        result["sampled"] = f"{len(commands)} of {trials} runs, scaled"
+        result["wall_s"] *= trials / len(commands)
+        result["cpu_s"] *= trials / len(commands)
+    result["trials"] = trials
     result["val_loss"] = final_val_losses(workdir, variant)
     return result
 
@@ -105,7 +116,9 @@ def main():
         walls = [r["wall_s"] for r in runs[variant]]
         cpus = [r["cpu_s"] for r in runs[variant]]
         trials = runs[variant][0]["trials"]
-        rows.append([variant, len(walls), f"{common.median(walls):.1f}", common.spread(walls),
+        sampled = runs[variant][0].get("sampled")
+        rows.append([variant + (f" ({sampled})" if sampled else ""), len(walls),
+                     f"{common.median(walls):.1f}", common.spread(walls),
                      f"{common.median(walls) / trials:.1f}", f"{common.median(cpus):.0f}",
                      ", ".join(f"{v:.4f}" for v in runs[variant][-1]["val_loss"])])
     text = common.table(["variant", "runs", "total wall s (median)", "range", "wall s / trial",
@@ -117,7 +130,9 @@ def main():
             [r["cpu_s"] for r in runs["sweep"]])
         pairs = [f["wall_s"] / s["wall_s"]
                  for f, s in zip(runs["fit"], runs["sweep"], strict=True)]
-        text += (f"\n\n```\nratio fit/sweep, total wall time: {wall:.2f}x (medians), "
+        note = runs["fit"][0].get("sampled")
+        note = f" (fit: {note}: an estimate)" if note else ""
+        text += (f"\n\n```\nratio fit/sweep{note}, total wall time: {wall:.2f}x (medians), "
                  f"{common.median(pairs):.2f}x (median of pairs); target >= 8x\n"
                  f"ratio fit/sweep, total CPU time: {cpu:.2f}x\n```")
     text += (f"\n\n{len(args.learning_rates.split(','))} learning rates × "

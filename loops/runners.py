@@ -187,7 +187,7 @@ class CustomRunner(Runner):
     def hooks(self):
         hooks = super().hooks()
         if self.cfg.verbose:
-            hooks.append(our_callbacks.ProgbarLogger())
+            hooks.append(our_callbacks.ProgbarLogger(lines_when_not_tty=True))
         return hooks
 
     def fit(self, train_data, validation_data, hooks):
@@ -200,7 +200,8 @@ class CustomRunner(Runner):
             if isinstance(hook, our_callbacks.BackupAndRestore):
                 hook.bind(loop, hooks)
         return loop.fit(train_data, epochs=cfg.epochs, steps_per_epoch=plan.steps_per_epoch,
-                        validation_data=validation_data, callbacks=hooks, verbose=cfg.verbose)
+                        validation_data=validation_data, callbacks=hooks,
+                        verbose=_keras_verbose(cfg.verbose))
 
 
 class FitRunner(Runner):
@@ -212,6 +213,7 @@ class FitRunner(Runner):
         # Keras' BackupAndRestore restarts its epoch: the stream starts at that epoch.
         if self.position is not None:
             self.position = type(self.position)(self.position.epoch, 0)
+            _keep_csv_rows(os.path.join(self.plan.run_dir, LOG_CSV), self.position.epoch)
         return self._batches(self.plan.splits.train, self.plan.splits.validation)
 
     def fit(self, train_data, validation_data, hooks):
@@ -228,11 +230,20 @@ class FitRunner(Runner):
 
 
 def _keras_verbose(verbose: int) -> int:
-    try:
-        from loops.console import keras_verbose
-    except ImportError:
-        return verbose
+    from loops.console import keras_verbose
     return keras_verbose(verbose)
+
+
+def _keep_csv_rows(path: str, rows: int) -> None:
+    """Cuts a CSV log back to its header and `rows` rows (Keras' CSVLogger appends)."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        lines = f.readlines()
+    keep = lines[:1 + rows] if rows else []
+    if keep != lines:
+        from callbacks.atomic_io import atomic_write_text
+        atomic_write_text(path, "".join(keep))
 
 
 RUNNERS = {"custom": CustomRunner, "fit": FitRunner}

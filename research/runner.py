@@ -161,7 +161,13 @@ def run_trial(trial_dir: str, phases, configs: dict, content: dict | None = None
         if outcome == PENDING:
             outcome = _run_phases(trial_dir, phases, configs, debug)
         if outcome == FINISHED and on_finished is not None:
-            on_finished(trial_dir)
+            try:
+                on_finished(trial_dir)
+            except Exception as e:  # noqa: BLE001  (a summary must not stop the sweep)
+                if debug:
+                    raise
+                log.warning("trial %s: writing its summaries failed: %s",
+                            os.path.basename(trial_dir), e)
         return outcome
     finally:
         lock.release()

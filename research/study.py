@@ -147,6 +147,9 @@ def run(study: grid.Study, study_dir: str, shard=(0, 1), parallel: int = 1,
 
     def done(trial, outcome):
         outcomes[trial.trial_id] = outcome
+        if outcome == runner.FAILED:
+            reason = (runner.read_status(trial.trial_dir) or {}).get("reason", "")
+            bar.write(f"trial {trial.trial_id} failed: {reason}", file=sys.stderr)
         report.write(study, study_dir, trials)
         bar.update(1)
         bar.set_postfix_str(f"{trial.trial_id}: {outcome}")
