@@ -14,11 +14,13 @@ if __name__ == "__main__":
 
 from absl import app, flags  # noqa: E402
 
+from flags.config import DEFAULT_TOLERANCE  # noqa: E402
 from flags.definitions import define_flags, define_help_flags  # noqa: E402
 from loops.entry import run_command  # noqa: E402
 
 define_flags()
-flags.DEFINE_float("tolerance", 1e-5, "Relative tolerance when not --deterministic.")
+flags.DEFINE_float("tolerance", DEFAULT_TOLERANCE,
+                   "Relative tolerance when not --deterministic.")
 define_help_flags({"comparison": ("tolerance",)})
 FLAGS = flags.FLAGS
 

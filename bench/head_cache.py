@@ -6,8 +6,11 @@ alternate custom, fit, custom, fit, ... The custom time is the whole call, so
 it includes the one-time forward pass that fills the cache (epoch 1) as well
 as data checks, model build, validation and checkpoints, exactly as for fit.
 
-    python bench/head_cache.py [--epochs 10] [--examples 500] [--image_size 128]
-        [--repeats 1] [--variants custom,fit]
+    python bench/head_cache.py [--backbone vgg16] [--epochs 10] [--examples 500]
+        [--image_size 128] [--repeats 1] [--variants custom,fit]
+
+Any --backbone of tapefit works (weights=none): for residual networks (resnet50,
+efficientnet_b0, ...) the cache cuts at the pooled features, a dominator of the graph.
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 from keras import ops
 
-from callbacks.atomic_io import atomic_save
 from callbacks._monitor import MonitorCallback, to_json_number
+from callbacks.atomic_io import atomic_save
 
 
 class ModelCheckpoint(MonitorCallback):
@@ -90,7 +90,7 @@ class ModelCheckpoint(MonitorCallback):
                           stacklevel=2)
             return True
         if (isinstance(current, np.ndarray) or ops.is_tensor(current)) and len(current.shape) > 0:
-            warnings.warn(
+            warnings.warn(  # noqa: B028  (as Keras: the default stacklevel)
                 "Can save best model only when `monitor` is a scalar value. "
                 f"Received: {current}. Falling back to `save_best_only=False`.")
             return True
@@ -131,7 +131,7 @@ class ModelCheckpoint(MonitorCallback):
                 return self.filepath.format(epoch=epoch + 1, **logs)
             return self.filepath.format(epoch=epoch + 1, batch=batch + 1, **logs)
         except KeyError as e:
-            raise KeyError(
+            raise KeyError(  # noqa: B904  (as Keras)
                 f'Failed to format this callback filepath: "{self.filepath}". Reason: {e}')
 
     # ---- resumable state ----------------------------------------------------

@@ -32,7 +32,7 @@ def keras_model_summary(name, data, step=None):
     try:
         json_string = data.to_json()
     except Exception as exc:  # noqa: BLE001 - a summary must not break training.
-        warnings.warn(f"Model failed to serialize as JSON. Ignoring... {exc}")
+        warnings.warn(f"Model failed to serialize as JSON. Ignoring... {exc}")  # noqa: B028
         return False
     with tf.summary.experimental.summary_scope(name, "graph_keras_model", [data, step]) as (
             tag, _):

@@ -9,15 +9,24 @@ import urllib.parse
 from typing import Optional
 
 PHASES = ("head", "finetune", "evaluate")
+# Phases that train nothing that is kept (loops/lr_find.py); not part of a sweep's phases.
+TOOL_PHASES = ("lr_find",)
+LR_SUGGESTIONS = ("valley", "steep", "minimum")
+# compare.py: relative tolerance between the loops when not --deterministic.
+DEFAULT_TOLERANCE = 1e-5
 LOOPS = ("custom", "fit")
 BACKBONES = ("vgg16", "vgg19", "resnet50", "resnet50v2", "mobilenet", "mobilenet_v2",
              "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1",
              "efficientnet_b2", "efficientnet_b3", "efficientnetv2_b0", "convnext_tiny",
              "densenet121", "inception_v3", "xception")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
-LR_SCHEDULES = ("constant", "step", "exponential", "cosine")
+LR_SCHEDULES = ("constant", "step", "exponential", "cosine", "one_cycle", "warmup_cosine")
+# Per-step schedules (loops/schedules.py): a keras LearningRateSchedule in the optimizer.
+STEP_LR_SCHEDULES = ("one_cycle", "warmup_cosine")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 FEATURE_CACHE = ("auto", "off", "memory", "disk")
+IMAGE_CACHE = ("auto", "off", "memory", "disk")
+FEATURE_PRECISIONS = ("float32", "bfloat16", "auto")
 MODES = ("auto", "min", "max")
 # What --monitor can name: the logs of both loops (loops/custom.py make_metrics).
 MONITORS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -77,7 +86,9 @@ class Config:
     # Optimisation.
     batch_size: int = 32
     epochs: int = 10
-    learning_rate: Optional[float] = None
+    learning_rate: Optional[float] = None  # Or "auto": loops/lr_find.resolve_learning_rate.
+    for_phase: str = "head"
+    lr_suggestion: str = "valley"
     optimizer: str = "adam"
     seed: int = 42
     deterministic: bool = False
@@ -85,8 +96,20 @@ class Config:
     jit_compile: bool = False
     mixed_precision: Optional[str] = None
     steps_per_execution: int = 1
+    # Fine-tuning tools (issue 13; loops/schedules.py, loops/optimizers.py).
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    weight_decay: float = 0.0
+    clipnorm: float = 0.0
+    ema: float = 0.0
+    layer_lr_decay: float = 1.0
+    train_bn: bool = False
+    tta: str = ""
     feature_cache: str = "auto"
     feature_cache_dir: Optional[str] = None
+    feature_precision: str = "float32"
+    image_cache: str = "auto"
+    image_cache_dir: Optional[str] = None
     # Hooks (Keras-callback-like names).
     monitor: str = "val_loss"
     mode: str = "auto"
@@ -135,7 +158,8 @@ class Config:
 
     # ---- validation and (de)serialisation -------------------------------------
     def __post_init__(self):
-        _choice("phase", self.phase, PHASES)
+        self._normalise_learning_rate()
+        _choice("phase", self.phase, PHASES + TOOL_PHASES)
         _choice("loop", self.loop, LOOPS)
         _choice("backbone", self.backbone, BACKBONES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -152,7 +176,7 @@ class Config:
             raise ConfigError(f"--epochs={self.epochs} must be at least 0")
         if self.image_size < 1:
             raise ConfigError(f"--image_size={self.image_size} must be positive")
-        if self.learning_rate is not None and not self.learning_rate > 0:
+        if self.learning_rate not in (None, "auto") and not self.learning_rate > 0:
             raise ConfigError(f"--learning_rate={self.learning_rate} must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout={self.dropout} must be in [0, 1)")
@@ -178,7 +202,7 @@ class Config:
         if self.image_size > MAX_IMAGE_SIZE:
             raise ConfigError(f"--image_size={self.image_size} is too large; pass --image_size "
                               f"of at most {MAX_IMAGE_SIZE} (224 is the backbones' native size)")
-        if self.learning_rate is not None and not math.isfinite(self.learning_rate):
+        if self.learning_rate not in (None, "auto") and not math.isfinite(self.learning_rate):
             raise ConfigError(f"--learning_rate={self.learning_rate} is not a finite number; "
                               "pass e.g. --learning_rate=0.001")
         if not (0.0 < self.reduce_lr_factor < 1.0):
@@ -207,6 +231,57 @@ class Config:
             raise ConfigError(f"--verbose={self.verbose} must be 0, 1 or 2")
         if self.remote_monitor_url:
             _check_url("remote_monitor_url", self.remote_monitor_url)
+        _choice("image_cache", self.image_cache, IMAGE_CACHE)
+        _choice("feature_precision", self.feature_precision, FEATURE_PRECISIONS)
+        if self.image_cache_dir is not None and not self.image_cache_dir.strip():
+            raise ConfigError("--image_cache_dir is empty; pass a folder, or leave it unset "
+                              "for <workdir>/image_cache")
+        self._check_finetune_tools()
+
+    def _normalise_learning_rate(self):
+        """--learning_rate is a number or `auto` (the flag is a string): a number
+        given as text becomes a float."""
+        value = self.learning_rate
+        if isinstance(value, str) and value != "auto":
+            try:
+                object.__setattr__(self, "learning_rate", float(value))
+            except ValueError:
+                raise ConfigError(f"--learning_rate={value!r} is not a number; pass e.g. "
+                                  "--learning_rate=0.001, or auto (the learning-rate finder's "
+                                  "suggestion)") from None
+
+    def _check_finetune_tools(self):
+        """Schedules per step, regularisation, the learning-rate finder (issue 13)."""
+        _choice("for_phase", self.for_phase, ("head", "finetune"))
+        _choice("lr_suggestion", self.lr_suggestion, LR_SUGGESTIONS)
+        if self.tta not in ("", "flip"):
+            raise ConfigError(f"unknown --tta={self.tta!r}; pass --tta=flip (or nothing)")
+        if self.learning_rate == "auto" and self.phase == "lr_find":
+            raise ConfigError("--phase=lr_find finds the learning rate: drop --learning_rate")
+        def number(name, low, high, example, low_open=False, high_open=False):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and math.isfinite(value) and (
+                (value > low if low_open else value >= low)
+                and (value < high if high_open else value <= high))
+            if not ok:
+                interval = (f"{'(' if low_open else '['}{low}, "
+                            f"{high}{')' if high_open else ']'}")
+                raise ConfigError(f"--{name}={value} must be in {interval}; pass e.g. "
+                                  f"--{name}={example}")
+        number("warmup_epochs", 0, math.inf, 1, high_open=True)
+        number("label_smoothing", 0, 1, 0.1, high_open=True)
+        number("weight_decay", 0, math.inf, 0.01, high_open=True)
+        number("clipnorm", 0, math.inf, 1.0, high_open=True)
+        number("ema", 0, 1, 0.99, high_open=True)
+        number("layer_lr_decay", 0, 1, 0.7, low_open=True)
+        if self.lr_schedule in STEP_LR_SCHEDULES and self.reduce_lr_on_plateau:
+            raise ConfigError(f"--lr_schedule={self.lr_schedule} sets the rate every step and "
+                              "--reduce_lr_on_plateau every epoch; pass one of them")
+        if (self.lr_schedule == "warmup_cosine" and self.phase != "evaluate"
+                and self.epochs and self.warmup_epochs >= self.epochs):
+            raise ConfigError(f"--warmup_epochs={self.warmup_epochs} leaves no epoch of the "
+                              f"--epochs={self.epochs} for the cosine decay; pass "
+                              "--warmup_epochs below --epochs")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

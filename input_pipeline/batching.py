@@ -25,6 +25,8 @@ CACHE_BUDGET_BYTES = 2 << 30
 EPOCH_SEED_STRIDE = 1_000_003
 _MAXINT32 = 2**31 - 1
 _ENOUGH_EPOCHS = 1 << 40
+# Elements `read_to_end` reads ahead at most.
+READ_AHEAD = 64
 
 
 def train_batches(ds: tf.data.Dataset, num_examples: int, batch_size: int, seed: int,
@@ -86,9 +88,32 @@ def _shuffle_epoch(ds: tf.data.Dataset, num_examples: int, seed: int, epoch) -> 
 def eval_batches(ds: tf.data.Dataset, batch_size: int, cache_dir: str | None = None,
                  cache: bool | None = None) -> tf.data.Dataset:
     """Batches in the split's fixed order, float32 images; one pass per iteration."""
-    ds = _cache(ds, int(ds.cardinality()), cache_dir, cache)
-    ds = ds.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=True)
+    num_examples = int(ds.cardinality())
+    cached = _cache(ds, num_examples, cache_dir, cache)
+    if cached is not ds:  # A pass stopped after the last batch must complete the cache.
+        cached = read_to_end(cached, num_examples)
+    ds = cached.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE,
+                                      deterministic=True)
     return _shard_by_data(ds.prefetch(AUTOTUNE))
+
+
+def read_to_end(ds: tf.data.Dataset, num_examples: int) -> tf.data.Dataset:
+    """`ds` (of `num_examples` elements) such that its input's end is reached when its
+    last element is produced, not only when one more is asked for.
+
+    A `Dataset.cache` completes (writes its index, or keeps its memory copy) only once
+    its input ends. A consumer that stops after the known number of batches (the
+    custom loop's evaluation) would otherwise leave it incomplete, to be filled again
+    by the next pass, unless a prefetch thread happened to ask for one more element
+    first (a race). Chunks of a size that does not divide `num_examples` make the
+    last chunk partial: producing it reads the end.
+    """
+    if num_examples <= 0:
+        return ds
+    chunk = READ_AHEAD
+    while num_examples % chunk == 0:
+        chunk += 1
+    return ds.batch(chunk).unbatch()
 
 
 def _shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:

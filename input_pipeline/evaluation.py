@@ -35,6 +35,12 @@ def _whole_folder(folder: str, cfg):
     skipped = []
     listing = folders._list_classes(folder, skipped)
     class_names = tuple(listing)
+    # The decoded images are cached (--image_cache) like a split, keyed by this folder.
+    caches = folders._image_caches(cfg.replace(data_dir=folder), folder)
+    manifest = caches["test"].manifest() if caches else None
+    if manifest:
+        size = manifest["examples"]
+        return caches["test"].dataset(None, size, cfg.image_size), size, class_names
     entries = folders._entries(listing, class_names)
     limit = cfg.max_examples_per_split if cfg.max_examples_per_split > 0 else None
     with concurrent.futures.ThreadPoolExecutor(folders._num_workers()) as pool:
@@ -42,4 +48,7 @@ def _whole_folder(folder: str, cfg):
     if not kept:
         raise DataError(f"{folders.printable(folder)} has no readable images; add some")
     kept.sort(key=lambda e: (e[1], e[0]))
-    return folders._dataset(kept, cfg.image_size), len(kept), class_names
+    ds = folders._dataset(kept, cfg.image_size)
+    if caches:
+        ds = caches["test"].dataset(ds, len(kept), cfg.image_size)
+    return ds, len(kept), class_names

@@ -64,8 +64,15 @@ def load(cfg) -> Splits:
 
     t0 = time.perf_counter()
     datasets, sizes = {}, {}
+    caches = _image_caches(cfg, root)
     with concurrent.futures.ThreadPoolExecutor(_num_workers()) as pool:
         for index, split in enumerate(SPLITS):
+            manifest = caches[split].manifest() if caches else None
+            if manifest:  # Decoded before: neither checked nor decoded again.
+                skipped += [os.path.join(root, path) for path in manifest["skipped"]]
+                sizes[split] = manifest["examples"]
+                datasets[split] = caches[split].dataset(None, sizes[split], cfg.image_size)
+                continue
             candidates = entries[split]
             limit = cfg.max_examples_per_split if cfg.max_examples_per_split > 0 else None
             if limit is not None and len(candidates) > limit:
@@ -83,10 +90,31 @@ def load(cfg) -> Splits:
             kept.sort(key=lambda e: (e[1], e[0]))
             datasets[split] = _dataset(kept, cfg.image_size)
             sizes[split] = len(kept)
+            if caches:
+                datasets[split] = caches[split].dataset(
+                    datasets[split], len(kept), cfg.image_size,
+                    {"skipped": sorted(os.path.relpath(path, root) for path in bad)})
     log.info("checked image files in %.1fs: sizes %s, %d skipped",
              time.perf_counter() - t0, sizes, len(skipped))
     return Splits(class_names=class_names, sizes=sizes,
                   skipped=tuple(sorted(printable(path) for path in skipped)), **datasets)
+
+
+def _image_caches(cfg, root: str) -> dict | None:
+    """{split: its `image_cache.SplitCache`} under `--image_cache=disk`, else None."""
+    from input_pipeline import image_cache
+    if image_cache.resolve(cfg, "folder") != "disk":
+        return None
+    fingerprint = data_fingerprint(cfg)
+
+    def unchanged() -> bool:
+        try:
+            return data_fingerprint(cfg) == fingerprint
+        except DataError:
+            return False
+
+    folder = os.path.join(image_cache.root(cfg), image_cache.key(cfg, "folder " + fingerprint))
+    return {split: image_cache.SplitCache(folder, split, unchanged) for split in SPLITS}
 
 
 def printable(path: str) -> str:

@@ -10,6 +10,7 @@ split (`ds.take(N)`); tfds shuffled the examples when it prepared the dataset.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -57,6 +58,7 @@ def load(cfg) -> Splits:
         builder.download_and_prepare()
 
     datasets, sizes = {}, {}
+    caches = _image_caches(cfg, builder)
     for split in SPLITS:
         spec = getattr(cfg, _SPLIT_FLAGS[split])
         try:
@@ -73,7 +75,32 @@ def load(cfg) -> Splits:
             size = min(size, cfg.max_examples_per_split)
         datasets[split] = map_examples(ds, _example_fn(cfg.image_size))
         sizes[split] = size
+        if caches:
+            datasets[split] = caches[split].dataset(datasets[split], size, cfg.image_size)
     return Splits(class_names=tuple(features["label"].names), sizes=sizes, **datasets)
+
+
+def _image_caches(cfg, builder) -> dict | None:
+    """{split: its `image_cache.SplitCache`} under `--image_cache=disk`, else None; keyed
+    by the data flags, the dataset's name, version and config, and its prepared files
+    (name, size, time). Without prepared files to fingerprint (e.g. under
+    `tfds.testing.mock_data`) nothing is cached on disk."""
+    from input_pipeline import image_cache
+    from input_pipeline.folders import data_fingerprint
+    if image_cache.resolve(cfg, "tfds") != "disk":
+        return None
+    try:
+        files = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                       for e in os.scandir(builder.data_dir) if e.is_file())
+    except OSError:
+        files = []
+    if not files:
+        log.info("image cache: no prepared files of %s to fingerprint; caching decoded "
+                 "images in memory only", builder.info.full_name)
+        return None
+    data = f"tfds {builder.info.full_name} {data_fingerprint(cfg)} {files}"
+    folder = os.path.join(image_cache.root(cfg), image_cache.key(cfg, data))
+    return {split: image_cache.SplitCache(folder, split) for split in SPLITS}
 
 
 def _example_fn(image_size: int):

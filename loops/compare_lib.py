@@ -11,14 +11,12 @@ import time
 
 import numpy as np
 
-from flags.config import Config
+from flags.config import DEFAULT_TOLERANCE, LOOPS, Config
 from loops import train_lib
 
-LOOPS = ("custom", "fit")
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 CURVES_PNG = "curves.png"
-DEFAULT_TOLERANCE = 1e-5
 
 
 class _Recorder:
@@ -182,7 +180,8 @@ def plot_curves(report: dict, path: str) -> None:
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend()
-    fig.suptitle(f"{report['phase']}: custom vs fit ({'equal' if report['equal'] else 'different'})")
+    verdict = "equal" if report["equal"] else "different"
+    fig.suptitle(f"{report['phase']}: custom vs fit ({verdict})")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -14,9 +14,36 @@ from callbacks import CallbackList
 from callbacks.backup_and_restore import Position
 
 
-def make_loss():
-    """The loss of both loops (compile() gets the same factory's object)."""
+def make_loss(cfg=None):
+    """The loss of both loops (compile() gets the same factory's object).
+
+    Without `cfg` (or with `--label_smoothing=0`): sparse cross-entropy on logits.
+    With label smoothing: `SmoothedCrossentropy` (issue 13).
+    """
+    smoothing = getattr(cfg, "label_smoothing", 0.0) if cfg is not None else 0.0
+    if smoothing:
+        return SmoothedCrossentropy(label_smoothing=smoothing)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+class SmoothedCrossentropy(keras.losses.Loss):
+    """Cross-entropy on logits with label smoothing, for integer labels (one-hot
+    encoded here; Keras' sparse loss has no smoothing) or soft labels (one row of
+    class probabilities per example). Reduction as Keras' losses: sum over batch size."""
+
+    def __init__(self, label_smoothing=0.0, name="smoothed_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        if len(y_true.shape) < len(y_pred.shape):  # Integer labels.
+            y_true = keras.ops.one_hot(keras.ops.cast(y_true, "int32"), y_pred.shape[-1],
+                                       dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(
+            y_true, y_pred, from_logits=True, label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
 def make_metrics():
@@ -43,17 +70,18 @@ class CustomLoop:
       train_model: what the steps run, when not `model` itself: the trainable
         suffix of `model` fed with cached features (loops/feature_cache.py).
         It shares its layers with `model`, which hooks keep seeing.
+      loss_fn: the loss (default `make_loss()`; runners pass `make_loss(cfg)`).
     """
 
     def __init__(self, model, optimizer, strategy=None, jit_compile=False,
-                 steps_per_execution=1, train_model=None):
+                 steps_per_execution=1, train_model=None, loss_fn=None):
         self.model = model
         self.train_model = train_model or model
         self.optimizer = optimizer
         self.strategy = strategy or tf.distribute.get_strategy()
         self.steps_per_execution = steps_per_execution
         with self.strategy.scope():
-            self.loss_fn = make_loss()
+            self.loss_fn = loss_fn if loss_fn is not None else make_loss()
             self.loss_tracker = keras.metrics.Mean(name="loss")
             self.compiled_metrics = make_metrics()
             optimizer.build(self.train_model.trainable_variables)

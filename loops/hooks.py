@@ -11,9 +11,8 @@ import os
 
 import numpy as np
 
-from loops.schedules import make_schedule
-
 from loops.run_dir import BACKUP_DIR, BEST_WEIGHTS, FINAL_WEIGHTS  # noqa: F401
+from loops.schedules import make_schedule
 
 LOG_CSV = "log.csv"
 TENSORBOARD_DIR = "tensorboard"

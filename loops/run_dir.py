@@ -206,10 +206,10 @@ def check_not_running(run_dir: str) -> None:
     from loops.run_lock import RunLock
     if not os.path.isfile(lock_path(run_dir)):
         return
-    holder = RunLock(lock_path(run_dir), what="run directory").holder
+    holder = RunLock(lock_path(run_dir), what="run directory", subject=run_dir).holder
     if holder is not None:
         # acquire() decides whether the holder is alive; try it on a throwaway basis.
-        lock = RunLock(lock_path(run_dir), what="run directory")
+        lock = RunLock(lock_path(run_dir), what="run directory", subject=run_dir)
         try:
             lock.acquire()
         except RunError:

@@ -44,12 +44,14 @@ class RunLock:
     `what` names the locked thing in the error ("run", "sweep trial", ...).
     """
 
-    def __init__(self, path: str, *, lease_s: float = 120.0, what: str = "run"):
+    def __init__(self, path: str, *, lease_s: float = 120.0, what: str = "run",
+                 subject: str | None = None):
         if not lease_s > 0:
             raise ValueError(f"lease_s={lease_s} must be positive")
         self.path = os.path.abspath(path)
         self.lease_s = float(lease_s)
         self.what = what
+        self.subject = subject  # What the error names (default: the lock file's folder).
         self._token = None
         self._stop = threading.Event()
         self._thread = None
@@ -223,7 +225,7 @@ class RunLock:
 
     def _message(self, holder: dict | None) -> str:
         holder = holder or {}
-        folder = os.path.dirname(self.path)
+        folder = self.subject or os.path.dirname(self.path)
         return (f"{self.what} {folder} is in use by pid {holder.get('pid', '?')} on host "
                 f"{holder.get('host', '?')} since {holder.get('start', '?')}; wait for it "
                 "to finish or pass another --workdir")

@@ -12,7 +12,6 @@ cache); `FitRunner` with `model.compile()` + `model.fit()` and `keras.callbacks`
 from __future__ import annotations
 
 import csv
-import logging
 import math
 import os
 
@@ -24,7 +23,7 @@ from loops import feature_cache
 from loops.custom import CustomLoop, make_loss, make_metrics
 from loops.hooks import BACKUP_DIR, LOG_CSV, TENSORBOARD_DIR, hook_specs, instantiate
 from loops.run_dir import BEST_WEIGHTS, FINAL_WEIGHTS
-from loops.schedules import make_optimizer
+from loops.schedules import is_step_schedule, make_optimizer
 from loops.strategy import prepare_fit
 
 
@@ -37,7 +36,7 @@ class Runner:
         self.plan = plan
         self.cfg = plan.cfg
         with plan.strategy.scope():
-            self.optimizer = make_optimizer(self.cfg)
+            self.optimizer = make_optimizer(self.cfg, plan.steps_per_epoch, plan.model)
         self.position = plan.state.position
         self._hooks = []
 
@@ -45,7 +44,10 @@ class Runner:
         cfg = self.cfg
         # Only the chief posts to --remote_monitor_url.
         cfg = cfg if self.plan.chief else cfg.replace(remote_monitor_url=None)
-        return hook_specs(cfg, self.plan.run_dir, resuming=self.position is not None)
+        specs = hook_specs(cfg, self.plan.run_dir, resuming=self.position is not None)
+        if is_step_schedule(cfg):  # The optimizer's own schedule sets the rate every step.
+            specs = [spec for spec in specs if spec[0] != "LearningRateScheduler"]
+        return specs
 
     def hooks(self):
         hooks = instantiate(self._specs(), self.module)
@@ -56,11 +58,13 @@ class Runner:
 
     def _batches(self, train_examples, validation_examples):
         position = self.position
+        cache = False if self.cfg.image_cache == "off" else None  # None: decoded once.
         train, _ = input_pipeline.train_batches(
             train_examples, self.plan.splits.sizes["train"], self.cfg.batch_size, self.cfg.seed,
-            start_epoch=position.epoch if position else 0,
+            cache=cache, start_epoch=position.epoch if position else 0,
             skip_batches=position.step if position else 0)
-        return train, input_pipeline.eval_batches(validation_examples, self.cfg.batch_size)
+        return train, input_pipeline.eval_batches(validation_examples, self.cfg.batch_size,
+                                                  cache=cache)
 
     def delete_backup(self):
         backup = os.path.join(self.plan.run_dir, BACKUP_DIR)
@@ -166,8 +170,6 @@ class CustomRunner(Runner):
             mode = feature_cache.resolve(cfg.feature_cache, cut, reason,
                                          splits.sizes["train"] + splits.sizes["validation"])
         if mode != "off":
-            logging.info("feature cache (%s): training from %s on cached features", mode,
-                         cut.layer)
             self.train_model = cut.suffix
             folder = None
             if mode == "disk":
@@ -195,7 +197,7 @@ class CustomRunner(Runner):
         loop = CustomLoop(plan.model, self.optimizer, plan.strategy,
                           jit_compile=cfg.jit_compile,
                           steps_per_execution=cfg.steps_per_execution,
-                          train_model=self.train_model)
+                          train_model=self.train_model, loss_fn=make_loss(cfg))
         for hook in hooks:
             if isinstance(hook, our_callbacks.BackupAndRestore):
                 hook.bind(loop, hooks)
@@ -219,7 +221,7 @@ class FitRunner(Runner):
     def fit(self, train_data, validation_data, hooks):
         plan, cfg, model = self.plan, self.cfg, self.plan.model
         with plan.strategy.scope():
-            model.compile(optimizer=self.optimizer, loss=make_loss(), metrics=make_metrics(),
+            model.compile(optimizer=self.optimizer, loss=make_loss(cfg), metrics=make_metrics(),
                           jit_compile=cfg.jit_compile,
                           steps_per_execution=cfg.steps_per_execution)
         prepare_fit(model, plan.strategy, train_data)

@@ -1,8 +1,19 @@
-"""Optimizers and per-epoch learning-rate schedules, shared by both loops.
+"""Optimizers and learning-rate schedules, shared by both loops.
 
-A schedule is a `schedule(epoch, lr) -> lr` function for a
-LearningRateScheduler hook, so the fit path (keras.callbacks) and the custom
-path (callbacks/) set the same learning rate at the same moment.
+Two kinds of schedule, one `--lr_schedule` flag:
+
+- **Per epoch** (`constant`, `step`, `exponential`, `cosine`): a
+  `schedule(epoch, lr) -> lr` function for a LearningRateScheduler hook, so the
+  fit path (keras.callbacks) and the custom path (callbacks/) set the same
+  learning rate at the same moment. The optimizer holds a plain rate, which
+  ReduceLROnPlateau may lower.
+- **Per step** (`one_cycle`, `warmup_cosine`): a
+  `keras.optimizers.schedules.LearningRateSchedule` given to the optimizer as its
+  learning rate, evaluated at `optimizer.iterations` in every update (so an exact
+  resume continues the schedule where it stopped). No LearningRateScheduler hook
+  is made for them (`is_step_schedule`): Keras refuses to set the rate of an
+  optimizer built with a schedule, and the epoch hooks would fight over it;
+  `--reduce_lr_on_plateau` with a step schedule is refused by `Config`.
 """
 from __future__ import annotations
 
@@ -11,23 +22,137 @@ import math
 
 import keras
 
+from loops import optimizers as optimizers_lib
+
 OPTIMIZERS = {
     "adam": keras.optimizers.Adam,
     "sgd": keras.optimizers.SGD,
     "rmsprop": keras.optimizers.RMSprop,
 }
+# Per-step schedules (keras LearningRateSchedule objects inside the optimizer).
+STEP_SCHEDULES = ("one_cycle", "warmup_cosine")
+# fastai's fit_one_cycle defaults.
+ONE_CYCLE_PCT_START = 0.25
+ONE_CYCLE_DIV = 25.0
+ONE_CYCLE_DIV_FINAL = 1e5
+# Variables that get no weight decay (fastai's bn_wd=False, and biases).
+NO_WEIGHT_DECAY = ("bias", "gamma", "beta")
 
 
-def make_optimizer(cfg) -> keras.optimizers.Optimizer:
+def is_step_schedule(cfg) -> bool:
+    return cfg.lr_schedule in STEP_SCHEDULES
+
+
+def make_optimizer(cfg, steps_per_epoch: int | None = None, model=None
+                   ) -> keras.optimizers.Optimizer:
     """A fresh optimizer for one phase (never carried across phases).
 
-    Under mixed_float16 it scales the loss dynamically, as `compile()` would
-    wrap it, so that both loops step the same way.
+    `steps_per_epoch`: what a per-step schedule needs to know the length of the
+    phase (without it, e.g. at `--phase=evaluate` where nothing trains, the
+    optimizer gets the plain rate). `model`: needed for `--layer_lr_decay` (the
+    multiplier of each variable comes from the backbone block it is in).
+
+    `--weight_decay` makes Adam an AdamW (decoupled decay; SGD and RMSprop get
+    Keras' decoupled `weight_decay` too), biases and batch-norm parameters
+    excluded. `--clipnorm` clips each variable's gradient; `--ema` keeps an
+    exponential moving average of the weights (Keras' `use_ema`), swapped in at
+    the end of the phase by both loops. Under mixed_float16 the optimizer scales
+    the loss dynamically, as `compile()` would wrap it, so that both loops step
+    the same way.
     """
-    optimizer = OPTIMIZERS[cfg.optimizer](learning_rate=cfg.resolved_learning_rate)
+    rate = learning_rate(cfg, steps_per_epoch)
+    kwargs = {}
+    cls = OPTIMIZERS[cfg.optimizer]
+    if cfg.weight_decay:
+        kwargs["weight_decay"] = cfg.weight_decay
+        if cfg.optimizer == "adam":
+            cls = keras.optimizers.AdamW
+    if cfg.clipnorm:
+        kwargs["clipnorm"] = cfg.clipnorm
+    if cfg.ema:
+        kwargs.update(use_ema=True, ema_momentum=cfg.ema)
+    multipliers = None
+    if cfg.layer_lr_decay != 1.0:
+        if model is None:
+            raise ValueError("--layer_lr_decay needs the model to make the optimizer")
+        multipliers = optimizers_lib.layer_lr_multipliers(model, cfg.layer_lr_decay)
+        cls = optimizers_lib.with_lr_multipliers(cls)
+        kwargs["lr_multipliers"] = multipliers
+    optimizer = cls(learning_rate=rate, **kwargs)
+    if cfg.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
     if cfg.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def learning_rate(cfg, steps_per_epoch: int | None = None):
+    """The optimizer's `learning_rate`: the initial rate, or a per-step schedule."""
+    base = cfg.resolved_learning_rate
+    if not is_step_schedule(cfg) or steps_per_epoch is None:
+        return base
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    if cfg.lr_schedule == "one_cycle":
+        return OneCycle(base, total)
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
+    # Linear from 0 to `base` over the warmup steps, then a half cosine down to 0.
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, decay_steps=total - warmup, alpha=0.0,
+        warmup_target=base, warmup_steps=warmup)
+
+
+@keras.saving.register_keras_serializable(package="tapefit")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """fastai's one-cycle learning rate (`fit_one_cycle`), per step.
+
+    Cosine from `max_lr / div` up to `max_lr` over the first `pct_start` of the
+    `total_steps`, then cosine down to `max_lr / div_final`; step `i` of the phase
+    is at position `i / total_steps` (fastai's `pct_train`). fastai also cycles
+    Adam's beta_1 (0.95 → 0.85 → 0.95); Keras optimizers take a constant beta_1, so
+    the momentum stays at its default here.
+    """
+
+    def __init__(self, max_lr, total_steps, pct_start=ONE_CYCLE_PCT_START,
+                 div=ONE_CYCLE_DIV, div_final=ONE_CYCLE_DIV_FINAL):
+        self.max_lr = float(max_lr)
+        self.total_steps = int(total_steps)
+        self.pct_start = float(pct_start)
+        self.div = float(div)
+        self.div_final = float(div_final)
+
+    def __call__(self, step):
+        ops = keras.ops
+        pos = ops.cast(step, "float32") / float(self.total_steps)
+        start, peak = self.max_lr / self.div, self.max_lr
+        end = self.max_lr / self.div_final
+        # fastai's combined_cos: pos in [0, pct) -> warm-up half, [pct, 1] -> annealing.
+        up = ops.minimum(pos / self.pct_start, 1.0)
+        down = ops.clip((pos - self.pct_start) / (1.0 - self.pct_start), 0.0, 1.0)
+        warm = _cos(start, peak, up)
+        anneal = _cos(peak, end, down)
+        return ops.where(pos < self.pct_start, warm, anneal)
+
+    def get_config(self):
+        return {"max_lr": self.max_lr, "total_steps": self.total_steps,
+                "pct_start": self.pct_start, "div": self.div, "div_final": self.div_final}
+
+
+def _cos(start, end, pos):
+    """fastai's sched_cos: from `start` (pos 0) to `end` (pos 1) along half a cosine."""
+    return start + (1.0 + keras.ops.cos(math.pi * (1.0 - pos))) * (end - start) / 2.0
+
+
+def one_cycle_reference(max_lr, total_steps, step, pct_start=ONE_CYCLE_PCT_START,
+                        div=ONE_CYCLE_DIV, div_final=ONE_CYCLE_DIV_FINAL) -> float:
+    """fastai's formula in plain Python (float64), for tests and plots."""
+    pos = step / total_steps
+
+    def cos(a, b, p):
+        return a + (1 + math.cos(math.pi * (1 - p))) * (b - a) / 2
+
+    if pos < pct_start:
+        return cos(max_lr / div, max_lr, pos / pct_start)
+    return cos(max_lr, max_lr / div_final, min((pos - pct_start) / (1 - pct_start), 1.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,5 +179,9 @@ class EpochSchedule:
 
 
 def make_schedule(cfg) -> EpochSchedule:
-    return EpochSchedule(cfg.lr_schedule, cfg.resolved_learning_rate, cfg.lr_decay_rate,
+    """The per-epoch schedule (for a step schedule: `constant`, which leaves the
+    optimizer's rate alone; `is_step_schedule` tells the runners to make no
+    LearningRateScheduler at all)."""
+    kind = "constant" if is_step_schedule(cfg) else cfg.lr_schedule
+    return EpochSchedule(kind, cfg.resolved_learning_rate, cfg.lr_decay_rate,
                          max(cfg.lr_decay_epochs, 1), cfg.epochs)

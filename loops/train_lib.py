@@ -31,8 +31,14 @@ from flags.errors import ConfigError, RunError
 from loops import run_dir as run_dir_lib
 from loops.custom import make_loss
 from loops.hooks import weights_are_finite
-from loops.run_dir import (BEST_WEIGHTS, CLASSES_JSON, CONFIG_JSON, DATA_JSON, FINAL_WEIGHTS,
-                           SKIPPED_FILES)
+from loops.run_dir import (
+    BEST_WEIGHTS,
+    CLASSES_JSON,
+    CONFIG_JSON,
+    DATA_JSON,
+    FINAL_WEIGHTS,
+    SKIPPED_FILES,
+)
 from loops.runners import RUNNERS
 from loops.schedules import make_optimizer
 from loops.strategy import barrier, check_supported, is_chief, make_strategy, task
@@ -124,6 +130,9 @@ def build(cfg: Config, strategy, num_classes: int, checkpoint: str | None = None
             load_weights(model, checkpoint)
             check_finite(model, checkpoint)
         set_trainable(model, cfg.phase, cfg.resolved_unfreeze_from)
+        if cfg.train_bn:  # --train_bn (model/augment.py until model/build.py takes it).
+            from model.augment import unfreeze_batch_norm
+            unfreeze_batch_norm(model, cfg.phase, cfg.resolved_unfreeze_from)
     return model
 
 
@@ -208,7 +217,8 @@ def locked(plan: Plan):
         return
     from loops.run_lock import RunLock
     os.makedirs(os.path.dirname(run_dir_lib.lock_path(plan.run_dir)), exist_ok=True)
-    with RunLock(run_dir_lib.lock_path(plan.run_dir), what="run directory"):
+    with RunLock(run_dir_lib.lock_path(plan.run_dir), what="run directory",
+                 subject=plan.run_dir):
         yield
 
 
@@ -252,6 +262,8 @@ def finish(plan: Plan, runner) -> bool:
 
 
 def _train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
+    from loops.lr_find import resolve_learning_rate
+    cfg = resolve_learning_rate(cfg)  # --learning_rate=auto: the finder's suggestion.
     plan = make_plan(cfg, run_dir, extra_hooks)
     with locked(plan):
         prepare(plan)
@@ -347,6 +359,9 @@ def evaluate(cfg: Config) -> dict:
             f"the evaluation data's classes {list(data_classes)} differ from the trained ones "
             f"{class_names}; pass data with one folder per trained class")
     batches = input_pipeline.eval_batches(test, cfg.batch_size)
+    if cfg.tta:  # --tta=flip: the averaged predictions of each image and its mirror.
+        from model.augment import with_tta
+        model = with_tta(model, cfg.tta)
     if cfg.loop == "fit":
         model.compile(loss=make_loss(), metrics=["accuracy"], jit_compile=cfg.jit_compile)
         logs = model.evaluate(batches, return_dict=True, verbose=0)
@@ -355,12 +370,14 @@ def evaluate(cfg: Config) -> dict:
     data = data_cfg.data_dir or f"{data_cfg.dataset}:{data_cfg.test_split}"
     result = {"phase": "evaluate", "trained_phase": phase, "workdir": cfg.workdir,
               "weights": os.path.join(cfg.workdir, phase, BEST_WEIGHTS),
-              "data": data, "test_examples": size, **{k: float(v) for k, v in logs.items()},
+              "data": data, "test_examples": size, **({"tta": cfg.tta} if cfg.tta else {}),
+              **{k: float(v) for k, v in logs.items()},
               "files": {"evaluation": os.path.join(cfg.run_dir, EVALUATION_JSON)},
               "command_flags": [f"--workdir={cfg.workdir}"]}
     if is_chief(cfg.strategy):
         os.makedirs(cfg.workdir, exist_ok=True)
-        with RunLock(run_dir_lib.lock_path(cfg.run_dir), what="run directory"):
+        with RunLock(run_dir_lib.lock_path(cfg.run_dir), what="run directory",
+                     subject=cfg.run_dir):
             os.makedirs(cfg.run_dir, exist_ok=True)
             write_json(os.path.join(cfg.run_dir, EVALUATION_JSON),
                        {k: v for k, v in result.items() if k not in ("files", "command_flags")})
@@ -372,6 +389,9 @@ def run(cfg: Config) -> dict:
     """The phase cfg names; returns its summary. A full disk anywhere (checkpoints,
     logs) is a one-line error."""
     try:
+        if cfg.phase == "lr_find":
+            from loops import lr_find
+            return lr_find.run(cfg)
         return evaluate(cfg) if cfg.phase == "evaluate" else train(cfg)
     except OSError as e:
         if _is_full_disk(e):

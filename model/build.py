@@ -140,6 +140,15 @@ def first_trainable_position(model, unfreeze_from: str) -> int:
         "(or pass the name of one of its layers)")
 
 
+def check_unfreeze_from(cfg) -> None:
+    """The one-line ConfigError of `set_trainable` for an unknown `cfg.resolved_unfreeze_from`,
+    before anything runs: builds the model without weights (and clears Keras' session)."""
+    try:
+        first_trainable_position(build_model(cfg, 2, weights=None), cfg.resolved_unfreeze_from)
+    finally:
+        keras.backend.clear_session()
+
+
 def set_trainable(model, phase: str, unfreeze_from: str | None = None) -> None:
     """Freezes the model for a phase.
 

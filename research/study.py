@@ -75,37 +75,18 @@ def save(study: grid.Study, study_dir: str) -> None:
 
 
 def check_layers(trials) -> None:
-    """--unfreeze_from names a layer of the backbone: checked once per backbone, before
-    anything runs (a model built without weights)."""
+    """--unfreeze_from names a block or layer of the backbone: checked once per backbone and
+    value, before anything runs (a model built without weights)."""
     seen = set()
     for trial in trials:
         if "finetune" not in trial.phases:
             continue
         cfg = trial.config("finetune")
         key = (cfg.backbone, cfg.alpha, cfg.image_size, cfg.resolved_unfreeze_from)
-        if key in seen:
-            continue
-        seen.add(key)
-        names = _layer_names(cfg.backbone, cfg.alpha, cfg.image_size)
-        if cfg.resolved_unfreeze_from not in names:
-            raise ConfigError(f"unknown layer {cfg.resolved_unfreeze_from!r} for --unfreeze_from "
-                              f"of {cfg.backbone}; layers are: {', '.join(names)}")
-
-
-_LAYERS = {}
-
-
-def _layer_names(backbone, alpha, image_size):
-    key = (backbone, alpha, image_size)
-    if key not in _LAYERS:
-        import keras
-
-        from model import build_model
-        from model.build import backbone_layer_names
-        cfg = Config(backbone=backbone, alpha=alpha, image_size=image_size, weights="none")
-        _LAYERS[key] = backbone_layer_names(build_model(cfg, 2, weights=None))
-        keras.backend.clear_session()
-    return _LAYERS[key]
+        if key not in seen:
+            seen.add(key)
+            from model.build import check_unfreeze_from
+            check_unfreeze_from(cfg)
 
 
 def hparams_on_finished(study: grid.Study | None):

@@ -14,6 +14,7 @@ from model import (
     backbone_layer_names,
     backbones,
     build_model,
+    check_unfreeze_from,
     describe_blocks,
     first_trainable_position,
     preprocessing_output,
@@ -270,3 +271,10 @@ def test_incompatible_weights_file_is_a_one_line_error(tmp_path, name):
         with pytest.raises(ConfigError) as e:
             build_model(config(name, weights=weights), 2)
         assert f"does not fit {name}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_check_unfreeze_from_accepts_blocks_and_layers_and_lists_blocks():
+    check_unfreeze_from(config("vgg16", unfreeze_from="block4"))
+    check_unfreeze_from(config("vgg16", unfreeze_from="block4_conv2"))
+    with pytest.raises(ConfigError, match="its blocks are: block1, block2, block3, block4, block5"):
+        check_unfreeze_from(config("vgg16", unfreeze_from="block6"))

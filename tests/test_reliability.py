@@ -4,13 +4,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from callbacks.atomic_io import atomic_save
 from flags.errors import RunError
 from loops import train_lib
 from tests.conftest import ROOT

@@ -336,3 +336,17 @@ def test_architecture_fields_match_train_lib():
     """grid keeps a TensorFlow-free copy of train_lib's list."""
     from loops import train_lib
     assert set(grid.ARCHITECTURE_FIELDS) == set(train_lib.ARCHITECTURE_FIELDS)
+
+
+def test_the_readme_sweep_file_is_valid(tmp_path):
+    """The sweep file of the README's research section (README.md once it is pasted there)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "README.md")).read()
+    if "## Comparative research" not in text:
+        text = open(os.path.join(root, "research", "README_SECTION.md")).read()
+    section = text.split("## Comparative research", 1)[1]
+    block = section.split("```json\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "study.json").write_text(block)
+    s = study.make(str(tmp_path / "study"), {}, sweep_file=str(tmp_path / "study.json"))
+    assert len(grid.expand(s, "s")) == 2 * 2 * 5
+    assert s.baseline == ((1e-3, 1e-4), ("block5",))

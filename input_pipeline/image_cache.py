@@ -1,0 +1,257 @@
+"""Decoded-image cache on disk, shared across runs (`--image_cache`).
+
+Every run used to decode and resize every photo again in its first epoch (and
+check every file up front). With `--image_cache=disk` (the default for image
+folders and tfds datasets) the decoded, resized uint8 images of each split are
+kept under `<image_cache_dir>/<key>/<split>/` (default `<workdir>/image_cache`),
+in TensorFlow's own `Dataset.cache` file format, so later phases,
+`--phase=evaluate` and every trial of a sweep (which passes one shared
+`--image_cache_dir`) read them instead of decoding.
+
+The key hashes everything the pixels depend on: the data (an image folder: every
+file's path, size and modification time, `input_pipeline.data_fingerprint`; tfds:
+the dataset's name and version), the data flags (splits, limits, seeds), the image
+size, the resize method and the TensorFlow version. A changed photo, image size or
+resize gives another key: a stale cache is never used (old keys stay on disk until
+deleted).
+
+Atomic: the first iteration of a split that finds no cache writes it into a
+private temporary folder next to its final place (`.tmp-<split>-<host>-<pid>-*`),
+and only once the whole split has been written (and, for a folder, its files are
+unchanged) renames that folder to its final name. Concurrent runs each write their
+own; the first rename wins, the others drop theirs. A split folder is used only
+when complete (its index and `complete.json`); anything else is set aside and
+rebuilt. Temporary folders of processes that died are removed.
+
+`memory` is the in-process cache of `input_pipeline.batching` alone (the decoded
+split is cached in memory within 2 GiB, once per process); `off` caches nothing
+(every epoch decodes again); `auto` is `disk` except for synthetic data, which is
+generated in memory.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+
+import tensorflow as tf
+
+from flags.errors import RunError
+from input_pipeline.batching import read_to_end
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "off", "memory", "disk")
+CACHE_DIR = "image_cache"
+COMPLETE = "complete.json"
+PREFIX = "images"  # TF writes images.index and images.data-00000-of-00001.
+# Bump when the stored format or the decoding changes: older caches are then not used.
+FORMAT = 1
+RESIZE = "bilinear, rounded to uint8"  # input_pipeline.common.resize_uint8
+
+# What the cache did in this process (tests count these): "hit" an iteration that
+# reads a complete cache, "write" an iteration that decodes and writes, "published" a cache
+# made final, "discarded" a written cache dropped (files changed, lost a race, ...),
+# "stale" an incomplete cache or dead temporary folder removed.
+counters: collections.Counter = collections.Counter()
+
+_lock = threading.Lock()
+_own_temporaries: set = set()
+
+
+def resolve(cfg, source: str) -> str:
+    """off, memory or disk for a data source ("folder", "tfds" or "synthetic")."""
+    mode = getattr(cfg, "image_cache", "auto")
+    if mode == "auto":
+        return "memory" if source == "synthetic" else "disk"
+    return mode
+
+
+def root(cfg) -> str:
+    return getattr(cfg, "image_cache_dir", None) or os.path.join(cfg.workdir, CACHE_DIR)
+
+
+def key(cfg, data: str) -> str:
+    """The cache key of `cfg`'s data; `data` identifies the source's content (a
+    folder's fingerprint, or a tfds dataset's full name with its version)."""
+    fields = {"format": FORMAT, "resize": RESIZE, "tensorflow": tf.__version__,
+              "image_size": cfg.image_size, "data": data}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def element_spec(image_size: int) -> tuple:
+    """What every source's split holds: (uint8[S, S, 3] image, int32 label)."""
+    return (tf.TensorSpec((image_size, image_size, 3), tf.uint8), tf.TensorSpec((), tf.int32))
+
+
+class SplitCache:
+    """One split's cache folder: `<root>/<key>/<split>/`."""
+
+    def __init__(self, folder: str, split: str, verify=None):
+        self.folder = folder  # <root>/<key>
+        self.split = split
+        self.path = os.path.join(folder, split)
+        # verify() -> bool: whether the data is still what the key says (checked
+        # before publishing, so a file changed while it was read is never cached).
+        self.verify = verify
+
+    # ---- reading ---------------------------------------------------------------------
+    def manifest(self) -> dict | None:
+        """The manifest of a complete cache, else None (an incomplete one is removed)."""
+        try:
+            with open(os.path.join(self.path, COMPLETE), encoding="utf-8") as f:
+                manifest = json.load(f)
+            complete = (isinstance(manifest, dict) and manifest.get("format") == FORMAT
+                        and isinstance(manifest.get("examples"), int)
+                        and os.path.isfile(os.path.join(self.path, PREFIX + ".index")))
+        except (OSError, ValueError):
+            complete = False
+        if complete:
+            return manifest
+        if os.path.lexists(self.path):
+            self._set_aside(self.path)
+        return None
+
+    def dataset(self, source: tf.data.Dataset | None, num_examples: int, image_size: int,
+                extra: dict | None = None) -> tf.data.Dataset:
+        """The split through the cache: read from it when complete; otherwise
+        `source` (the decoding pipeline) is read once and written to it.
+
+        `source` None: the cache is complete (`manifest()` said so) and must stay so.
+        `extra` goes into `complete.json` (e.g. the files a folder skipped).
+        """
+        spec = element_spec(image_size)
+        placeholder = tf.data.Dataset.from_tensors(
+            tuple(tf.zeros(s.shape, s.dtype) for s in spec)).take(0)
+        source = source if source is not None else placeholder
+        extra = dict(extra or {})
+
+        def begin():
+            if self.manifest() is not None:
+                counters["hit"] += 1
+                return os.path.join(self.path, PREFIX), False
+            if source is placeholder:
+                raise RunError(f"the image cache {self.path} was removed while in use; "
+                               "run the command again")
+            return os.path.join(self._temporary(), PREFIX), True
+
+        def finish(prefix):
+            self._publish(os.path.dirname(prefix.numpy().decode()), num_examples, extra)
+            return False
+
+        def body(prefix, writing):
+            # When writing, `finish` runs once the cache iterator has written its index
+            # (TF does that when its input ends): the whole split is on disk.
+            tail = (tf.data.Dataset.from_tensors((prefix, writing))
+                    .filter(lambda p, w: w)
+                    .map(lambda p, w: tf.py_function(finish, [p], tf.bool))
+                    .filter(lambda done: tf.reshape(done, []))
+                    .map(lambda _: tuple(tf.zeros(s.shape, s.dtype) for s in spec)))
+            return read_to_end(source.cache(prefix).concatenate(tail), num_examples)
+
+        start = tf.data.Dataset.from_tensors(0).map(
+            lambda _: tuple(tf.py_function(begin, [], [tf.string, tf.bool])))
+        ds = start.flat_map(lambda prefix, writing: body(tf.reshape(prefix, []),
+                                                          tf.reshape(writing, [])))
+        return ds.apply(tf.data.experimental.assert_cardinality(num_examples))
+
+    # ---- writing ---------------------------------------------------------------------
+    def _temporary(self) -> str:
+        os.makedirs(self.folder, exist_ok=True)
+        self._remove_dead_temporaries()
+        tag = f".tmp-{self.split}-{_host()}-{os.getpid()}-"
+        path = tempfile.mkdtemp(prefix=tag, dir=self.folder)
+        with _lock:
+            _own_temporaries.add(path)
+        counters["write"] += 1
+        log.info("image cache: decoding the %s split once into %s", self.split, self.path)
+        return path
+
+    def _publish(self, temporary: str, num_examples: int, extra: dict) -> None:
+        try:
+            if not os.path.isfile(os.path.join(temporary, PREFIX + ".index")):
+                return self._discard(temporary, "incomplete")
+            if self.verify is not None and not self.verify():
+                return self._discard(temporary, "the data changed while it was read")
+            manifest = {"format": FORMAT, "split": self.split, "examples": num_examples,
+                        **extra}
+            with open(os.path.join(temporary, COMPLETE), "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=1, sort_keys=True)
+            if self.manifest() is not None:
+                return self._discard(temporary, "another run published it first")
+            try:
+                os.rename(temporary, self.path)
+            except OSError:  # Another run renamed its copy there in the meantime.
+                return self._discard(temporary, "another run published it first")
+            counters["published"] += 1
+            log.info("image cache: %s split (%d images) written to %s", self.split,
+                     num_examples, self.path)
+        finally:
+            with _lock:
+                _own_temporaries.discard(temporary)
+
+    def _discard(self, temporary: str, reason: str) -> None:
+        counters["discarded"] += 1
+        log.info("image cache: not keeping the %s split (%s)", self.split, reason)
+        shutil.rmtree(temporary, ignore_errors=True)
+
+    def _set_aside(self, path: str) -> None:
+        """Removes an incomplete cache folder (renamed first: a concurrent reader of
+        the name then finds nothing rather than half a folder)."""
+        counters["stale"] += 1
+        log.warning("image cache: %s is incomplete; rebuilding it", path)
+        aside = f"{path}.stale-{_host()}-{os.getpid()}-{threading.get_ident()}"
+        try:
+            os.rename(path, aside)
+        except OSError:
+            return  # Someone else moved it already.
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def _remove_dead_temporaries(self) -> None:
+        """Temporary folders that dead processes of this host left behind."""
+        prefix = f".tmp-{self.split}-{_host()}-"
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return
+        for name in names:
+            if not name.startswith(prefix):
+                continue
+            try:
+                pid = int(name[len(prefix):].split("-", 1)[0])
+            except ValueError:
+                continue
+            if pid != os.getpid() and not _alive(pid):
+                counters["stale"] += 1
+                shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
+
+
+def _host() -> str:
+    return socket.gethostname().replace("-", "_") or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@atexit.register
+def _remove_own_temporaries() -> None:
+    """Iterations stopped half-way leave empty temporary folders (TF drops what a
+    cache iterator wrote when it is not read to the end)."""
+    with _lock:
+        paths = list(_own_temporaries)
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)

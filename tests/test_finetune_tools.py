@@ -1,0 +1,295 @@
+"""Issue 13: schedules per step, regularisation, discriminative rates, LR finder."""
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from flags.config import Config, ConfigError
+from loops import optimizers as optimizers_lib
+from loops import schedules
+from loops.custom import SmoothedCrossentropy, make_loss
+
+
+def lr_at(optimizer_or_schedule, step):
+    return float(keras.ops.convert_to_numpy(optimizer_or_schedule(step)))
+
+
+# ---- (1) schedules per step ------------------------------------------------------------
+def test_one_cycle_follows_fastai():
+    """pct_start 0.25, div 25, div_final 1e5: from LR/25 up to LR at a quarter of the
+    steps, then down to LR/1e5, along half cosines (fastai's combined_cos)."""
+    lr, total = 0.01, 40
+    cfg = Config(lr_schedule="one_cycle", learning_rate=lr, epochs=4)
+    schedule = schedules.learning_rate(cfg, steps_per_epoch=10)
+    assert isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)
+    assert lr_at(schedule, 0) == pytest.approx(lr / 25)
+    assert lr_at(schedule, 10) == pytest.approx(lr)  # The peak at 25 %.
+    assert lr_at(schedule, 5) == pytest.approx(lr / 25 + (lr - lr / 25) / 2)  # Half way up.
+    assert lr_at(schedule, 25) == pytest.approx(lr / 2 + lr / 1e5 / 2)  # Half way down.
+    assert lr_at(schedule, total) == pytest.approx(lr / 1e5, abs=lr * 1e-6)  # float32
+    got = [lr_at(schedule, s) for s in range(total)]
+    want = [schedules.one_cycle_reference(lr, total, s) for s in range(total)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=lr * 1e-6)
+    assert max(got) == pytest.approx(lr) and got.index(max(got)) == 10
+
+
+def test_warmup_cosine_warms_up_linearly_then_decays_to_zero():
+    lr = 0.02
+    cfg = Config(lr_schedule="warmup_cosine", learning_rate=lr, epochs=5, warmup_epochs=1.5)
+    schedule = schedules.learning_rate(cfg, steps_per_epoch=4)  # 6 warm-up steps of 20.
+    assert lr_at(schedule, 0) == 0.0
+    assert lr_at(schedule, 3) == pytest.approx(lr / 2)
+    assert lr_at(schedule, 6) == pytest.approx(lr)
+    assert lr_at(schedule, 6 + 7) == pytest.approx(lr / 2, rel=1e-5)  # Half of 14 decay steps.
+    assert lr_at(schedule, 20) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_epoch_schedules_keep_a_plain_rate_and_step_schedules_need_the_phase_length():
+    assert schedules.learning_rate(Config(lr_schedule="cosine", learning_rate=0.1), 10) == 0.1
+    # Without steps (--phase=evaluate: nothing trains) a step schedule is the plain rate.
+    assert schedules.learning_rate(Config(lr_schedule="one_cycle", learning_rate=0.1)) == 0.1
+    assert schedules.make_schedule(Config(lr_schedule="one_cycle")).kind == "constant"
+
+
+def test_runners_make_no_learning_rate_scheduler_for_a_step_schedule(tiny_config):
+    from loops import train_lib
+    from loops.runners import CustomRunner
+    for kind, expected in (("step", True), ("one_cycle", False)):
+        plan = train_lib.make_plan(tiny_config.replace(lr_schedule=kind))
+        names = [name for name, _ in CustomRunner(plan)._specs()]
+        assert ("LearningRateScheduler" in names) == expected
+        optimizer_rate = CustomRunner(plan).optimizer._learning_rate
+        assert isinstance(optimizer_rate, keras.optimizers.schedules.LearningRateSchedule) \
+            == (not expected)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(lr_schedule="one_cycle", reduce_lr_on_plateau=True), "pass one of them"),
+    (dict(lr_schedule="warmup_cosine", warmup_epochs=3, epochs=3), "below --epochs"),
+    (dict(label_smoothing=1.0), "label_smoothing"),
+    (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(clipnorm=math.inf), "clipnorm"),
+    (dict(ema=1.0), "ema"),
+    (dict(layer_lr_decay=0.0), "layer_lr_decay"),
+    (dict(layer_lr_decay=1.5), "layer_lr_decay"),
+])
+def test_bad_finetune_tool_flags_are_one_line_errors(changes, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        Config(**changes)
+    assert "\n" not in str(e.value)
+
+
+# ---- (2) regularisation -------------------------------------------------------------------
+def test_make_loss_without_arguments_is_todays_loss():
+    assert type(make_loss()) is keras.losses.SparseCategoricalCrossentropy
+    assert type(make_loss(Config())) is keras.losses.SparseCategoricalCrossentropy
+    assert type(make_loss(Config(label_smoothing=0.1))) is SmoothedCrossentropy
+
+
+def test_label_smoothing_against_a_hand_computed_loss():
+    logits = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]], np.float32)
+    labels = np.array([0, 1])
+    eps, k = 0.3, 3
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    target = np.full((2, k), eps / k)
+    target[np.arange(2), labels] += 1 - eps
+    want = float(np.mean(-(target * log_p).sum(axis=1)))
+    loss = make_loss(Config(label_smoothing=eps))
+    assert float(loss(labels, logits)) == pytest.approx(want, rel=1e-6)
+    plain = float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits))
+    assert float(SmoothedCrossentropy(0.0)(labels, logits)) == pytest.approx(plain, rel=1e-6)
+    # Soft labels (mixup, cutmix) pass through.
+    assert float(loss(target.astype(np.float32), logits)) != pytest.approx(want)
+
+
+def test_optimizer_regularisers():
+    plain = schedules.make_optimizer(Config(learning_rate=0.1))
+    assert type(plain) is keras.optimizers.Adam and not plain.use_ema
+    assert plain.weight_decay is None and plain.clipnorm is None
+    opt = schedules.make_optimizer(Config(learning_rate=0.1, weight_decay=0.01, clipnorm=2.0,
+                                          ema=0.9))
+    assert type(opt) is keras.optimizers.AdamW
+    assert opt.weight_decay == 0.01 and opt.clipnorm == 2.0
+    assert opt.use_ema and opt.ema_momentum == 0.9
+    sgd = schedules.make_optimizer(Config(optimizer="sgd", weight_decay=0.01))
+    assert type(sgd) is keras.optimizers.SGD and sgd.weight_decay == 0.01
+
+
+def test_weight_decay_spares_biases_and_batch_norm():
+    kernel = keras.Variable(np.ones((2, 2), np.float32), name="kernel")
+    bias = keras.Variable(np.ones(2, np.float32), name="bias")
+    gamma = keras.Variable(np.ones(2, np.float32), name="gamma")
+    opt = schedules.make_optimizer(Config(optimizer="sgd", learning_rate=0.5, weight_decay=0.1))
+    zeros = [np.zeros((2, 2), np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32)]
+    opt.apply_gradients(zip(zeros, [kernel, bias, gamma]))
+    np.testing.assert_allclose(kernel.numpy(), 1 - 0.5 * 0.1)
+    assert (bias.numpy() == 1).all() and (gamma.numpy() == 1).all()
+
+
+# ---- (3) discriminative learning rates ------------------------------------------------------
+@pytest.fixture
+def mobilenet(tiny_config):
+    from model import build_model, set_trainable
+    cfg = tiny_config.replace(phase="finetune")
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg, 3, weights=None)
+    set_trainable(model, "finetune", "block_12")
+    return model
+
+
+def test_layer_multipliers_follow_the_backbone_blocks(mobilenet):
+    multipliers = optimizers_lib.layer_lr_multipliers(mobilenet, 0.5)
+    assert "logits" not in multipliers  # The head: the full rate.
+    assert multipliers["conv_dw_13"] == multipliers["conv_pw_13_bn"] == 0.5
+    assert multipliers["conv_dw_12"] == multipliers["conv_pad_12"] == 0.25
+    assert multipliers["conv_pw_1"] == 0.5 ** 13
+    assert multipliers["conv1"] == 0.5 ** 13  # The stem goes with the first block.
+    names = [name for name, _ in optimizers_lib.backbone_blocks(mobilenet)]
+    assert names == [f"block_{i}" for i in range(1, 14)]
+
+
+def test_layer_lr_decay_scales_each_update_not_the_gradient(mobilenet):
+    """SGD: the step of a variable is rate * multiplier * gradient; Adam: the same
+    gradient gives steps in the ratio of the multipliers (a gradient scale would
+    cancel in Adam's normalisation)."""
+    variables = mobilenet.trainable_variables
+    names = [v.path for v in variables]
+    assert names[-2:] == ["logits/kernel", "logits/bias"]
+    grads = [np.full(v.shape, 0.1, np.float32) for v in variables]
+    for optimizer in ("sgd", "adam"):
+        start = [v.numpy().copy() for v in variables]
+        cfg = Config(optimizer=optimizer, learning_rate=0.01, layer_lr_decay=0.5)
+        opt = schedules.make_optimizer(cfg, model=mobilenet)
+        assert isinstance(opt, schedules.OPTIMIZERS[optimizer])
+        opt.apply_gradients(zip(grads, variables))
+        steps = {v.path: float(np.max(np.abs(v.numpy() - s))) for v, s in zip(variables, start)}
+        full = steps["logits/kernel"]
+        assert full == pytest.approx(0.01 * (0.1 if optimizer == "sgd" else 1.0), rel=1e-4)
+        assert steps["conv_pw_13/kernel"] == pytest.approx(full * 0.5, rel=1e-4)
+        assert steps["conv_dw_12/kernel"] == pytest.approx(full * 0.25, rel=1e-4)
+        for v, s in zip(variables, start):
+            v.assign(s)
+
+
+def test_layer_lr_decay_of_one_is_the_plain_optimizer(mobilenet):
+    opt = schedules.make_optimizer(Config(layer_lr_decay=1.0), model=mobilenet)
+    assert type(opt) is keras.optimizers.Adam
+
+
+# ---- (4) the learning-rate finder ---------------------------------------------------------
+from loops import lr_find  # noqa: E402
+
+
+def test_finder_ramp_is_fastais_exponential_schedule():
+    assert lr_find.ramp(0) == pytest.approx(1e-7)
+    assert lr_find.ramp(50) == pytest.approx(1e-3)
+    assert lr_find.ramp(99) == pytest.approx(1e-7 * 1e8 ** 0.99)
+    curve = lr_find.find(lambda lr: 1.0)
+    assert len(curve.lrs) == 100 and not curve.stopped_early
+    assert curve.lrs == [lr_find.ramp(i) for i in range(100)]
+
+
+def test_finder_smooths_and_debiases_the_loss():
+    losses = iter([1.0, 0.5, 2.0])
+    curve = lr_find.find(lambda lr: next(losses), num_it=3)
+    # avg_1 = 0.02; avg_2 = 0.98 * 0.02 + 0.02 * 0.5 = 0.0296; debiased by 1 - 0.98^i.
+    assert curve.smoothed[0] == pytest.approx(1.0)
+    assert curve.smoothed[1] == pytest.approx(0.0296 / 0.0396)
+    assert curve.smoothed[2] == pytest.approx((0.98 * 0.0296 + 0.04) / (1 - 0.98 ** 3))
+    assert curve.losses == [1.0, 0.5, 2.0]
+
+
+@pytest.mark.parametrize("jump, steps", [(1000.0, 21), (5.0, 100), (math.nan, 21)])
+def test_finder_stops_after_the_step_that_exceeds_four_times_the_best(jump, steps):
+    """Twenty steps at loss 1, then `jump`: the smoothed loss at step 20 is
+    (0.98 (1 - 0.98^20) + 0.02 jump) / (1 - 0.98^21): 58.8 for 1000 (stop, the step
+    is recorded), 1.23 for 5 (go on); NaN stops too."""
+    losses = [1.0] * 20 + [jump] + [1.0] * 79
+    stream = iter(losses)
+    curve = lr_find.find(lambda lr: next(stream))
+    assert len(curve.lrs) == steps and curve.stopped_early == (steps < 100)
+    if jump == 1000.0:
+        assert curve.smoothed[-1] == pytest.approx(
+            (0.98 * (1 - 0.98 ** 20) + 20) / (1 - 0.98 ** 21))
+
+
+def test_suggestions_against_hand_computed_indices():
+    lrs = np.array([lr_find.ramp(i) for i in range(8)])
+    losses = np.array([5.0, 4.0, 6.0, 3.0, 2.0, 7.0, 1.0, 8.0])
+    # Longest decreasing run 5, 4, 3, 2, 1 ends at 6; fastai's start is 6 - 5 = 1;
+    # 5/3 sections: index 1 + 1 + 0 = 2.
+    assert lr_find.valley(lrs, losses) == lrs[2]
+    # Equal steps in log(lr): the steepest is the largest drop, 7 -> 1 (from index 5).
+    assert lr_find.steep(lrs, losses) == lrs[5]
+    assert lr_find.minimum(lrs, losses) == pytest.approx(lrs[6] / 10)
+
+
+def test_suggestions_skip_the_first_tenth_and_the_last_five_points():
+    """A loss that is lowest in the first ten and last five steps: those are ignored."""
+    losses = [0.0] * 10 + list(np.linspace(3.0, 1.0, 85)) + [0.0] * 5
+    curve = lr_find.Curve([lr_find.ramp(i) for i in range(100)], losses, losses, False)
+    found = lr_find.suggestions(curve)
+    assert found["minimum"] == pytest.approx(lr_find.ramp(94) / 10)
+    lrs = np.array(curve.lrs[10:95])
+    assert found["valley"] == lr_find.valley(lrs, np.array(losses[10:95]))
+
+
+def test_finder_restores_weights_and_optimizer_exactly(tiny_config):
+    from loops import train_lib
+    from loops.custom import CustomLoop
+    from loops.runners import CustomRunner
+    plan = train_lib.make_plan(tiny_config.replace(feature_cache="off"))
+    runner = CustomRunner(plan)
+    train_data, _ = runner.data()
+    loop = CustomLoop(plan.model, runner.optimizer, plan.strategy)
+    before = [v.numpy().copy() for v in plan.model.weights]
+    slots = [v.numpy().copy() for v in runner.optimizer.variables]
+    changed = []
+    real_find = lr_find.find
+
+    def find_and_look(step_fn, num_it, **kwargs):
+        curve = real_find(step_fn, num_it, **kwargs)
+        changed.append(any((v.numpy() != b).any() for v, b in zip(plan.model.weights, before)))
+        return curve
+
+    lr_find.find, saved = find_and_look, lr_find.find
+    try:
+        curve = lr_find.find_for_loop(loop, train_data, num_it=6, start=1e-3, end=1.0)
+    finally:
+        lr_find.find = saved
+    assert changed == [True] and len(curve.lrs) == 6
+    assert all(math.isfinite(x) for x in curve.losses)
+    assert all((v.numpy() == b).all() for v, b in zip(plan.model.weights, before))
+    assert all((v.numpy() == s).all() for v, s in zip(runner.optimizer.variables, slots))
+
+
+def test_lr_find_phase_then_learning_rate_auto(tiny_config):
+    import json
+    import os
+
+    from loops import train_lib
+    cfg = tiny_config.replace(epochs=1)
+    with pytest.raises(ConfigError, match="--phase=lr_find --for_phase=head"):
+        train_lib.run(cfg.replace(learning_rate="auto"))
+    result = train_lib.run(cfg.replace(phase="lr_find", for_phase="head"))
+    out = os.path.join(cfg.workdir, "lr_find_head")
+    assert sorted(os.listdir(out)) == ["config.json", "lr_find.csv", "lr_find.png",
+                                       "suggestions.json"]
+    found = json.load(open(os.path.join(out, "suggestions.json")))["suggestions"]
+    assert found == result["suggestions"] and set(found) == {"valley", "steep", "minimum"}
+    rows = open(os.path.join(out, "lr_find.csv")).read().splitlines()
+    assert rows[0] == "step,learning_rate,loss,smoothed_loss" and len(rows) == 1 + result["steps"]
+    assert not os.path.exists(os.path.join(cfg.workdir, "head"))  # Nothing trained is kept.
+    train_lib.run(cfg.replace(learning_rate="auto", lr_suggestion="steep"))
+    saved = json.load(open(os.path.join(cfg.workdir, "head", "config.json")))
+    assert saved["learning_rate"] == found["steep"] and saved["lr_suggestion"] == "steep"
+
+
+def test_learning_rate_flag_takes_numbers_and_auto():
+    assert Config(learning_rate="0.01").learning_rate == 0.01
+    assert Config(learning_rate="auto").learning_rate == "auto"
+    with pytest.raises(ConfigError, match="not a number"):
+        Config(learning_rate="fast")
+    with pytest.raises(ConfigError, match="drop --learning_rate"):
+        Config(phase="lr_find", learning_rate="auto")
