@@ -51,7 +51,8 @@ def atomic_write_text(path, text):
 
 
 def atomic_write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
+    """The one JSON format of every file tapefit writes: sorted keys, indent 2."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path):

@@ -12,6 +12,10 @@ PHASES = ("head", "finetune", "evaluate")
 # Phases that train nothing that is kept (loops/lr_find.py); not part of a sweep's phases.
 TOOL_PHASES = ("lr_find",)
 LR_SUGGESTIONS = ("valley", "steep", "minimum")
+# --augment names (model/augment.py), in their canonical order; `true` (the former
+# boolean flag) means flip,rotate.
+AUGMENTATIONS = ("flip", "rotate", "randaugment", "mixup", "cutmix")
+AUGMENT_TRUE = "flip,rotate"
 # compare.py: relative tolerance between the loops when not --deterministic.
 DEFAULT_TOLERANCE = 1e-5
 LOOPS = ("custom", "fit")
@@ -53,6 +57,19 @@ DEFAULT_UNFREEZE_FROM = {
 
 from flags.errors import ConfigError  # noqa: E402,F401  (re-exported)
 
+# --recipe: named settings of the fine-tuning flags, per phase (`apply_recipe`). A flag
+# given explicitly overrides its recipe value; config.json records the resolved values.
+# `classic` is the behaviour before recipes (every flag at its default). `tuned` was
+# chosen with bench/recipes.py on the train/validation photos (bench/README.md).
+RECIPES = {
+    "classic": {},
+    "tuned": {
+        "head": {"lr_schedule": "one_cycle", "learning_rate": 3e-3, "label_smoothing": 0.1},
+        "finetune": {"lr_schedule": "one_cycle", "learning_rate": 1e-3,
+                     "label_smoothing": 0.1, "layer_lr_decay": 0.7, "weight_decay": 0.01},
+    },
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -68,7 +85,7 @@ class Config:
     weights: str = "imagenet"
     image_size: int = 224
     dropout: float = 0.2
-    augment: bool = False
+    augment: str = ""  # "" none; "flip,rotate" (was --augment); see normalise_augment.
     unfreeze_from: Optional[str] = None
     init_checkpoint: Optional[str] = None
     # Data.
@@ -103,6 +120,7 @@ class Config:
     clipnorm: float = 0.0
     ema: float = 0.0
     layer_lr_decay: float = 1.0
+    recipe: str = "classic"
     train_bn: bool = False
     tta: str = ""
     feature_cache: str = "auto"
@@ -159,6 +177,7 @@ class Config:
     # ---- validation and (de)serialisation -------------------------------------
     def __post_init__(self):
         self._normalise_learning_rate()
+        object.__setattr__(self, "augment", normalise_augment(self.augment))
         _choice("phase", self.phase, PHASES + TOOL_PHASES)
         _choice("loop", self.loop, LOOPS)
         _choice("backbone", self.backbone, BACKBONES)
@@ -254,6 +273,7 @@ class Config:
         """Schedules per step, regularisation, the learning-rate finder (issue 13)."""
         _choice("for_phase", self.for_phase, ("head", "finetune"))
         _choice("lr_suggestion", self.lr_suggestion, LR_SUGGESTIONS)
+        _choice("recipe", self.recipe, tuple(RECIPES))
         if self.tta not in ("", "flip"):
             raise ConfigError(f"unknown --tta={self.tta!r}; pass --tta=flip (or nothing)")
         if self.learning_rate == "auto" and self.phase == "lr_find":
@@ -300,6 +320,46 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> "Config":
         return cls.from_dict(json.loads(text))
+
+
+def normalise_augment(value) -> str:
+    """--augment as a canonical comma list: booleans and true/false (the former boolean
+    flag, and old config.json files) mean flip,rotate and none."""
+    if value is None or value is False:
+        return ""
+    if value is True:
+        return AUGMENT_TRUE
+    text = str(value).strip().lower()
+    if text in ("", "false", "none", "0", "no"):
+        return ""
+    if text in ("true", "1", "yes"):
+        return AUGMENT_TRUE
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in AUGMENTATIONS]
+    if unknown:
+        raise ConfigError(f"unknown --augment={','.join(unknown)}; pass a comma list of: "
+                          f"{', '.join(AUGMENTATIONS)} (--augment alone: {AUGMENT_TRUE})")
+    return ",".join(name for name in AUGMENTATIONS if name in names)
+
+
+def recipe_values(recipe: str, phase: str) -> dict:
+    """The flag values `--recipe` sets for `phase` (lr_find: those of its --for_phase
+    but the rate and schedule, which the finder sets itself)."""
+    if recipe not in RECIPES:
+        _choice("recipe", recipe, tuple(RECIPES))
+    return dict(RECIPES[recipe].get(phase, {}))
+
+
+def apply_recipe(values: dict, explicit=()) -> dict:
+    """`values` (Config field values) with the recipe's settings for their phase,
+    except the fields in `explicit` (flags given on the command line)."""
+    phase = values.get("phase", "head")
+    settings = recipe_values(values.get("recipe", "classic"),
+                             values.get("for_phase", "head") if phase == "lr_find" else phase)
+    if phase == "lr_find":
+        settings = {k: v for k, v in settings.items()
+                    if k not in ("learning_rate", "lr_schedule")}
+    return {**values, **{k: v for k, v in settings.items() if k not in set(explicit)}}
 
 
 def _check_url(name: str, url: str) -> None:

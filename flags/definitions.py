@@ -26,7 +26,10 @@ HELP = {
     "weights": "imagenet, none, or PATH to a Keras weights file of the backbone without top.",
     "image_size": "Images are resized to image_size x image_size.",
     "dropout": "Dropout rate before the logits (0 disables the layer).",
-    "augment": "Random horizontal flips and small rotations inside the model (training only).",
+    "augment": "Training-time augmentation, a comma list: flip, rotate, randaugment (layers in "
+               "the model) and mixup, cutmix (mixing the examples of a batch, soft labels); "
+               "--augment alone means flip,rotate (random horizontal flips and small "
+               "rotations), --noaugment none.",
     "unfreeze_from": "finetune: this block (block5, conv5, block_12, block7, stage_3, mixed9, "
                      "...) or layer and all after it train; default: the backbone's last "
                      "block or stage (an unknown name lists the blocks).",
@@ -54,6 +57,10 @@ HELP = {
     "for_phase": "--phase=lr_find: the phase to find a learning rate for (head or finetune); "
                  "writes <workdir>/lr_find_<for_phase>/.",
     "lr_suggestion": "--learning_rate=auto: which suggestion of the finder to use.",
+    "recipe": "Named settings of the fine-tuning flags: classic (every flag at its default) "
+              "or tuned (one-cycle, label smoothing, discriminative rates, weight decay; "
+              "chosen on validation photos, see bench/README.md). Flags given explicitly "
+              "override the recipe; config.json records the resolved values.",
     "train_bn": "finetune: the batch-norm layers of the unfrozen blocks train too (default: "
                 "frozen, in inference mode, as the Keras fine-tuning guide advises).",
     "tta": "evaluate: test-time augmentation; flip averages the predicted probabilities of "
@@ -124,7 +131,7 @@ HELP = {
 # `--help` headings, in order, and the flags under each. Every `Config` field must be in
 # exactly one group (`define_flags` raises otherwise); entry-point flags may be too.
 GROUPS = {
-    "phase and paths": ("phase", "loop", "workdir", "overwrite", "init_checkpoint"),
+    "phase and paths": ("phase", "loop", "workdir", "overwrite", "init_checkpoint", "recipe"),
     "model": ("backbone", "alpha", "weights", "image_size", "dropout", "augment",
               "unfreeze_from", "train_bn", "tta"),
     "data": ("dataset", "data_dir", "tfds_data_dir", "train_split", "validation_split_name",
@@ -150,7 +157,7 @@ GROUPS = {
 _CHOICES = {
     "phase": config_lib.PHASES + config_lib.TOOL_PHASES, "loop": config_lib.LOOPS,
     "backbone": config_lib.BACKBONES, "for_phase": ("head", "finetune"),
-    "lr_suggestion": config_lib.LR_SUGGESTIONS,
+    "lr_suggestion": config_lib.LR_SUGGESTIONS, "recipe": tuple(config_lib.RECIPES),
     "optimizer": config_lib.OPTIMIZERS, "lr_schedule": config_lib.LR_SCHEDULES,
     "strategy": config_lib.STRATEGIES, "feature_cache": config_lib.FEATURE_CACHE,
     "image_cache": config_lib.IMAGE_CACHE, "feature_precision": config_lib.FEATURE_PRECISIONS,
@@ -176,6 +183,10 @@ def define_flags(flag_values=flags.FLAGS) -> None:
             flags.DEFINE_boolean(name, default, help_text, flag_values=flag_values)
         elif kind == "int":
             flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
+        elif name == "augment":  # --augment, --noaugment or --augment=flip,mixup,...
+            flags.DEFINE_flag(flags.Flag(_AugmentParser(), flags.ArgumentSerializer(), name,
+                                         default, help_text, boolean=True),
+                              flag_values=flag_values)
         elif name == "learning_rate":  # A number or "auto" (Config converts it).
             flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
         elif kind in ("float", "Optional[float]"):
@@ -183,6 +194,20 @@ def define_flags(flag_values=flags.FLAGS) -> None:
         else:
             flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
     flags.DEFINE_integer("logical_cpus", 0, HELP["logical_cpus"], flag_values=flag_values)
+
+
+class _AugmentParser(flags.ArgumentParser):
+    """--augment: a boolean-style flag (--augment, --noaugment) that also takes a comma
+    list of augmentations; the value is `Config`'s canonical string."""
+
+    def parse(self, argument):
+        try:
+            return config_lib.normalise_augment(argument)
+        except config_lib.ConfigError:
+            return argument  # Config rejects it with its one-line error.
+
+    def flag_type(self):
+        return "string"
 
 
 def check_groups(fields=None) -> None:
@@ -276,4 +301,7 @@ def config_from_flags(flag_values=flags.FLAGS, **overrides) -> config_lib.Config
     """The frozen config for the parsed flags (the only place flags are read)."""
     values = {f.name: flag_values[f.name].value for f in dataclasses.fields(config_lib.Config)}
     values.update(overrides)
+    # --recipe: its settings for flags not given explicitly (config.json records them).
+    explicit = {name for name in values if flag_values[name].present} | set(overrides)
+    values = config_lib.apply_recipe(values, explicit)
     return config_lib.Config(**values)

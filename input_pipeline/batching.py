@@ -27,6 +27,13 @@ _MAXINT32 = 2**31 - 1
 _ENOUGH_EPOCHS = 1 << 40
 # Elements `read_to_end` reads ahead at most.
 READ_AHEAD = 64
+# tf.data's autotuning model thread (options.autotune.enabled) on the batches we
+# make. Off: destroying an iterator whose pipeline it tunes can block until the
+# thread's current wait ends (10 ms * 2**k, up to 60 s; bench/README.md, "teardown
+# stall"), and we destroy iterators every epoch (validation) and at every run's
+# end. AUTOTUNE parallelism then is the number of cores; prefetch buffers still grow
+# on demand.
+AUTOTUNE_MODEL = False
 
 
 def train_batches(ds: tf.data.Dataset, num_examples: int, batch_size: int, seed: int,
@@ -117,14 +124,18 @@ def read_to_end(ds: tf.data.Dataset, num_examples: int) -> tf.data.Dataset:
 
 
 def _shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """Distributed over several workers (MultiWorkerMirroredStrategy), each worker
-    runs this whole pipeline and keeps its replicas' slices of every global batch,
-    so a step sees the same examples as on one device. The default (AUTO) would
+    """The options of every batch stream we make: no autotuning model
+    (`AUTOTUNE_MODEL`), and sharding by data.
+
+    Distributed over several workers (MultiWorkerMirroredStrategy), each worker runs
+    this whole pipeline and keeps its replicas' slices of every global batch, so a
+    step sees the same examples as on one device. The default (AUTO) would
     give each worker whole input files when it finds them (tfds): other batches,
     and per-worker batch counts that need not agree. No effect on one worker."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA)
+    options.autotune.enabled = AUTOTUNE_MODEL
     return ds.with_options(options)
 
 

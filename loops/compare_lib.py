@@ -11,8 +11,10 @@ import time
 
 import numpy as np
 
+from callbacks.atomic_io import atomic_write_json
 from flags.config import DEFAULT_TOLERANCE, LOOPS, Config
 from loops import train_lib
+from loops.run_dir import BEST_WEIGHTS
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -57,11 +59,11 @@ def _rel(diff, reference):
 
 def head_checkpoint(workdir: str) -> str:
     """The head weights a finetune comparison starts from (train.py's or compare.py's)."""
-    for path in (os.path.join(workdir, "head", "best.weights.h5"),
-                 os.path.join(workdir, "head", "custom", "best.weights.h5")):
+    for path in (os.path.join(workdir, "head", BEST_WEIGHTS),
+                 os.path.join(workdir, "head", "custom", BEST_WEIGHTS)):
         if os.path.isfile(path):
             return path
-    return os.path.join(workdir, "head", "best.weights.h5")  # init_checkpoint() names it.
+    return os.path.join(workdir, "head", BEST_WEIGHTS)  # init_checkpoint() names it.
 
 
 def compare(cfg: Config, tolerance: float = DEFAULT_TOLERANCE, fit_changes=None) -> dict:
@@ -87,7 +89,7 @@ def compare(cfg: Config, tolerance: float = DEFAULT_TOLERANCE, fit_changes=None)
     report = build_report(cfg, runs, tolerance)
     if not train_lib.is_chief(cfg.strategy):
         return report  # Only the chief of a multi-worker job writes the run directory.
-    train_lib.write_json(os.path.join(cfg.run_dir, REPORT_JSON), report)
+    atomic_write_json(os.path.join(cfg.run_dir, REPORT_JSON), report)
     with open(os.path.join(cfg.run_dir, REPORT_MD), "w") as f:
         f.write(render_markdown(report))
     plot_curves(report, os.path.join(cfg.run_dir, CURVES_PNG))

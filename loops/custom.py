@@ -21,9 +21,24 @@ def make_loss(cfg=None):
     With label smoothing: `SmoothedCrossentropy` (issue 13).
     """
     smoothing = getattr(cfg, "label_smoothing", 0.0) if cfg is not None else 0.0
-    if smoothing:
+    if smoothing or _mixes(cfg):  # Mixed batches (--augment=mixup,cutmix): soft labels.
         return SmoothedCrossentropy(label_smoothing=smoothing)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _mixes(cfg) -> bool:
+    from model.augment import mixes
+    return cfg is not None and bool(mixes(getattr(cfg, "augment", "")))
+
+
+class SoftLabelAccuracy(keras.metrics.SparseCategoricalAccuracy):
+    """Accuracy for integer labels, or for soft labels (mixed batches: the class
+    with the largest weight counts as the label)."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if len(y_true.shape) == len(y_pred.shape):
+            y_true = keras.ops.argmax(y_true, axis=-1)
+        return super().update_state(y_true, y_pred, sample_weight)
 
 
 class SmoothedCrossentropy(keras.losses.Loss):
@@ -46,8 +61,11 @@ class SmoothedCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
-def make_metrics():
-    """The compiled metrics of both loops, by the names fit() logs them under."""
+def make_metrics(cfg=None):
+    """The compiled metrics of both loops, by the names fit() logs them under
+    (`cfg` with --augment=mixup or cutmix: an accuracy that takes soft labels)."""
+    if _mixes(cfg):
+        return [SoftLabelAccuracy(name="accuracy")]
     return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
 
@@ -71,10 +89,12 @@ class CustomLoop:
         suffix of `model` fed with cached features (loops/feature_cache.py).
         It shares its layers with `model`, which hooks keep seeing.
       loss_fn: the loss (default `make_loss()`; runners pass `make_loss(cfg)`).
+      metrics: the compiled metrics (default `make_metrics()`; runners pass
+        `make_metrics(cfg)`).
     """
 
     def __init__(self, model, optimizer, strategy=None, jit_compile=False,
-                 steps_per_execution=1, train_model=None, loss_fn=None):
+                 steps_per_execution=1, train_model=None, loss_fn=None, metrics=None):
         self.model = model
         self.train_model = train_model or model
         self.optimizer = optimizer
@@ -83,7 +103,7 @@ class CustomLoop:
         with self.strategy.scope():
             self.loss_fn = loss_fn if loss_fn is not None else make_loss()
             self.loss_tracker = keras.metrics.Mean(name="loss")
-            self.compiled_metrics = make_metrics()
+            self.compiled_metrics = metrics if metrics is not None else make_metrics()
             optimizer.build(self.train_model.trainable_variables)
         model.optimizer = optimizer
         train_step, test_step = self.train_step, self.test_step

@@ -12,6 +12,7 @@ cache); `FitRunner` with `model.compile()` + `model.fit()` and `keras.callbacks`
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 
@@ -24,6 +25,7 @@ from loops.custom import CustomLoop, make_loss, make_metrics
 from loops.hooks import BACKUP_DIR, LOG_CSV, TENSORBOARD_DIR, hook_specs, instantiate
 from loops.run_dir import BEST_WEIGHTS, FINAL_WEIGHTS
 from loops.schedules import is_step_schedule, make_optimizer
+from model.augment import mix_batches, mixes
 from loops.strategy import prepare_fit
 
 
@@ -63,6 +65,11 @@ class Runner:
             train_examples, self.plan.splits.sizes["train"], self.cfg.batch_size, self.cfg.seed,
             cache=cache, start_epoch=position.epoch if position else 0,
             skip_batches=position.step if position else 0)
+        if mixes(self.cfg.augment):  # --augment=mixup,cutmix: both loops, the same stream.
+            train = mix_batches(train, self.cfg.augment, len(self.plan.splits.class_names),
+                                self.cfg.seed, first_step=(
+                                    position.epoch * self.plan.steps_per_epoch + position.step
+                                    if position else 0))
         return train, input_pipeline.eval_batches(validation_examples, self.cfg.batch_size,
                                                   cache=cache)
 
@@ -165,7 +172,9 @@ class CustomRunner(Runner):
         splits = plan.splits
         train_examples, validation_examples = splits.train, splits.validation
         cut, mode = None, "off"
-        if cfg.feature_cache != "off":
+        if cfg.feature_cache != "off" and mixes(cfg.augment):
+            logging.info("feature cache off: --augment=%s mixes images", cfg.augment)
+        elif cfg.feature_cache != "off":
             cut, reason = feature_cache.find_cut(plan.model)
             mode = feature_cache.resolve(cfg.feature_cache, cut, reason,
                                          splits.sizes["train"] + splits.sizes["validation"])
@@ -197,7 +206,8 @@ class CustomRunner(Runner):
         loop = CustomLoop(plan.model, self.optimizer, plan.strategy,
                           jit_compile=cfg.jit_compile,
                           steps_per_execution=cfg.steps_per_execution,
-                          train_model=self.train_model, loss_fn=make_loss(cfg))
+                          train_model=self.train_model, loss_fn=make_loss(cfg),
+                          metrics=make_metrics(cfg))
         for hook in hooks:
             if isinstance(hook, our_callbacks.BackupAndRestore):
                 hook.bind(loop, hooks)
@@ -221,7 +231,7 @@ class FitRunner(Runner):
     def fit(self, train_data, validation_data, hooks):
         plan, cfg, model = self.plan, self.cfg, self.plan.model
         with plan.strategy.scope():
-            model.compile(optimizer=self.optimizer, loss=make_loss(cfg), metrics=make_metrics(),
+            model.compile(optimizer=self.optimizer, loss=make_loss(cfg), metrics=make_metrics(cfg),
                           jit_compile=cfg.jit_compile,
                           steps_per_execution=cfg.steps_per_execution)
         prepare_fit(model, plan.strategy, train_data)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import json
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ import shutil
 import keras
 
 import input_pipeline
-from callbacks.atomic_io import atomic_save, atomic_write_text, read_json
+from callbacks.atomic_io import atomic_save, atomic_write_json, atomic_write_text, read_json
 from flags.config import Config
 from flags.errors import ConfigError, RunError
 from loops import run_dir as run_dir_lib
@@ -54,6 +53,7 @@ EVALUATION_DATA_FIELDS = ("data_dir", "dataset", "tfds_data_dir", "test_split",
                           "max_examples_per_split")
 
 loss_fn = make_loss  # The one loss of both loops.
+write_json = atomic_write_json
 __all__ = ["run", "train_phase", "make_plan", "evaluate", "build", "load_trained_model",
            "make_strategy", "make_optimizer", "is_chief", "loss_fn"]
 
@@ -67,11 +67,6 @@ def configure_determinism(cfg: Config) -> None:
         tf.config.experimental.enable_op_determinism()
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy(cfg.mixed_precision)
-
-
-def write_json(path, value):
-    """Atomic: a crash leaves the previous file intact."""
-    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def _read_run_json(path: str, fix: str):
@@ -98,6 +93,8 @@ def check_matches_head(cfg: Config) -> None:
     if cfg.init_checkpoint or not os.path.isfile(head_config):
         return
     head = _read_run_json(head_config, "pass --init_checkpoint=PATH instead")
+    from flags.config import normalise_augment  # Old config.json files hold a boolean.
+    head = {**head, "augment": normalise_augment(head.get("augment"))}
     diffs = [f"--{k}={getattr(cfg, k)} (head: {head.get(k)})"
              for k in ARCHITECTURE_FIELDS if head.get(k) != getattr(cfg, k)]
     if diffs:
@@ -225,9 +222,9 @@ def locked(plan: Plan):
 def prepare(plan: Plan) -> None:
     cfg, run_dir, splits = plan.cfg, plan.run_dir, plan.splits
     run_dir_lib.prepare(run_dir, plan.state)
-    write_json(os.path.join(run_dir, CONFIG_JSON), cfg.to_dict())
-    write_json(os.path.join(run_dir, CLASSES_JSON), list(splits.class_names))
-    write_json(os.path.join(run_dir, DATA_JSON), {"fingerprint": plan.data_fingerprint})
+    atomic_write_json(os.path.join(run_dir, CONFIG_JSON), cfg.to_dict())
+    atomic_write_json(os.path.join(run_dir, CLASSES_JSON), list(splits.class_names))
+    atomic_write_json(os.path.join(run_dir, DATA_JSON), {"fingerprint": plan.data_fingerprint})
     if splits.skipped:
         atomic_write_text(os.path.join(run_dir, SKIPPED_FILES), "\n".join(splits.skipped) + "\n")
         logging.warning("skipped %d unreadable files, e.g. %s (full list in %s)",
@@ -275,7 +272,7 @@ def _train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
             summary["files"]["final"] = None
             summary["stop_reason"] = "nan"
         if plan.chief:
-            write_json(os.path.join(plan.run_dir, SUMMARY_JSON), summary)
+            atomic_write_json(os.path.join(plan.run_dir, SUMMARY_JSON), summary)
     return plan, summary, logs
 
 
@@ -379,9 +376,9 @@ def evaluate(cfg: Config) -> dict:
         with RunLock(run_dir_lib.lock_path(cfg.run_dir), what="run directory",
                      subject=cfg.run_dir):
             os.makedirs(cfg.run_dir, exist_ok=True)
-            write_json(os.path.join(cfg.run_dir, EVALUATION_JSON),
+            atomic_write_json(os.path.join(cfg.run_dir, EVALUATION_JSON),
                        {k: v for k, v in result.items() if k not in ("files", "command_flags")})
-            write_json(os.path.join(cfg.run_dir, SUMMARY_JSON), result)
+            atomic_write_json(os.path.join(cfg.run_dir, SUMMARY_JSON), result)
     return result
 
 

@@ -28,10 +28,12 @@ from flags.errors import ConfigError
 
 TRIALS_DIR = "trials"
 FEATURE_CACHE_DIR = "feature_cache"
+IMAGE_CACHE_DIR = "image_cache"
 # Owned by the sweep: --workdir is the study's root, --phases and --seeds replace these.
 SWEEP_FIELDS = {"phase": "--phases", "seed": "--seeds"}
 # Fields that do not change a trial's result: never part of its id, never an axis.
-NOT_IN_ID = ("workdir", "phase", "seed", "overwrite", "verbose", "debug", "feature_cache_dir")
+NOT_IN_ID = ("workdir", "phase", "seed", "overwrite", "verbose", "debug", "feature_cache_dir",
+             "image_cache_dir")
 # Must be the same in every phase of a trial (finetune and evaluate rebuild the head's network).
 ARCHITECTURE_FIELDS = ("backbone", "alpha", "image_size", "dropout", "augment")
 # Short names in trial ids; other fields keep their name.
@@ -401,7 +403,10 @@ class Trial:
             # on disk, under the study's root.
             feature_cache="disk" if cache == "auto" else cache,
             feature_cache_dir=(self.base.feature_cache_dir
-                               or os.path.join(self.study_dir, FEATURE_CACHE_DIR)))
+                               or os.path.join(self.study_dir, FEATURE_CACHE_DIR)),
+            # Decoded images likewise (keyed by the data): one copy for the study.
+            image_cache_dir=(self.base.image_cache_dir
+                             or os.path.join(self.study_dir, IMAGE_CACHE_DIR)))
         return cfg
 
     def configs(self) -> dict:

@@ -83,8 +83,13 @@ def primary_metric(study: grid.Study) -> tuple[str, str]:
     return "val_accuracy", "validation accuracy"
 
 
-def label(assignment) -> str:
-    return ", ".join(f"{n}={grid.format_value(v)}" for n, v in assignment) or "(base flags)"
+def label(assignment, study: grid.Study | None = None) -> str:
+    """`name=value, ...` of the axes with more than one value (one-value axes are constants)."""
+    varying = None if study is None else {n for a in study.axes if len(a.values) > 1
+                                          for n in a.names}
+    varying = varying or None  # No axis varies: name them all.
+    return ", ".join(f"{n}={grid.format_value(v)}" for n, v in assignment
+                     if varying is None or n in varying) or "(base flags)"
 
 
 def summarize(study: grid.Study, rows: list[dict]) -> list[dict]:
@@ -103,7 +108,8 @@ def summarize(study: grid.Study, rows: list[dict]) -> list[dict]:
     out = []
     for index, assignment in enumerate(configs):
         done = by_config[index]
-        entry = {"index": index, "label": label(assignment), "group_id": groups.get(index, ""),
+        entry = {"index": index, "label": label(assignment, study),
+                 "group_id": groups.get(index, ""),
                  "baseline": index == base_index, "seeds": sorted(done)}
         for name in (metric, "val_loss"):
             values = {s: r[name] for s, r in done.items()}

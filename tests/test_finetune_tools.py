@@ -293,3 +293,136 @@ def test_learning_rate_flag_takes_numbers_and_auto():
         Config(learning_rate="fast")
     with pytest.raises(ConfigError, match="drop --learning_rate"):
         Config(phase="lr_find", learning_rate="auto")
+
+
+# ---- (7) recipes ------------------------------------------------------------------------------
+def _parsed(*argv):
+    from absl import flags as absl_flags
+
+    from flags.definitions import config_from_flags, define_flags
+    flag_values = absl_flags.FlagValues()
+    define_flags(flag_values)
+    flag_values(["train.py", *argv])
+    return config_from_flags(flag_values)
+
+
+def test_recipe_sets_flags_that_are_not_given_and_explicit_flags_win():
+    from flags.config import RECIPES
+    tuned = RECIPES["tuned"]
+    head = _parsed("--recipe=tuned")
+    assert head.recipe == "tuned"
+    for name, value in tuned["head"].items():
+        assert getattr(head, name) == value
+    finetune = _parsed("--recipe=tuned", "--phase=finetune", "--learning_rate=5e-4",
+                       "--label_smoothing=0")
+    assert finetune.learning_rate == 5e-4 and finetune.label_smoothing == 0.0  # Explicit.
+    assert finetune.layer_lr_decay == tuned["finetune"]["layer_lr_decay"]
+    assert finetune.to_dict()["layer_lr_decay"] == tuned["finetune"]["layer_lr_decay"]
+    classic = _parsed("--phase=finetune")
+    assert classic == Config(phase="finetune")
+    finder = _parsed("--recipe=tuned", "--phase=lr_find", "--for_phase=finetune")
+    assert finder.learning_rate is None and finder.lr_schedule == "constant"
+    assert finder.layer_lr_decay == tuned["finetune"]["layer_lr_decay"]
+    with pytest.raises(ConfigError, match="unknown --recipe"):
+        _parsed("--recipe=magic")
+
+
+# ---- --augment ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("value, expected", [
+    (True, "flip,rotate"), (False, ""), ("true", "flip,rotate"), ("none", ""),
+    ("mixup, flip", "flip,mixup"), ("cutmix,randaugment,rotate", "rotate,randaugment,cutmix")])
+def test_augment_spec_is_normalised_and_old_booleans_keep_their_meaning(value, expected):
+    assert Config(augment=value).augment == expected
+
+
+def test_unknown_augmentation_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="unknown --augment=blur"):
+        Config(augment="flip,blur")
+    assert _parsed("--augment").augment == "flip,rotate"
+    assert _parsed("--noaugment").augment == ""
+    assert _parsed("--augment=cutmix").augment == "cutmix"
+
+
+def _mixed(spec, first_step=0, steps=4):
+    import tensorflow as tf
+
+    from model.augment import mix_batches
+    images = np.arange(6 * 8 * 8 * 3, dtype=np.float32).reshape(6, 8, 8, 3) % 255
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    batches = tf.data.Dataset.from_tensors((images, labels)).repeat().skip(first_step)
+    out = mix_batches(batches, spec, 3, seed=5, first_step=first_step)
+    return images, labels, [(x.numpy(), y.numpy()) for x, y in out.take(steps)]
+
+
+@pytest.mark.parametrize("spec", ["mixup", "cutmix", "mixup,cutmix"])
+def test_mixed_batches_are_consistent_deterministic_and_resumable(spec):
+    images, labels, batches = _mixed(spec)
+    onehot = np.eye(3)[labels]
+    for x, y in batches:
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-6)
+        # Each mixed image is w * its own + (1 - w) * another (per example for mixup,
+        # per pixel for cutmix); the label keeps the own image's weight.
+        own_weight = (y * onehot).sum(axis=1)
+        assert (own_weight >= 0.5 - 1e-6).all() or "cutmix" in spec
+        assert not np.array_equal(x, images) or "cutmix" in spec
+    again = _mixed(spec)[2]
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+               for a, b in zip(batches, again))
+    resumed = _mixed(spec, first_step=2, steps=2)[2]
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(batches[2:], resumed))
+    assert not np.array_equal(batches[0][0], batches[1][0])  # Each step its own draw.
+
+
+def test_cutmix_label_weights_are_the_pasted_area():
+    images, labels, batches = _mixed("cutmix", steps=8)
+    for x, y in batches:
+        kept = (x == images).all(axis=-1).mean(axis=(1, 2))  # Pixels still the own image's.
+        onehot = np.eye(3)[labels]
+        own = (y * onehot).sum(axis=1)
+        same_class = (y.max(axis=1) > 1 - 1e-6)
+        np.testing.assert_allclose(own[~same_class], kept[~same_class], atol=1e-6)
+
+
+def test_mixing_makes_soft_label_loss_and_accuracy():
+    from loops.custom import SoftLabelAccuracy, make_metrics
+    cfg = Config(augment="mixup")
+    assert type(make_loss(cfg)) is SmoothedCrossentropy
+    assert type(make_metrics(cfg)[0]) is SoftLabelAccuracy
+    assert type(make_metrics()[0]) is keras.metrics.SparseCategoricalAccuracy
+    metric = make_metrics(cfg)[0]
+    metric.update_state(np.array([[0.7, 0.3], [0.2, 0.8]]), np.array([[2.0, 0.0], [3.0, 0.0]]))
+    metric.update_state(np.array([1]), np.array([[0.0, 1.0]]))  # Integer labels too.
+    assert float(metric.result()) == pytest.approx(2 / 3)
+
+
+def test_model_augmentation_layers_follow_the_spec():
+    from model.augment import model_layers
+    names = [layer.name for layer in model_layers("flip,rotate,randaugment,mixup", 1)]
+    assert names == ["augment_flip", "augment_rotate", "augment_randaugment"]
+    assert model_layers("mixup,cutmix", 1) == []
+
+
+# ---- (5) --tta=flip, --train_bn ---------------------------------------------------------------
+def test_flip_tta_averages_the_probabilities_of_an_image_and_its_mirror():
+    from model.augment import with_tta
+    inputs = keras.Input((2, 3, 1))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    model.set_weights([np.random.default_rng(1).normal(size=(6, 2)).astype(np.float32),
+                       np.array([0.1, -0.2], np.float32)])
+    x = np.random.default_rng(0).normal(size=(4, 2, 3, 1)).astype(np.float32)
+    assert with_tta(model, "") is model
+    got = np.exp(keras.ops.convert_to_numpy(with_tta(model, "flip")(x)))
+    soft = lambda z: np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)  # noqa: E731
+    want = (soft(model(x).numpy()) + soft(model(x[:, :, ::-1]).numpy())) / 2
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert not np.allclose(want, soft(model(x).numpy()))
+
+
+def test_train_bn_unfreezes_batch_norm_of_the_unfrozen_blocks_only(mobilenet):
+    from model.augment import unfreeze_batch_norm
+    assert not mobilenet.get_layer("conv_pw_13_bn").trainable  # The default: frozen.
+    assert unfreeze_batch_norm(mobilenet, "finetune", "block_12") == 4
+    assert mobilenet.get_layer("conv_pw_13_bn").trainable
+    assert mobilenet.get_layer("conv_dw_12_bn").trainable
+    assert not mobilenet.get_layer("conv_pw_11_bn").trainable
+    assert any("conv_pw_13_bn/gamma" == v.path for v in mobilenet.trainable_variables)

@@ -249,7 +249,9 @@ def test_an_iteration_stopped_half_way_publishes_nothing(data, tmp_path, counted
     assert image_cache.counters["published"] == 1 and "train" in os.listdir(key)
 
 
-def test_concurrent_writers_publish_one_complete_cache(data, tmp_path, counted):
+def test_concurrent_writers_publish_one_complete_cache(data, tmp_path, counted, monkeypatch):
+    from input_pipeline import batching
+    monkeypatch.setattr(batching, "READ_AHEAD", 2)  # Both start before either ends.
     cfg = config(data, tmp_path)
     a = iter(input_pipeline.load_splits(cfg).train)
     b = iter(input_pipeline.load_splits(cfg).train)

@@ -175,6 +175,18 @@ def interrupt_at_epoch_begin(epoch_to_stop):
     return extra_hooks
 
 
+def fresh_session():
+    """As one process per phase (and research/runner.py between phases): Keras' layer
+    names, which a backup's variable paths hold, start from scratch."""
+    import keras
+    keras.backend.clear_session()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_session():
+    fresh_session()
+
+
 # ---- shared runs ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -221,6 +233,7 @@ def resumed_after_kill(killed_at_epoch_2, tmp_path_factory):
     shutil.copytree(template, workdir)
     before = snapshot(workdir)
     notes_before = (notes.read_bytes(), os.stat(notes).st_mtime_ns)
+    fresh_session()
     train_lib.train_phase(tiny(workdir, **REFERENCE), extra_hooks=notes_hooks(notes))
     return workdir / "head", before, notes, notes_before
 
@@ -288,11 +301,12 @@ def test_evaluate_uses_the_data_dir_it_is_given(head_copy, tmp_path):
 
 
 def test_evaluate_on_a_missing_folder_is_one_line_and_writes_nothing(head_copy, tmp_path):
+    """Before: exit 0, evaluated on the training run's own test split."""
     before = snapshot(head_copy)
-    out = run_train(f"--workdir={head_copy}", "--phase=evaluate",
-                    f"--data_dir={tmp_path / 'nowhere'}")
-    assert out.returncode == 1
-    assert_one_line_error(out, str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError) as e:
+        train_lib.run(Config(phase="evaluate", workdir=str(head_copy),
+                             data_dir=str(tmp_path / "nowhere"), verbose=0))
+    assert_one_line(e, str(tmp_path / "nowhere"))
     assert snapshot(head_copy) == before
 
 
@@ -386,11 +400,18 @@ def test_nan_in_the_first_epoch_writes_no_checkpoint(tmp_path, loop, terminate_o
         assert not out.stdout.strip()
 
 
-def test_a_huge_learning_rate_never_leaves_non_finite_weights_or_predictions(tmp_path):
+@pytest.fixture(scope="module")
+def huge_learning_rate(tmp_path_factory):
     """`--optimizer=sgd --learning_rate=3e38`: the loss overflows in epoch 1."""
-    workdir = tmp_path / "w"
+    workdir = tmp_path_factory.mktemp("huge_lr") / "w"
     train_lib.run(tiny(workdir, synthetic_examples=40, epochs=2, optimizer="sgd",
                        learning_rate=3e38))
+    return workdir
+
+
+def test_a_huge_learning_rate_never_leaves_non_finite_weights_or_predictions(
+        huge_learning_rate, tmp_path):
+    workdir = huge_learning_rate
     run_dir = workdir / "head"
     assert json.loads((run_dir / "summary.json").read_text())["stop_reason"] == "nan"
     for name in ("best.weights.h5", "final.weights.h5"):
@@ -408,11 +429,8 @@ def test_a_huge_learning_rate_never_leaves_non_finite_weights_or_predictions(tmp
 @pytest.mark.xfail(strict=True, reason="BUG: FiniteOnly checks the weights only; an epoch "
                    "whose loss overflowed (finite but huge weights) is still checkpointed "
                    "and final.weights.h5 is written although the run stopped on NaN")
-def test_an_epoch_with_a_non_finite_loss_is_never_checkpointed(tmp_path):
-    workdir = tmp_path / "w"
-    train_lib.run(tiny(workdir, synthetic_examples=40, epochs=2, optimizer="sgd",
-                       learning_rate=3e38))
-    run_dir = workdir / "head"
+def test_an_epoch_with_a_non_finite_loss_is_never_checkpointed(huge_learning_rate):
+    run_dir = huge_learning_rate / "head"
     log = (run_dir / "log.csv").read_text()
     assert "inf" in log or "nan" in log  # The premise: epoch 1's loss is not finite.
     assert not os.path.exists(run_dir / "best.weights.h5")
@@ -470,6 +488,21 @@ def test_resume_with_other_flags_leaves_the_workdir_byte_identical(killed_at_epo
     assert set(after) <= set(before)
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: a truncated backup .npz (zip magic intact) "
+                   "raises zipfile.BadZipFile in BackupAndRestore.restore, and BackupError is "
+                   "no TapefitError: a traceback, after config.json was rewritten")
+def test_a_corrupt_backup_is_one_line_and_writes_nothing(killed_at_epoch_2, tmp_path):
+    workdir = tmp_path / "w"
+    shutil.copytree(killed_at_epoch_2[0], workdir)
+    npz = next((workdir / "head" / "backup").glob("variables-*.npz"))
+    npz.write_bytes(npz.read_bytes()[:200])  # Starts like a zip file; cut short.
+    before = snapshot(workdir)
+    with pytest.raises(TapefitError) as e:
+        train_lib.run(tiny(workdir, **REFERENCE))
+    assert_one_line(e, "backup", "--overwrite")
+    assert without_locks(snapshot(workdir)) == without_locks(before)
+
+
 def test_zero_epochs_is_one_line_and_writes_nothing(tmp_path):
     """Before: --epochs=0 left a "finished" head phase without best.weights.h5."""
     with pytest.raises(ConfigError) as e:
@@ -522,6 +555,7 @@ def test_resume_restores_every_hook_state_whatever_the_hook_order(tmp_path):
     validation = tf.data.Dataset.from_tensor_slices((x[:16], y[:16])).batch(8)
 
     def new_loop():
+        fresh_session()  # Same variable paths in both loops.
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2, name="d")],
                                  name="m")
@@ -535,12 +569,15 @@ def test_resume_restores_every_hook_state_whatever_the_hook_order(tmp_path):
     hooks = instantiate(hook_specs(cfg, run_dir), callbacks)
     saved = {}
 
+    def record(epoch, logs=None):  # After every other hook, just before the backup.
+        if epoch == 1:
+            saved.update({state_key(h): h.get_state() for h in with_state(hooks)})
+
     def stop(epoch, logs=None):
         if epoch == 2:
-            saved.update({state_key(h): h.get_state() for h in with_state(hooks)})
             raise Interrupted()
 
-    hooks.append(callbacks.LambdaCallback(on_epoch_begin=stop))
+    hooks.append(callbacks.LambdaCallback(on_epoch_end=record, on_epoch_begin=stop))
     backup = next(h for h in hooks if isinstance(h, callbacks.BackupAndRestore))
     backup.bind(loop, hooks)
     with pytest.raises(Interrupted):
@@ -633,12 +670,14 @@ def test_resume_refuses_changed_data_and_accepts_respelled_paths(tmp_path, monke
     # Trailing slashes: resumes (and is stopped again after epoch 2).
     respelled = cfg.replace(workdir=str(workdir) + "/", data_dir=str(data) + "/")
     caplog.set_level(logging.INFO)
+    fresh_session()
     with pytest.raises(Interrupted):
         train_lib.train_phase(respelled, extra_hooks=interrupt_at_epoch_begin(2))
     assert "resuming from the backup at epoch 2" in caplog.text
     caplog.clear()
     # Relative paths: resumes and finishes.
     monkeypatch.chdir(tmp_path)
+    fresh_session()
     train_lib.run(cfg.replace(workdir="w", data_dir="data"))
     assert "resuming from the backup at epoch 3" in caplog.text
     assert csv_epochs(workdir / "head" / "log.csv") == ["0", "1", "2"]

@@ -47,6 +47,7 @@ def test_grid_expands_axes_times_seeds_seed_major(tmp_path):
     assert cfg.workdir == os.path.join(str(tmp_path / "study"), "trials", trials[5].trial_id)
     assert cfg.feature_cache_dir == os.path.join(str(tmp_path / "study"), "feature_cache")
     assert cfg.feature_cache == "disk"  # auto -> disk: shared by the trials.
+    assert cfg.image_cache_dir == os.path.join(str(tmp_path / "study"), "image_cache")
 
 
 def test_trial_id_is_readable_and_hashes_the_non_default_flags(tmp_path):
@@ -95,11 +96,11 @@ def test_per_phase_and_paired_axes(tmp_path):
 
 
 def test_values_are_parsed_with_the_flag_type(tmp_path):
-    s = make(tmp_path, ["augment=true,false", "unfreeze_from=none,conv_dw_13",
+    s = make(tmp_path, ["early_stopping=true,false", "unfreeze_from=none,conv_dw_13",
                         "batch_size=8"], seeds="0")
     values = [dict(t.assignment) for t in grid.expand(s, "s")]
-    assert values[0] == {"augment": True, "unfreeze_from": None, "batch_size": 8}
-    assert values[3] == {"augment": False, "unfreeze_from": "conv_dw_13", "batch_size": 8}
+    assert values[0] == {"early_stopping": True, "unfreeze_from": None, "batch_size": 8}
+    assert values[3] == {"early_stopping": False, "unfreeze_from": "conv_dw_13", "batch_size": 8}
 
 
 def test_sweep_file_is_the_command_line_in_json(tmp_path):
