@@ -94,12 +94,16 @@ def run_variant(args, variant: str) -> dict:
 
 def final_val_losses(workdir, variant):
     """The last val_loss of every trial (a sanity check that both sides trained alike)."""
+    import csv
     out = []
     for root, _, names in sorted(os.walk(workdir)):
         if "log.csv" in names and os.path.basename(root) == "head":
             with open(os.path.join(root, "log.csv")) as f:
-                last = f.read().splitlines()[-1].split(",")
-            out.append(float(last[-1]))
+                rows = list(csv.DictReader(f))
+            if not rows:
+                common.log(f"  no epochs in {root}/log.csv: {sorted(os.listdir(root))}")
+                continue
+            out.append(float(rows[-1]["val_loss"]))
     return sorted(out)
 
 

@@ -122,6 +122,7 @@ class Config:
     layer_lr_decay: float = 1.0
     recipe: str = "classic"
     train_bn: bool = False
+    unfreeze_schedule: str = ""
     tta: str = ""
     feature_cache: str = "auto"
     feature_cache_dir: Optional[str] = None
@@ -162,6 +163,8 @@ class Config:
 
     @property
     def resolved_unfreeze_from(self) -> str:
+        if self.unfreeze_schedule:  # Gradual unfreezing: the block unfrozen last, the lowest.
+            return max(parse_unfreeze_schedule(self.unfreeze_schedule), key=lambda s: s[1])[0]
         return self.unfreeze_from or DEFAULT_UNFREEZE_FROM[self.backbone]
 
     @property
@@ -274,6 +277,14 @@ class Config:
         _choice("for_phase", self.for_phase, ("head", "finetune"))
         _choice("lr_suggestion", self.lr_suggestion, LR_SUGGESTIONS)
         _choice("recipe", self.recipe, tuple(RECIPES))
+        if self.unfreeze_schedule:
+            parse_unfreeze_schedule(self.unfreeze_schedule)
+            if self.loop == "fit":
+                raise ConfigError("--unfreeze_schedule changes the trainable layers between "
+                                  "epochs, which fit() cannot; pass --loop=custom")
+            if self.unfreeze_from:
+                raise ConfigError("--unfreeze_schedule names the blocks to unfreeze; drop "
+                                  "--unfreeze_from")
         if self.tta not in ("", "flip"):
             raise ConfigError(f"unknown --tta={self.tta!r}; pass --tta=flip (or nothing)")
         if self.learning_rate == "auto" and self.phase == "lr_find":
@@ -320,6 +331,23 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> "Config":
         return cls.from_dict(json.loads(text))
+
+
+def parse_unfreeze_schedule(text: str) -> list[tuple[str, int]]:
+    """`block5:0,block4:2` → [("block5", 0), ("block4", 2)]: each block (or layer) and
+    the epoch (0-based) from which it trains; blocks named earlier in the model must
+    come at later epochs (checked against the model when the phase starts)."""
+    stages = []
+    for item in text.split(","):
+        name, sep, epoch = item.strip().rpartition(":")
+        if not sep or not name or not epoch.strip().isdigit():
+            raise ConfigError(f"--unfreeze_schedule={text!r}: {item.strip()!r} is not "
+                              "BLOCK:EPOCH; pass e.g. --unfreeze_schedule=block5:0,block4:2")
+        stages.append((name.strip(), int(epoch)))
+    names = [name for name, _ in stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--unfreeze_schedule={text!r} names a block twice; name each once")
+    return stages
 
 
 def normalise_augment(value) -> str:

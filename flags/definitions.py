@@ -63,6 +63,9 @@ HELP = {
               "override the recipe; config.json records the resolved values.",
     "train_bn": "finetune: the batch-norm layers of the unfrozen blocks train too (default: "
                 "frozen, in inference mode, as the Keras fine-tuning guide advises).",
+    "unfreeze_schedule": "finetune, custom loop: gradual unfreezing, BLOCK:EPOCH,... (e.g. "
+                         "block5:0,block4:2: block5 trains from epoch 0, block4 from epoch 2; "
+                         "the head always); replaces --unfreeze_from.",
     "tta": "evaluate: test-time augmentation; flip averages the predicted probabilities of "
            "each image and its mirror image.",
     "optimizer": "Optimizer; each phase starts a fresh one.",
@@ -133,7 +136,7 @@ HELP = {
 GROUPS = {
     "phase and paths": ("phase", "loop", "workdir", "overwrite", "init_checkpoint", "recipe"),
     "model": ("backbone", "alpha", "weights", "image_size", "dropout", "augment",
-              "unfreeze_from", "train_bn", "tta"),
+              "unfreeze_from", "unfreeze_schedule", "train_bn", "tta"),
     "data": ("dataset", "data_dir", "tfds_data_dir", "train_split", "validation_split_name",
              "test_split", "validation_split", "test_split_fraction", "max_examples_per_split",
              "synthetic_examples", "split_seed"),

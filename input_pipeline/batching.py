@@ -97,8 +97,8 @@ def eval_batches(ds: tf.data.Dataset, batch_size: int, cache_dir: str | None = N
     """Batches in the split's fixed order, float32 images; one pass per iteration."""
     num_examples = int(ds.cardinality())
     cached = _cache(ds, num_examples, cache_dir, cache)
-    if cached is not ds:  # A pass stopped after the last batch must complete the cache.
-        cached = read_to_end(cached, num_examples)
+    if cached is not ds or _is_cache(ds):  # A pass that stops after the last batch must
+        cached = read_to_end(cached, num_examples)  # complete the cache (e.g. features).
     ds = cached.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE,
                                       deterministic=True)
     return _shard_by_data(ds.prefetch(AUTOTUNE))
@@ -139,6 +139,10 @@ def _shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
+def _is_cache(ds: tf.data.Dataset) -> bool:
+    return type(ds).__name__.endswith("CacheDataset")
+
+
 def _to_float(images, labels):
     return tf.cast(images, tf.float32), labels
 
@@ -147,7 +151,7 @@ def _cache(ds: tf.data.Dataset, num_examples: int, cache_dir: str | None,
            cache: bool | None) -> tf.data.Dataset:
     """`ds.cache()` in memory within CACHE_BUDGET_BYTES, else in a file, else none."""
     if cache is None:  # e.g. the custom loop's feature cache is cached already.
-        cache = not type(ds).__name__.endswith("CacheDataset")
+        cache = not _is_cache(ds)
     image_spec = ds.element_spec[0]
     if not cache or num_examples < 0 or not image_spec.shape.is_fully_defined():
         return ds

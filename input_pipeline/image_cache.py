@@ -43,7 +43,6 @@ import threading
 
 import tensorflow as tf
 
-from flags.errors import RunError
 from input_pipeline.batching import read_to_end
 
 log = logging.getLogger(__name__)
@@ -56,8 +55,9 @@ PREFIX = "images"  # TF writes images.index and images.data-00000-of-00001.
 FORMAT = 1
 RESIZE = "bilinear, rounded to uint8"  # input_pipeline.common.resize_uint8
 
-# What the cache did in this process (tests count these): "hit" an iteration that
-# reads a complete cache, "write" an iteration that decodes and writes, "published" a cache
+# What the cache did in this process (tests count these): "hit" a split read from a
+# complete cache (counted when its dataset is made, or at a pass that finds the
+# cache written since), "write" an iteration that decodes and writes, "published" a cache
 # made final, "discarded" a written cache dropped (files changed, lost a race, ...),
 # "stale" an incomplete cache or dead temporary folder removed.
 counters: collections.Counter = collections.Counter()
@@ -124,22 +124,24 @@ class SplitCache:
         """The split through the cache: read from it when complete; otherwise
         `source` (the decoding pipeline) is read once and written to it.
 
-        `source` None: the cache is complete (`manifest()` said so) and must stay so.
+        `source` None: the cache is complete (`manifest()` said so): only read. If it
+        is removed while in use, the pass fails (TF finds no index, writes nothing
+        and the split's cardinality check fails).
         `extra` goes into `complete.json` (e.g. the files a folder skipped).
         """
         spec = element_spec(image_size)
-        placeholder = tf.data.Dataset.from_tensors(
-            tuple(tf.zeros(s.shape, s.dtype) for s in spec)).take(0)
-        source = source if source is not None else placeholder
+        cardinality = tf.data.experimental.assert_cardinality(num_examples)
+        if source is None:  # Complete: read it (a removed cache fails the cardinality).
+            counters["hit"] += 1
+            placeholder = tf.data.Dataset.from_tensors(
+                tuple(tf.zeros(s.shape, s.dtype) for s in spec)).take(0)
+            return placeholder.cache(os.path.join(self.path, PREFIX)).apply(cardinality)
         extra = dict(extra or {})
 
         def begin():
-            if self.manifest() is not None:
+            if self.manifest() is not None:  # Written since (e.g. by an earlier pass).
                 counters["hit"] += 1
                 return os.path.join(self.path, PREFIX), False
-            if source is placeholder:
-                raise RunError(f"the image cache {self.path} was removed while in use; "
-                               "run the command again")
             return os.path.join(self._temporary(), PREFIX), True
 
         def finish(prefix):
@@ -154,13 +156,14 @@ class SplitCache:
                     .map(lambda p, w: tf.py_function(finish, [p], tf.bool))
                     .filter(lambda done: tf.reshape(done, []))
                     .map(lambda _: tuple(tf.zeros(s.shape, s.dtype) for s in spec)))
-            return read_to_end(source.cache(prefix).concatenate(tail), num_examples)
+            return source.cache(prefix).concatenate(tail)
 
         start = tf.data.Dataset.from_tensors(0).map(
             lambda _: tuple(tf.py_function(begin, [], [tf.string, tf.bool])))
         ds = start.flat_map(lambda prefix, writing: body(tf.reshape(prefix, []),
                                                           tf.reshape(writing, [])))
-        return ds.apply(tf.data.experimental.assert_cardinality(num_examples))
+        # Publish when the last image is read, not when one more is asked for.
+        return read_to_end(ds, num_examples).apply(cardinality)
 
     # ---- writing ---------------------------------------------------------------------
     def _temporary(self) -> str:

@@ -111,8 +111,18 @@ class CustomLoop:
             train_step = tf.function(train_step, jit_compile=True, reduce_retracing=True)
             test_step = tf.function(test_step, jit_compile=True, reduce_retracing=True)
         self._train_step, self._test_step = train_step, test_step
+        self._jit_compile = jit_compile
         self._train_function = tf.function(self._train_steps)
         self._test_function = tf.function(self._test_batch)
+
+    def retrace(self):
+        """Traces the train step again: after the trainable layers changed (gradual
+        unfreezing), the step must differentiate the new set of weights."""
+        train_step = self.train_step
+        if self._jit_compile:
+            train_step = tf.function(train_step, jit_compile=True, reduce_retracing=True)
+        self._train_step = train_step
+        self._train_function = tf.function(self._train_steps)
 
     @property
     def metrics(self):

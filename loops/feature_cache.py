@@ -39,6 +39,9 @@ class Cut:
     suffix: keras.Model
     layer: str  # First layer of the suffix.
     after: str = ""  # The layer whose output is cached (the prefix's last layer).
+    # The compiled prefix forward, traced once for every split (a large backbone's
+    # graph takes seconds to trace).
+    forward: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
 
 def is_random(layer) -> bool:
@@ -115,7 +118,9 @@ def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
                     path: str | None, batch_size: int) -> tf.data.Dataset:
     """(features, label) in the order of `images` (unbatched), computed on first
     iteration and cached in memory (path None) or in files at `path`."""
-    prefix = tf.function(lambda x: cut.prefix(x, training=False))
+    if cut.forward is None:
+        cut.forward = tf.function(lambda x: cut.prefix(x, training=False))
+    prefix = cut.forward
     # The run's batch size: the feature pass needs no more memory than training.
     features = (images.batch(batch_size)
                 .map(lambda x, y: (prefix(tf.cast(x, tf.float32)), y))

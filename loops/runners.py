@@ -208,6 +208,9 @@ class CustomRunner(Runner):
                           steps_per_execution=cfg.steps_per_execution,
                           train_model=self.train_model, loss_fn=make_loss(cfg),
                           metrics=make_metrics(cfg))
+        if cfg.unfreeze_schedule:  # Gradual unfreezing: first at every epoch start.
+            from loops.schedules import UnfreezeSchedule
+            hooks = [UnfreezeSchedule(loop, cfg), *hooks]
         for hook in hooks:
             if isinstance(hook, our_callbacks.BackupAndRestore):
                 hook.bind(loop, hooks)

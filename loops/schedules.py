@@ -22,6 +22,7 @@ import math
 
 import keras
 
+from callbacks.base import Callback
 from loops import optimizers as optimizers_lib
 
 OPTIMIZERS = {
@@ -50,7 +51,8 @@ def make_optimizer(cfg, steps_per_epoch: int | None = None, model=None
     `steps_per_epoch`: what a per-step schedule needs to know the length of the
     phase (without it, e.g. at `--phase=evaluate` where nothing trains, the
     optimizer gets the plain rate). `model`: needed for `--layer_lr_decay` (the
-    multiplier of each variable comes from the backbone block it is in).
+    multiplier of each variable comes from the backbone block it is in; without it,
+    again where nothing trains, every variable gets the plain rate).
 
     `--weight_decay` makes Adam an AdamW (decoupled decay; SGD and RMSprop get
     Keras' decoupled `weight_decay` too), biases and batch-norm parameters
@@ -72,9 +74,7 @@ def make_optimizer(cfg, steps_per_epoch: int | None = None, model=None
     if cfg.ema:
         kwargs.update(use_ema=True, ema_momentum=cfg.ema)
     multipliers = None
-    if cfg.layer_lr_decay != 1.0:
-        if model is None:
-            raise ValueError("--layer_lr_decay needs the model to make the optimizer")
+    if cfg.layer_lr_decay != 1.0 and model is not None:
         multipliers = optimizers_lib.layer_lr_multipliers(model, cfg.layer_lr_decay)
         cls = optimizers_lib.with_lr_multipliers(cls)
         kwargs["lr_multipliers"] = multipliers
@@ -185,3 +185,62 @@ def make_schedule(cfg) -> EpochSchedule:
     kind = "constant" if is_step_schedule(cfg) else cfg.lr_schedule
     return EpochSchedule(kind, cfg.resolved_learning_rate, cfg.lr_decay_rate,
                          max(cfg.lr_decay_epochs, 1), cfg.epochs)
+
+
+class UnfreezeSchedule(Callback):
+    """Gradual unfreezing (`--unfreeze_schedule=block5:0,block4:2`, custom loop only):
+    at the start of each epoch the blocks whose epoch has come train (and everything
+    after them); before the first block's epoch only the head trains.
+
+    The phase is built with the union of all stages trainable (`Config.
+    resolved_unfreeze_from` is the block unfrozen last), so the optimizer holds the
+    slots of every weight that will train, and the frozen-prefix feature cache is cut
+    once, before that lowest block: exact for every stage (the blocks still frozen in
+    early stages run forward, in inference mode, on the cached features). At a stage
+    change the loop traces its step again for the new trainable set. Stateless: the
+    stage is a function of the epoch, so a resumed run is in the right stage.
+    fit() cannot change the trainable set mid-fit: `Config` refuses `--loop=fit`.
+    """
+
+    def __init__(self, loop, cfg):
+        super().__init__()
+        from model import first_trainable_position
+        self.loop, self.cfg = loop, cfg
+        self.stages = _check_stages(loop.model, cfg)
+        self.position = {name: first_trainable_position(loop.model, name)
+                         for name, _ in self.stages}
+        self.current = None
+        self.history = []  # (epoch, unfreeze_from or None) at each change.
+
+    def stage(self, epoch: int):
+        """The lowest block that trains at `epoch` (None: the head only)."""
+        started = [name for name, start in self.stages if start <= epoch]
+        return min(started, key=self.position.get) if started else None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        unfreeze_from = self.stage(epoch)
+        if self.history and unfreeze_from == self.current:
+            return
+        from model import set_trainable
+        from model.augment import unfreeze_batch_norm
+        set_trainable(self.loop.model, "finetune" if unfreeze_from else "head", unfreeze_from)
+        if self.cfg.train_bn and unfreeze_from:
+            unfreeze_batch_norm(self.loop.model, "finetune", unfreeze_from)
+        self.loop.retrace()
+        self.current = unfreeze_from
+        self.history.append((epoch, unfreeze_from))
+
+
+def _check_stages(model, cfg) -> list[tuple[str, int]]:
+    """The schedule's stages; blocks lower in the model must come at later epochs."""
+    from flags.config import parse_unfreeze_schedule
+    from flags.errors import ConfigError
+    from model import first_trainable_position
+    stages = parse_unfreeze_schedule(cfg.unfreeze_schedule)
+    ordered = sorted(stages, key=lambda s: -first_trainable_position(model, s[0]))
+    epochs = [epoch for _, epoch in ordered]
+    if epochs != sorted(epochs):
+        raise ConfigError(f"--unfreeze_schedule={cfg.unfreeze_schedule}: a lower block would "
+                          "train before a higher one; unfreeze from the top down, e.g. "
+                          "block5:0,block4:2")
+    return stages

@@ -175,6 +175,8 @@ def test_layer_lr_decay_scales_each_update_not_the_gradient(mobilenet):
 def test_layer_lr_decay_of_one_is_the_plain_optimizer(mobilenet):
     opt = schedules.make_optimizer(Config(layer_lr_decay=1.0), model=mobilenet)
     assert type(opt) is keras.optimizers.Adam
+    # Evaluation makes the trained run's optimizer without a model: nothing trains.
+    assert type(schedules.make_optimizer(Config(layer_lr_decay=0.5))) is keras.optimizers.Adam
 
 
 # ---- (4) the learning-rate finder ---------------------------------------------------------
@@ -426,3 +428,70 @@ def test_train_bn_unfreezes_batch_norm_of_the_unfrozen_blocks_only(mobilenet):
     assert mobilenet.get_layer("conv_dw_12_bn").trainable
     assert not mobilenet.get_layer("conv_pw_11_bn").trainable
     assert any("conv_pw_13_bn/gamma" == v.path for v in mobilenet.trainable_variables)
+
+
+# ---- (6) gradual unfreezing -----------------------------------------------------------------
+def _unfreezing_run(cfg):
+    from loops import train_lib
+    seen = []
+
+    def hooks(module):
+        def begin(epoch, logs=None):
+            model = hook.model
+            seen.append(({v.path.split("/")[0] for v in model.trainable_variables},
+                         {v.path: v.numpy().copy() for v in model.weights}))
+        hook = module.LambdaCallback(on_epoch_begin=begin)
+        return [hook]
+
+    model, _ = train_lib.train_phase(cfg, extra_hooks=hooks)
+    return model, seen
+
+
+def test_gradual_unfreezing_trains_the_scheduled_blocks_per_epoch(tiny_config):
+    from loops import train_lib
+    head = tiny_config.replace(backbone="vgg16", unfreeze_from=None, synthetic_examples=32,
+                               batch_size=16, epochs=1, learning_rate=5e-3)
+    train_lib.run(head)
+    cfg = head.replace(phase="finetune", epochs=3, unfreeze_schedule="block5:1,block4:2",
+                       feature_cache="off")
+    assert cfg.resolved_unfreeze_from == "block4"
+    model, seen = _unfreezing_run(cfg)
+    trainable = [layers for layers, _ in seen]
+    block5 = {f"block5_conv{i}" for i in (1, 2, 3)}
+    block4 = {f"block4_conv{i}" for i in (1, 2, 3)}
+    assert trainable == [{"logits"}, {"logits", *block5}, {"logits", *block5, *block4}]
+    weights = [w for _, w in seen] + [{v.path: v.numpy() for v in model.weights}]
+
+    def moved(name, epoch):
+        return not np.array_equal(weights[epoch][name], weights[epoch + 1][name])
+    assert [moved("logits/kernel", e) for e in range(3)] == [True, True, True]
+    assert [moved("block5_conv3/kernel", e) for e in range(3)] == [False, True, True]
+    assert [moved("block4_conv1/kernel", e) for e in range(3)] == [False, False, True]
+    assert not moved("block3_conv3/kernel", 2)
+    # The feature cache is cut once, before block4: the same run up to float rounding
+    # (amplified by Adam where a gradient is tiny: far below one step of 5e-3).
+    import os
+    cached, _ = _unfreezing_run(cfg.replace(
+        feature_cache="memory", workdir=cfg.workdir + "_cached",
+        init_checkpoint=os.path.join(cfg.workdir, "head", "best.weights.h5")))
+    for a, b in zip(model.weights, cached.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=5e-5)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(loop="fit"), "pass --loop=custom"),
+    (dict(unfreeze_from="block_12"), "drop --unfreeze_from"),
+    (dict(unfreeze_schedule="block_12"), "not BLOCK:EPOCH"),
+    (dict(unfreeze_schedule="block_12:1,block_12:2"), "twice"),
+])
+def test_unfreeze_schedule_errors(changes, message):
+    values = dict(phase="finetune", unfreeze_schedule="block_13:0,block_12:2", **changes)
+    with pytest.raises(ConfigError, match=message):
+        Config(**values)
+
+
+def test_unfreeze_schedule_must_go_from_the_top_down(mobilenet, tiny_config):
+    cfg = tiny_config.replace(phase="finetune", unfreeze_from=None,
+                              unfreeze_schedule="block_12:0,block_13:2")
+    with pytest.raises(ConfigError, match="from the top down"):
+        schedules._check_stages(mobilenet, cfg)

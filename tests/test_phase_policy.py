@@ -626,7 +626,8 @@ def test_default_backups_resume_after_sigkill(reference, tmp_path, caplog):
     workdir = tmp_path / "w"
     cfg = tiny(workdir, **REFERENCE)
     argv = flags_of(cfg)
-    assert not [a for a in argv if "backup" in a]  # No backup flag at all.
+    names = [a.split("=")[0].lstrip("-") for a in argv]
+    assert not [n for n in names if "backup" in n]  # No backup flag at all.
     process = subprocess.Popen([sys.executable, "train.py", *argv], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = workdir / "head" / "backup" / "state.json"
@@ -684,19 +685,28 @@ def test_resume_refuses_changed_data_and_accepts_respelled_paths(tmp_path, monke
     assert (workdir / "head" / "final.weights.h5").exists()
 
 
-def test_resume_with_changed_data_and_overwrite_starts_over(tmp_path, caplog):
-    data = tmp_path / "data"
-    png_folder(data / "train", {"cat": 8, "dog": 8})
-    workdir = tmp_path / "w"
-    cfg = tiny(workdir, dataset="cats_vs_dogs", data_dir=str(data), epochs=2)
+@pytest.mark.xfail(strict=True, reason="BUG: the error for an unfinished --nobackup run says "
+                   "'drop --nobackup to resume it', and dropping it is then refused as other "
+                   "flags (--backup=True (was False))")
+def test_the_fix_named_for_an_unfinished_nobackup_run_works(tmp_path):
+    cfg = tiny(tmp_path / "w", epochs=2, backup=False)
     with pytest.raises(Interrupted):
         train_lib.train_phase(cfg, extra_hooks=interrupt_at_epoch_begin(1))
-    write_png(data / "train" / "dog" / "new.png", (1, 2, 3))
-    caplog.set_level(logging.INFO)
-    train_lib.run(cfg.replace(overwrite=True))
-    assert "resuming" not in caplog.text
-    assert csv_epochs(workdir / "head" / "log.csv") == ["0", "1"]
-    fingerprint = json.loads((workdir / "head" / "data.json").read_text())["fingerprint"]
-    import input_pipeline
-    assert fingerprint == input_pipeline.data_fingerprint(cfg)
+    with pytest.raises(ConfigError) as e:
+        train_lib.run(cfg)
+    assert_one_line(e, "--nobackup")
+    if "drop --nobackup" in str(e.value):  # Follow the advice.
+        fresh_session()
+        train_lib.run(cfg.replace(backup=True))
+        assert csv_epochs(tmp_path / "w" / "head" / "log.csv") == ["0", "1"]
 
+
+@pytest.mark.xfail(strict=True, reason="BUG: evaluate keeps the trained run's --data_dir when "
+                   "--dataset names another source, and silently evaluates the trained folder")
+def test_evaluate_with_another_dataset_than_the_trained_folder(tmp_path):
+    data = png_folder(tmp_path / "data" / "train", {"cat": 8, "dog": 8}).parent
+    workdir = tmp_path / "w"
+    train_lib.run(tiny(workdir, dataset="cats_vs_dogs", data_dir=str(data)))
+    result = train_lib.run(Config(phase="evaluate", workdir=str(workdir), dataset="synthetic",
+                                  verbose=0))
+    assert str(data) not in result["data"]
