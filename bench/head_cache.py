@@ -14,6 +14,7 @@ efficientnet_b0, ...) the cache cuts at the pooled features, a dominator of the 
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
@@ -36,6 +37,8 @@ def parse_args(argv=None):
     parser.add_argument("--feature_cache", default="auto")
     parser.add_argument("--tensorboard", action="store_true",
                         help="keep the TensorBoard hook on (off: pure compute)")
+    parser.add_argument("--backup", action=argparse.BooleanOptionalAction, default=True,
+                        help="per-epoch backups (--backup, tapefit's default) in both loops")
     return parser.parse_args(argv)
 
 
@@ -43,7 +46,7 @@ def worker(args):
     workdir = common.fresh_workdir("head")
     try:
         cfg = common.phase_config(args, args.worker, workdir, phase="head",
-                                  epochs=args.epochs)
+                                  epochs=args.epochs, backup=args.backup)
         common.emit(common.timed_phase(cfg))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -93,7 +96,8 @@ def main():
     text = (f"{args.backbone} (weights=none) at {args.image_size}², head phase, "
             f"{args.epochs} epochs, batch {args.batch_size}, max {args.examples} photos per "
             f"split, feature_cache={args.feature_cache} for custom, TensorBoard "
-            f"{'on' if args.tensorboard else 'off'}; one child process per run, runs "
+            f"{'on' if args.tensorboard else 'off'}, backups {'on' if args.backup else 'off'}; "
+            f"one child process per run, runs "
             f"interleaved, {args.repeats} run(s) per variant.\n\n")
     text += common.table(
         ["variant", "runs", "total s (median)", "total range", "setup s", "epoch 1 s",

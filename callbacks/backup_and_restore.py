@@ -38,7 +38,9 @@ import dataclasses
 import glob
 import io
 import os
+import re
 import shutil
+import zipfile
 
 import numpy as np
 
@@ -65,6 +67,10 @@ class Position:
 def state_key(hook) -> str:
     """A hook's stable name in a backup: its `state_key` or its class name."""
     return getattr(hook, "state_key", None) or type(hook).__name__
+
+
+def _unnumbered(path: str) -> str:
+    return re.sub(r"_\d+(?=/|$)", "", path)
 
 
 def _is_arrays(value) -> bool:
@@ -336,7 +342,10 @@ class BackupAndRestore(Callback):
             raise BackupError(f"{self._state_path} has format {state.get('format')}, "
                               f"not {EXACT_FORMAT}")
         variables = self._variables()
-        if [v.path for v in variables] != state["variable_paths"]:
+        # Names up to Keras' per-process numbering ("dense_3"): the same model built
+        # after others in one process (a sweep) still fits its backup.
+        if [_unnumbered(v.path) for v in variables] != [
+                _unnumbered(p) for p in state["variable_paths"]]:
             raise BackupError(f"the backup in {self.backup_dir} is of another model or "
                               "optimizer")
         try:
@@ -364,7 +373,7 @@ class BackupAndRestore(Callback):
                     hook_state[name] = _load_arrays(
                         os.path.join(self.backup_dir, state["files"][f"{key}/{name}"]))
                 hook.set_state(hook_state)
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
             if isinstance(e, BackupError):
                 raise
             raise BackupError(f"the backup in {self.backup_dir} cannot be read "

@@ -35,12 +35,14 @@ def _whole_folder(folder: str, cfg):
     skipped = []
     listing = folders._list_classes(folder, skipped)
     class_names = tuple(listing)
-    # The decoded images are cached (--image_cache) like a split, keyed by this folder.
-    caches = folders._image_caches(cfg.replace(data_dir=folder), folder)
-    manifest = caches["test"].manifest() if caches else None
+    # The decoded images are cached (--image_cache) as the split "whole" of this folder
+    # (a training run on the same folder has other splits: train, validation, test).
+    caches = folders._image_caches(cfg.replace(data_dir=folder), folder, ("whole",))
+    cache = caches["whole"] if caches else None
+    manifest = cache.manifest() if cache else None
     if manifest:
         size = manifest["examples"]
-        return caches["test"].dataset(None, size, cfg.image_size), size, class_names
+        return cache.dataset(None, size, cfg.image_size), size, class_names
     entries = folders._entries(listing, class_names)
     limit = cfg.max_examples_per_split if cfg.max_examples_per_split > 0 else None
     with concurrent.futures.ThreadPoolExecutor(folders._num_workers()) as pool:
@@ -49,6 +51,6 @@ def _whole_folder(folder: str, cfg):
         raise DataError(f"{folders.printable(folder)} has no readable images; add some")
     kept.sort(key=lambda e: (e[1], e[0]))
     ds = folders._dataset(kept, cfg.image_size)
-    if caches:
-        ds = caches["test"].dataset(ds, len(kept), cfg.image_size)
+    if cache:
+        ds = cache.dataset(ds, len(kept), cfg.image_size)
     return ds, len(kept), class_names

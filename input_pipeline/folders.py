@@ -100,7 +100,7 @@ def load(cfg) -> Splits:
                   skipped=tuple(sorted(printable(path) for path in skipped)), **datasets)
 
 
-def _image_caches(cfg, root: str) -> dict | None:
+def _image_caches(cfg, root: str, splits=SPLITS) -> dict | None:
     """{split: its `image_cache.SplitCache`} under `--image_cache=disk`, else None."""
     from input_pipeline import image_cache
     if image_cache.resolve(cfg, "folder") != "disk":
@@ -114,7 +114,7 @@ def _image_caches(cfg, root: str) -> dict | None:
             return False
 
     folder = os.path.join(image_cache.root(cfg), image_cache.key(cfg, "folder " + fingerprint))
-    return {split: image_cache.SplitCache(folder, split, unchanged) for split in SPLITS}
+    return {split: image_cache.SplitCache(folder, split, unchanged) for split in splits}
 
 
 def printable(path: str) -> str:

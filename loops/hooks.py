@@ -72,6 +72,12 @@ def weights_are_finite(model) -> bool:
                if np.issubdtype(np.dtype(w.dtype), np.floating))
 
 
+def logs_are_finite(logs) -> bool:
+    """No loss in `logs` (loss, val_loss) is NaN or infinite."""
+    return all(np.isfinite(value) for key, value in (logs or {}).items()
+               if key in ("loss", "val_loss") and isinstance(value, (int, float)))
+
+
 _FINITE_ONLY = {}
 
 
@@ -82,7 +88,7 @@ def finite_only(cls):
             skipped_non_finite = None  # The last epoch whose save was skipped.
 
             def on_epoch_end(self, epoch, logs=None):
-                if weights_are_finite(self.model):
+                if logs_are_finite(logs) and weights_are_finite(self.model):
                     super().on_epoch_end(epoch, logs)
                 else:
                     self.skipped_non_finite = epoch

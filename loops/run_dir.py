@@ -23,7 +23,10 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 import zlib
+
+import numpy as np
 
 from callbacks.atomic_io import read_json
 from callbacks.backup_and_restore import METADATA, STATE_JSON, Position
@@ -38,7 +41,7 @@ BEST_WEIGHTS = "best.weights.h5"
 FINAL_WEIGHTS = "final.weights.h5"
 BACKUP_DIR = "backup"
 # Flags that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("verbose", "overwrite", "debug", "workdir")
+RESUMABLE_CHANGES = ("verbose", "overwrite", "debug", "workdir", "backup")
 # Flags holding paths: compared as real paths (a moved or re-spelled --workdir resumes).
 PATH_FIELDS = ("data_dir", "tfds_data_dir", "init_checkpoint", "weights", "feature_cache_dir")
 
@@ -98,13 +101,13 @@ def _check_backup(backup_dir: str) -> Position | None:
         if os.path.exists(state_path):  # The custom loop's exact backup.
             state = read_json(state_path)
             for name in state["files"].values():
-                with open(os.path.join(backup_dir, name), "rb") as f:
-                    if f.read(4) != b"PK\x03\x04":  # Every .npz is a zip archive.
-                        raise ValueError(f"{name} is not an .npz file")
+                with np.load(os.path.join(backup_dir, name), allow_pickle=False) as data:
+                    for key in data.files:
+                        data[key]  # Reads every array: a cut file fails here.
             return Position(state["epoch"], state["step"], state["stopped"])
         if os.path.exists(keras_path):  # Keras' BackupAndRestore (fit loop).
             return Position(int(read_json(keras_path)["epoch"]), 0)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
         raise ConfigError(f"the backup in {backup_dir} is corrupt ({str(e)[:100]}); pass "
                           "--overwrite to start the phase over") from None
     return None

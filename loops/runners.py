@@ -20,13 +20,15 @@ import keras
 
 import callbacks as our_callbacks
 import input_pipeline
+from callbacks.backup_and_restore import BackupError
+from flags.errors import ConfigError
 from loops import feature_cache
 from loops.custom import CustomLoop, make_loss, make_metrics
 from loops.hooks import BACKUP_DIR, LOG_CSV, TENSORBOARD_DIR, hook_specs, instantiate
 from loops.run_dir import BEST_WEIGHTS, FINAL_WEIGHTS
 from loops.schedules import is_step_schedule, make_optimizer
-from model.augment import mix_batches, mixes
 from loops.strategy import prepare_fit
+from model.augment import mix_batches, mixes, uncacheable
 
 
 class Runner:
@@ -172,8 +174,8 @@ class CustomRunner(Runner):
         splits = plan.splits
         train_examples, validation_examples = splits.train, splits.validation
         cut, mode = None, "off"
-        if cfg.feature_cache != "off" and mixes(cfg.augment):
-            logging.info("feature cache off: --augment=%s mixes images", cfg.augment)
+        if cfg.feature_cache != "off" and uncacheable(cfg.augment):
+            logging.info("feature cache off: --augment=%s changes every image", cfg.augment)
         elif cfg.feature_cache != "off":
             cut, reason = feature_cache.find_cut(plan.model)
             mode = feature_cache.resolve(cfg.feature_cache, cut, reason,
@@ -211,12 +213,16 @@ class CustomRunner(Runner):
         if cfg.unfreeze_schedule:  # Gradual unfreezing: first at every epoch start.
             from loops.schedules import UnfreezeSchedule
             hooks = [UnfreezeSchedule(loop, cfg), *hooks]
-        for hook in hooks:
-            if isinstance(hook, our_callbacks.BackupAndRestore):
-                hook.bind(loop, hooks)
-        return loop.fit(train_data, epochs=cfg.epochs, steps_per_epoch=plan.steps_per_epoch,
-                        validation_data=validation_data, callbacks=hooks,
-                        verbose=_keras_verbose(cfg.verbose))
+        try:
+            for hook in hooks:
+                if isinstance(hook, our_callbacks.BackupAndRestore):
+                    hook.bind(loop, hooks)
+            return loop.fit(train_data, epochs=cfg.epochs,
+                            steps_per_epoch=plan.steps_per_epoch,
+                            validation_data=validation_data, callbacks=hooks,
+                            verbose=_keras_verbose(cfg.verbose))
+        except BackupError as e:
+            raise ConfigError(f"{e}; pass --overwrite to start the phase over") from None
 
 
 class FitRunner(Runner):

@@ -29,7 +29,7 @@ from flags.config import Config
 from flags.errors import ConfigError, RunError
 from loops import run_dir as run_dir_lib
 from loops.custom import make_loss
-from loops.hooks import weights_are_finite
+from loops.hooks import logs_are_finite, weights_are_finite
 from loops.run_dir import (
     BEST_WEIGHTS,
     CLASSES_JSON,
@@ -236,20 +236,20 @@ def prepare(plan: Plan) -> None:
 
 
 # ---- finish ---------------------------------------------------------------------------
-def finish(plan: Plan, runner) -> bool:
+def finish(plan: Plan, runner, logs=None) -> bool:
     """The final weights, then the backup goes (a kill before the final save resumes
     from it). Non-finite weights (a run stopped on NaN) are never saved: the run says
     so, and `best.weights.h5` stays the last finite epoch's (or is absent). Returns
     whether the final weights were saved."""
     run_dir = plan.run_dir
-    finite = weights_are_finite(plan.model)
+    finite = weights_are_finite(plan.model) and logs_are_finite(logs)
     if finite:
         save_weights(plan.model, os.path.join(run_dir, FINAL_WEIGHTS))
     else:
         best = os.path.join(run_dir, BEST_WEIGHTS)
         kept = (f"{best} holds the last finite epoch's weights" if os.path.exists(best)
                 else "no checkpoint was written")
-        logging.warning("training diverged: the weights are NaN or infinite, so %s is not "
+        logging.warning("training diverged: a loss or weight is NaN or infinite, so %s is not "
                         "written (%s); pass a lower --learning_rate and --overwrite",
                         FINAL_WEIGHTS, kept)
     runner.delete_backup()
@@ -263,10 +263,15 @@ def _train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
     cfg = resolve_learning_rate(cfg)  # --learning_rate=auto: the finder's suggestion.
     plan = make_plan(cfg, run_dir, extra_hooks)
     with locked(plan):
+        if plan.chief:  # Another process may have used the directory since the plan.
+            state = run_dir_lib.inspect(cfg, plan.run_dir, plan.data_fingerprint)
+            if state != plan.state:
+                raise RunError(f"{plan.run_dir} changed while this run was starting (another "
+                               "process ran in it); run the command again")
         prepare(plan)
         runner = RUNNERS[cfg.loop](plan)
         logs = runner.fit(*runner.data(), runner.hooks())
-        saved = finish(plan, runner)
+        saved = finish(plan, runner, logs)
         summary = runner.summary(logs)
         if not saved:
             summary["files"]["final"] = None
@@ -335,6 +340,8 @@ def evaluation_data(cfg: Config, trained: Config) -> Config:
     default = Config()
     given = {f: getattr(cfg, f) for f in EVALUATION_DATA_FIELDS
              if getattr(cfg, f) != getattr(default, f)}
+    if "dataset" in given and "data_dir" not in given:  # Another source than a folder.
+        given["data_dir"] = None
     return trained.replace(phase="evaluate", workdir=cfg.workdir, **given)
 
 

@@ -67,6 +67,13 @@ def mixes(spec: str) -> tuple[str, ...]:
     return tuple(name for name in parse(spec) if name in IN_BATCH)
 
 
+def uncacheable(spec: str) -> bool:
+    """Whether `spec` rules out the frozen-prefix feature cache on its own: mixing
+    changes the images fed to the prefix, and RandAugment is a random layer that
+    `loops.feature_cache.RANDOM_LAYERS` does not list (flip and rotate it does)."""
+    return bool(mixes(spec)) or "randaugment" in parse(spec)
+
+
 def mix_batches(batches, spec: str, num_classes: int, seed: int, first_step: int = 0):
     """`batches` of (images, integer labels) → (mixed images, soft labels) for the
     `mixup`/`cutmix` of `spec` (both: each batch one of them, with probability ½).

@@ -469,13 +469,14 @@ def test_gradual_unfreezing_trains_the_scheduled_blocks_per_epoch(tiny_config):
     assert [moved("block4_conv1/kernel", e) for e in range(3)] == [False, False, True]
     assert not moved("block3_conv3/kernel", 2)
     # The feature cache is cut once, before block4: the same run up to float rounding
-    # (amplified by Adam where a gradient is tiny: far below one step of 5e-3).
+    # (which Adam amplifies in single elements whose gradient is about 0: compared by
+    # norm, a stale or misplaced cut would differ by whole steps).
     import os
     cached, _ = _unfreezing_run(cfg.replace(
         feature_cache="memory", workdir=cfg.workdir + "_cached",
         init_checkpoint=os.path.join(cfg.workdir, "head", "best.weights.h5")))
     for a, b in zip(model.weights, cached.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=5e-5)
+        assert np.linalg.norm(a.numpy() - b.numpy()) <= 1e-3 * np.linalg.norm(a.numpy())
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -485,7 +486,7 @@ def test_gradual_unfreezing_trains_the_scheduled_blocks_per_epoch(tiny_config):
     (dict(unfreeze_schedule="block_12:1,block_12:2"), "twice"),
 ])
 def test_unfreeze_schedule_errors(changes, message):
-    values = dict(phase="finetune", unfreeze_schedule="block_13:0,block_12:2", **changes)
+    values = {"phase": "finetune", "unfreeze_schedule": "block_13:0,block_12:2", **changes}
     with pytest.raises(ConfigError, match=message):
         Config(**values)
 

@@ -100,6 +100,10 @@ def csv_epochs(path) -> list[str]:
         return [line.split(",")[0] for line in f.read().splitlines()[1:]]
 
 
+def csv_epochs_from(data: bytes) -> list[str]:
+    return [line.split(",")[0] for line in data.decode().splitlines()[1:]]
+
+
 def assert_one_line(excinfo, *fragments):
     message = str(excinfo.value)
     assert message and "\n" not in message, message
@@ -349,10 +353,6 @@ def test_kill_after_a_csv_row_before_its_backup_resumes_without_a_duplicate_row(
     assert not os.path.exists(run_dir / "backup")
 
 
-def csv_epochs_from(data: bytes) -> list[str]:
-    return [line.split(",")[0] for line in data.decode().splitlines()[1:]]
-
-
 # ---- 8. a hook with a `filename` that is not a CSV ----------------------------------------
 
 def test_a_hook_with_a_filename_attribute_is_not_touched_on_resume(resumed_after_kill):
@@ -426,9 +426,6 @@ def test_a_huge_learning_rate_never_leaves_non_finite_weights_or_predictions(
         assert_one_line_error(out)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: FiniteOnly checks the weights only; an epoch "
-                   "whose loss overflowed (finite but huge weights) is still checkpointed "
-                   "and final.weights.h5 is written although the run stopped on NaN")
 def test_an_epoch_with_a_non_finite_loss_is_never_checkpointed(huge_learning_rate):
     run_dir = huge_learning_rate / "head"
     log = (run_dir / "log.csv").read_text()
@@ -488,9 +485,6 @@ def test_resume_with_other_flags_leaves_the_workdir_byte_identical(killed_at_epo
     assert set(after) <= set(before)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a truncated backup .npz (zip magic intact) "
-                   "raises zipfile.BadZipFile in BackupAndRestore.restore, and BackupError is "
-                   "no TapefitError: a traceback, after config.json was rewritten")
 def test_a_corrupt_backup_is_one_line_and_writes_nothing(killed_at_epoch_2, tmp_path):
     workdir = tmp_path / "w"
     shutil.copytree(killed_at_epoch_2[0], workdir)
@@ -511,9 +505,6 @@ def test_zero_epochs_is_one_line_and_writes_nothing(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the run-directory decision is made before the "
-                   "lock and not checked again under it: a run that finishes in between "
-                   "is overwritten by a plan that saw an empty directory")
 def test_a_run_that_finishes_while_another_plans_is_not_overwritten(tmp_path, monkeypatch):
     workdir = tmp_path / "w"
     first, second = tiny(workdir, epochs=1), tiny(workdir, epochs=2, learning_rate=0.01)
@@ -685,9 +676,6 @@ def test_resume_refuses_changed_data_and_accepts_respelled_paths(tmp_path, monke
     assert (workdir / "head" / "final.weights.h5").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the error for an unfinished --nobackup run says "
-                   "'drop --nobackup to resume it', and dropping it is then refused as other "
-                   "flags (--backup=True (was False))")
 def test_the_fix_named_for_an_unfinished_nobackup_run_works(tmp_path):
     cfg = tiny(tmp_path / "w", epochs=2, backup=False)
     with pytest.raises(Interrupted):
@@ -701,8 +689,6 @@ def test_the_fix_named_for_an_unfinished_nobackup_run_works(tmp_path):
         assert csv_epochs(tmp_path / "w" / "head" / "log.csv") == ["0", "1"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: evaluate keeps the trained run's --data_dir when "
-                   "--dataset names another source, and silently evaluates the trained folder")
 def test_evaluate_with_another_dataset_than_the_trained_folder(tmp_path):
     data = png_folder(tmp_path / "data" / "train", {"cat": 8, "dog": 8}).parent
     workdir = tmp_path / "w"
