@@ -28,9 +28,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (DEFAULT_DATA_DIR, DEFAULT_MOBILENET_WEIGHTS,  # noqa: E402
-                          base_parser, check_data_dir, check_file, fresh_workdir,
-                          machine_line, quiet_tf)
+from bench.common import (  # noqa: E402
+    DEFAULT_DATA_DIR,
+    DEFAULT_MOBILENET_WEIGHTS,
+    base_parser,
+    check_data_dir,
+    check_file,
+    fresh_workdir,
+    machine_line,
+    quiet_tf,
+)
 
 # Candidates for the tuned recipe: {phase: flags}; "classic" is every flag at its default.
 CANDIDATES = {
@@ -49,6 +56,11 @@ CANDIDATES = {
         "finetune": {"lr_schedule": "one_cycle", "learning_rate": 1e-3,
                      "label_smoothing": 0.1, "layer_lr_decay": 0.7, "weight_decay": 0.01},
     },
+    "tuned_bn": {
+        "head": {"lr_schedule": "one_cycle", "learning_rate": 3e-3, "label_smoothing": 0.1},
+        "finetune": {"lr_schedule": "one_cycle", "learning_rate": 1e-3, "train_bn": True,
+                     "label_smoothing": 0.1, "layer_lr_decay": 0.7, "weight_decay": 0.01},
+    },
     "tuned_hot": {
         "head": {"lr_schedule": "one_cycle", "learning_rate": 1e-2, "label_smoothing": 0.1},
         "finetune": {"lr_schedule": "one_cycle", "learning_rate": 2e-3,
@@ -61,7 +73,8 @@ def parse_args():
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--weights", default=DEFAULT_MOBILENET_WEIGHTS)
     parser.add_argument("--stage", default="final", choices=("select", "final"))
-    parser.add_argument("--candidates", default=",".join(c for c in CANDIDATES))
+    parser.add_argument("--candidates",
+                        default="classic,one_cycle_smooth,tuned_v1,tuned_bn,tuned_hot")
     parser.add_argument("--select_seeds", default="0")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--loops", default="custom")

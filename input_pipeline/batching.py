@@ -120,7 +120,9 @@ def read_to_end(ds: tf.data.Dataset, num_examples: int) -> tf.data.Dataset:
     chunk = READ_AHEAD
     while num_examples % chunk == 0:
         chunk += 1
-    return ds.batch(chunk).unbatch()
+    # unbatch() forgets the size; steps and progress bars need it.
+    return ds.batch(chunk).unbatch().apply(
+        tf.data.experimental.assert_cardinality(num_examples))
 
 
 def _shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:

@@ -63,16 +63,19 @@ def resolve(mode: str, prefix: keras.Model, probe_batch=None, cpuinfo: str = "/p
     """(precision, reason): float32 or bfloat16 for `--feature_precision=mode`.
 
     `auto` is float32 without native bfloat16; with it, bfloat16 when one batch
-    (`probe_batch`, after a warm-up call each) runs faster in bfloat16.
+    (`probe_batch()`, called only then; after a warm-up call each) runs faster in
+    bfloat16.
     """
     if mode != "auto":
         return mode, f"--feature_precision={mode}"
     native, why = native_bf16(cpuinfo)
     if not native:
         return "float32", why
-    if probe_batch is None:
+    batch = probe_batch() if probe_batch is not None else None
+    if batch is None:
         return "float32", f"{why}, but no batch to probe"
-    seconds = {p: probe(forward(prefix, p), probe_batch) for p in ("float32", "bfloat16")}
+    batch = tf.cast(batch, tf.float32)
+    seconds = {p: probe(forward(prefix, p), batch) for p in ("float32", "bfloat16")}
     choice = min(seconds, key=seconds.get)
     return choice, (f"{why}; one batch took {seconds['float32'] * 1e3:.0f} ms in float32, "
                     f"{seconds['bfloat16'] * 1e3:.0f} ms in bfloat16")

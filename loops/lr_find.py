@@ -15,7 +15,8 @@ training images plus 100 steps of the head). Then, as fastai's `LRFinder`:
   steepest descent in log(lr)) and `minimum` (a tenth of the rate at the lowest loss).
 
 Model weights and optimizer state are restored afterwards. Writes
-`<workdir>/lr_find_<phase>/{lr_find.csv, lr_find.png, suggestions.json, config.json}`;
+`<workdir>/lr_find_<phase>/{lr_find.csv, lr_find.png, suggestions.json, config.json,
+summary.json}`;
 a later `--learning_rate=auto` (see `resolve_learning_rate`) trains that phase at the
 suggestion `--lr_suggestion` names.
 """
@@ -241,6 +242,7 @@ def run(cfg) -> dict:
         train_lib.write_json(os.path.join(out_dir, SUGGESTIONS_JSON),
                              {k: result[k] for k in ("for_phase", "steps", "stopped_early",
                                                      "suggestions")})
+        train_lib.write_json(os.path.join(out_dir, train_lib.SUMMARY_JSON), result)
     logging.info("learning-rate finder (%s): %s", cfg.for_phase,
                  ", ".join(f"{k} {v:.3g}" for k, v in found.items()))
     return result

@@ -30,6 +30,8 @@ def with_lr_multipliers(cls):
                 self._variable_multipliers = []
 
             def build(self, variables):
+                if self.built:  # Keras' optimizers build once; later calls change nothing.
+                    return
                 super().build(variables)
                 self._variable_multipliers = [
                     float(self.lr_multipliers.get(layer_of(v), 1.0)) for v in variables]

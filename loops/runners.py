@@ -22,7 +22,7 @@ import callbacks as our_callbacks
 import input_pipeline
 from callbacks.backup_and_restore import BackupError
 from flags.errors import ConfigError
-from loops import feature_cache
+from loops import feature_cache, feature_precision
 from loops.custom import CustomLoop, make_loss, make_metrics
 from loops.hooks import BACKUP_DIR, LOG_CSV, TENSORBOARD_DIR, hook_specs, instantiate
 from loops.run_dir import BEST_WEIGHTS, FINAL_WEIGHTS
@@ -182,13 +182,21 @@ class CustomRunner(Runner):
                                          splits.sizes["train"] + splits.sizes["validation"])
         if mode != "off":
             self.train_model = cut.suffix
+            key = feature_cache.data_key(cfg)
+            if cfg.feature_precision != "float32":  # loops/feature_precision.py
+                precision, why = feature_precision.resolve(
+                    cfg.feature_precision, cut.prefix,
+                    lambda: next(iter(splits.train.batch(cfg.batch_size)))[0])
+                feature_precision.log_choice(precision, why)
+                if precision != "float32":
+                    cut.forward = feature_precision.forward(cut.prefix, precision)
+                    key = dict(key, feature_precision=precision)
             folder = None
             if mode == "disk":
                 root = (cfg.feature_cache_dir
                         or os.path.join(cfg.workdir if plan.chief else plan.run_dir,
                                         feature_cache.CACHE_DIR))
-                folder = os.path.join(root, feature_cache.fingerprint(
-                    cut, feature_cache.data_key(cfg)))
+                folder = os.path.join(root, feature_cache.fingerprint(cut, key))
             train_examples, validation_examples = (
                 feature_cache.cached_features(cut, images, splits.sizes[split],
                                               folder and os.path.join(folder, split),

@@ -277,7 +277,7 @@ def test_lr_find_phase_then_learning_rate_auto(tiny_config):
     result = train_lib.run(cfg.replace(phase="lr_find", for_phase="head"))
     out = os.path.join(cfg.workdir, "lr_find_head")
     assert sorted(os.listdir(out)) == ["config.json", "lr_find.csv", "lr_find.png",
-                                       "suggestions.json"]
+                                       "suggestions.json", "summary.json"]
     found = json.load(open(os.path.join(out, "suggestions.json")))["suggestions"]
     assert found == result["suggestions"] and set(found) == {"valley", "steep", "minimum"}
     rows = open(os.path.join(out, "lr_find.csv")).read().splitlines()
@@ -496,3 +496,56 @@ def test_unfreeze_schedule_must_go_from_the_top_down(mobilenet, tiny_config):
                               unfreeze_schedule="block_12:0,block_13:2")
     with pytest.raises(ConfigError, match="from the top down"):
         schedules._check_stages(mobilenet, cfg)
+
+
+def test_lr_find_for_the_finetune_phase_leaves_the_head_run_alone(tiny_config):
+    import filecmp
+    import os
+    import shutil
+
+    from loops import train_lib
+    cfg = tiny_config.replace(epochs=1)
+    train_lib.run(cfg)
+    best = os.path.join(cfg.workdir, "head", "best.weights.h5")
+    shutil.copy(best, best + ".before")
+    result = train_lib.run(cfg.replace(phase="lr_find", for_phase="finetune"))
+    assert result["run_dir"] == os.path.join(cfg.workdir, "lr_find_finetune")
+    assert all(lr > 0 for lr in result["suggestions"].values())
+    assert filecmp.cmp(best, best + ".before", shallow=False)
+    assert not os.path.exists(os.path.join(cfg.workdir, "finetune"))
+    saved = json_load(os.path.join(result["run_dir"], "config.json"))
+    assert saved["phase"] == "lr_find" and saved["for_phase"] == "finetune"
+
+
+def json_load(path):
+    import json
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_exact_resume_continues_the_step_schedule_and_the_mixing(tiny_config):
+    """One-cycle reads the optimizer's step count and mixup the stream position: a run
+    interrupted mid-epoch and resumed from its backup ends bit-identical."""
+    import os
+
+    from loops import train_lib
+    cfg = tiny_config.replace(backbone="vgg16", unfreeze_from=None, synthetic_examples=32,
+                              batch_size=8, epochs=3, learning_rate=3e-3, dropout=0.0,
+                              lr_schedule="one_cycle", augment="mixup", backup=True,
+                              backup_every_steps=2)
+    straight, _ = train_lib.train_phase(cfg.replace(workdir=cfg.workdir + "_straight"))
+    expected = [w.numpy() for w in straight.weights]
+    batches = []
+
+    def interrupting(module):
+        def on_batch_end(batch, logs=None):
+            batches.append(batch)
+            if len(batches) == 7:  # Epoch 2, after the backup at its step 2.
+                raise KeyboardInterrupt
+        return [module.LambdaCallback(on_train_batch_end=on_batch_end)]
+
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train_phase(cfg, extra_hooks=interrupting)
+    assert os.path.isdir(os.path.join(cfg.run_dir, "backup"))
+    resumed, _ = train_lib.train_phase(cfg)
+    assert all(np.array_equal(w.numpy(), e) for w, e in zip(resumed.weights, expected))

@@ -52,9 +52,12 @@ def test_pick_flip_in_inference_returns_the_images_features():
 
 # ---- the cache in training --------------------------------------------------------------
 
-# As tests/test_feature_cache.py: features from batches of another size than the
-# training step's agree up to float rounding of the prefix forward.
-RELATIVE_TOLERANCE = 1e-5
+# Relative difference of the trained (trainable) weights: cached features come from
+# other batches than the training step's (and the mirror images' from all-mirrored
+# batches), so they agree up to float rounding of the prefix forward, which training
+# amplifies. Measured here: head 3.2e-7, finetune 2.7e-5 (block5 trains on the
+# cached block4 features); a wrong flip decision (no flips at all) gives 5.6e-2.
+RELATIVE_TOLERANCE = 1e-4
 
 
 @pytest.fixture
@@ -90,7 +93,7 @@ def test_flip_with_rotation_keeps_the_cache_off(flip_config):
 
 
 def weights_distance(a, b):
-    """Relative difference of all weights together (a wrong cut differs by O(1))."""
+    """Relative difference of lists of weights, all together."""
     difference = np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(a, b, strict=True)))
     return difference / np.sqrt(sum(np.sum(x ** 2) for x in a))
 
@@ -112,7 +115,7 @@ def test_training_on_cached_flips_equals_flipping_the_images(flip_config, phase,
             continue
         with caplog.at_level(logging.INFO):
             model, logs[name] = train_lib.train_phase(cfg, run_dir=str(tmp_path / name))
-        weights[name] = model.get_weights()
+        weights[name] = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
         if name == "cached":
             assert "two outcomes cached" in caplog.text  # The flip cache engaged.
     for other in ("uncached", "fit"):
