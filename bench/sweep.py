@@ -1,8 +1,11 @@
 """A head-phase sweep (`sweep.py`, one process) vs the same trials as separate
 `train.py --loop=fit` runs.
 
-Six trials: 3 learning rates × 2 seeds, 3 epochs, VGG16 (weights=none) at 128²,
-500 photos per split of ../shared. Each side is timed from outside, as a user would
+Six trials: 3 learning rates × 2 seeds, 3 epochs, VGG16 at 128², 500 photos per split
+of ../shared. The backbone is "pretrained" as in a real study: its weights come from one
+file (`--weights=PATH`) that every trial and fit run loads, so they do not depend on
+`--seed` (ImageNet's cannot be downloaded here: the file holds seeded random weights,
+which costs the same to run). Each side is timed from outside, as a user would
 see it: the wall time of its command(s), Python and TensorFlow start-up included,
 and the CPU time of those processes (all threads).
 
@@ -40,8 +43,20 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def backbone_weights_file(args) -> str:
+    """A weights file of the backbone without top (seeded random values), made once."""
+    path = os.path.join(common.fresh_workdir("weights"), f"{args.backbone}_notop.weights.h5")
+    code = ("import keras, sys; keras.utils.set_random_seed(0); "
+            f"m = keras.applications.{ {'vgg16': 'VGG16', 'vgg19': 'VGG19'}[args.backbone] }("
+            f"include_top=False, weights=None, input_shape=({args.image_size}, "
+            f"{args.image_size}, 3)); m.save_weights(sys.argv[1])")
+    subprocess.run([sys.executable, "-c", code, path], check=True, capture_output=True)
+    return path
+
+
 def base_flags(args) -> list[str]:
-    return [f"--backbone={args.backbone}", "--weights=none", f"--image_size={args.image_size}",
+    return [f"--backbone={args.backbone}", f"--weights={args.weights}",
+            f"--image_size={args.image_size}",
             f"--data_dir={args.data_dir}", f"--max_examples_per_split={args.examples}",
             f"--batch_size={args.batch_size}", f"--epochs={args.epochs}", "--verbose=0"]
 
@@ -110,6 +125,7 @@ def final_val_losses(workdir, variant):
 def main():
     args = parse_args()
     args.data_dir = common.check_data_dir(args.data_dir)
+    args.weights = backbone_weights_file(args)
     variants = args.variants.split(",")
     runs = {v: [] for v in variants}
     for repeat, variant in common.interleaved(variants, args.repeats):

@@ -88,9 +88,12 @@ def _normalised(field: str, value):
 
 
 def config_differences(cfg: Config, saved: dict) -> list[str]:
-    return [f"--{k}={getattr(cfg, k)} (was {saved.get(k)})" for k in cfg.to_dict()
+    """The flags that differ from a saved config.json; a flag the saved file does not
+    have (written by an older tapefit) counts as its default."""
+    defaults = Config().to_dict()
+    return [f"--{k}={getattr(cfg, k)} (was {saved.get(k, defaults[k])})" for k in defaults
             if k not in RESUMABLE_CHANGES
-            and _normalised(k, saved.get(k)) != _normalised(k, getattr(cfg, k))]
+            and _normalised(k, saved.get(k, defaults[k])) != _normalised(k, getattr(cfg, k))]
 
 
 def _check_backup(backup_dir: str) -> Position | None:
