@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import threading
-import time
 import urllib.parse
 import urllib.request
 
 import tensorflow as tf
 
 from input_pipeline.common import SPLITS, DataError, Splits, map_examples, resize_uint8, to_rgb
+from input_pipeline.network import PROBE_TIMEOUT_S, network_available  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-PROBE_TIMEOUT_S = 3.0
 # Hosts probed for datasets whose download URLs tfds does not list.
 FALLBACK_HOSTS = ("storage.googleapis.com",)
 _SPLIT_FLAGS = {"train": "train_split", "validation": "validation_split_name",
@@ -134,29 +131,3 @@ def download_hosts(builder) -> list:
     return hosts or list(FALLBACK_HOSTS)
 
 
-def network_available(hosts, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to any of `hosts` (or the HTTPS proxy) opens within `timeout`."""
-    proxy = urllib.request.getproxies().get("https")
-    targets = [(h, 443) for h in hosts]
-    if proxy:
-        parts = urllib.parse.urlsplit(proxy if "//" in proxy else "//" + proxy)
-        targets = [(parts.hostname, parts.port or 80)]
-    reached = []
-
-    def probe(address):
-        try:
-            socket.create_connection(address, timeout=timeout).close()
-            reached.append(address)
-        except (OSError, UnicodeError):
-            pass
-
-    # Daemon threads: name resolution has no timeout of its own.
-    threads = [threading.Thread(target=probe, args=(a,), daemon=True) for a in targets]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    if not reached:
-        log.info("no network: cannot reach %s", targets)
-    return bool(reached)

@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import os
 import re
-import socket
 from collections.abc import Callable
 
 import keras
@@ -179,11 +178,9 @@ def keras_weights_cache(file_name: str) -> str:
 
 
 def network_reachable(host=WEIGHTS_HOST, timeout=NETWORK_PROBE_TIMEOUT_S) -> bool:
-    try:
-        with socket.create_connection(host, timeout=timeout):
-            return True
-    except OSError:
-        return False
+    """Whether Keras' weights host answers (input_pipeline.network, the one probe)."""
+    from input_pipeline.network import network_available
+    return network_available([host[0]], timeout=timeout)
 
 
 def check_alpha(cfg) -> None:

@@ -22,8 +22,8 @@ def test_defaults_match_the_recipe():
     assert (cfg.phase, cfg.loop, cfg.backbone, cfg.weights) == ("head", "custom", "vgg16", "imagenet")
     assert (cfg.image_size, cfg.batch_size, cfg.epochs) == (224, 32, 10)
     assert cfg.train_split == "train[:80%]" and cfg.test_split == "train[90%:]"
-    assert cfg.resolved_unfreeze_from == "block5_conv1"
-    assert parse("--backbone=mobilenet").resolved_unfreeze_from == "conv_dw_12"
+    assert cfg.resolved_unfreeze_from == "block5"
+    assert parse("--backbone=mobilenet").resolved_unfreeze_from == "block_12"
 
 
 def test_finetune_learning_rate_defaults_to_a_tenth_of_head():

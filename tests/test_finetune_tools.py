@@ -549,3 +549,24 @@ def test_exact_resume_continues_the_step_schedule_and_the_mixing(tiny_config):
     assert os.path.isdir(os.path.join(cfg.run_dir, "backup"))
     resumed, _ = train_lib.train_phase(cfg)
     assert all(np.array_equal(w.numpy(), e) for w, e in zip(resumed.weights, expected))
+
+
+def test_recipe_end_to_end_through_train_py(tmp_path):
+    """As a user: `--recipe=tuned` for head and finetune; config.json records the
+    resolved values, an explicit flag wins."""
+    import json
+    import subprocess
+    import sys
+
+    from flags.config import RECIPES
+    from tests.conftest import ROOT
+    common = ["--recipe=tuned", f"--workdir={tmp_path}", "--dataset=synthetic",
+              "--weights=none", "--backbone=mobilenet", "--alpha=0.25", "--image_size=32",
+              "--synthetic_examples=16", "--batch_size=8", "--epochs=1", "--verbose=0"]
+    for phase, extra in (("head", []), ("finetune", ["--weight_decay=0.02"])):
+        out = subprocess.run([sys.executable, "train.py", f"--phase={phase}", *common, *extra],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        saved = json.load(open(tmp_path / phase / "config.json"))
+        expected = {**RECIPES["tuned"][phase], **({"weight_decay": 0.02} if extra else {})}
+        assert {k: saved[k] for k in expected} == expected and saved["recipe"] == "tuned"
