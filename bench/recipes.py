@@ -61,6 +61,12 @@ CANDIDATES = {
         "finetune": {"lr_schedule": "one_cycle", "learning_rate": 1e-3, "train_bn": True,
                      "label_smoothing": 0.1, "layer_lr_decay": 0.7, "weight_decay": 0.01},
     },
+    "tuned_flip": {
+        "head": {"lr_schedule": "one_cycle", "learning_rate": 3e-3, "label_smoothing": 0.1,
+                 "augment": "flip"},
+        "finetune": {"lr_schedule": "one_cycle", "learning_rate": 1e-3, "augment": "flip",
+                     "label_smoothing": 0.1, "layer_lr_decay": 0.7, "weight_decay": 0.01},
+    },
     "tuned_hot": {
         "head": {"lr_schedule": "one_cycle", "learning_rate": 1e-2, "label_smoothing": 0.1},
         "finetune": {"lr_schedule": "one_cycle", "learning_rate": 2e-3,
@@ -74,7 +80,7 @@ def parse_args():
     parser.add_argument("--weights", default=DEFAULT_MOBILENET_WEIGHTS)
     parser.add_argument("--stage", default="final", choices=("select", "final"))
     parser.add_argument("--candidates",
-                        default="classic,one_cycle_smooth,tuned_v1,tuned_bn,tuned_hot")
+                        default="classic,tuned_v1,tuned_bn,tuned_flip,tuned_hot")
     parser.add_argument("--select_seeds", default="0")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--loops", default="custom")

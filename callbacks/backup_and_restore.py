@@ -29,6 +29,8 @@ to a loop, the same hook saves, every `save_freq` steps and at each epoch end:
   weights) go to their own `.npz`.
 The loop drives it (`restore()` after `on_train_begin`, `save(position)` after the
 hooks saw a step or an epoch end) and positions the data stream from (epoch, step).
+The model's non-trainable variables (a frozen backbone) go once to a `base-*.npz`;
+each backup's `variables-*.npz` holds only the variables that differ from it.
 Layout: `state.json` is the commit point, replaced atomically after the files it
 names are fully written; older files are removed after it.
 """
@@ -257,6 +259,7 @@ class BackupAndRestore(Callback):
             except ValueError:
                 raise BackupError(f"the backup {self._state_path} is corrupt") from None
         self._save_index = self._exact_state["index"] if self._exact_state else 0
+        self._base, self._base_indices, self._base_name = None, [], None
         return self
 
     @property
@@ -305,8 +308,21 @@ class BackupAndRestore(Callback):
         index = self._save_index
         files = {"variables": f"variables-{index:06d}.npz"}
         variables = self._variables()
+        values = [keras.ops.convert_to_numpy(v) for v in variables]
+        if self._base is None:
+            # The model's non-trainable variables (frozen layers: most of the backbone)
+            # rarely change: written once, then each backup holds only what differs.
+            frozen = {id(v) for v in self._loop.model.non_trainable_variables}
+            self._base_indices = [i for i, v in enumerate(variables) if id(v) in frozen]
+            self._base = {i: values[i] for i in self._base_indices}
+            self._base_name = f"base-{index:06d}.npz"
+            _save_arrays(os.path.join(self.backup_dir, self._base_name),
+                         [values[i] for i in self._base_indices])
+        files["base"] = self._base_name
+        changed = [i for i, value in enumerate(values)
+                   if i not in self._base or not np.array_equal(value, self._base[i])]
         _save_arrays(os.path.join(self.backup_dir, files["variables"]),
-                     [keras.ops.convert_to_numpy(v) for v in variables])
+                     [values[i] for i in changed])
         hook_states = {}
         for n, (hook, key) in enumerate(zip(self._hooks, self._hook_keys())):
             if key is None:
@@ -323,6 +339,7 @@ class BackupAndRestore(Callback):
             "format": EXACT_FORMAT, "index": index, "epoch": position.epoch,
             "step": position.step, "stopped": position.stopped, "logs": logs,
             "files": files, "variable_paths": [v.path for v in variables],
+            "base_indices": self._base_indices, "changed_indices": changed,
             "hooks": hook_states,
         }
         atomic_write_json(self._state_path, self._exact_state)
@@ -349,7 +366,14 @@ class BackupAndRestore(Callback):
             raise BackupError(f"the backup in {self.backup_dir} is of another model or "
                               "optimizer")
         try:
-            values = _load_arrays(os.path.join(self.backup_dir, state["files"]["variables"]))
+            base = _load_arrays(os.path.join(self.backup_dir, state["files"]["base"]))
+            changed = _load_arrays(os.path.join(self.backup_dir, state["files"]["variables"]))
+            self._base = dict(zip(state["base_indices"], base, strict=True))
+            self._base_indices, self._base_name = state["base_indices"], state["files"]["base"]
+            by_index = {**self._base, **dict(zip(state["changed_indices"], changed, strict=True))}
+            if sorted(by_index) != list(range(len(variables))):
+                raise BackupError(f"the backup in {self.backup_dir} does not fit this model")
+            values = [by_index[i] for i in range(len(variables))]
             if len(values) != len(variables) or any(
                     tuple(value.shape) != tuple(variable.shape)
                     for value, variable in zip(values, variables)):

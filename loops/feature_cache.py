@@ -6,6 +6,10 @@ phase. We compute it once per split, then train only the suffix on it: one
 frozen forward pass per image for the whole phase. The suffix shares its layers
 (and so its variables, dropout seeds and optimizer slots) with the full model,
 which hooks, checkpoints, evaluation and prediction keep using.
+
+A horizontal flip on the input (`--augment=flip`) does not turn the cache off: both
+outcomes' features are cached and the suffix picks, per example and step, the one
+the flip layer's own random draw selects (loops/flip_features.py): exact as well.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from loops import flip_features
 from model import graph
 
 # Layers whose output depends on an RNG in training mode: they cannot be cached.
@@ -39,6 +44,9 @@ class Cut:
     suffix: keras.Model
     layer: str  # First layer of the suffix.
     after: str = ""  # The layer whose output is cached (the prefix's last layer).
+    # A RandomFlip("horizontal") on the input, in the prefix: both outcomes' features
+    # are cached and the suffix picks per example and step (loops/flip_features.py).
+    flip: object = None
     # The compiled prefix forward, traced once for every split (a large backbone's
     # graph takes seconds to trace).
     forward: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
@@ -62,22 +70,31 @@ def find_cut(model) -> tuple[Cut | None, str]:
         return None, "the model has more than one input or output"
     nodes = graph.topological_nodes(model)
     layers = [node.operation for node in nodes]
-    blocker = next((i for i, layer in enumerate(layers)
-                    if getattr(layer, "trainable_weights", None) or is_random(layer)), None)
+    flip = next((layer for node, layer in zip(nodes, layers, strict=True)
+                 if flip_features.is_cacheable_flip(layer, node, model)), None)
+    blocker = next((i for i, layer in enumerate(layers) if layer is not flip and (
+        getattr(layer, "trainable_weights", None) or is_random(layer))), None)
     if blocker is None:
         return None, "nothing is trainable"
     is_boundary = graph.boundaries(nodes)
     cut = max(i for i in range(blocker) if is_boundary[i])  # 0: the input itself.
+    if flip is not None and layers[cut] is flip:
+        cut = 0  # The flip's output is the images: nothing to cache.
     if cut == 0:
         kind = "random (augmentation, dropout)" if is_random(layers[blocker]) else "trainable"
         return None, (f"{layers[blocker].name} is {kind} and no single-tensor boundary "
                       "comes before it")
     boundary = nodes[cut].outputs[0]
     prefix = keras.Model(model.inputs[0], boundary, name="frozen_prefix")
-    inputs = keras.Input(boundary.shape[1:], dtype=boundary.dtype, name="features")
+    if flip is None:
+        inputs = keras.Input(boundary.shape[1:], dtype=boundary.dtype, name="features")
+        start = inputs
+    else:  # [features, features of the mirror image] → the one the flip draws.
+        inputs = keras.Input((2, *boundary.shape[1:]), dtype=boundary.dtype, name="features")
+        start = flip_features.PickFlip(flip, name="pick_flip")(inputs)
     # Replays the graph after the cut on the new input (as keras' Functional does):
     # the same layer objects, so the suffix shares the model's variables.
-    tensors = {id(boundary): inputs}
+    tensors = {id(boundary): start}
     for node in nodes[cut + 1:]:
         if any(id(x) not in tensors for x in node.input_tensors):
             raise AssertionError(f"{node.operation.name} reads from before the cut")
@@ -86,7 +103,7 @@ def find_cut(model) -> tuple[Cut | None, str]:
                         strict=True):
             tensors[id(x)] = y
     suffix = keras.Model(inputs, tensors[id(model.outputs[0])], name="trainable_suffix")
-    return Cut(prefix, suffix, layers[cut + 1].name, layers[cut].name), ""
+    return Cut(prefix, suffix, layers[cut + 1].name, layers[cut].name, flip), ""
 
 
 def fingerprint(cut: Cut, data_key: dict) -> str:
@@ -98,11 +115,13 @@ def fingerprint(cut: Cut, data_key: dict) -> str:
     numbers unnamed layers per process (`conv2d_97`), and the same prefix must find
     its cache again in the next run."""
     h = hashlib.sha256()
-    h.update(json.dumps({"data": data_key,
-                         "layers": [type(layer).__name__ for layer in cut.prefix.layers],
-                         "input": list(cut.prefix.input.shape[1:]),
-                         "output": list(cut.prefix.output.shape[1:])},
-                        sort_keys=True, default=str).encode())
+    fields = {"data": data_key,
+              "layers": [type(layer).__name__ for layer in cut.prefix.layers],
+              "input": list(cut.prefix.input.shape[1:]),
+              "output": list(cut.prefix.output.shape[1:])}
+    if cut.flip is not None:  # The training split holds both outcomes' features.
+        fields["flip"] = "horizontal"
+    h.update(json.dumps(fields, sort_keys=True, default=str).encode())
     for variable in cut.prefix.weights:
         value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
         h.update(f"{value.dtype}{value.shape}".encode())
@@ -111,19 +130,31 @@ def fingerprint(cut: Cut, data_key: dict) -> str:
 
 
 def feature_bytes(cut: Cut, num_examples: int) -> int:
-    return int(np.prod(cut.prefix.output.shape[1:])) * 4 * num_examples
+    outcomes = 1 if cut.flip is None else 2
+    return int(np.prod(cut.prefix.output.shape[1:])) * 4 * num_examples * outcomes
 
 
 def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
-                    path: str | None, batch_size: int) -> tf.data.Dataset:
+                    path: str | None, batch_size: int, training: bool = True
+                    ) -> tf.data.Dataset:
     """(features, label) in the order of `images` (unbatched), computed on first
-    iteration and cached in memory (path None) or in files at `path`."""
+    iteration and cached in memory (path None) or in files at `path`.
+
+    With a flip in the prefix (`cut.flip`) the features are `[features(x),
+    features(mirror x)]` for the training split (`training`), and the image's
+    features twice for the others (stacked after the cache)."""
     if cut.forward is None:
         cut.forward = tf.function(lambda x: cut.prefix(x, training=False))
     prefix = cut.forward
+    both = cut.flip is not None and training
+
+    def features_of(x):
+        x = tf.cast(x, tf.float32)
+        return flip_features.both_outcomes(prefix, x) if both else prefix(x)
+
     # The run's batch size: the feature pass needs no more memory than training.
     features = (images.batch(batch_size)
-                .map(lambda x, y: (prefix(tf.cast(x, tf.float32)), y))
+                .map(lambda x, y: (features_of(x), y))
                 .unbatch()
                 .apply(tf.data.experimental.assert_cardinality(num_examples)))
     if path:
@@ -133,7 +164,10 @@ def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
         if glob.glob(glob.escape(path) + "*.lockfile"):
             for stale in glob.glob(glob.escape(path) + "*"):
                 os.remove(stale)
-    return features.cache(path or "")
+    features = features.cache(path or "")
+    if cut.flip is not None and not training:
+        features = features.map(lambda f, y: (flip_features.same_outcome(f), y))
+    return features
 
 
 DATA_FIELDS = ("dataset", "data_dir", "tfds_data_dir", "train_split", "validation_split_name",
@@ -167,4 +201,8 @@ def resolve(mode: str, cut: Cut | None, reason: str, num_examples: int) -> str:
         mode = "memory" if feature_bytes(cut, num_examples) <= MEMORY_BUDGET_BYTES else "disk"
     logging.info("feature cache (%s): cut after %s (%d frozen layers run once per image); "
                  "training from %s", mode, cut.after, len(cut.prefix.layers), cut.layer)
+    if cut.flip is not None:
+        logging.info("feature cache: %s's two outcomes cached (each training image and its "
+                     "mirror image); the layer's own draw picks one per example and step",
+                     cut.flip.name)
     return mode

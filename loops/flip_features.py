@@ -35,8 +35,9 @@ def both_outcomes(prefix_fn, images):
 
 
 def same_outcome(features):
-    """Features with no flip to choose from (validation): both slots the same."""
-    return tf.stack([features, features], axis=1)
+    """One example's features with no flip to choose from (validation): both slots
+    the same, as `[features, features]` (axis 0: the example's own first axis)."""
+    return tf.stack([features, features], axis=0)
 
 
 class PickFlip(keras.layers.Layer):

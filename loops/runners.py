@@ -200,7 +200,7 @@ class CustomRunner(Runner):
             train_examples, validation_examples = (
                 feature_cache.cached_features(cut, images, splits.sizes[split],
                                               folder and os.path.join(folder, split),
-                                              cfg.batch_size)
+                                              cfg.batch_size, training=split == "train")
                 for split, images in (("train", splits.train),
                                       ("validation", splits.validation)))
         return self._batches(train_examples, validation_examples)

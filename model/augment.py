@@ -158,4 +158,4 @@ def model_layers(spec: str, seed: int) -> list:
     return out
 
 
-ROTATION = 0.05  # A fraction of a full turn (model/build.py's AUGMENTATION_ROTATION).
+ROTATION = 0.05  # A fraction of a full turn (= model/build.py's AUGMENTATION_ROTATION).

@@ -7,11 +7,12 @@ import keras
 from keras import layers
 
 from flags.config import ConfigError
+from model import augment
 from model.backbones import BACKBONES, check_alpha, resolve_weights
 from model.graph import last_boundary_before, ordered_layers, topological_nodes
 
 HEAD_LAYERS = ("avg_pool", "head_dropout", "logits")
-AUGMENTATION_ROTATION = 0.05  # fraction of a full turn
+AUGMENTATION_ROTATION = augment.ROTATION  # fraction of a full turn (model/augment.py)
 MODEL_PREFIX = "tapefit_"
 # Layers that only rescale or normalize pixels (ours, or the application's own).
 PREPROCESSING_LAYERS = (layers.Rescaling, layers.Normalization)
@@ -54,9 +55,10 @@ def build_model(cfg, num_classes: int, weights="from_config") -> keras.Model:
         weights = resolve_weights(cfg)
     inputs = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
     x = inputs
-    if cfg.augment:
-        x = layers.RandomFlip("horizontal", seed=cfg.seed, name="augment_flip")(x)
-        x = layers.RandomRotation(AUGMENTATION_ROTATION, seed=cfg.seed, name="augment_rotate")(x)
+    # --augment: flip, rotate, randaugment here (model/augment.py; mixup and cutmix mix
+    # the training batches instead).
+    for layer in augment.model_layers(cfg.augment, cfg.seed):
+        x = layer(x)
     if backbone.preprocess_mode:  # Otherwise the application preprocesses raw pixels itself.
         x = BackbonePreprocess(backbone.preprocess_mode, name="preprocess")(x)
     try:

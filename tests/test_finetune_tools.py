@@ -570,3 +570,13 @@ def test_recipe_end_to_end_through_train_py(tmp_path):
         saved = json.load(open(tmp_path / phase / "config.json"))
         expected = {**RECIPES["tuned"][phase], **({"weight_decay": 0.02} if extra else {})}
         assert {k: saved[k] for k in expected} == expected and saved["recipe"] == "tuned"
+
+
+def test_the_model_holds_the_in_model_augmentations_of_the_spec(tiny_config):
+    from model import build_model
+    for spec, names in (("", []), ("flip,rotate", ["augment_flip", "augment_rotate"]),
+                        ("flip,mixup", ["augment_flip"]), ("cutmix", []),
+                        ("randaugment", ["augment_randaugment"])):
+        model = build_model(tiny_config.replace(augment=spec), 2, weights=None)
+        assert [layer.name for layer in model.layers
+                if layer.name.startswith("augment_")] == names

@@ -147,7 +147,9 @@ def _tensorboard_rates(run_dir):
     dict(lr_schedule="warmup_cosine", warmup_epochs=1.5),
     dict(label_smoothing=0.2, weight_decay=0.05, clipnorm=0.05, ema=0.8),
     dict(augment="flip,rotate,mixup,cutmix"),
-], ids=["one_cycle", "warmup_cosine", "smoothing_decay_clipnorm_ema", "mixup_cutmix"])
+    dict(augment="flip,randaugment"),
+], ids=["one_cycle", "warmup_cosine", "smoothing_decay_clipnorm_ema", "mixup_cutmix",
+        "flip_randaugment"])
 def test_head_parity_with_finetune_tools(parity_config, changes):
     """Per-step schedules (inside the optimizer, no LearningRateScheduler) and the
     regularisers: the same weights, logs and TensorBoard scalars in both loops."""
