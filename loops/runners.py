@@ -213,11 +213,12 @@ class CustomRunner(Runner):
 
     def fit(self, train_data, validation_data, hooks):
         plan, cfg = self.plan, self.cfg
+        with plan.strategy.scope():  # Metric variables must be the strategy's (synced).
+            loss_fn, metrics = make_loss(cfg), make_metrics(cfg)
         loop = CustomLoop(plan.model, self.optimizer, plan.strategy,
                           jit_compile=cfg.jit_compile,
                           steps_per_execution=cfg.steps_per_execution,
-                          train_model=self.train_model, loss_fn=make_loss(cfg),
-                          metrics=make_metrics(cfg))
+                          train_model=self.train_model, loss_fn=loss_fn, metrics=metrics)
         if cfg.unfreeze_schedule:  # Gradual unfreezing: first at every epoch start.
             from loops.schedules import UnfreezeSchedule
             hooks = [UnfreezeSchedule(loop, cfg), *hooks]
@@ -248,7 +249,8 @@ class FitRunner(Runner):
     def fit(self, train_data, validation_data, hooks):
         plan, cfg, model = self.plan, self.cfg, self.plan.model
         with plan.strategy.scope():
-            model.compile(optimizer=self.optimizer, loss=make_loss(cfg), metrics=make_metrics(cfg),
+            model.compile(optimizer=self.optimizer, loss=make_loss(cfg),
+                          metrics=make_metrics(cfg),
                           jit_compile=cfg.jit_compile,
                           steps_per_execution=cfg.steps_per_execution)
         prepare_fit(model, plan.strategy, train_data)

@@ -28,7 +28,7 @@ from callbacks.atomic_io import atomic_save, atomic_write_json, atomic_write_tex
 from flags.config import Config
 from flags.errors import ConfigError, RunError
 from loops import run_dir as run_dir_lib
-from loops.custom import make_loss
+from loops.custom import make_loss, make_metrics
 from loops.hooks import logs_are_finite, weights_are_finite
 from loops.run_dir import (
     BEST_WEIGHTS,
@@ -367,7 +367,7 @@ def evaluate(cfg: Config) -> dict:
         from model.augment import with_tta
         model = with_tta(model, cfg.tta)
     if cfg.loop == "fit":
-        model.compile(loss=make_loss(), metrics=["accuracy"], jit_compile=cfg.jit_compile)
+        model.compile(loss=make_loss(), metrics=make_metrics(), jit_compile=cfg.jit_compile)
         logs = model.evaluate(batches, return_dict=True, verbose=0)
     else:
         logs = CustomLoop(model, make_optimizer(trained)).evaluate(batches)
