@@ -41,9 +41,11 @@ BEST_WEIGHTS = "best.weights.h5"
 FINAL_WEIGHTS = "final.weights.h5"
 BACKUP_DIR = "backup"
 # Flags that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("verbose", "overwrite", "debug", "workdir", "backup")
+RESUMABLE_CHANGES = ("verbose", "overwrite", "debug", "workdir", "backup", "image_cache",
+                     "image_cache_dir", "feature_cache_dir")
 # Flags holding paths: compared as real paths (a moved or re-spelled --workdir resumes).
-PATH_FIELDS = ("data_dir", "tfds_data_dir", "init_checkpoint", "weights", "feature_cache_dir")
+PATH_FIELDS = ("data_dir", "tfds_data_dir", "init_checkpoint", "weights", "feature_cache_dir",
+               "image_cache_dir")
 
 
 @dataclasses.dataclass(frozen=True)

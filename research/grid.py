@@ -33,7 +33,7 @@ IMAGE_CACHE_DIR = "image_cache"
 SWEEP_FIELDS = {"phase": "--phases", "seed": "--seeds"}
 # Fields that do not change a trial's result: never part of its id, never an axis.
 NOT_IN_ID = ("workdir", "phase", "seed", "overwrite", "verbose", "debug", "feature_cache_dir",
-             "image_cache_dir")
+             "image_cache_dir", "image_cache")
 # Must be the same in every phase of a trial (finetune and evaluate rebuild the head's network).
 ARCHITECTURE_FIELDS = ("backbone", "alpha", "image_size", "dropout", "augment")
 # Short names in trial ids; other fields keep their name.
