@@ -342,6 +342,9 @@ def evaluation_data(cfg: Config, trained: Config) -> Config:
              if getattr(cfg, f) != getattr(default, f)}
     if "dataset" in given and "data_dir" not in given:  # Another source than a folder.
         given["data_dir"] = None
+    if {"dataset", "data_dir"} & set(given):
+        # Other data: the trained run's subset of its own data does not apply.
+        given.update({f: getattr(cfg, f) for f in ("test_split", "max_examples_per_split")})
     return trained.replace(phase="evaluate", workdir=cfg.workdir, **given)
 
 
