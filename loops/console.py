@@ -115,6 +115,9 @@ def phase_summary(result: dict) -> str:
     returns): epochs run and why it stopped, the best monitored value and its epoch,
     the files written, and the next command."""
     phase = result.get("phase")
+    if phase == "lr_find":
+        from loops.lr_find import summary_text
+        return summary_text(result)
     lines = []
     if phase == "evaluate":
         examples = result.get("test_examples")
