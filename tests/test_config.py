@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -19,7 +20,8 @@ def parse(*argv):
 
 def test_defaults_match_the_recipe():
     cfg = parse()
-    assert (cfg.phase, cfg.loop, cfg.backbone, cfg.weights) == ("head", "custom", "vgg16", "imagenet")
+    assert (cfg.phase, cfg.loop, cfg.backbone, cfg.weights) == (
+        "head", "custom", "vgg16", "imagenet")
     assert (cfg.image_size, cfg.batch_size, cfg.epochs) == (224, 32, 10)
     assert cfg.train_split == "train[:80%]" and cfg.test_split == "train[90%:]"
     assert cfg.resolved_unfreeze_from == "block5"
@@ -41,7 +43,7 @@ def test_config_round_trips_through_json():
 
 
 def test_config_is_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         parse().phase = "finetune"
 
 

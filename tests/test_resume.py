@@ -10,7 +10,6 @@ import time
 
 import h5py
 import numpy as np
-import pytest
 
 from tests.conftest import ROOT
 

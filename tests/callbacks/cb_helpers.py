@@ -13,11 +13,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import random
 import warnings
 
 import keras
 import numpy as np
-import random
 
 CASES = 200  # Generated cases per hook.
 

@@ -4,10 +4,10 @@ import os
 
 import keras
 import pytest
-
-import callbacks
 from cb_events import read_scalars
 from cb_helpers import Epoch, ModelPair, Scenario, drive
+
+import callbacks
 
 
 @pytest.fixture(scope="module")

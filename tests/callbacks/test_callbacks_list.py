@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from cb_helpers import ModelPair
 
 import callbacks
 from callbacks.base import _EVENTS, pythonify_logs
-from cb_helpers import ModelPair
 
 
 @pytest.fixture(scope="module")

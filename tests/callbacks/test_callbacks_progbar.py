@@ -4,10 +4,10 @@ import io
 import math
 
 import pytest
+from cb_helpers import Epoch, ModelPair, Scenario, cases, drive, monitored_values
 
 import callbacks
 from callbacks.progbar_logger import format_logs
-from cb_helpers import Epoch, ModelPair, Scenario, cases, drive, monitored_values
 
 
 class Terminal(io.StringIO):

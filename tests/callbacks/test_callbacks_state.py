@@ -4,12 +4,21 @@ import json
 import os
 
 import pytest
-
-import callbacks
 from cb_events import read_scalars
 from cb_files import FolderWatcher, TempDirs
-from cb_helpers import (MIN_DELTAS, ModelPair, cases, epoch_logs_streams, lr_of,
-                        monitored_values, norm, perturb, weights_of)
+from cb_helpers import (
+    MIN_DELTAS,
+    ModelPair,
+    cases,
+    epoch_logs_streams,
+    lr_of,
+    monitored_values,
+    norm,
+    perturb,
+    weights_of,
+)
+
+import callbacks
 
 STATE_CASES = 50
 # Missing monitored values are part of the streams; their warnings are checked elsewhere.

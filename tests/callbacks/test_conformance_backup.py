@@ -11,12 +11,23 @@ import os
 
 import keras
 import pytest
+from cb_files import TempDirs
+from cb_helpers import (
+    ANCHORS,
+    Epoch,
+    ModelPair,
+    Scenario,
+    assert_same_records,
+    cases,
+    drive,
+    norm,
+    perturb,
+    tiny_model,
+    weights_of,
+)
 
 import callbacks
 from callbacks.backup_and_restore import METADATA
-from cb_files import TempDirs
-from cb_helpers import (ANCHORS, Epoch, ModelPair, Scenario, assert_same_records,
-                        cases, drive, norm, perturb, tiny_model, weights_of)
 
 
 @pytest.fixture(scope="module")

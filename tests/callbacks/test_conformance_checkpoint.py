@@ -5,12 +5,25 @@ import warnings
 
 import keras
 import pytest
+from cb_files import FolderWatcher, TempDirs
+from cb_helpers import (
+    ANCHORS,
+    LOG_KEYS,
+    MODES,
+    MONITORS,
+    Epoch,
+    ModelPair,
+    Scenario,
+    assert_same_records,
+    cases,
+    drive,
+    epoch_logs_streams,
+    monitored_values,
+    norm,
+    perturb,
+)
 
 import callbacks
-from cb_files import FolderWatcher, TempDirs
-from cb_helpers import (ANCHORS, LOG_KEYS, MODES, MONITORS, Epoch, ModelPair, Scenario,
-                        assert_same_records, cases, drive, epoch_logs_streams, monitored_values,
-                        norm, perturb)
 
 # (filepath template, save_weights_only); some are invalid on purpose.
 TEMPLATES = (

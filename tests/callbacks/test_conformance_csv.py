@@ -5,11 +5,18 @@ import os
 import keras
 import numpy as np
 import pytest
+from cb_files import FolderWatcher, TempDirs
+from cb_helpers import (
+    Epoch,
+    ModelPair,
+    Scenario,
+    assert_same_records,
+    cases,
+    drive,
+    monitored_values,
+)
 
 import callbacks
-from cb_files import FolderWatcher, TempDirs
-from cb_helpers import (Epoch, ModelPair, Scenario, assert_same_records, cases, drive,
-                        monitored_values)
 
 KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "lr", "a,b",
         'quo"te', "val_x y", "é")

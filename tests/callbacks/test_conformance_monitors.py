@@ -10,11 +10,24 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from cb_helpers import (
+    EPOCH_EVENTS,
+    MIN_DELTAS,
+    MODES,
+    MONITORS,
+    ModelPair,
+    assert_same_records,
+    cases,
+    check_lr,
+    drive,
+    epoch_logs_streams,
+    lr_of,
+    norm,
+    scenario_from_logs,
+    weights_of,
+)
 
 import callbacks
-from cb_helpers import (EPOCH_EVENTS, MIN_DELTAS, MODES, MONITORS, ModelPair,
-                        assert_same_records, cases, check_lr, drive, epoch_logs_streams, lr_of,
-                        norm, scenario_from_logs, weights_of)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from cb_helpers import Epoch, ModelPair, Scenario, cases, drive, monitored_values
 
 import callbacks
-from cb_helpers import Epoch, ModelPair, Scenario, cases, drive, monitored_values
 
 pytest.importorskip("requests")  # Keras' RemoteMonitor needs it.
 

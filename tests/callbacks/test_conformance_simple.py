@@ -4,10 +4,9 @@ import math
 import keras
 import numpy as np
 import pytest
+from cb_helpers import ANCHORS, Epoch, ModelPair, Scenario, assert_same_records, cases, drive, norm
 
 import callbacks
-from cb_helpers import (ANCHORS, Epoch, ModelPair, Scenario, assert_same_records, cases, drive,
-                        norm)
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,20 @@ import os
 
 import keras
 import pytest
-
-import callbacks
 from cb_events import read_scalars
 from cb_files import TempDirs
-from cb_helpers import (ANCHORS, Epoch, ModelPair, Scenario, assert_same_records, cases, drive,
-                        monitored_values)
+from cb_helpers import (
+    ANCHORS,
+    Epoch,
+    ModelPair,
+    Scenario,
+    assert_same_records,
+    cases,
+    drive,
+    monitored_values,
+)
+
+import callbacks
 
 
 @pytest.fixture(scope="module")
