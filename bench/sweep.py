@@ -157,7 +157,8 @@ def main():
                  f"ratio fit/sweep, total CPU time: {cpu:.2f}x\n```")
     text += (f"\n\n{len(args.learning_rates.split(','))} learning rates × "
              f"{len(args.seeds.split(','))} seeds, head phase, {args.epochs} epochs, "
-             f"{args.backbone} (one backbone weights file, seeded random) at {args.image_size}², max {args.examples} photos "
+             f"{args.backbone} (one backbone weights file, seeded random) at "
+             f"{args.image_size}², max {args.examples} photos "
              f"per split, batch {args.batch_size}; load average at the end "
              f"{common.loadavg():.1f}.")
     common.report("sweep", text, runs, args.json)
