@@ -31,7 +31,7 @@ import os
 
 import numpy as np
 
-from callbacks.atomic_io import atomic_write_text, read_json
+from callbacks.atomic_io import atomic_write_json, atomic_write_text, read_json
 from flags.errors import ConfigError, RunError
 
 START_LR = 1e-7
@@ -229,7 +229,7 @@ def run(cfg) -> dict:
         if not plan.chief:
             return {}
         os.makedirs(out_dir, exist_ok=True)
-        train_lib.write_json(os.path.join(out_dir, "config.json"), cfg.to_dict())
+        atomic_write_json(os.path.join(out_dir, "config.json"), cfg.to_dict())
         write_csv(curve, os.path.join(out_dir, CSV_NAME))
         plot(curve, found, os.path.join(out_dir, PLOT_NAME),
              f"learning-rate finder, {cfg.for_phase} phase")
@@ -239,10 +239,10 @@ def run(cfg) -> dict:
                   "files": {"csv": os.path.join(out_dir, CSV_NAME),
                             "plot": os.path.join(out_dir, PLOT_NAME),
                             "suggestions": os.path.join(out_dir, SUGGESTIONS_JSON)}}
-        train_lib.write_json(os.path.join(out_dir, SUGGESTIONS_JSON),
+        atomic_write_json(os.path.join(out_dir, SUGGESTIONS_JSON),
                              {k: result[k] for k in ("for_phase", "steps", "stopped_early",
                                                      "suggestions")})
-        train_lib.write_json(os.path.join(out_dir, train_lib.SUMMARY_JSON), result)
+        atomic_write_json(os.path.join(out_dir, train_lib.SUMMARY_JSON), result)
     logging.info("learning-rate finder (%s): %s", cfg.for_phase,
                  ", ".join(f"{k} {v:.3g}" for k, v in found.items()))
     return result

@@ -31,7 +31,7 @@ import numpy as np
 from callbacks.atomic_io import read_json
 from callbacks.backup_and_restore import METADATA, STATE_JSON, Position
 from flags.config import Config
-from flags.errors import ConfigError, RunError
+from flags.errors import ConfigError
 
 CONFIG_JSON = "config.json"
 CLASSES_JSON = "classes.json"
@@ -210,16 +210,8 @@ def backup_token(cfg: Config, run_dir: str) -> int:
 
 
 def check_not_running(run_dir: str) -> None:
-    """One line when another live process holds `run_dir`'s lock (read-only check)."""
+    """One line when another live process holds `run_dir`'s lock. `acquire()` decides
+    whether a holder is alive (a stale lock is taken over), so try it and let go."""
     from loops.run_lock import RunLock
-    if not os.path.isfile(lock_path(run_dir)):
-        return
-    holder = RunLock(lock_path(run_dir), what="run directory", subject=run_dir).holder
-    if holder is not None:
-        # acquire() decides whether the holder is alive; try it on a throwaway basis.
-        lock = RunLock(lock_path(run_dir), what="run directory", subject=run_dir)
-        try:
-            lock.acquire()
-        except RunError:
-            raise
-        lock.release()
+    if os.path.isfile(lock_path(run_dir)):
+        RunLock(lock_path(run_dir), what="run directory", subject=run_dir).acquire().release()

@@ -53,7 +53,6 @@ EVALUATION_DATA_FIELDS = ("data_dir", "dataset", "tfds_data_dir", "test_split",
                           "max_examples_per_split")
 
 loss_fn = make_loss  # The one loss of both loops.
-write_json = atomic_write_json
 __all__ = ["run", "train_phase", "make_plan", "evaluate", "build", "load_trained_model",
            "make_strategy", "make_optimizer", "is_chief", "loss_fn"]
 
