@@ -116,13 +116,25 @@ class CustomLoop:
         self._test_function = tf.function(self._test_batch)
 
     def retrace(self):
-        """Traces the train step again: after the trainable layers changed (gradual
-        unfreezing), the step must differentiate the new set of weights."""
-        train_step = self.train_step
+        """Traces the steps again: after the trainable layers changed (gradual
+        unfreezing), the train step must differentiate the new set of weights."""
+        train_step, test_step = self.train_step, self.test_step
         if self._jit_compile:
             train_step = tf.function(train_step, jit_compile=True, reduce_retracing=True)
-        self._train_step = train_step
+            test_step = tf.function(test_step, jit_compile=True, reduce_retracing=True)
+        self._train_step, self._test_step = train_step, test_step
         self._train_function = tf.function(self._train_steps)
+        self._test_function = tf.function(self._test_batch)
+
+    def switch_data(self, train_data, validation_data=None, train_model=None):
+        """From the next step of `fit` on: batches from `train_data` (positioned at
+        that step), validation on `validation_data`, steps running `train_model`
+        (default: the model). Gradual unfreezing calls it at an epoch start when it
+        re-cuts the feature cache (new features, a new suffix of the same model)."""
+        self.train_model = train_model or self.model
+        self._train_iterator = iter(self.strategy.experimental_distribute_dataset(train_data))
+        self._validation_data = validation_data
+        self.retrace()
 
     @property
     def metrics(self):
@@ -190,7 +202,9 @@ class CustomLoop:
             callbacks = CallbackList(callbacks, model=model, verbose=verbose,
                                      epochs=epochs, steps=steps_per_epoch)
         backup = next((hook for hook in callbacks if getattr(hook, "bound", False)), None)
-        iterator = iter(self.strategy.experimental_distribute_dataset(train_data))
+        # Attributes, not locals: a hook may switch them at an epoch start (switch_data).
+        self._train_iterator = iter(self.strategy.experimental_distribute_dataset(train_data))
+        self._validation_data = validation_data
         model.stop_training = False
         callbacks.on_train_begin()
         training_logs, first_step = None, 0
@@ -210,7 +224,7 @@ class CustomLoop:
                 end = min(begin + self.steps_per_execution, steps_per_epoch) - 1
                 callbacks.on_train_batch_begin(begin)
                 logs = self._to_python(
-                    self._train_function(iterator, tf.constant(end - begin + 1)))
+                    self._train_function(self._train_iterator, tf.constant(end - begin + 1)))
                 callbacks.on_train_batch_end(end, logs)
                 global_step += end - begin + 1
                 if model.stop_training:
@@ -219,8 +233,8 @@ class CustomLoop:
                     backup.save(Position(epoch, end + 1), training_logs)
             first_step = 0
             epoch_logs = dict(logs)
-            if validation_data is not None:
-                val_logs = self.evaluate(validation_data, callbacks=callbacks)
+            if self._validation_data is not None:
+                val_logs = self.evaluate(self._validation_data, callbacks=callbacks)
                 epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
             callbacks.on_epoch_end(epoch, epoch_logs)
             training_logs = epoch_logs
@@ -231,6 +245,7 @@ class CustomLoop:
         if epochs > 0:  # As fit(): e.g. swaps in EMA weights when the optimizer uses them.
             self.optimizer.finalize_variable_values(model.trainable_weights)
         callbacks.on_train_end(logs=training_logs)
+        self._train_iterator = self._validation_data = None
         return training_logs
 
     def evaluate(self, data, callbacks=()):

@@ -172,9 +172,12 @@ def plot(curve: Curve, found: dict, path: str, title: str) -> None:
 
 # ---- the phase ---------------------------------------------------------------------------
 def phase_config(cfg):
-    """The config of the phase the finder tunes: a constant rate the finder sets."""
+    """The config of the phase the finder tunes: a constant rate the finder sets.
+    With gradual unfreezing, every block the schedule names trains (its last stage)."""
+    staged = ({"unfreeze_schedule": "", "unfreeze_from": cfg.resolved_unfreeze_from}
+              if cfg.unfreeze_schedule else {})
     return cfg.replace(phase=cfg.for_phase, learning_rate=None, lr_schedule="constant",
-                       reduce_lr_on_plateau=False, overwrite=True)
+                       reduce_lr_on_plateau=False, overwrite=True, **staged)
 
 
 def snapshot(model, optimizer):

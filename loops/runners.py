@@ -60,8 +60,7 @@ class Runner:
         self._hooks = hooks
         return hooks
 
-    def _batches(self, train_examples, validation_examples):
-        position = self.position
+    def _batches(self, train_examples, validation_examples, position):
         cache = False if self.cfg.image_cache == "off" else None  # None: decoded once.
         train, _ = input_pipeline.train_batches(
             train_examples, self.plan.splits.sizes["train"], self.cfg.batch_size, self.cfg.seed,
@@ -168,18 +167,36 @@ class CustomRunner(Runner):
     def __init__(self, plan):
         super().__init__(plan)
         self.train_model = None
+        self.cache_mode = "off"
+        self.unfreeze = None  # Gradual unfreezing: the hook that sets each stage.
+        self.loop = None
 
     def data(self):
+        """Batches of images, or of cached frozen-prefix features when the cache
+        engages. With gradual unfreezing the model is first put in the stage of the
+        epoch the phase starts (or resumes) at, and the cache is cut for that stage."""
+        if self.cfg.unfreeze_schedule:
+            from loops.schedules import UnfreezeSchedule
+            model = self.plan.model
+            with self.plan.strategy.scope():  # Slots for every weight of every stage.
+                self.optimizer.build(model.trainable_variables)
+            self.unfreeze = UnfreezeSchedule(model, self.cfg, on_change=self._new_stage)
+            self.unfreeze.apply(self.position.epoch if self.position else 0)
+        return self._data(self.position)
+
+    def _data(self, position):
         plan, cfg = self.plan, self.cfg
         splits = plan.splits
         train_examples, validation_examples = splits.train, splits.validation
         cut, mode = None, "off"
+        self.train_model = None
         if cfg.feature_cache != "off" and uncacheable(cfg.augment):
             logging.info("feature cache off: --augment=%s changes every image", cfg.augment)
         elif cfg.feature_cache != "off":
             cut, reason = feature_cache.find_cut(plan.model)
             mode = feature_cache.resolve(cfg.feature_cache, cut, reason,
                                          splits.sizes["train"] + splits.sizes["validation"])
+        self.cache_mode = mode
         if mode != "off":
             self.train_model = cut.suffix
             key = feature_cache.data_key(cfg)
@@ -203,7 +220,18 @@ class CustomRunner(Runner):
                                               cfg.batch_size, training=split == "train")
                 for split, images in (("train", splits.train),
                                       ("validation", splits.validation)))
-        return self._batches(train_examples, validation_examples)
+        return self._batches(train_examples, validation_examples, position)
+
+    def _new_stage(self, epoch):
+        """Gradual unfreezing moved to a new stage at the start of `epoch`: re-cut the
+        feature cache just before the new lowest trainable block and train on the new
+        features from this epoch's first batch (the same data order: the stream starts
+        at `epoch`), or, without the cache, trace the steps for the new trainable set."""
+        if self.cache_mode == "off":
+            self.loop.retrace()
+            return
+        from callbacks.backup_and_restore import Position
+        self.loop.switch_data(*self._data(Position(epoch, 0)), train_model=self.train_model)
 
     def hooks(self):
         hooks = super().hooks()
@@ -215,13 +243,13 @@ class CustomRunner(Runner):
         plan, cfg = self.plan, self.cfg
         with plan.strategy.scope():  # Metric variables must be the strategy's (synced).
             loss_fn, metrics = make_loss(cfg), make_metrics(cfg)
-        loop = CustomLoop(plan.model, self.optimizer, plan.strategy,
-                          jit_compile=cfg.jit_compile,
-                          steps_per_execution=cfg.steps_per_execution,
-                          train_model=self.train_model, loss_fn=loss_fn, metrics=metrics)
-        if cfg.unfreeze_schedule:  # Gradual unfreezing: first at every epoch start.
-            from loops.schedules import UnfreezeSchedule
-            hooks = [UnfreezeSchedule(loop, cfg), *hooks]
+        loop = self.loop = CustomLoop(plan.model, self.optimizer, plan.strategy,
+                                      jit_compile=cfg.jit_compile,
+                                      steps_per_execution=cfg.steps_per_execution,
+                                      train_model=self.train_model, loss_fn=loss_fn,
+                                      metrics=metrics)
+        if self.unfreeze is not None:  # Gradual unfreezing: first at every epoch start.
+            hooks = [self.unfreeze, *hooks]
         try:
             for hook in hooks:
                 if isinstance(hook, our_callbacks.BackupAndRestore):
@@ -244,7 +272,8 @@ class FitRunner(Runner):
         if self.position is not None:
             self.position = type(self.position)(self.position.epoch, 0)
             _keep_csv_rows(os.path.join(self.plan.run_dir, LOG_CSV), self.position.epoch)
-        return self._batches(self.plan.splits.train, self.plan.splits.validation)
+        return self._batches(self.plan.splits.train, self.plan.splits.validation,
+                             self.position)
 
     def fit(self, train_data, validation_data, hooks):
         plan, cfg, model = self.plan, self.cfg, self.plan.model

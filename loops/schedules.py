@@ -194,20 +194,22 @@ class UnfreezeSchedule(Callback):
 
     The phase is built with the union of all stages trainable (`Config.
     resolved_unfreeze_from` is the block unfrozen last), so the optimizer holds the
-    slots of every weight that will train, and the frozen-prefix feature cache is cut
-    once, before that lowest block: exact for every stage (the blocks still frozen in
-    early stages run forward, in inference mode, on the cached features). At a stage
-    change the loop traces its step again for the new trainable set. Stateless: the
-    stage is a function of the epoch, so a resumed run is in the right stage.
-    fit() cannot change the trainable set mid-fit: `Config` refuses `--loop=fit`.
+    slots of every weight that will train. At a stage change the hook sets the new
+    trainable layers and calls `on_change(epoch)`: the runner re-cuts the frozen-prefix
+    feature cache just before the new lowest trainable block (its features computed
+    once more, from the images) and the loop traces its steps again for the new
+    trainable set and input (`CustomLoop.switch_data`); without the cache the loop only
+    traces again. Stateless: the stage is a function of the epoch, so a resumed run is
+    in the right stage. fit() cannot change the trainable set mid-fit: `Config`
+    refuses `--loop=fit`.
     """
 
-    def __init__(self, loop, cfg):
+    def __init__(self, model, cfg, on_change):
         super().__init__()
         from model import first_trainable_position
-        self.loop, self.cfg = loop, cfg
-        self.stages = _check_stages(loop.model, cfg)
-        self.position = {name: first_trainable_position(loop.model, name)
+        self.net, self.cfg, self.on_change = model, cfg, on_change
+        self.stages = _check_stages(model, cfg)
+        self.position = {name: first_trainable_position(model, name)
                          for name, _ in self.stages}
         self.current = None
         self.history = []  # (epoch, unfreeze_from or None) at each change.
@@ -217,18 +219,23 @@ class UnfreezeSchedule(Callback):
         started = [name for name, start in self.stages if start <= epoch]
         return min(started, key=self.position.get) if started else None
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def apply(self, epoch: int) -> bool:
+        """Makes the layers of `epoch`'s stage trainable; whether they changed."""
         unfreeze_from = self.stage(epoch)
         if self.history and unfreeze_from == self.current:
-            return
+            return False
         from model import set_trainable
         from model.augment import unfreeze_batch_norm
-        set_trainable(self.loop.model, "finetune" if unfreeze_from else "head", unfreeze_from)
+        set_trainable(self.net, "finetune" if unfreeze_from else "head", unfreeze_from)
         if self.cfg.train_bn and unfreeze_from:
-            unfreeze_batch_norm(self.loop.model, "finetune", unfreeze_from)
-        self.loop.retrace()
+            unfreeze_batch_norm(self.net, "finetune", unfreeze_from)
         self.current = unfreeze_from
         self.history.append((epoch, unfreeze_from))
+        return True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.apply(epoch):
+            self.on_change(epoch)
 
 
 def _check_stages(model, cfg) -> list[tuple[str, int]]:

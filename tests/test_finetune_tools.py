@@ -447,7 +447,7 @@ def _unfreezing_run(cfg):
     return model, seen
 
 
-def test_gradual_unfreezing_trains_the_scheduled_blocks_per_epoch(tiny_config):
+def test_gradual_unfreezing_trains_the_scheduled_blocks_per_epoch(tiny_config, caplog):
     from loops import train_lib
     head = tiny_config.replace(backbone="vgg16", unfreeze_from=None, synthetic_examples=32,
                                batch_size=16, epochs=1, learning_rate=5e-3)
@@ -468,13 +468,20 @@ def test_gradual_unfreezing_trains_the_scheduled_blocks_per_epoch(tiny_config):
     assert [moved("block5_conv3/kernel", e) for e in range(3)] == [False, True, True]
     assert [moved("block4_conv1/kernel", e) for e in range(3)] == [False, False, True]
     assert not moved("block3_conv3/kernel", 2)
-    # The feature cache is cut once, before block4: the same run up to float rounding
-    # (which Adam amplifies in single elements whose gradient is about 0: compared by
-    # norm, a stale or misplaced cut would differ by whole steps).
+    # The feature cache is re-cut at each stage, just before the lowest trainable
+    # block: the same run up to float rounding (which Adam amplifies in single
+    # elements whose gradient is about 0: compared by norm, a stale or misplaced cut
+    # would differ by whole steps).
+    import logging
     import os
-    cached, _ = _unfreezing_run(cfg.replace(
+    caplog.set_level(logging.INFO)
+    cached, cached_seen = _unfreezing_run(cfg.replace(
         feature_cache="memory", workdir=cfg.workdir + "_cached",
         init_checkpoint=os.path.join(cfg.workdir, "head", "best.weights.h5")))
+    cuts = [r.getMessage().split("cut after ")[1].split(" ")[0] for r in caplog.records
+            if "cut after" in r.getMessage()]
+    assert cuts == ["avg_pool", "block4_pool", "block3_pool"]
+    assert [layers for layers, _ in cached_seen] == trainable
     for a, b in zip(model.weights, cached.weights):
         assert np.linalg.norm(a.numpy() - b.numpy()) <= 1e-3 * np.linalg.norm(a.numpy())
 
