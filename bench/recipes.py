@@ -67,6 +67,39 @@ CANDIDATES = {
         "finetune": {"lr_schedule": "one_cycle", "learning_rate": 1e-3, "augment": "flip",
                      "label_smoothing": 0.1, "layer_lr_decay": 0.7, "weight_decay": 0.01},
     },
+    "tuned_deep": {  # Unfreeze further down, the lower blocks at decayed rates.
+        "head": {"lr_schedule": "one_cycle", "learning_rate": 3e-3, "label_smoothing": 0.1},
+        "finetune": {"lr_schedule": "one_cycle", "learning_rate": 1e-3,
+                     "unfreeze_from": "block_9", "label_smoothing": 0.1,
+                     "layer_lr_decay": 0.7, "weight_decay": 0.01},
+    },
+    "tuned_deeper": {
+        "head": {"lr_schedule": "one_cycle", "learning_rate": 3e-3, "label_smoothing": 0.1},
+        "finetune": {"lr_schedule": "one_cycle", "learning_rate": 1e-3,
+                     "unfreeze_from": "block_6", "label_smoothing": 0.1,
+                     "layer_lr_decay": 0.8, "weight_decay": 0.01},
+    },
+    "tuned_ema": {
+        "head": {"lr_schedule": "one_cycle", "learning_rate": 3e-3, "label_smoothing": 0.1},
+        "finetune": {"lr_schedule": "one_cycle", "learning_rate": 1e-3, "ema": 0.99,
+                     "label_smoothing": 0.1, "layer_lr_decay": 0.7, "weight_decay": 0.01},
+    },
+    "tuned_lr2": {
+        "head": {"lr_schedule": "one_cycle", "learning_rate": 3e-3, "label_smoothing": 0.1},
+        "finetune": {"lr_schedule": "one_cycle", "learning_rate": 2e-3,
+                     "label_smoothing": 0.1, "layer_lr_decay": 0.7, "weight_decay": 0.01},
+    },
+    "tuned_hot_head": {  # tuned_v1 with a hotter head phase.
+        "head": {"lr_schedule": "one_cycle", "learning_rate": 1e-2, "label_smoothing": 0.1},
+        "finetune": {"lr_schedule": "one_cycle", "learning_rate": 1e-3,
+                     "label_smoothing": 0.1, "layer_lr_decay": 0.7, "weight_decay": 0.01},
+    },
+    "tuned_hot_head_wd": {
+        "head": {"lr_schedule": "one_cycle", "learning_rate": 1e-2, "label_smoothing": 0.1,
+                 "weight_decay": 0.01},
+        "finetune": {"lr_schedule": "one_cycle", "learning_rate": 1e-3,
+                     "label_smoothing": 0.1, "layer_lr_decay": 0.7, "weight_decay": 0.05},
+    },
     "tuned_hot": {
         "head": {"lr_schedule": "one_cycle", "learning_rate": 1e-2, "label_smoothing": 0.1},
         "finetune": {"lr_schedule": "one_cycle", "learning_rate": 2e-3,
@@ -131,12 +164,35 @@ def run_pair(args, seed, loop, recipe="classic", flags=None, test=False) -> dict
             out["resolved"] = {k: v for k, v in cfg.to_dict().items()
                                if v != getattr(type(cfg)(), k) and k not in (
                                    "workdir", "data_dir", "weights")}
+    if not test:  # Selection: the best weights on the validation photos, with flip TTA.
+        out.update(validation_with_tta(args, workdir, config(args, workdir, "finetune", seed,
+                                                              loop, recipe, flags)))
     if test:
         result = train_lib.run(config(args, workdir, "evaluate", seed, loop))
         keras.backend.clear_session()
         out["test_accuracy"] = result["accuracy"]
         out["test_examples"] = result["test_examples"]
     out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def validation_with_tta(args, workdir, cfg) -> dict:
+    """Accuracy of the finetune phase's best weights on the validation split, as
+    trained and with `--tta=flip` (the test photos stay unseen)."""
+    import keras
+
+    import input_pipeline
+    from loops import train_lib
+    from loops.custom import CustomLoop
+    from loops.schedules import make_optimizer
+    from model.augment import with_tta
+    model, trained, _, _ = train_lib.load_trained_model(workdir)
+    batches = input_pipeline.eval_batches(input_pipeline.load_splits(cfg).validation,
+                                          cfg.batch_size)
+    out = {}
+    for name, net in (("val_accuracy_best", model), ("val_accuracy_tta", with_tta(model, "flip"))):
+        out[name] = CustomLoop(net, make_optimizer(trained)).evaluate(batches)["accuracy"]
+    keras.backend.clear_session()
     return out
 
 
@@ -166,19 +222,22 @@ def main():
     results = []
     if args.stage == "select":
         seeds = [int(s) for s in args.select_seeds.split(",")]
-        print("\n| candidate | seed | head best val_acc | finetune best val_acc | s |")
-        print("|---|---|---|---|---|")
+        print("\n| candidate | seed | head best val_acc | finetune best val_acc | "
+              "with flip TTA | s |")
+        print("|---|---|---|---|---|---|")
         for name in args.candidates.split(","):
             for seed in seeds:
                 r = run_pair(args, seed, "custom", flags=CANDIDATES[name])
                 results.append({"candidate": name, "seed": seed, **r})
                 print(f"| {name} | {seed} | {100 * r['head_val_accuracy']:.2f} | "
-                      f"{100 * r['finetune_val_accuracy']:.2f} | {r['seconds']:.0f} |",
+                      f"{100 * r['finetune_val_accuracy']:.2f} | "
+                      f"{100 * r['val_accuracy_tta']:.2f} | {r['seconds']:.0f} |",
                       flush=True)
-        print("\n| candidate | mean finetune best val_acc |\n|---|---|")
+        print("\n| candidate | mean finetune best val_acc | with flip TTA |\n|---|---|---|")
         for name in args.candidates.split(","):
-            values = [r["finetune_val_accuracy"] for r in results if r["candidate"] == name]
-            print(f"| {name} | {mean_std(values)} |")
+            rows = [r for r in results if r["candidate"] == name]
+            print(f"| {name} | {mean_std([r['finetune_val_accuracy'] for r in rows])} | "
+                  f"{mean_std([r['val_accuracy_tta'] for r in rows])} |")
     else:
         seeds = [int(s) for s in args.seeds.split(",")]
         tuned = ("tuned", None) if args.tuned == "recipe" else ("classic",

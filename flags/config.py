@@ -64,7 +64,7 @@ from flags.errors import ConfigError  # noqa: E402,F401  (re-exported)
 RECIPES = {
     "classic": {},
     "tuned": {
-        "head": {"lr_schedule": "one_cycle", "learning_rate": 3e-3, "label_smoothing": 0.1},
+        "head": {"lr_schedule": "one_cycle", "learning_rate": 1e-2, "label_smoothing": 0.1},
         "finetune": {"lr_schedule": "one_cycle", "learning_rate": 1e-3,
                      "label_smoothing": 0.1, "layer_lr_decay": 0.7, "weight_decay": 0.01},
     },

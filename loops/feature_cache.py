@@ -3,7 +3,8 @@
 When every layer before the first trainable one is frozen and deterministic
 (no dropout, no augmentation), its output for an image never changes during a
 phase. We compute it once per split, then train only the suffix on it: one
-frozen forward pass per image for the whole phase. The suffix shares its layers
+frozen forward pass per image for the whole phase, kept in memory or in .npy files
+(`--feature_cache=disk`, reused by later runs with the same fingerprint). The suffix shares its layers
 (and so its variables, dropout seeds and optimizer slots) with the full model,
 which hooks, checkpoints, evaluation and prediction keep using.
 
@@ -106,6 +107,15 @@ def find_cut(model) -> tuple[Cut | None, str]:
     return Cut(prefix, suffix, layers[cut + 1].name, layers[cut].name, flip), ""
 
 
+def forward_function(prefix: keras.Model, fn=None):
+    """`fn(x)` (default: the prefix in inference mode) traced once for float32 image
+    batches of any size: a large backbone's graph takes seconds to trace, and the
+    last, partial batch of each split would otherwise trace it again."""
+    signature = tf.TensorSpec((None, *prefix.input.shape[1:]), tf.float32)
+    return tf.function(fn or (lambda x: prefix(x, training=False)),
+                       input_signature=[signature])
+
+
 def fingerprint(cut: Cut, data_key: dict) -> str:
     """Hash of everything that determines the features: the prefix's weights
     (backbone, weights file, earlier phases), its architecture and cut, and the
@@ -134,40 +144,134 @@ def feature_bytes(cut: Cut, num_examples: int) -> int:
     return int(np.prod(cut.prefix.output.shape[1:])) * 4 * num_examples * outcomes
 
 
+FEATURES, LABELS = ".features.npy", ".labels.npy"
+READ_ROWS = 256  # Rows per read from the arrays (tf.data then unbatches them).
+
+
 def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
                     path: str | None, batch_size: int, training: bool = True
                     ) -> tf.data.Dataset:
-    """(features, label) in the order of `images` (unbatched), computed on first
-    iteration and cached in memory (path None) or in files at `path`.
+    """(features, label) in the order of `images` (unbatched): the frozen pass runs
+    now, in this thread, into arrays in memory (path None) or into two .npy files
+    at `path` (`path + FEATURES`, `path + LABELS`), which a later run with the same
+    path reads instead of running the pass (written atomically: a file there is
+    complete).
 
     With a flip in the prefix (`cut.flip`) the features are `[features(x),
     features(mirror x)]` for the training split (`training`), and the image's
-    features twice for the others (stacked after the cache)."""
-    if cut.forward is None:
-        cut.forward = tf.function(lambda x: cut.prefix(x, training=False))
-    prefix = cut.forward
+    features twice for the others (stacked when read)."""
     both = cut.flip is not None and training
-
-    def features_of(x):
-        x = tf.cast(x, tf.float32)
-        return flip_features.both_outcomes(prefix, x) if both else prefix(x)
-
-    # The run's batch size: the feature pass needs no more memory than training.
-    features = (images.batch(batch_size)
-                .map(lambda x, y: (features_of(x), y))
-                .unbatch()
-                .apply(tf.data.experimental.assert_cardinality(num_examples)))
-    if path:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        # A run killed while writing the cache leaves a lock file and no index:
-        # drop the partial files so this run writes the cache again.
-        if glob.glob(glob.escape(path) + "*.lockfile"):
-            for stale in glob.glob(glob.escape(path) + "*"):
-                os.remove(stale)
-    features = features.cache(path or "")
+    arrays = _load(path, num_examples) if path else None
+    if arrays is None:
+        arrays = _compute(cut, images, num_examples, batch_size, both, path)
+    features = _read(*arrays)
     if cut.flip is not None and not training:
         features = features.map(lambda f, y: (flip_features.same_outcome(f), y))
     return features
+
+
+def _compute(cut, images, num_examples, batch_size, both, path):
+    """The frozen pass over `images`, batch by batch, as an ordinary call of the
+    traced prefix in this thread, not inside a tf.data map: tf.data runs a map
+    function's ops on one intra-op thread and without grappler's fusions, 2-4x
+    slower here (bench/README.md). The run's batch size: no more memory than
+    training; a split's last, partial batch is padded to the full size, as a
+    batch of another size makes oneDNN create new primitives for every layer (5 s
+    for EfficientNet-B0 here); in inference mode each example's features do not
+    depend on the others in its batch."""
+    if cut.forward is None:
+        cut.forward = forward_function(cut.prefix)
+    prefix = cut.forward
+    _, label_spec = images.element_spec
+    dtype = tf.as_dtype(keras.backend.standardize_dtype(cut.prefix.output.dtype))
+    shape = (num_examples, *((2,) if both else ()), *cut.prefix.output.shape[1:])
+    labels = np.empty((num_examples, *label_spec.shape), label_spec.dtype.as_numpy_dtype)
+    if path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _remove_dead_temporaries(path)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        features = np.lib.format.open_memmap(temporary + FEATURES, "w+", dtype.as_numpy_dtype,
+                                             shape)
+    else:
+        features = np.empty(shape, dtype.as_numpy_dtype)
+    done = 0
+    for x, y in images.batch(batch_size).prefetch(1):
+        n = int(tf.shape(y)[0])
+        if done + n > num_examples:
+            break
+        x = tf.cast(x, tf.float32)
+        if n < batch_size:
+            x = tf.pad(x, [[0, batch_size - n]] + [[0, 0]] * (len(x.shape) - 1))
+        f = flip_features.both_outcomes(prefix, x) if both else prefix(x)
+        features[done:done + n] = tf.cast(f[:n], dtype).numpy()
+        labels[done:done + n] = y.numpy()
+        done += n
+    if done != num_examples:
+        raise RuntimeError(f"the split has {done} examples, not {num_examples}: its files "
+                           "changed during the run; run again")
+    if not path:
+        return features, labels
+    features.flush()
+    del features
+    np.save(temporary + LABELS, labels)
+    os.replace(temporary + LABELS, path + LABELS)
+    os.replace(temporary + FEATURES, path + FEATURES)  # Last: its presence means complete.
+    return _load(path, num_examples)
+
+
+def _load(path, num_examples):
+    """The arrays at `path` (features memory-mapped), or None if absent or not of
+    `num_examples` rows."""
+    try:
+        features = np.load(path + FEATURES, mmap_mode="r")
+        labels = np.load(path + LABELS)
+    except (OSError, ValueError):
+        return None
+    if len(features) != num_examples or len(labels) != num_examples:
+        return None
+    return features, labels
+
+
+def _remove_dead_temporaries(path):
+    """Drops what a killed run left half-written at `path` (its pid no longer runs)."""
+    for stale in glob.glob(glob.escape(path) + ".*.tmp.*"):
+        pid = stale[len(path) + 1:].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            try:
+                os.remove(stale)
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read(features, labels) -> tf.data.Dataset:
+    """The rows of `features` and `labels` (numpy arrays, or memory-mapped files),
+    read in chunks: nothing is copied into a TensorFlow constant up front."""
+    n = len(labels)
+    feature_dtype, label_dtype = tf.as_dtype(features.dtype), tf.as_dtype(labels.dtype)
+
+    def rows(start):
+        start = int(start)
+        return (np.ascontiguousarray(features[start:start + READ_ROWS]),
+                np.ascontiguousarray(labels[start:start + READ_ROWS]))
+
+    def read(start):
+        f, y = tf.numpy_function(rows, [start], (feature_dtype, label_dtype), stateful=False)
+        f.set_shape((None, *features.shape[1:]))
+        y.set_shape((None, *labels.shape[1:]))
+        return f, y
+
+    return (tf.data.Dataset.range(0, n, READ_ROWS).map(read).unbatch()
+            .apply(tf.data.experimental.assert_cardinality(n)))
 
 
 DATA_FIELDS = ("dataset", "data_dir", "tfds_data_dir", "train_split", "validation_split_name",

@@ -52,10 +52,11 @@ def bfloat16_copy(prefix: keras.Model) -> keras.Model:
 
 def forward(prefix: keras.Model, precision: str):
     """`x -> float32 features` of `prefix` in `precision` ("float32" or "bfloat16")."""
+    from loops.feature_cache import forward_function
     if precision == "float32":
-        return tf.function(lambda x: prefix(x, training=False))
+        return forward_function(prefix)
     copy = bfloat16_copy(prefix)
-    return tf.function(lambda x: tf.cast(copy(x, training=False), tf.float32))
+    return forward_function(prefix, lambda x: tf.cast(copy(x, training=False), tf.float32))
 
 
 def resolve(mode: str, prefix: keras.Model, probe_batch=None, cpuinfo: str = "/proc/cpuinfo"

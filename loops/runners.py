@@ -60,8 +60,9 @@ class Runner:
         self._hooks = hooks
         return hooks
 
-    def _batches(self, train_examples, validation_examples, position):
-        cache = False if self.cfg.image_cache == "off" else None  # None: decoded once.
+    def _batches(self, train_examples, validation_examples, position, features=False):
+        # None: images decoded once, kept. Cached features are arrays already.
+        cache = False if features or self.cfg.image_cache == "off" else None
         train, _ = input_pipeline.train_batches(
             train_examples, self.plan.splits.sizes["train"], self.cfg.batch_size, self.cfg.seed,
             cache=cache, start_epoch=position.epoch if position else 0,
@@ -220,7 +221,8 @@ class CustomRunner(Runner):
                                               cfg.batch_size, training=split == "train")
                 for split, images in (("train", splits.train),
                                       ("validation", splits.validation)))
-        return self._batches(train_examples, validation_examples, position)
+        return self._batches(train_examples, validation_examples, position,
+                             features=mode != "off")
 
     def _new_stage(self, epoch):
         """Gradual unfreezing moved to a new stage at the start of `epoch`: re-cut the

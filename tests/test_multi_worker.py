@@ -222,8 +222,9 @@ def test_feature_cache_on_each_worker(runs, tmp_path):
     cluster.wait()
     for i in range(2):
         assert "feature cache (disk)" in cluster.log(i), cluster.tail()
-    cached = glob.glob(str(tmp_path / "cached" / "feature_cache" / "*" / "*.index"))
-    assert sorted(map(os.path.basename, cached)) == ["train.index", "validation.index"]
+    cached = glob.glob(str(tmp_path / "cached" / "feature_cache" / "*" / "*.features.npy"))
+    assert sorted(map(os.path.basename, cached)) == ["train.features.npy",
+                                                     "validation.features.npy"]
     for tmp_dir in cluster.tmp_dirs:
         assert not glob.glob(os.path.join(tmp_dir, "tapefit-*")), os.listdir(tmp_dir)
     # Features computed in batches of another size: equal up to float rounding.
