@@ -4,9 +4,9 @@ When every layer before the first trainable one is frozen and deterministic
 (no dropout, no augmentation), its output for an image never changes during a
 phase. We compute it once per split, then train only the suffix on it: one
 frozen forward pass per image for the whole phase, kept in memory or in .npy files
-(`--feature_cache=disk`, reused by later runs with the same fingerprint). The suffix shares its layers
-(and so its variables, dropout seeds and optimizer slots) with the full model,
-which hooks, checkpoints, evaluation and prediction keep using.
+(`--feature_cache=disk`, reused by later runs with the same fingerprint). The
+suffix shares its layers (and so its variables, dropout seeds and optimizer slots)
+with the full model, which hooks, checkpoints, evaluation and prediction keep using.
 
 A horizontal flip on the input (`--augment=flip`) does not turn the cache off: both
 outcomes' features are cached and the suffix picks, per example and step, the one
