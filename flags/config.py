@@ -60,7 +60,8 @@ from flags.errors import ConfigError  # noqa: E402,F401  (re-exported)
 # --recipe: named settings of the fine-tuning flags, per phase (`apply_recipe`). A flag
 # given explicitly overrides its recipe value; config.json records the resolved values.
 # `classic` is the behaviour before recipes (every flag at its default). `tuned` was
-# chosen with bench/recipes.py on the train/validation photos (bench/README.md).
+# chosen with bench/recipes.py on the train/validation photos (bench/README.md:
+# candidate `tuned_hot_head`).
 RECIPES = {
     "classic": {},
     "tuned": {

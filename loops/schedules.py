@@ -208,7 +208,7 @@ class UnfreezeSchedule(Callback):
         super().__init__()
         from model import first_trainable_position
         self.net, self.cfg, self.on_change = model, cfg, on_change
-        self.stages = _check_stages(model, cfg)
+        self.stages = check_unfreeze_schedule(model, cfg)
         self.position = {name: first_trainable_position(model, name)
                          for name, _ in self.stages}
         self.current = None
@@ -238,7 +238,7 @@ class UnfreezeSchedule(Callback):
             self.on_change(epoch)
 
 
-def _check_stages(model, cfg) -> list[tuple[str, int]]:
+def check_unfreeze_schedule(model, cfg) -> list[tuple[str, int]]:
     """The schedule's stages; blocks lower in the model must come at later epochs."""
     from flags.config import parse_unfreeze_schedule
     from flags.errors import ConfigError

@@ -200,6 +200,9 @@ def make_plan(cfg: Config, run_dir: str | None = None, extra_hooks=None) -> Plan
             f"--steps_per_execution={cfg.steps_per_execution} does not divide the "
             f"{steps_per_epoch} steps of an epoch; pass a divisor of {steps_per_epoch}")
     model = build(cfg, strategy, len(splits.class_names), checkpoint)
+    if cfg.unfreeze_schedule:  # The blocks' order needs the model; checked before writing.
+        from loops.schedules import check_unfreeze_schedule
+        check_unfreeze_schedule(model, cfg)
     return Plan(cfg, run_dir, chief, state, fingerprint, strategy, splits, steps_per_epoch,
                 model, checkpoint, extra_hooks)
 

@@ -498,11 +498,24 @@ def test_unfreeze_schedule_errors(changes, message):
         Config(**values)
 
 
+def test_a_bottom_up_schedule_is_refused_before_anything_is_written(tiny_config):
+    import os
+
+    from loops import train_lib
+    head = tiny_config.replace(epochs=1)
+    train_lib.run(head)
+    cfg = head.replace(phase="finetune", unfreeze_from=None,
+                       unfreeze_schedule="block_12:0,block_13:2")
+    with pytest.raises(ConfigError, match="from the top down"):
+        train_lib.run(cfg)
+    assert not os.path.exists(cfg.run_dir)
+
+
 def test_unfreeze_schedule_must_go_from_the_top_down(mobilenet, tiny_config):
     cfg = tiny_config.replace(phase="finetune", unfreeze_from=None,
                               unfreeze_schedule="block_12:0,block_13:2")
     with pytest.raises(ConfigError, match="from the top down"):
-        schedules._check_stages(mobilenet, cfg)
+        schedules.check_unfreeze_schedule(mobilenet, cfg)
 
 
 def test_lr_find_for_the_finetune_phase_leaves_the_head_run_alone(tiny_config):
