@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 
 import keras
 import numpy as np
@@ -175,10 +176,11 @@ def _compute(cut, images, num_examples, batch_size, both, path):
     traced prefix in this thread, not inside a tf.data map: tf.data runs a map
     function's ops on one intra-op thread and without grappler's fusions, 2-4x
     slower here (bench/README.md). The run's batch size: no more memory than
-    training; a split's last, partial batch is padded to the full size, as a
-    batch of another size makes oneDNN create new primitives for every layer (5 s
-    for EfficientNet-B0 here); in inference mode each example's features do not
-    depend on the others in its batch."""
+    training. A split's last, partial batch is padded to the full size when that
+    is cheaper than a batch of a new size, for which oneDNN creates new primitives
+    for every layer (5 s for EfficientNet-B0's 238 layers here): `_pad_is_cheaper`.
+    In inference mode each example's features do not depend on the others in its
+    batch."""
     if cut.forward is None:
         cut.forward = forward_function(cut.prefix)
     prefix = cut.forward
@@ -194,16 +196,20 @@ def _compute(cut, images, num_examples, batch_size, both, path):
                                              shape)
     else:
         features = np.empty(shape, dtype.as_numpy_dtype)
-    done = 0
+    done, seconds = 0, []  # Seconds per full batch.
     for x, y in images.batch(batch_size).prefetch(1):
         n = int(tf.shape(y)[0])
         if done + n > num_examples:
             break
         x = tf.cast(x, tf.float32)
-        if n < batch_size:
+        if n < batch_size and _pad_is_cheaper(batch_size - n, batch_size, seconds,
+                                              len(cut.prefix.layers)):
             x = tf.pad(x, [[0, batch_size - n]] + [[0, 0]] * (len(x.shape) - 1))
+        start = time.perf_counter()
         f = flip_features.both_outcomes(prefix, x) if both else prefix(x)
         features[done:done + n] = tf.cast(f[:n], dtype).numpy()
+        if n == batch_size:
+            seconds.append(time.perf_counter() - start)
         labels[done:done + n] = y.numpy()
         done += n
     if done != num_examples:
@@ -217,6 +223,23 @@ def _compute(cut, images, num_examples, batch_size, both, path):
     os.replace(temporary + LABELS, path + LABELS)
     os.replace(temporary + FEATURES, path + FEATURES)  # Last: its presence means complete.
     return _load(path, num_examples)
+
+
+# What a batch of a new size costs per layer of the prefix, measured here: the
+# first pass over 500 photos (15 batches of 32, one of 20) through EfficientNet-B0's
+# 238 frozen layers took 5.1 s longer than the second.
+NEW_SHAPE_SECONDS_PER_LAYER = 0.02
+
+
+def _pad_is_cheaper(padding: int, batch_size: int, seconds: list, layers: int) -> bool:
+    """Whether `padding` extra examples cost less than a batch of a new size: by the
+    time per example of this split's full batches (the first, which traced, left
+    out when there are others); with none timed, pad (a split of one batch)."""
+    timed = seconds[1:] or seconds
+    if not timed:
+        return True
+    per_example = sorted(timed)[len(timed) // 2] / batch_size
+    return padding * per_example < NEW_SHAPE_SECONDS_PER_LAYER * layers
 
 
 def _load(path, num_examples):

@@ -183,3 +183,29 @@ def test_fingerprint_does_not_depend_on_generated_layer_names(cache_config):
     keys = [feature_cache.fingerprint(feature_cache.find_cut(m)[0], feature_cache.data_key(cfg))
             for m in (first, second)]
     assert keys[0] == keys[1]
+
+
+def test_a_partial_last_batch_is_padded_only_when_that_is_cheaper():
+    # No full batch timed yet (a split of one batch): pad.
+    assert feature_cache._pad_is_cheaper(3, 4, [], layers=20)
+    # EfficientNet-like: 238 layers, 0.3 s per batch of 32 (the first traced: 2 s).
+    assert feature_cache._pad_is_cheaper(12, 32, [2.0, 0.3, 0.3, 0.31], layers=238)
+    # VGG16 at 224²: 21 layers, 10 s per batch of 32: 28 padded images cost 8.75 s.
+    assert not feature_cache._pad_is_cheaper(28, 32, [12.0, 10.0, 10.2], layers=21)
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_features_of_a_partial_last_batch_are_exact_padded_or_not(cache_config, pad,
+                                                                  monkeypatch):
+    import tensorflow as tf
+    monkeypatch.setattr(feature_cache, "_pad_is_cheaper", lambda *args: pad)
+    model = model_for(cache_config)
+    cut, _ = feature_cache.find_cut(model)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (10, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(10, dtype=np.int32) % 2
+    split = tf.data.Dataset.from_tensor_slices((images, labels))
+    features, got_labels = feature_cache._compute(cut, split, 10, 4, False, None)
+    want = cut.prefix(images.astype(np.float32), training=False)
+    np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got_labels, labels)

@@ -166,14 +166,12 @@ def test_head_parity_with_finetune_tools(parity_config, changes):
         assert rates == pytest.approx([lr, lr, lr / 2])
 
 
-def test_finetune_parity_with_layer_lr_decay(tiny_config):
-    """Discriminative rates live in the optimizer: block_13 at LR/2, block_12 at LR/4
-    (MobileNet, every file-writing hook on)."""
-    head = tiny_config.replace(epochs=1, learning_rate=5e-3, save_best_only=False,
-                               tensorboard=True, csv_log=True)
-    train_lib.run(head)
-    cfg = head.replace(phase="finetune", epochs=2, unfreeze_from="block_12",
-                       layer_lr_decay=0.5, lr_schedule="one_cycle")
+def test_finetune_parity_with_layer_lr_decay(parity_config):
+    """Discriminative rates live in the optimizer: block5 at LR/2, block4 at LR/4."""
+    train_lib.run(parity_config.replace(epochs=1))
+    cfg = parity_config.replace(phase="finetune", epochs=2, unfreeze_from="block4",
+                                layer_lr_decay=0.5, lr_schedule="one_cycle",
+                                reduce_lr_on_plateau=False, early_stopping=False)
     report = compare_lib.compare(cfg)
     assert_parity(report, cfg.run_dir)
     # The check can fail: another decay in fit() alone changes the backbone's weights.
@@ -181,7 +179,7 @@ def test_finetune_parity_with_layer_lr_decay(tiny_config):
     assert not other["equal"]
     differing = {layer["name"].split("/")[0] for layer in other["layers"]
                  if layer["max_abs_diff"] > 0}
-    assert {"conv_dw_12", "conv_pw_12"} & differing, differing
+    assert any(name.startswith("block4") for name in differing)
 
 
 def test_finetune_parity_with_train_bn_and_flip_tta_evaluation(tiny_config):
