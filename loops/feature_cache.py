@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from loops import flip_features
+from loops.run_lock import pid_alive
 from model import graph
 
 # Layers whose output depends on an RNG in training mode: they cannot be cached.
@@ -259,21 +260,11 @@ def _remove_dead_temporaries(path):
     """Drops what a killed run left half-written at `path` (its pid no longer runs)."""
     for stale in glob.glob(glob.escape(path) + ".*.tmp.*"):
         pid = stale[len(path) + 1:].split(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             try:
                 os.remove(stale)
             except OSError:
                 pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read(features, labels) -> tf.data.Dataset:

@@ -170,7 +170,7 @@ class RunLock:
         if host == socket.gethostname() and isinstance(pid, int):
             if pid == os.getpid():  # Ours, or a previous process's with our pid.
                 return holder.get("token") not in _HELD_TOKENS
-            return not _pid_alive(pid, _epoch(holder.get("start")))
+            return not pid_alive(pid, _epoch(holder.get("start")))
         # Another host, or a record unreadable: go by the heartbeat.
         return mtime is not None and time.time() - mtime > self.lease_s
 
@@ -247,7 +247,7 @@ def _read_record(path: str):
     return (record if isinstance(record, dict) else {}), mtime
 
 
-def _pid_alive(pid: int, since: float | None = None) -> bool:
+def pid_alive(pid: int, since: float | None = None) -> bool:
     """Whether process `pid` runs on this host (and, where /proc tells, started no later
     than `since`, the lock's start: else the pid was reused)."""
     if pid <= 0:

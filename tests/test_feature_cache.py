@@ -209,3 +209,17 @@ def test_features_of_a_partial_last_batch_are_exact_padded_or_not(cache_config, 
     want = cut.prefix(images.astype(np.float32), training=False)
     np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got_labels, labels)
+
+
+def test_half_written_features_of_a_dead_run_are_removed(tmp_path):
+    import subprocess
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    path = str(tmp_path / "train")
+    dead = f"{path}.{finished.pid}.tmp{feature_cache.FEATURES}"
+    live = f"{path}.{os.getpid()}.tmp{feature_cache.FEATURES}"
+    for name in (dead, live):
+        open(name, "wb").close()
+    feature_cache._remove_dead_temporaries(path)
+    assert not os.path.exists(dead) and os.path.exists(live)
+    assert feature_cache._load(path, 1) is None  # No complete cache there.
