@@ -30,6 +30,7 @@ from flags.errors import ConfigError, RunError
 from loops import run_dir as run_dir_lib
 from loops.custom import make_loss, make_metrics
 from loops.hooks import logs_are_finite, weights_are_finite
+from loops.keras_saving import memoize_skipsets
 from loops.run_dir import (
     BEST_WEIGHTS,
     CLASSES_JSON,
@@ -129,6 +130,7 @@ def build(cfg: Config, strategy, num_classes: int, checkpoint: str | None = None
         if cfg.train_bn:  # --train_bn (model/augment.py until model/build.py takes it).
             from model.augment import unfreeze_batch_norm
             unfreeze_batch_norm(model, cfg.phase, cfg.resolved_unfreeze_from)
+    memoize_skipsets()  # Every checkpoint of either loop saves faster (loops/keras_saving.py).
     return model
 
 
@@ -140,6 +142,7 @@ def _is_full_disk(e: BaseException) -> bool:
 
 def save_weights(model, path):
     """Atomic `model.save_weights`; a full disk is a one-line error, the old file survives."""
+    memoize_skipsets()
     try:
         atomic_save(lambda tmp: model.save_weights(tmp, overwrite=True), path)
     except Exception as e:  # h5py reports a full disk as OSError or RuntimeError.
