@@ -99,6 +99,9 @@ def sweep(cfg):
         result = study_lib.report.write(study, workdir)
         print(result["markdown"])
         return 0
+    from loops.run_dir import check_cache_dirs, check_writable
+    check_writable(workdir)  # Before a trial folder is written.
+    check_cache_dirs(study.base)
     extra = [f"--logical_cpus={FLAGS.logical_cpus}"] if FLAGS.logical_cpus else []
     extra += ["--debug"] if FLAGS.debug else []
     script = os.path.abspath(__file__)

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from flags.errors import RunError
 from loops import flip_features
 from loops.run_lock import pid_alive
 from model import graph
@@ -190,7 +191,11 @@ def _compute(cut, images, num_examples, batch_size, both, path):
     shape = (num_examples, *((2,) if both else ()), *cut.prefix.output.shape[1:])
     labels = np.empty((num_examples, *label_spec.shape), label_spec.dtype.as_numpy_dtype)
     if path:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        except OSError as e:
+            raise RunError(f"cannot create the feature cache folder {os.path.dirname(path)} "
+                           f"({e.strerror}); pass a writable --feature_cache_dir") from None
         _remove_dead_temporaries(path)
         temporary = f"{path}.{os.getpid()}.tmp"
         features = np.lib.format.open_memmap(temporary + FEATURES, "w+", dtype.as_numpy_dtype,

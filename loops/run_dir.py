@@ -81,6 +81,25 @@ def check_writable(path: str, flag: str = "--workdir") -> None:
         what = "is not writable" if existing == os.path.abspath(path) else \
             f"cannot be created ({existing} is not writable)"
         raise ConfigError(f"{flag}={path} {what}; pass a writable {flag}")
+    if _read_only_file_system(existing):  # os.access says yes to root even there.
+        raise ConfigError(f"{flag}={path} is on a read-only file system ({existing}); "
+                          f"pass a writable {flag}")
+
+
+def _read_only_file_system(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # No statvfs (Windows): os.access decided.
+        return False
+
+
+def check_cache_dirs(cfg: Config) -> None:
+    """`--feature_cache_dir` and `--image_cache_dir`, when given and their cache is on,
+    can be created and written (checked before anything is written, as --workdir)."""
+    if cfg.feature_cache_dir and cfg.feature_cache != "off":
+        check_writable(cfg.feature_cache_dir, "--feature_cache_dir")
+    if cfg.image_cache_dir and cfg.image_cache != "off":
+        check_writable(cfg.image_cache_dir, "--image_cache_dir")
 
 
 def _normalised(field: str, value):

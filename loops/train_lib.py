@@ -183,6 +183,7 @@ def make_plan(cfg: Config, run_dir: str | None = None, extra_hooks=None) -> Plan
     if chief:
         run_dir_lib.check_writable(cfg.workdir)
         run_dir_lib.check_not_running(run_dir)
+    run_dir_lib.check_cache_dirs(cfg)
     fingerprint = input_pipeline.data_fingerprint(cfg)
     state = run_dir_lib.inspect(cfg, run_dir, fingerprint, writer=chief)
     configure_determinism(cfg)
@@ -362,6 +363,7 @@ def evaluate(cfg: Config) -> dict:
     if is_chief(cfg.strategy):
         run_dir_lib.check_writable(cfg.workdir)
         run_dir_lib.check_not_running(cfg.run_dir)
+    run_dir_lib.check_cache_dirs(cfg)
     configure_determinism(cfg)
     model, trained, class_names, phase = load_trained_model(cfg.workdir)
     data_cfg = evaluation_data(cfg, trained)

@@ -86,3 +86,41 @@ def test_incompatible_weights_file_is_an_error(tmp_path):
                              input_shape=(32, 32, 3)).save_weights(path)
     out = run_train(*TINY, f"--workdir={tmp_path}", f"--weights={path}")
     assert_one_line_error(out, "does not fit mobilenet")
+
+
+@pytest.mark.parametrize("flags", [
+    ["--feature_cache=disk", "--feature_cache_dir={blocker}/features"],
+    ["--image_cache=disk", "--image_cache_dir={blocker}/images"],
+])
+def test_cache_dir_that_cannot_be_created_is_an_error_before_writing(tmp_path, flags):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    workdir = tmp_path / "w"
+    out = run_train(*TINY, f"--workdir={workdir}", *(f.format(blocker=blocker) for f in flags))
+    assert_one_line_error(out, flags[1].split("=")[0], "writable")
+    assert not workdir.exists()
+
+
+def test_sweep_checks_its_cache_dir_before_writing(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    workdir = tmp_path / "study"
+    out = subprocess.run([sys.executable, "sweep.py", f"--workdir={workdir}", *TINY,
+                          "--seeds=0", "--phases=head", "--feature_cache=disk",
+                          f"--feature_cache_dir={blocker}/features"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert_one_line_error(out, "--feature_cache_dir", "writable")
+    assert not workdir.exists()
+
+
+def test_read_only_file_system_is_refused_even_for_root(tmp_path, monkeypatch):
+    from flags.errors import ConfigError
+    from loops import run_dir
+
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    run_dir.check_writable(str(tmp_path / "new"))  # Writable: no error.
+    monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly())
+    with pytest.raises(ConfigError, match="read-only file system"):
+        run_dir.check_writable(str(tmp_path / "new"), "--feature_cache_dir")
