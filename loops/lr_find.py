@@ -32,6 +32,7 @@ import os
 import numpy as np
 
 from callbacks.atomic_io import atomic_write_json, atomic_write_text, read_json
+from flags.config import Config
 from flags.errors import ConfigError, RunError
 
 START_LR = 1e-7
@@ -267,6 +268,35 @@ def summary_text(result: dict) -> str:
     return "\n".join(lines)
 
 
+# What the loss-vs-rate curve depends on: the model, the data, and how a step is taken.
+# Not the seed (another shuffle of the same data), epochs, schedules or callbacks: the
+# finder ramps the rate itself and its suggestion is the schedule's peak.
+FINDER_FIELDS = ("backbone", "alpha", "weights", "image_size", "dropout", "augment",
+                 "init_checkpoint", "train_bn", "mixed_precision", "dataset", "data_dir",
+                 "tfds_data_dir", "train_split", "validation_split", "max_examples_per_split",
+                 "synthetic_examples", "split_seed", "batch_size", "optimizer",
+                 "label_smoothing", "weight_decay", "clipnorm", "layer_lr_decay")
+
+
+def finder_differences(cfg, config_path: str) -> list[str]:
+    """The flags of `cfg` (the phase to train) that the finder's run (its config.json)
+    had otherwise: `--flag=now (was then)`; the unfreeze point compared as resolved."""
+    from loops.run_dir import _normalised
+    try:
+        found = Config.from_dict(read_json(config_path))
+    except FileNotFoundError:
+        return [f"unknown ({config_path} is missing)"]
+    except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
+        return [f"unknown ({config_path} is unreadable: {type(e).__name__})"]
+    found = phase_config(found)
+    differences = [f"--{k}={getattr(cfg, k)} (was {getattr(found, k)})" for k in FINDER_FIELDS
+                   if _normalised(k, getattr(cfg, k)) != _normalised(k, getattr(found, k))]
+    if cfg.phase == "finetune" and found.resolved_unfreeze_from != cfg.resolved_unfreeze_from:
+        differences.append(f"--unfreeze_from={cfg.resolved_unfreeze_from} "
+                           f"(was {found.resolved_unfreeze_from})")
+    return differences
+
+
 def resolve_learning_rate(cfg):
     """`--learning_rate=auto`: the suggestion `--lr_suggestion` of the phase's finder
     run; the config then holds (and config.json records) the number."""
@@ -284,6 +314,11 @@ def resolve_learning_rate(cfg):
         raise ConfigError(f"{path} is unreadable ({type(e).__name__}); {fix}") from None
     if not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"{path} suggests {cfg.lr_suggestion}={value}; {fix}")
+    differences = finder_differences(cfg, os.path.join(os.path.dirname(path), "config.json"))
+    if differences:
+        raise ConfigError(f"the learning-rate finder in {os.path.dirname(path)} ran with other "
+                          f"flags: {', '.join(differences)}; run it again with this run's "
+                          "flags, or pass --learning_rate=NUMBER")
     logging.info("--learning_rate=auto: %s suggestion %.3g from %s", cfg.lr_suggestion,
                  value, path)
     return cfg.replace(learning_rate=value)

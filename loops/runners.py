@@ -138,11 +138,14 @@ def _mode(mode, monitor):
     return "max" if "acc" in monitor else "min"
 
 
-# Flags a later phase must repeat (they define the network or the data).
+# Flags a later phase must repeat (they define the network or the data), and those
+# that make it the same run: its seed and determinism, its recipe (which sets each
+# phase's own rates), numerics and where its caches are.
 _REPEATED = ("backbone", "alpha", "weights", "image_size", "dropout", "augment", "dataset",
              "data_dir", "tfds_data_dir", "train_split", "validation_split_name", "test_split",
              "validation_split", "test_split_fraction", "max_examples_per_split",
-             "synthetic_examples", "split_seed", "batch_size", "loop")
+             "synthetic_examples", "split_seed", "batch_size", "loop", "seed", "deterministic",
+             "recipe", "mixed_precision", "image_cache_dir", "feature_cache_dir")
 
 
 def command_flags(cfg) -> list[str]:

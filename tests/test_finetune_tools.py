@@ -283,7 +283,13 @@ def test_lr_find_phase_then_learning_rate_auto(tiny_config):
     rows = open(os.path.join(out, "lr_find.csv")).read().splitlines()
     assert rows[0] == "step,learning_rate,loss,smoothed_loss" and len(rows) == 1 + result["steps"]
     assert not os.path.exists(os.path.join(cfg.workdir, "head"))  # Nothing trained is kept.
-    train_lib.run(cfg.replace(learning_rate="auto", lr_suggestion="steep"))
+    # A suggestion measured with other flags is refused, naming them; nothing is written.
+    with pytest.raises(ConfigError, match=rf"--batch_size={2 * cfg.batch_size} "
+                                          rf"\(was {cfg.batch_size}\)"):
+        train_lib.run(cfg.replace(learning_rate="auto", batch_size=2 * cfg.batch_size))
+    assert not os.path.exists(os.path.join(cfg.workdir, "head"))
+    # Another seed is the same curve up to the shuffle: accepted.
+    train_lib.run(cfg.replace(learning_rate="auto", lr_suggestion="steep", seed=cfg.seed + 1))
     saved = json.load(open(os.path.join(cfg.workdir, "head", "config.json")))
     assert saved["learning_rate"] == found["steep"] and saved["lr_suggestion"] == "steep"
 

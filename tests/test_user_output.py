@@ -246,3 +246,16 @@ def test_piped_run_prints_one_line_per_epoch_no_noise_and_the_summary(tmp_path):
         summary = json.load(f)
     assert console.phase_summary(summary) in out.stdout  # Same numbers as the file.
     assert console.next_command(summary) in out.stdout
+
+
+def test_next_command_repeats_seed_recipe_and_determinism():
+    from flags.config import Config
+    from loops.runners import command_flags
+    cfg = Config(workdir="runs/x", seed=0, recipe="tuned", deterministic=True,
+                 image_cache_dir="/cache/images")
+    flags = command_flags(cfg)
+    for flag in ("--seed=0", "--recipe=tuned", "--deterministic",
+                 "--image_cache_dir=/cache/images"):
+        assert flag in flags, flags
+    assert not any(f.startswith("--learning_rate") for f in flags)
+    assert command_flags(Config(workdir="runs/x")) == ["--workdir=runs/x"]
