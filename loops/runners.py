@@ -273,6 +273,9 @@ class FitRunner(Runner):
     module = keras.callbacks
 
     def data(self):
+        if self.cfg.feature_cache in ("memory", "disk"):  # Asked for, not "auto": say so.
+            logging.info("feature cache off: --loop=fit trains on the images (the cache is "
+                         "the custom loop's; pass --loop=custom to use it)")
         # Keras' BackupAndRestore restarts its epoch: the stream starts at that epoch.
         if self.position is not None:
             self.position = type(self.position)(self.position.epoch, 0)

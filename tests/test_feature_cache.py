@@ -223,3 +223,11 @@ def test_half_written_features_of_a_dead_run_are_removed(tmp_path):
     feature_cache._remove_dead_temporaries(path)
     assert not os.path.exists(dead) and os.path.exists(live)
     assert feature_cache._load(path, 1) is None  # No complete cache there.
+
+
+@pytest.mark.parametrize("mode,said", [("memory", True), ("auto", False)])
+def test_fit_loop_says_an_asked_for_cache_is_off(tiny_config, caplog, mode, said):
+    with caplog.at_level(logging.INFO):
+        train_lib.run(tiny_config.replace(loop="fit", feature_cache=mode, epochs=1))
+    assert ("feature cache off: --loop=fit" in caplog.text) == said
+    assert "feature cache (" not in caplog.text  # fit() never engages it.
