@@ -18,6 +18,16 @@ import pytest  # noqa: E402
 from flags.config import Config  # noqa: E402
 
 
+def h5_datasets(path) -> dict:
+    """Every dataset of an h5 file (e.g. a `.weights.h5`) by its path in the file."""
+    import h5py
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
     """A seconds-long run: MobileNet(alpha=0.25) at 32x32 on synthetic data."""

@@ -1,7 +1,6 @@
 """loops/keras_saving.py: Keras' skip sets computed once, the same files written."""
 from __future__ import annotations
 
-import h5py
 import keras
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from keras.src.layers import layer as layer_module
 from keras.src.saving import saving_lib
 
 from loops import keras_saving
+from tests.conftest import h5_datasets
 
 
 def _small_model():
@@ -32,14 +32,6 @@ def _count_reference_layers(monkeypatch):
 
     monkeypatch.setattr(layer_module.Layer, "__init__", counting)
     return calls
-
-
-def _datasets(path):
-    found = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: found.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return found
 
 
 def test_save_weights_builds_no_reference_layers_once_memoized(monkeypatch, tmp_path):
@@ -72,7 +64,7 @@ def test_same_file_contents_with_and_without_memo(tmp_path):
     keras_saving.memoize_skipsets()
     memo = tmp_path / "memo.weights.h5"
     model.save_weights(str(memo))
-    a, b = _datasets(plain), _datasets(memo)
+    a, b = h5_datasets(plain), h5_datasets(memo)
     assert sorted(a) == sorted(b) and a
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])

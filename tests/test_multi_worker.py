@@ -23,12 +23,12 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 import pytest
 
 from flags.config import Config, ConfigError
 from tests.conftest import ROOT
+from tests.conftest import h5_datasets as weights
 
 RELATIVE_TOLERANCE = 1e-5
 METRIC_TOLERANCE = 1e-5
@@ -122,14 +122,6 @@ def run_single_device(workdir, args, tmp_dir):
                          env=environment(tmp_dir), capture_output=True, text=True,
                          timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
-
-
-def weights(path):
-    arrays = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return arrays
 
 
 def assert_close(reference, other, name):

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 import pytest
 from PIL import Image
@@ -25,6 +24,7 @@ from flags.config import Config
 from flags.errors import ConfigError, TapefitError
 from loops import train_lib
 from tests.conftest import ROOT
+from tests.conftest import h5_datasets as weights
 from tests.test_errors import TINY, assert_one_line_error, run_train
 
 # The reference run of the resume tests: 5 steps per epoch, 3 epochs, default hooks.
@@ -73,14 +73,6 @@ def snapshot(root) -> dict:
 def without_locks(tree: dict) -> dict:
     """A snapshot without lock files: a stale lock of a killed process may be taken over."""
     return {k: v for k, v in tree.items() if not os.path.basename(k).endswith(".lock")}
-
-
-def weights(path) -> dict:
-    arrays = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return arrays
 
 
 def assert_same_weights(a, b):

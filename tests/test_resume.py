@@ -8,10 +8,10 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 
 from tests.conftest import ROOT
+from tests.conftest import h5_datasets as weights
 
 COMMON = ["--backbone=vgg16", "--weights=none", "--image_size=32", "--dataset=synthetic",
           "--synthetic_examples=40", "--batch_size=8", "--epochs=6", "--dropout=0.3",
@@ -65,14 +65,6 @@ def run_with_kills(workdir, phase, rng, kills):
         return points  # The last killed attempt had in fact completed.
     assert out.returncode == 0, out.stderr[-3000:]
     return points
-
-
-def weights(path):
-    arrays = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return arrays
 
 
 def assert_same_run(reference, resumed):

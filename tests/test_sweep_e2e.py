@@ -10,11 +10,11 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 import pytest
 
 from research import grid, report, runner, study
+from tests.conftest import h5_datasets as weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": 32,
@@ -155,14 +155,6 @@ def log_rows(path):
             return f.read().splitlines()
     except OSError:
         return []
-
-
-def weights(path):
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return out
 
 
 def test_a_killed_sweep_resumes_the_trial_exactly(tmp_path):
