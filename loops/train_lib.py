@@ -142,7 +142,6 @@ def _is_full_disk(e: BaseException) -> bool:
 
 def save_weights(model, path):
     """Atomic `model.save_weights`; a full disk is a one-line error, the old file survives."""
-    memoize_skipsets()
     try:
         atomic_save(lambda tmp: model.save_weights(tmp, overwrite=True), path)
     except Exception as e:  # h5py reports a full disk as OSError or RuntimeError.
