@@ -1,12 +1,32 @@
-"""Summary statistics over seeds, from `scipy.stats`.
+"""The statistics of a study: numpy and `scipy.stats`, nothing estimated by hand
+that a well-kept library computes.
 
+Over seeds (one number per trial):
 - `summarize(values)`: n, mean, sample standard deviation (ddof=1) and the 95 %
   Student-t interval of the mean (`scipy.stats.t.interval`, n - 1 degrees of freedom).
-- `paired(values, baseline)`: over the seeds both have, the mean of the differences
-  value - baseline, its 95 % t interval and the two-sided paired t-test's p-value
-  (`scipy.stats.ttest_rel`). Pairing by seed removes the seed-to-seed spread the
-  two configurations share (same data split, same seed → same data order and, for
-  identical layers, the same initial weights).
+- `paired(values, baseline)` (alias `compare`): over the seeds both have, the mean of
+  the differences value - baseline, its 95 % t interval and the two-sided paired
+  t-test's p-value (`scipy.stats.ttest_rel`). Pairing by seed removes the seed-to-seed
+  spread the two configurations share (same data split, same seed → same data order
+  and, for identical layers, the same initial weights). Works on any per-seed metric
+  (validation or test). Exactly equal runs (every difference 0) are a *tie*: p = 1.
+- `verdict(paired, alpha, higher_is_better, p_value=None)`: what a comparison may
+  say: "better", "worse", "tie", "no difference shown", or "not enough seeds to tell"
+  (fewer than `MIN_SEEDS` = 3 pairs: a t interval on 1 degree of freedom says nothing
+  a reader should act on).
+- `holm(p_values)`: Holm–Bonferroni step-down adjusted p-values (family-wise error
+  for several configurations compared with one baseline or one best).
+
+Over seeds *and* test examples (each trial's `predictions.npz`):
+- `paired_bootstrap(a, b)`: `a`, `b`: {seed: per-example values} on the same test
+  examples (e.g. 1.0/0.0 correct, or per-example loss). A two-level bootstrap: each
+  replicate resamples the seeds, then the test examples (one draw of the test set per
+  replicate, the same draws for both configurations and every seed), and takes the
+  mean difference a - b. Returns the mean difference, its 95 % percentile interval and
+  the probability of improvement P(A > B): over replicates and seeds, the chance that a
+  run of A scores higher than the same-seed run of B on a test set drawn like ours
+  (ties count one half; Bouthillier et al., MLSys 2021). numpy, seeded: the same inputs
+  give the same numbers. (`scipy.stats.bootstrap` resamples one level only.)
 """
 from __future__ import annotations
 
@@ -17,6 +37,15 @@ import numpy as np
 from scipy import stats
 
 CONFIDENCE = 0.95
+ALPHA = 0.05
+# Fewer paired seeds than this: "not enough seeds to tell", whatever the numbers.
+MIN_SEEDS = 3
+BOOTSTRAP_REPLICATES = 2000
+BOOTSTRAP_SEED = 0
+
+BETTER, WORSE, TIE = "better", "worse", "tie"
+NO_DIFFERENCE = "no difference shown"
+TOO_FEW = "not enough seeds to tell"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,20 +56,33 @@ class Summary:
     low: float  # 95 % interval of the mean; nan for n < 2
     high: float
 
-    def overlaps(self, other: "Summary") -> bool:
-        """Whether the two intervals overlap (True when either has none: no evidence)."""
-        if not all(map(math.isfinite, (self.low, self.high, other.low, other.high))):
-            return True
-        return self.low <= other.high and other.low <= self.high
-
 
 @dataclasses.dataclass(frozen=True)
 class Paired:
     n: int  # Seeds both configurations have.
     mean: float  # Mean difference (this - baseline).
-    low: float
+    low: float  # 95 % t interval of the mean difference; nan for n < 2
     high: float
-    p_value: float  # nan for n < 2 or when every difference is equal
+    p_value: float  # Two-sided paired t-test; 1.0 for a tie; nan for n < 2 or equal,
+    #                 non-zero differences (no spread to test)
+    seeds: tuple = ()  # The paired seeds, sorted.
+    differences: tuple = ()  # this - baseline, per paired seed.
+
+    @property
+    def tie(self) -> bool:
+        """Every paired difference is exactly 0 (e.g. identical runs)."""
+        return self.n > 0 and all(d == 0 for d in self.differences)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bootstrap:
+    seeds: int  # Paired seeds used.
+    examples: int  # Common test examples used.
+    mean: float  # Mean difference a - b over seeds and examples.
+    low: float  # 95 % percentile interval of the two-level bootstrap
+    high: float
+    p_improvement: float  # P(A > B), see the module docstring
+    replicates: int
 
 
 def t_interval(mean: float, std: float, n: int, confidence: float = CONFIDENCE):
@@ -53,7 +95,7 @@ def t_interval(mean: float, std: float, n: int, confidence: float = CONFIDENCE):
 
 
 def summarize(values) -> Summary:
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    x = np.asarray([v for v in values if _finite(v)], dtype=float)
     n = len(x)
     if n == 0:
         return Summary(0, math.nan, math.nan, math.nan, math.nan)
@@ -74,15 +116,88 @@ def paired(values: dict, baseline: dict) -> Paired:
     b = np.asarray([baseline[s] for s in seeds], dtype=float)
     d = a - b
     mean = float(d.mean())
+    common = dict(seeds=tuple(seeds), differences=tuple(float(x) for x in d))
     if n < 2:
-        return Paired(n, mean, math.nan, math.nan, math.nan)
+        return Paired(n, mean, math.nan, math.nan, math.nan, **common)
     std = float(d.std(ddof=1))
     low, high = t_interval(mean, std, n)
-    p_value = math.nan
-    if std > 0:
+    if not np.any(d):
+        p_value = 1.0  # A tie: nothing against "no difference".
+    elif std > 0:
         p_value = float(stats.ttest_rel(a, b).pvalue)
-    return Paired(n, mean, low, high, p_value)
+    else:
+        p_value = math.nan
+    return Paired(n, mean, low, high, p_value, **common)
+
+
+compare = paired
+
+
+def holm(p_values) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in the input's order: the k-th smallest of m
+    finite p-values becomes max over j <= k of min(1, (m - j + 1) p_(j)) (monotone,
+    capped at 1). nan stays nan and does not count in m."""
+    p = [float(x) if x is not None else math.nan for x in p_values]
+    finite = [i for i, x in enumerate(p) if math.isfinite(x)]
+    m = len(finite)
+    out = [math.nan] * len(p)
+    running = 0.0
+    for rank, i in enumerate(sorted(finite, key=lambda i: p[i])):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def verdict(comparison: Paired, alpha: float = ALPHA, higher_is_better: bool = True,
+            p_value: float | None = None) -> str:
+    """better / worse (than the reference), tie, no difference shown, or not enough
+    seeds to tell. `p_value`: an adjusted p-value to use instead of the comparison's."""
+    if comparison.n and comparison.tie:
+        return TIE
+    if comparison.n < MIN_SEEDS:
+        return TOO_FEW
+    p = comparison.p_value if p_value is None else p_value
+    if not (p is not None and math.isfinite(p)) or p >= alpha or comparison.mean == 0:
+        return NO_DIFFERENCE
+    return BETTER if (comparison.mean > 0) == higher_is_better else WORSE
+
+
+def paired_bootstrap(a: dict, b: dict, replicates: int = BOOTSTRAP_REPLICATES,
+                     seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE,
+                     chunk: int = 250) -> Bootstrap:
+    """Two-level paired bootstrap of mean(a - b) (see the module docstring).
+
+    `a`, `b`: {seed: 1-D array of per-example values}, every array over the same
+    examples in the same order. Only the seeds both have are used."""
+    seeds = sorted(s for s in a if s in b)
+    if not seeds:
+        return Bootstrap(0, 0, math.nan, math.nan, math.nan, math.nan, 0)
+    d = np.stack([np.asarray(a[s], dtype=float) - np.asarray(b[s], dtype=float)
+                  for s in seeds])  # (seeds, examples)
+    n_seeds, n_examples = d.shape
+    if n_examples == 0:
+        return Bootstrap(n_seeds, 0, math.nan, math.nan, math.nan, math.nan, 0)
+    rng = np.random.default_rng(seed)
+    means, wins = [], []
+    done = 0
+    while done < replicates:
+        size = min(chunk, replicates - done)
+        seed_draw = rng.integers(0, n_seeds, size=(size, n_seeds))
+        example_draw = rng.integers(0, n_examples, size=(size, n_examples))
+        for r in range(size):
+            # Per-seed mean difference on this replicate's test set, then over its seeds.
+            per_seed = d[:, example_draw[r]].mean(axis=1)[seed_draw[r]]
+            means.append(per_seed.mean())
+            wins.append(np.mean(np.sign(per_seed) * 0.5 + 0.5))
+        done += size
+    means = np.asarray(means)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return Bootstrap(n_seeds, n_examples, float(d.mean()), float(low), float(high),
+                     float(np.mean(wins)), replicates)
 
 
 def _finite(value) -> bool:
-    return value is not None and math.isfinite(value)
+    return (value is not None and not isinstance(value, bool)
+            and isinstance(value, (int, float, np.floating, np.integer))
+            and math.isfinite(value))
