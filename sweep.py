@@ -9,7 +9,13 @@ Each trial (one configuration, one seed) is an ordinary tapefit run directory
 `<workdir>/trials/<trial_id>/{head,finetune,evaluate}/`. Re-running skips finished
 trials and resumes unfinished ones; `--shard=I/N` runs a slice; `--report_only`
 aggregates. The report: `<workdir>/results.{csv,md,png}`; TensorBoard HParams under
-`<workdir>` (see research/README_SECTION.md).
+`<workdir>` (see README.md, "Comparative research: sweep.py").
+
+`--race`: seeds are added in rounds (`--min_seeds` first, then one per round up to
+`--max_seeds`) and after each round every configuration significantly worse than the
+best on the validation metric (paired, Holm-adjusted, `--race_alpha`) is dropped.
+Trials with identical phases up to one (flags and seed) share that phase's run
+(`--noshare_phases` runs each trial's own).
 
 Axis names: a train.py flag (`learning_rate`) applies to every phase; `head.NAME`,
 `finetune.NAME`, `evaluate.NAME` to that phase only; `A/B=x1/y1,x2/y2` pairs values.
@@ -23,10 +29,10 @@ from flags.quiet import silence_native_logs
 if __name__ == "__main__":
     silence_native_logs()  # Before anything imports TensorFlow.
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from flags.definitions import define_flags, define_help_flags  # noqa: E402
-from loops.entry import run_command  # noqa: E402
+from loops.entry import app_run, run_command  # noqa: E402
 
 define_flags()
 flags.DEFINE_string("phases", None, "Phases of every trial, in order (default: "
@@ -50,10 +56,22 @@ flags.DEFINE_boolean("report_only", False, "Only rewrite <workdir>/results.{csv,
                      "what is on disk (with only --workdir: the study in <workdir>/sweep.json).")
 flags.DEFINE_boolean("retry_failed", False, "Run trials recorded as failed again.")
 flags.DEFINE_boolean("progress", True, "A progress bar over the trials (on stderr).")
+flags.DEFINE_boolean("race", False, "Race the configurations: seeds in rounds, the clearly "
+                     "worse dropped after each round (see --min_seeds, --max_seeds, "
+                     "--race_alpha).")
+flags.DEFINE_integer("min_seeds", 3, "--race: seeds of the first round.")
+flags.DEFINE_integer("max_seeds", None, "--race: at most this many seeds (the first of "
+                     "--seeds; without --seeds: 0..max_seeds-1; default: every seed).")
+flags.DEFINE_float("race_alpha", 0.05, "--race: the significance level of the paired, "
+                   "Holm-adjusted comparison with the round's best (--alpha is MobileNet's "
+                   "width).")
+flags.DEFINE_boolean("share_phases", True, "Trials whose phases up to one are identical "
+                     "(flags and seed) share that phase's run (a link in the trial folder).")
 flags.DEFINE_string("run_trial", None, "Internal: run the trial in this folder (a worker of "
                     "--parallel).")
 SWEEP_FLAGS = ("phases", "axis", "seeds", "baseline", "sweep_file", "shard", "parallel",
-               "report_only", "retry_failed", "progress")
+               "report_only", "retry_failed", "progress", "race", "min_seeds", "max_seeds",
+               "race_alpha", "share_phases")
 define_help_flags({"sweep": SWEEP_FLAGS})
 FLAGS = flags.FLAGS
 
@@ -86,17 +104,26 @@ def sweep(cfg):
     if FLAGS.parallel < 1:
         raise ConfigError(f"--parallel={FLAGS.parallel} must be at least 1")
     shard = study_lib.grid.parse_shard(FLAGS.shard)
+    race_flags = ("race", "min_seeds", "max_seeds", "race_alpha")
     defined = FLAGS.axis or FLAGS.sweep_file or any(
-        FLAGS[n].present for n in ("phases", "seeds", "baseline"))
+        FLAGS[n].present for n in ("phases", "seeds", "baseline", *race_flags))
+    if not FLAGS.race and any(FLAGS[n].present for n in race_flags[1:]):
+        raise ConfigError("--min_seeds, --max_seeds and --race_alpha set up a race; pass "
+                          "--race as well")
+    race = (study_lib.grid.Race(FLAGS.min_seeds, FLAGS.max_seeds, FLAGS.race_alpha)
+            if FLAGS.race else None)
+    select_by = FLAGS["select_by"].value if "select_by" in FLAGS else "val_accuracy"
     if FLAGS.report_only and not defined and not cli_flags():
         study = study_lib.load(workdir)
     else:
         study = study_lib.make(workdir, cli_flags(), phases=FLAGS.phases, axes=FLAGS.axis,
                                seeds=FLAGS.seeds, baseline=FLAGS.baseline,
-                               sweep_file=FLAGS.sweep_file)
+                               sweep_file=FLAGS.sweep_file, race=race)
     if FLAGS.report_only:
         os.makedirs(workdir, exist_ok=True)
-        result = study_lib.report.write(study, workdir)
+        trials = (study_lib.race_state(study, workdir, select_by)
+                  if study.race is not None else None)
+        result = study_lib._write_report(study, workdir, trials, select_by)
         print(result["markdown"])
         return 0
     from loops.run_dir import check_cache_dirs, check_writable
@@ -107,17 +134,27 @@ def sweep(cfg):
     script = os.path.abspath(__file__)
     outcomes = study_lib.run(
         study, workdir, shard=shard, parallel=FLAGS.parallel, retry_failed=FLAGS.retry_failed,
-        debug=FLAGS.debug, progress=FLAGS.progress,
+        debug=FLAGS.debug, progress=FLAGS.progress, share_phases=FLAGS.share_phases,
+        select_by=select_by,
         worker_command=lambda trial_dir: study_lib.runner.worker_argv(script, trial_dir, extra))
     counts = {}
     for outcome in outcomes.values():
         counts[outcome] = counts.get(outcome, 0) + 1
+    race_line = ""
+    if study.race is not None:
+        from research import race as race_lib
+        content = study_lib.runner.read_json(os.path.join(workdir, race_lib.RACE_JSON)) or {}
+        epochs = content.get("trial_epochs", {})
+        left = (f"winner {content['winner']}" if content.get("winner")
+                else "left: " + "; ".join(content.get("alive", [])))
+        race_line = (f"; race: {left} after round {content.get('round')}, trial-epochs "
+                     f"{epochs.get('race')} of the full grid's {epochs.get('full_grid')}")
     print(f"sweep {workdir} (shard {shard[0]}/{shard[1]}): "
-          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + race_line
           + f"; report in {os.path.join(workdir, study_lib.report.RESULTS_MD)}")
     sys.stdout.flush()
     return 0
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: run_command(argv, sweep))
+    app_run(lambda argv: run_command(argv, sweep))

@@ -23,10 +23,13 @@ import os
 import re
 from typing import Any, Optional
 
-from flags.config import PHASES, Config
+from flags.config import PHASES, RECIPES, Config, apply_recipe
 from flags.errors import ConfigError
 
 TRIALS_DIR = "trials"
+# Phase runs that trials share (identical flags up to that phase, and the seed):
+# <study>/shared/<phase>-s<seed>-<key>/<phase>; the trial's <phase> is a link to it.
+SHARED_DIR = "shared"
 FEATURE_CACHE_DIR = "feature_cache"
 IMAGE_CACHE_DIR = "image_cache"
 # Owned by the sweep: --workdir is the study's root, --phases and --seeds replace these.
@@ -42,6 +45,15 @@ ABBREVIATIONS = {"learning_rate": "lr", "unfreeze_from": "unfreeze", "epochs": "
                  "lr_schedule": "sched", "alpha": "alpha", "augment": "aug", "backbone": "",
                  "weight_decay": "wd", "head": "h", "finetune": "ft", "evaluate": "ev"}
 MAX_READABLE = 80
+# Flags a run may change and still resume (loops.run_dir.RESUMABLE_CHANGES): they do not
+# change a phase's result, so two phase runs that differ only in them are one run.
+RESUMABLE_CHANGES = ("verbose", "overwrite", "debug", "workdir", "backup", "image_cache",
+                     "image_cache_dir", "feature_cache_dir")
+# The flags a --recipe sets (flags.config.RECIPES): a base flag given explicitly wins.
+RECIPE_FIELDS = tuple(sorted({k for recipe in RECIPES.values() for phase in recipe.values()
+                              for k in phase}))
+# A sweep file is a small JSON document: larger (or deeper) input is refused.
+MAX_SWEEP_FILE_BYTES = 1 << 20
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
@@ -192,21 +204,32 @@ class Study:
     axes: tuple[Axis, ...]
     seeds: tuple[int, ...]
     baseline: tuple[tuple, ...]  # The baseline's value tuple of every axis.
+    explicit: tuple[str, ...] = ()  # Base flags given explicitly that a --recipe also sets.
+    race: Optional["Race"] = None
 
     def to_dict(self) -> dict:
         defaults = Config()
-        return {"phases": list(self.phases),
+        return {**({"race": self.race.to_dict()} if self.race else {}),
+                "phases": list(self.phases),
                 "axes": {a.label: [list(v) if len(v) > 1 else v[0] for v in a.values]
                          for a in self.axes},
                 "seeds": list(self.seeds),
                 "baseline": {a.label: "/".join(format_value(x) for x in v)
                              for a, v in zip(self.axes, self.baseline, strict=True)},
                 "flags": {k: v for k, v in self.base.to_dict().items()
-                          if v != getattr(defaults, k) and k not in ("phase", "seed", "workdir")}}
+                          if (v != getattr(defaults, k) or k in self.explicit)
+                          and k not in ("phase", "seed", "workdir")}}
 
 
 def parse_phases(text) -> tuple[str, ...]:
-    phases = [p.strip() for p in text.split(",")] if isinstance(text, str) else list(text)
+    if isinstance(text, str):
+        phases = [p.strip() for p in text.split(",")]
+    elif isinstance(text, (list, tuple)) and all(isinstance(p, str) for p in text):
+        phases = list(text)
+    else:
+        raise ConfigError(f"--phases={_short(text)}: pass a list of phase names, e.g. "
+                          '--phases=head,finetune,evaluate (in a sweep file: "phases": '
+                          '["head", "finetune", "evaluate"])')
     phases = [p for p in phases if p]
     unknown = [p for p in phases if p not in PHASES]
     if unknown or not phases:
@@ -219,24 +242,40 @@ def parse_phases(text) -> tuple[str, ...]:
 
 
 def parse_seeds(text) -> tuple[int, ...]:
-    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
-    items = [s for s in items if s != ""]
-    try:
-        seeds = [int(s) for s in items]
-    except (TypeError, ValueError):
-        raise ConfigError(f"--seeds={text}: not a list of integers; pass e.g. --seeds=0,1,2") \
-            from None
+    """Distinct non-negative integers from `0,1,2` or a JSON list of integers; anything
+    else (1.5, true, "1", a single number) is refused, never coerced."""
+    if isinstance(text, str):
+        items = [s.strip() for s in text.split(",") if s.strip() != ""]
+        bad = [s for s in items if not re.fullmatch(r"\d+", s)]
+        seeds = None if bad else [int(s) for s in items]
+    elif isinstance(text, (list, tuple)):
+        bad = [s for s in text if isinstance(s, bool) or not isinstance(s, int)]
+        seeds = None if bad else list(text)
+    else:
+        bad, seeds = [text], None
+    if seeds is None:
+        raise ConfigError(f"--seeds={_short(text)}: {_short(bad[0])} is not a non-negative "
+                          "integer; pass a list of integers, e.g. --seeds=0,1,2 (in a sweep "
+                          'file: "seeds": [0, 1, 2])')
     if not seeds:
         raise ConfigError("--seeds is empty (an empty grid); pass e.g. --seeds=0,1,2")
-    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ConfigError(f"--seeds={text}: pass distinct non-negative integers")
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) >= 2**32:
+        raise ConfigError(f"--seeds={_short(text)}: pass distinct integers in [0, 2**32)")
     return tuple(seeds)
+
+
+def _short(value, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def parse_baseline(text) -> dict:
     """{name: raw value} from `a=1,b=x` (a paired axis: `a/b=1/x`) or a dict."""
     if isinstance(text, dict):
         return dict(text)
+    if not isinstance(text, str):
+        raise ConfigError(f"--baseline={_short(text)}: pass NAME=VALUE,... (in a sweep file: "
+                          '"baseline": {"NAME": VALUE})')
     out = {}
     for item in (i for i in text.split(",") if i.strip()):
         if "=" not in item:
@@ -300,19 +339,76 @@ def raw_text(parts) -> str:
     return "/".join(map(str, parts))
 
 
-def make_study(base: Config, phases, axes, seeds, baseline=None) -> Study:
-    """Validates everything (every trial's Config is built once) and returns the study."""
+def make_study(base: Config, phases, axes, seeds, baseline=None, explicit=(),
+               race=None) -> Study:
+    """Validates everything (every trial's Config is built once) and returns the study.
+
+    `explicit`: the base flags given on the command line or in the sweep file (a
+    --recipe does not change them); `race`: a `Race` (seeds added in rounds)."""
     axes = tuple(axes)
     names = [n for a in axes for n in a.names]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"{', '.join(duplicates)} is on two axes; merge them into one --axis")
-    study = Study(base, parse_phases(phases), axes, parse_seeds(seeds),
-                  tuple(a.values[0] for a in axes))
+    plain = {n for n in names if "." not in n}
+    for name in names:
+        phase, field = split_name(name)
+        if phase and field in plain:
+            raise ConfigError(f"the axes {field!r} and {name!r} both set the {phase} phase's "
+                              f"--{field}; keep one ({field} sets every phase, {name} only the "
+                              f"{phase} phase)")
+    seeds = parse_seeds(seeds)
+    if race is not None:
+        seeds = race.check(seeds)
+    explicit = tuple(sorted(set(explicit) & set(RECIPE_FIELDS)))
+    study = Study(base, parse_phases(phases), axes, seeds, tuple(a.values[0] for a in axes),
+                  explicit, race)
     for trial in expand(study, "/nonexistent"):
         trial.configs()  # Raises the one-line ConfigError of a bad combination.
     return dataclasses.replace(study, baseline=resolve_baseline(axes,
                                                                 parse_baseline(baseline or {})))
+
+
+@dataclasses.dataclass(frozen=True)
+class Race:
+    """`--race`: seeds are added in rounds (research/race.py)."""
+    min_seeds: int = 3
+    max_seeds: Optional[int] = None  # Default: every seed of the study.
+    alpha: float = 0.05
+
+    def check(self, seeds: tuple) -> tuple:
+        """The study's seeds for the race (its first max_seeds), or a one-line error."""
+        if isinstance(self.min_seeds, bool) or not isinstance(self.min_seeds, int) or \
+                self.min_seeds < 2:
+            raise ConfigError(f"--min_seeds={self.min_seeds} must be an integer of at least 2 "
+                              "(a paired test needs two seeds); pass e.g. --min_seeds=3")
+        top = self.max_seeds if self.max_seeds is not None else len(seeds)
+        if isinstance(top, bool) or not isinstance(top, int) or top < self.min_seeds:
+            raise ConfigError(f"--max_seeds={top} must be an integer of at least --min_seeds="
+                              f"{self.min_seeds}")
+        if top > len(seeds):
+            raise ConfigError(f"--max_seeds={top} but the study lists {len(seeds)} seeds "
+                              f"({','.join(map(str, seeds))}); pass --seeds with {top} seeds, "
+                              "or leave --seeds out (then the seeds are 0..max_seeds-1)")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or \
+                not 0 < self.alpha < 1:
+            raise ConfigError(f"--alpha={self.alpha} must be in (0, 1); pass e.g. --alpha=0.05")
+        return tuple(seeds[:top])
+
+    def to_dict(self) -> dict:
+        return {"min_seeds": self.min_seeds, "max_seeds": self.max_seeds, "alpha": self.alpha}
+
+
+def race_from(value, where: str = "--sweep_file") -> Optional[Race]:
+    """A Race from a sweep file's "race" (true, false or {min_seeds, max_seeds, alpha})."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return Race()
+    if not isinstance(value, dict) or set(value) - {"min_seeds", "max_seeds", "alpha"}:
+        raise ConfigError(f"{where}: 'race' must be true or {{\"min_seeds\": 3, "
+                          '"max_seeds": 8, "alpha": 0.05}')
+    return Race(**value)
 
 
 # ---- trials --------------------------------------------------------------------------------
@@ -325,6 +421,7 @@ class Trial:
     assignment: tuple[tuple[str, Any], ...]  # (axis name, value), in axis order.
     seed: int
     config_index: int  # Position of the configuration in the grid.
+    explicit: tuple[str, ...] = ()  # Study.explicit: base flags a --recipe does not change.
 
     @property
     def common(self) -> dict:
@@ -393,12 +490,13 @@ class Trial:
         return os.path.join(self.study_dir, TRIALS_DIR, self.trial_id)
 
     def config(self, phase: str) -> Config:
-        """The run configuration of one phase: an ordinary tapefit run in the trial's directory."""
-        cache = self.base.feature_cache
-        values = {**self.common, **self.overrides(phase)}
-        cfg = self.base.replace(
-            **values, phase=phase, seed=self.seed,
-            workdir=self.trial_dir, overwrite=False,
+        """The run configuration of one phase: an ordinary tapefit run in the trial's
+        directory, with the --recipe's values resolved as train.py resolves them (a flag
+        given explicitly, in the base flags or as an axis of this phase, wins)."""
+        values = {**self.base.to_dict(), **self.common, **self.overrides(phase)}
+        cache = values["feature_cache"]
+        values.update(
+            phase=phase, seed=self.seed, workdir=self.trial_dir, overwrite=False,
             # Trials that share backbone, weights, cut and data share one feature cache:
             # on disk, under the study's root.
             feature_cache="disk" if cache == "auto" else cache,
@@ -407,7 +505,25 @@ class Trial:
             # Decoded images likewise (keyed by the data): one copy for the study.
             image_cache_dir=(self.base.image_cache_dir
                              or os.path.join(self.study_dir, IMAGE_CACHE_DIR)))
-        return cfg
+        explicit = set(self.explicit) | {split_name(n)[1] for n, _ in self.assignment
+                                         if split_name(n)[0] in (None, phase)}
+        return Config(**apply_recipe(values, explicit))
+
+    def phase_key(self, phase: str) -> str:
+        """What decides the result of `phase`: its flags and those of the trial's phases
+        before it (their runs are its input), less the flags that change no result.
+        Trials with equal keys share the phase's run."""
+        chain = []
+        for p in self.phases[:self.phases.index(phase) + 1]:
+            flags = self.config(p).to_dict()
+            chain.append({k: v for k, v in flags.items() if k not in RESUMABLE_CHANGES})
+        text = json.dumps(chain, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def shared_dir(self, phase: str) -> str:
+        """The work directory of the phase's shared run (its <phase> folder is the run)."""
+        return os.path.join(self.study_dir, SHARED_DIR,
+                            f"{phase}-s{self.seed}-{self.phase_key(phase)}")
 
     def configs(self) -> dict:
         return {phase: self.config(phase) for phase in self.phases}
@@ -416,7 +532,8 @@ class Trial:
         return {"trial_id": self.trial_id, "group_id": self.group_id, "seed": self.seed,
                 "phases": list(self.phases), "axes": {n: v for n, v in self.assignment},
                 "id_flags": self.id_flags(),
-                "configs": {p: c.to_dict() for p, c in self.configs().items()}}
+                "configs": {p: c.to_dict() for p, c in self.configs().items()},
+                "shared": {p: self.shared_dir(p) for p in self.phases}}
 
 
 def configurations(study: Study) -> list[tuple[tuple[str, Any], ...]]:
@@ -432,7 +549,8 @@ def expand(study: Study, study_dir: str) -> list[Trial]:
     """Every trial, seed-major (all configurations of the first seed first), so an
     unfinished study already has every configuration at its first seeds."""
     grid = configurations(study)
-    trials = [Trial(study_dir, study.base, study.phases, assignment, seed, index)
+    trials = [Trial(study_dir, study.base, study.phases, assignment, seed, index,
+                    study.explicit)
               for seed in study.seeds for index, assignment in enumerate(grid)]
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):
@@ -460,23 +578,80 @@ def shard(trials: list[Trial], index: int, count: int) -> list[Trial]:
     return trials[index::count]
 
 
-def load_sweep_file(path: str) -> dict:
-    """A sweep file: {"phases", "axes": {name: [values]}, "seeds", "baseline", "flags"}."""
+def read_small_text(path: str, what: str, limit: int = MAX_SWEEP_FILE_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most `limit` bytes, or a one-line error: a
+    FIFO, a device (/dev/zero), a folder or a huge file is refused, never read."""
+    import stat
     try:
-        with open(path) as f:
-            content = json.load(f)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
-        raise ConfigError(f"--sweep_file={path}: {e.strerror}; pass an existing JSON file") \
-            from None
+        raise ConfigError(f"{what}={path}: {e.strerror}; pass an existing JSON file") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{what}={path} is not a regular file (a folder, FIFO or device); "
+                              "pass a JSON file")
+        if info.st_size > limit:
+            raise ConfigError(f"{what}={path} is {info.st_size} bytes; a sweep file is small "
+                              f"JSON (at most {limit} bytes): pass the study's file")
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError as e:
+        raise ConfigError(f"{what}={path}: {e.strerror}; pass a readable JSON file") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ConfigError(f"{what}={path} is larger than {limit} bytes; pass the study's file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what}={path} is not UTF-8 text (byte {e.start}); save it as "
+                          "UTF-8 JSON") from None
+
+
+SWEEP_FILE_KEYS = {"phases": (str, list), "axes": (dict,), "seeds": (str, list),
+                   "baseline": (str, dict), "flags": (dict,), "race": (bool, dict)}
+
+
+def load_sweep_file(path: str) -> dict:
+    """A sweep file: {"phases", "axes": {name: [values]}, "seeds", "baseline", "flags",
+    "race"}; every problem is one line."""
+    text = read_small_text(path, "--sweep_file")
+    try:
+        content = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"--sweep_file={path} is not JSON ({e.msg}, line {e.lineno}); fix the "
                           "file") from None
-    known = {"phases", "axes", "seeds", "baseline", "flags"}
-    if not isinstance(content, dict) or set(content) - known:
-        raise ConfigError(f"--sweep_file={path}: unknown keys "
-                          f"{sorted(set(content) - known) if isinstance(content, dict) else ''}; "
+    except RecursionError:
+        raise ConfigError(f"--sweep_file={path} is nested too deeply to be a study; fix the "
+                          "file") from None
+    known = SWEEP_FILE_KEYS
+    if not isinstance(content, dict):
+        raise ConfigError(f"--sweep_file={path} holds a JSON {type(content).__name__}, not an "
+                          f"object; a sweep file is {{{', '.join(sorted(known))}}}")
+    unknown = sorted(set(content) - set(known))
+    if unknown:
+        raise ConfigError(f"--sweep_file={path}: unknown keys {unknown}; "
                           f"a sweep file has {', '.join(sorted(known))}")
+    for key, kinds in known.items():
+        if key in content and not isinstance(content[key], kinds):
+            raise ConfigError(f"--sweep_file={path}: {key!r} is a JSON "
+                              f"{_json_type(content[key])}; it must be "
+                              f"{' or '.join(_json_type_name(k) for k in kinds)}")
     return content
+
+
+def _json_type(value) -> str:
+    return _json_type_name(type(value))
+
+
+def _json_type_name(kind) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number",
+            float: "number", type(None): "null"}.get(kind, kind.__name__)
 
 
 def axes_from_file(content: dict, path: str) -> list[Axis]:
@@ -487,6 +662,12 @@ def axes_from_file(content: dict, path: str) -> list[Axis]:
     for label, values in axes.items():
         if not isinstance(values, list):
             raise ConfigError(f"--sweep_file={path}: axis {label!r} must be a list of values")
+        nested = [v for v in values if isinstance(v, (dict, list))
+                  and (isinstance(v, dict) or any(isinstance(x, (dict, list)) for x in v))]
+        if nested:
+            raise ConfigError(f"--sweep_file={path}: axis {label!r} has the value "
+                              f"{_short(nested[0])}; a value is a number, string, boolean or "
+                              "null (a paired axis: a list of them)")
         names = label.split("/")
         out.append(make_axis(names, [v if isinstance(v, list) else
                                      (v.split("/") if isinstance(v, str) and len(names) > 1

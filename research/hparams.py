@@ -46,20 +46,33 @@ def _written(folder: str) -> bool:
 
 
 def write_experiment(study: grid.Study, study_dir: str) -> None:
-    """The experiment summary at <study>/hparams (once; a changed grid adds a new file)."""
+    """The experiment summary at <study>/hparams, rewritten when the grid changes.
+
+    TensorBoard keeps the first experiment summary it reads for a run (its tag's
+    metadata is read once), so a changed grid (a value or an axis added) replaces the
+    folder's event files instead of adding one: the dashboard then lists the new values,
+    and filtering keeps the new configurations (restart a running TensorBoard)."""
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 
     folder = os.path.join(study_dir, HPARAMS_DIR)
-    signature = os.path.join(folder, ".axes-" + _signature(study))
+    name = ".axes-" + _signature(study)
+    signature = os.path.join(folder, name)
     if os.path.exists(signature):
         return
     os.makedirs(folder, exist_ok=True)
-    writer = tf.summary.create_file_writer(folder)
+    old = [os.path.join(folder, n) for n in os.listdir(folder)
+           if n.startswith("events.out.tfevents.") or (n.startswith(".axes-") and n != name)]
+    writer = tf.summary.create_file_writer(folder, filename_suffix=".experiment")
     with writer.as_default():
         hp.hparams_config(hparams=_hparams(study),
                           metrics=[hp.Metric(tag, display_name=name) for tag, name in METRICS])
     writer.close()
+    for path in old:  # The previous grid's summary: only after the new one is complete.
+        try:
+            os.remove(path)
+        except OSError:
+            pass
     open(signature, "w").close()
 
 

@@ -7,8 +7,16 @@ run directory `<study>/trials/<id>/`. What is on disk decides what runs:
 - an unfinished phase is run again with the same flags, which resumes it from its
   backup (`--backup`, on by default) exactly where it stopped;
 - `status.json` records the outcome: finished, or failed with a one-line reason
-  (a `TapefitError`, a non-finite loss in `log.csv`: "diverged"); a failed trial is
-  not retried unless asked (`retry_failed`).
+  (a `TapefitError`; a phase that stopped on a non-finite loss, as its own
+  `summary.json` says: "diverged"); a failed trial is not retried unless asked
+  (`retry_failed`). A damaged `log.csv` of a finished phase does not fail it.
+
+Shared phases: when the trial names a shared work directory for a phase
+(`grid.Trial.shared_dir`), the phase runs there, under that directory's own lock
+(`.phase.lock`), and the trial's `<phase>` folder is a relative link to it; a
+second process that needs the same phase waits for it (or, asked not to wait,
+defers the trial). Earlier phases are linked into the shared work directory, so it
+is an ordinary run directory too (finetune finds the head's weights in it).
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from flags.config import Config
@@ -32,13 +41,19 @@ TRIAL_JSON = "trial.json"
 STATUS_JSON = "status.json"
 TRIAL_LOG = "trial.log"
 LOCK_FILE = ".trial.lock"
+PHASE_LOCK_FILE = ".phase.lock"  # In a shared phase's work directory.
 LOCK_LEASE_S = 120.0
+WAIT_POLL_S = 2.0  # How often a trial waiting for a shared phase looks again.
+HEARTBEAT_S = 2.0  # How often a running trial's status.json is touched (its wall time).
+SUMMARY_JSON = "summary.json"  # loops.train_lib.SUMMARY_JSON
 FINAL_WEIGHTS = "final.weights.h5"  # loops.hooks.FINAL_WEIGHTS (no TensorFlow import here)
 EVALUATION_JSON = "evaluation.json"  # loops.train_lib.EVALUATION_JSON
 # Exit code of a worker that found its trial locked by another process.
 EXIT_LOCKED = 75
 
 FINISHED, FAILED, PENDING, ELSEWHERE = "finished", "failed", "pending", "running elsewhere"
+RUNNING = "running"  # status.json while a process runs the trial (its wall time so far).
+DEFERRED = "deferred"  # A shared phase it needs runs elsewhere; not waited for.
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +75,17 @@ def read_json(path: str):
 
 
 def read_status(trial_dir: str) -> dict | None:
-    return read_json(os.path.join(trial_dir, STATUS_JSON))
+    """status.json as a dict (with `_mtime`, its last heartbeat), or None when it is
+    absent or not a JSON object."""
+    path = os.path.join(trial_dir, STATUS_JSON)
+    status = read_json(path)
+    if not isinstance(status, dict):
+        return None
+    try:
+        status["_mtime"] = os.stat(path).st_mtime
+    except OSError:
+        pass
+    return status
 
 
 def state(trial_dir: str, phases) -> str:
@@ -93,13 +118,24 @@ def read_log(path: str) -> list[dict]:
 
 
 def divergence(trial_dir: str, phase: str) -> str | None:
-    """'diverged: ...' when the phase's log.csv has a non-finite training or validation loss."""
-    for row in read_log(os.path.join(trial_dir, phase, "log.csv")):
-        for key in ("loss", "val_loss"):
-            if key in row and not math.isfinite(row[key]):
-                return (f"diverged: non-finite {key} in epoch {int(row.get('epoch', 0)) + 1} "
-                        f"of the {phase} phase; lower the learning rate")
-    return None
+    """'diverged: ...' when the phase stopped on a non-finite loss, as its own
+    `summary.json` records (stop_reason "nan", no final weights). A phase with its
+    final weights finished (they are never saved non-finite), whatever its log.csv
+    says: a damaged log is not a divergence."""
+    if phase_done(trial_dir, phase):
+        return None
+    summary = read_json(os.path.join(trial_dir, phase, SUMMARY_JSON))
+    if not isinstance(summary, dict):
+        return None
+    files = summary.get("files")
+    unsaved = isinstance(files, dict) and "final" in files and files["final"] is None
+    if summary.get("stop_reason") != "nan" and not unsaved:
+        return None
+    epoch = summary.get("stopped_epoch") or summary.get("epochs_run")
+    where = (f"epoch {epoch} of the {phase} phase"
+             if isinstance(epoch, int) and not isinstance(epoch, bool) else f"the {phase} phase")
+    return (f"diverged: a non-finite loss or weight in {where} (final weights not saved); "
+            "lower the learning rate")
 
 
 def write_trial_json(trial_dir: str, content: dict) -> None:
@@ -142,12 +178,15 @@ def trial_logging(trial_dir: str):
 
 
 def run_trial(trial_dir: str, phases, configs: dict, content: dict | None = None,
-              debug: bool = False, on_finished=None) -> str:
+              debug: bool = False, on_finished=None, shared: dict | None = None,
+              wait: bool = True) -> str:
     """Runs the trial's unfinished phases in this process; returns its outcome
-    (finished, failed, or running elsewhere when another process holds its lock).
+    (finished, failed, running elsewhere when another process holds its lock, or
+    deferred when a shared phase runs elsewhere and `wait` is False).
 
     `content`: the trial.json to write; `on_finished(trial_dir)` runs once it finished
-    (e.g. HParams summaries), under the lock."""
+    (e.g. HParams summaries), under the lock; `shared`: {phase: shared work directory}
+    for the phases it shares with other trials (see the module docstring)."""
     os.makedirs(trial_dir, exist_ok=True)
     lock = RunLock(os.path.join(trial_dir, LOCK_FILE), lease_s=LOCK_LEASE_S, what="sweep trial")
     try:
@@ -159,7 +198,7 @@ def run_trial(trial_dir: str, phases, configs: dict, content: dict | None = None
         if content is not None:
             write_trial_json(trial_dir, content)
         if outcome == PENDING:
-            outcome = _run_phases(trial_dir, phases, configs, debug)
+            outcome = _run_phases(trial_dir, phases, configs, debug, shared or {}, wait)
         if outcome == FINISHED and on_finished is not None:
             try:
                 on_finished(trial_dir)
@@ -173,45 +212,171 @@ def run_trial(trial_dir: str, phases, configs: dict, content: dict | None = None
         lock.release()
 
 
-def _run_phases(trial_dir, phases, configs, debug) -> str:
-    from loops import train_lib  # TensorFlow: only when something runs.
+class _Deferred(Exception):
+    """A shared phase this trial needs is being run by another process."""
 
+
+def _run_phases(trial_dir, phases, configs, debug, shared, wait) -> str:
     status = read_status(trial_dir) or {}
-    wall = dict(status.get("wall_s", {}))
+    wall = _recover_wall(status)
+    shared_now = {}
     with trial_logging(trial_dir):
-        for phase in phases:
+        for index, phase in enumerate(phases):
             try:
+                where = _phase_workdir(trial_dir, phases, index, shared, shared_now)
                 if not phase_done(trial_dir, phase):
-                    log.info("trial %s: phase %s", os.path.basename(trial_dir), phase)
-                    start = time.perf_counter()
-                    try:
-                        train_lib.run(configs[phase])
-                    finally:
-                        wall[phase] = wall.get(phase, 0.0) + time.perf_counter() - start
-                        _clear_session()
+                    if where != trial_dir:
+                        _run_shared(trial_dir, phases[:index], phase, configs[phase], where,
+                                    wall, wait)
+                    else:
+                        _run_timed(trial_dir, phase, configs[phase], wall)
                 reason = divergence(trial_dir, phase) if phase != "evaluate" else None
                 if reason:
                     raise RunError(reason)
+                if not phase_done(trial_dir, phase):
+                    raise RunError(f"the {phase} phase ended without its final files; see "
+                                   f"{TRIAL_LOG} and {os.path.join(phase, SUMMARY_JSON)}")
+            except _Deferred:
+                _write_status(trial_dir, {"status": PENDING, "wall_s": wall})
+                return DEFERRED
             except TapefitError as e:
                 if debug:
                     raise
-                return _finish(trial_dir, FAILED, wall, phase=phase, reason=str(e))
+                return _finish(trial_dir, FAILED, wall, phase=phase, reason=str(e),
+                               shared=shared_now)
             except Exception as e:  # noqa: BLE001  (any failure of one trial: record, go on)
                 if debug:
                     raise
                 logging.getLogger().exception("trial failed")
                 first = (str(e).strip().splitlines() or [""])[0][:300]
                 return _finish(trial_dir, FAILED, wall, phase=phase,
-                               reason=f"{type(e).__name__}: {first} (traceback in {TRIAL_LOG})")
-    return _finish(trial_dir, FINISHED, wall)
+                               reason=f"{type(e).__name__}: {first} (traceback in {TRIAL_LOG})",
+                               shared=shared_now)
+    return _finish(trial_dir, FINISHED, wall, shared=shared_now)
 
 
-def _finish(trial_dir, outcome, wall, phase=None, reason=None) -> str:
-    status = {"status": outcome, "wall_s": wall, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+def _phase_workdir(trial_dir, phases, index, shared, shared_now) -> str:
+    """Where the phase runs: its shared work directory (linked from the trial) when the
+    trial shares it and every earlier phase is shared too (an earlier phase run in the
+    trial's own folder, e.g. by a sweep without sharing, keeps the later ones there);
+    else the trial's folder."""
+    phase = phases[index]
+    link = os.path.join(trial_dir, phase)
+    if phase not in shared or (os.path.isdir(link) and not os.path.islink(link)):
+        return trial_dir
+    if any(p not in shared_now for p in phases[:index]):
+        return trial_dir
+    workdir = shared[phase]
+    _link(os.path.join(workdir, phase), link)
+    shared_now[phase] = workdir
+    return workdir
+
+
+def _link(target: str, link: str) -> None:
+    """`link` -> `target` as a relative symbolic link, atomically (replaces a link)."""
+    relative = os.path.relpath(target, os.path.dirname(link))
+    if os.path.islink(link) and os.readlink(link) == relative:
+        return
+    tmp = f"{link}.tmp-link-{os.getpid()}"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(relative, tmp)
+    os.replace(tmp, link)
+
+
+def _run_shared(trial_dir, earlier, phase, cfg, workdir, wall, wait) -> None:
+    """Runs `phase` in its shared work directory under that directory's lock; waits
+    while another process runs it (or raises _Deferred when not `wait`)."""
+    os.makedirs(workdir, exist_ok=True)
+    lock = RunLock(os.path.join(workdir, PHASE_LOCK_FILE), lease_s=LOCK_LEASE_S,
+                   what="shared phase")
+    announced = False
+    while True:
+        try:
+            lock.acquire()
+            break
+        except RunError as e:
+            if phase_done(trial_dir, phase):
+                return
+            if not wait:
+                raise _Deferred() from None
+            if not announced:
+                log.info("trial %s: waiting for the shared %s phase (%s)",
+                         os.path.basename(trial_dir), phase, e)
+                announced = True
+            time.sleep(WAIT_POLL_S)
+    try:
+        if phase_done(trial_dir, phase):
+            return
+        # The trial's earlier phases, linked in: the shared folder is a whole run.
+        for name in earlier:
+            _link(os.path.realpath(os.path.join(trial_dir, name)), os.path.join(workdir, name))
+        _run_timed(trial_dir, phase, cfg.replace(workdir=workdir), wall)
+    finally:
+        lock.release()
+
+
+def _run_timed(trial_dir, phase, cfg, wall) -> None:
+    """train_lib.run(cfg); its wall time is added to wall[phase], and while it runs
+    status.json says so (touched every HEARTBEAT_S: a killed run's time is recovered
+    from it when the trial resumes)."""
+    from loops import train_lib  # TensorFlow: only when something runs.
+
+    log.info("trial %s: phase %s%s", os.path.basename(trial_dir), phase,
+             "" if cfg.workdir == trial_dir else f" (shared: {cfg.workdir})")
+    path = os.path.join(trial_dir, STATUS_JSON)
+    since = time.time()
+    _write_status(trial_dir, {"status": RUNNING, "phase": phase, "since": since,
+                              "wall_s": wall})
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                os.utime(path)
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    try:
+        train_lib.run(cfg)
+    finally:
+        stop.set()
+        thread.join()
+        wall[phase] = wall.get(phase, 0.0) + time.perf_counter() - start
+        _write_status(trial_dir, {"status": PENDING, "wall_s": wall})
+        _clear_session()
+
+
+def _recover_wall(status: dict) -> dict:
+    """The wall time per phase so far, plus the time a killed run spent in its phase
+    (from its start to status.json's last heartbeat)."""
+    wall = status.get("wall_s") if isinstance(status, dict) else None
+    wall = {k: float(v) for k, v in (wall or {}).items()
+            if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v)} if isinstance(wall, dict) else {}
+    if isinstance(status, dict) and status.get("status") == RUNNING:
+        since, phase, beat = status.get("since"), status.get("phase"), status.get("_mtime")
+        if isinstance(since, (int, float)) and isinstance(phase, str) and beat:
+            wall[phase] = wall.get(phase, 0.0) + max(0.0, beat - since)
+    return wall
+
+
+def _write_status(trial_dir: str, status: dict) -> None:
+    atomic_write_json(os.path.join(trial_dir, STATUS_JSON),
+                      {**status, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def _finish(trial_dir, outcome, wall, phase=None, reason=None, shared=None) -> str:
+    status = {"status": outcome, "wall_s": wall}
+    if shared:
+        status["shared"] = {p: os.path.relpath(d, trial_dir) for p, d in shared.items()}
     if reason:
         status.update(phase=phase, reason=reason)
         log.warning("trial %s failed in %s: %s", os.path.basename(trial_dir), phase, reason)
-    atomic_write_json(os.path.join(trial_dir, STATUS_JSON), status)
+    _write_status(trial_dir, status)
     return outcome
 
 

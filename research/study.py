@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 
 from flags.config import Config
 from flags.errors import ConfigError
@@ -42,18 +43,28 @@ def base_config(file_flags: dict, cli_flags: dict, where: str = "--sweep_file") 
 
 
 def make(study_dir: str, cli_flags: dict, phases=None, axes=(), seeds=None, baseline=None,
-         sweep_file: str | None = None) -> grid.Study:
-    """The study from a sweep file and/or the command line (the command line wins)."""
+         sweep_file: str | None = None, race=None) -> grid.Study:
+    """The study from a sweep file and/or the command line (the command line wins).
+
+    `race`: a `grid.Race` (command line), else the sweep file's "race". In a race
+    without seeds the seeds are 0..max_seeds-1."""
     content = grid.load_sweep_file(sweep_file) if sweep_file else {}
     file_axes = grid.axes_from_file(content, sweep_file) if sweep_file else []
     cli_axes = [grid.parse_axis(a) for a in axes]
-    base = base_config(content.get("flags", {}), cli_flags).replace(workdir=study_dir)
+    file_flags = content.get("flags", {})
+    base = base_config(file_flags, cli_flags).replace(workdir=study_dir)
+    race = race if race is not None else grid.race_from(content.get("race"))
+    if seeds is None:
+        seeds = content.get("seeds")
+    if seeds is None:
+        seeds = (list(range(race.max_seeds)) if race is not None and race.max_seeds
+                 else "0,1,2")
     return grid.make_study(
         base,
         phases if phases is not None else content.get("phases", "head,finetune,evaluate"),
-        file_axes + cli_axes,
-        seeds if seeds is not None else content.get("seeds", "0,1,2"),
-        baseline if baseline is not None else content.get("baseline"))
+        file_axes + cli_axes, seeds,
+        baseline if baseline is not None else content.get("baseline"),
+        explicit=set(file_flags) | set(cli_flags), race=race)
 
 
 def load(study_dir: str) -> grid.Study:
@@ -74,19 +85,62 @@ def save(study: grid.Study, study_dir: str) -> None:
         atomic_write_text(path, json.dumps(content, indent=1) + "\n")
 
 
-def check_layers(trials) -> None:
-    """--unfreeze_from names a block or layer of the backbone: checked once per backbone and
-    value, before anything runs (a model built without weights)."""
+def check_trials(study: grid.Study, trials, pending=()) -> None:
+    """Every trial's phases checked as train.py would check them, before anything runs
+    or is written: a value that can only fail (`--epochs=0`, an image too small for the
+    backbone, an unknown `--unfreeze_from`) is one line naming the trial's axis value,
+    not a failure per trial. `pending`: the trials that will run (their input files —
+    a finder run for --learning_rate=auto, head weights for a finetune without head —
+    must be there)."""
+    from model.backbones import BACKBONES
     seen = set()
     for trial in trials:
-        if "finetune" not in trial.phases:
-            continue
-        cfg = trial.config("finetune")
-        key = (cfg.backbone, cfg.alpha, cfg.image_size, cfg.resolved_unfreeze_from)
-        if key not in seen:
-            seen.add(key)
-            from model.build import check_unfreeze_from
-            check_unfreeze_from(cfg)
+        where = f"trial {trial.trial_id}" if trial.assignment else "the base flags"
+        for phase in study.phases:
+            cfg = trial.config(phase)
+            if phase in ("head", "finetune") and cfg.epochs < 1:
+                raise ConfigError(f"--epochs={cfg.epochs} trains nothing in the {phase} phase "
+                                  f"({where}); pass --epochs=1 or more")
+            backbone = BACKBONES[cfg.backbone]
+            if cfg.image_size < backbone.min_size:
+                raise ConfigError(f"--image_size={cfg.image_size} is too small for "
+                                  f"{cfg.backbone} ({where}); pass --image_size="
+                                  f"{backbone.min_size} or more")
+            if phase == "finetune":
+                key = (cfg.backbone, cfg.alpha, cfg.image_size, cfg.resolved_unfreeze_from)
+                if key not in seen:
+                    seen.add(key)
+                    from model.build import check_unfreeze_from
+                    check_unfreeze_from(cfg)
+    for trial in pending:
+        for index, phase in enumerate(study.phases):
+            if runner.phase_done(trial.trial_dir, phase):
+                continue
+            cfg = trial.config(phase)
+            if cfg.learning_rate == "auto" and phase in ("head", "finetune"):
+                from loops.lr_find import resolve_learning_rate
+                try:
+                    resolve_learning_rate(cfg)
+                except ConfigError:
+                    raise ConfigError(
+                        f"--learning_rate=auto needs a learning-rate finder run in each "
+                        f"trial's folder (trial {trial.trial_id} has none); sweep.py does "
+                        "not run the finder: pass numbers (e.g. --axis=learning_rate="
+                        "1e-3,3e-3)") from None
+            earlier = study.phases[:index]
+            if phase == "finetune" and "head" not in earlier and not cfg.init_checkpoint \
+                    and not os.path.isfile(os.path.join(trial.trial_dir, "head",
+                                                        "best.weights.h5")):
+                raise ConfigError(f"--phases={','.join(study.phases)}: the finetune phase "
+                                  f"needs head weights, and trial {trial.trial_id} has none; "
+                                  "add head (--phases=head,finetune,...) or pass "
+                                  "--init_checkpoint=PATH")
+            if phase == "evaluate" and not {"head", "finetune"} & set(earlier) and not any(
+                    os.path.isfile(os.path.join(trial.trial_dir, p, "best.weights.h5"))
+                    for p in ("head", "finetune")):
+                raise ConfigError(f"--phases={','.join(study.phases)}: evaluate needs trained "
+                                  f"weights, and trial {trial.trial_id} has none; add the "
+                                  "phases that train (--phases=head,evaluate)")
 
 
 def hparams_on_finished(study: grid.Study | None):
@@ -104,26 +158,50 @@ def hparams_on_finished(study: grid.Study | None):
 
 def run(study: grid.Study, study_dir: str, shard=(0, 1), parallel: int = 1,
         retry_failed: bool = False, debug: bool = False, worker_command=None,
-        progress: bool = True) -> dict:
+        progress: bool = True, share_phases: bool = True, select_by: str = "val_accuracy"
+        ) -> dict:
     """Runs this shard's unfinished trials; rewrites the report after each one.
-    Returns {trial_id: outcome} for this shard's trials."""
+    Returns {trial_id: outcome} for this shard's trials (a race: every trial this
+    process ran or found done).
+
+    `share_phases`: trials with identical phases up to one (same flags, same seed) run
+    it once (research/runner.py); `select_by`: the validation metric a race compares."""
     trials = grid.expand(study, study_dir)
+    if retry_failed:
+        for trial in grid.shard(trials, *shard):
+            if runner.state(trial.trial_dir, study.phases) == runner.FAILED:
+                runner.clear_failure(trial.trial_dir)
+    if study.race is not None:
+        return _run_race(study, study_dir, trials, shard, parallel, debug, worker_command,
+                         progress, share_phases, select_by)
     mine = grid.shard(trials, *shard)
     outcomes = {}
     todo = []
     for trial in mine:
-        if retry_failed:
-            runner.clear_failure(trial.trial_dir)
         outcome = runner.state(trial.trial_dir, study.phases)
         if outcome == runner.PENDING:
             todo.append(trial)
         else:
             outcomes[trial.trial_id] = outcome
-    if todo:
-        check_layers(todo)  # Before anything is written.
+    check_trials(study, trials, todo)  # Before anything is written.
     os.makedirs(os.path.join(study_dir, grid.TRIALS_DIR), exist_ok=True)
     save(study, study_dir)
     bar = _bar(len(mine), len(mine) - len(todo), progress)
+
+    def write_report():
+        report.write(study, study_dir, trials)
+
+    outcomes.update(_run_trials(study, todo, parallel, debug, worker_command, share_phases,
+                                bar, write_report))
+    bar.close()
+    write_report()
+    return outcomes
+
+
+def _run_trials(study, todo, parallel, debug, worker_command, share_phases, bar,
+                write_report) -> dict:
+    """Runs `todo` (in this process, or as worker processes); {trial_id: outcome}."""
+    outcomes = {}
     by_dir = {t.trial_dir: t for t in todo}
 
     def done(trial, outcome):
@@ -131,27 +209,130 @@ def run(study: grid.Study, study_dir: str, shard=(0, 1), parallel: int = 1,
         if outcome == runner.FAILED:
             reason = (runner.read_status(trial.trial_dir) or {}).get("reason", "")
             bar.write(f"trial {trial.trial_id} failed: {reason}", file=sys.stderr)
-        report.write(study, study_dir, trials)
+        write_report()
         bar.update(1)
         bar.set_postfix_str(f"{trial.trial_id}: {outcome}")
 
-    if todo:
-        on_finished = hparams_on_finished(study)
-        if parallel <= 1:
-            for trial in todo:
-                bar.set_postfix_str(f"running {trial.trial_id}")
-                done(trial, runner.run_trial(trial.trial_dir, study.phases, trial.configs(),
-                                             trial.to_dict(), debug=debug,
-                                             on_finished=on_finished))
-        else:
-            for trial in todo:
-                os.makedirs(trial.trial_dir, exist_ok=True)
-                runner.write_trial_json(trial.trial_dir, trial.to_dict())
-            runner.run_parallel([t.trial_dir for t in todo], parallel, worker_command,
-                                lambda folder, outcome: done(by_dir[folder], outcome))
-    bar.close()
-    report.write(study, study_dir, trials)
+    if not todo:
+        return outcomes
+    on_finished = hparams_on_finished(study)
+    if parallel <= 1:
+        # First pass: a trial whose shared phase another process runs is deferred;
+        # second pass: those, waiting for it.
+        deferred = []
+        for trial in todo:
+            bar.set_postfix_str(f"running {trial.trial_id}")
+            outcome = runner.run_trial(trial.trial_dir, study.phases, trial.configs(),
+                                       _content(trial, share_phases), debug=debug,
+                                       on_finished=on_finished,
+                                       shared=_shared(trial, share_phases), wait=False)
+            if outcome == runner.DEFERRED:
+                deferred.append(trial)
+            else:
+                done(trial, outcome)
+        for trial in deferred:
+            bar.set_postfix_str(f"waiting for a shared phase of {trial.trial_id}")
+            done(trial, runner.run_trial(trial.trial_dir, study.phases, trial.configs(),
+                                         _content(trial, share_phases), debug=debug,
+                                         on_finished=on_finished,
+                                         shared=_shared(trial, share_phases)))
+    else:
+        for trial in todo:
+            os.makedirs(trial.trial_dir, exist_ok=True)
+            runner.write_trial_json(trial.trial_dir, _content(trial, share_phases))
+        runner.run_parallel([t.trial_dir for t in todo], parallel, worker_command,
+                            lambda folder, outcome: done(by_dir[folder], outcome))
     return outcomes
+
+
+def _shared(trial: grid.Trial, share_phases: bool) -> dict:
+    return {p: trial.shared_dir(p) for p in trial.phases} if share_phases else {}
+
+
+def _content(trial: grid.Trial, share_phases: bool) -> dict:
+    """trial.json: its flags, and the shared work directories of its phases (none when
+    sharing is off: a --parallel worker reads them from here)."""
+    content = trial.to_dict()
+    if not share_phases:
+        content["shared"] = {}
+    return content
+
+
+RACE_POLL_S = 5.0  # A shard waiting for other shards' trials of a round looks again.
+
+
+def _run_race(study, study_dir, trials, shard, parallel, debug, worker_command, progress,
+              share_phases, select_by) -> dict:
+    """Round after round: this shard's trials of the round first, then any other trial of
+    the round no process holds (so one shard alone finishes the race), then, while
+    other processes run the rest, waits; the state is recomputed from disk each time."""
+    from research import race as race_lib
+    higher = _higher_is_better(select_by)
+
+    def compute():
+        return race_lib.compute(study, study_dir, select_by, higher)
+
+    state = compute()
+    check_trials(study, trials, state.pending)  # Before anything is written.
+    os.makedirs(os.path.join(study_dir, grid.TRIALS_DIR), exist_ok=True)
+    save(study, study_dir)
+    race_lib.write(study, study_dir, state)
+    outcomes = {}
+    bar = _bar(len(trials), 0, progress)
+
+    def write_report():
+        current = compute()
+        race_lib.write(study, study_dir, current)
+        _write_report(study, study_dir, current.scheduled, select_by)
+
+    while not state.finished:
+        in_round = [t for t in state.scheduled if t.seed in state.seeds
+                    and t.config_index in state.alive]
+        mine = set(grid.shard(in_round, *shard))
+        todo = ([t for t in state.pending if t in mine]
+                + [t for t in state.pending if t not in mine])
+        check_trials(study, [], todo)
+        bar.total = len(state.scheduled)
+        bar.n = len(state.scheduled) - len(state.pending)
+        bar.set_description(f"race round {state.round}")
+        result = _run_trials(study, todo, parallel, debug, worker_command, share_phases,
+                             bar, write_report)
+        outcomes.update(result)
+        before = state
+        state = compute()
+        if not state.finished and state.round == before.round and \
+                {t.trial_id for t in state.pending} == {t.trial_id for t in before.pending}:
+            time.sleep(RACE_POLL_S)  # Every trial left runs elsewhere: wait for them.
+    bar.close()
+    race_lib.write(study, study_dir, state)
+    for trial in state.scheduled:
+        outcomes.setdefault(trial.trial_id, runner.state(trial.trial_dir, study.phases))
+    _write_report(study, study_dir, state.scheduled, select_by)
+    return outcomes
+
+
+def _higher_is_better(select_by: str) -> bool:
+    table = getattr(report, "SELECT_BY", {"val_accuracy": True, "val_loss": False})
+    if select_by not in table:
+        raise ConfigError(f"unknown --select_by={select_by!r}; choose one of: "
+                          f"{', '.join(table)}")
+    return table[select_by]
+
+
+def _write_report(study, study_dir, trials, select_by):
+    import inspect
+    if "select_by" in inspect.signature(report.write).parameters:
+        return report.write(study, study_dir, trials, select_by=select_by)
+    return report.write(study, study_dir, trials)
+
+
+def race_state(study: grid.Study, study_dir: str, select_by: str = "val_accuracy"):
+    """For --report_only: the race recomputed from disk, race.json rewritten; the trials
+    it scheduled (the report's rows)."""
+    from research import race as race_lib
+    state = race_lib.compute(study, study_dir, select_by, _higher_is_better(select_by))
+    race_lib.write(study, study_dir, state)
+    return state.scheduled
 
 
 def _bar(total, initial, enabled):
@@ -164,8 +345,10 @@ def run_one(trial_dir: str, debug: bool = False) -> str:
     """A worker process's job (--run_trial): the trial described by its trial.json."""
     phases, configs = runner.configs_from_trial_json(trial_dir)
     content = runner.read_json(os.path.join(trial_dir, runner.TRIAL_JSON))
+    shared = content.get("shared") if isinstance(content, dict) else None
     return runner.run_trial(trial_dir, phases, configs, content, debug=debug,
-                            on_finished=hparams_on_finished(_study_of(trial_dir)))
+                            on_finished=hparams_on_finished(_study_of(trial_dir)),
+                            shared=shared if isinstance(shared, dict) else None)
 
 
 def _study_of(trial_dir: str):

@@ -294,15 +294,24 @@ def test_no_warning_when_the_best_is_clearly_separated(tmp_path):
     assert "★ best, baseline" in text
 
 
-def test_divergence_is_read_from_log_csv(tmp_path):
+def test_divergence_is_read_from_the_phase_summary_not_its_log(tmp_path):
+    """The phase's own record decides (summary.json, final weights): a finished phase
+    whose log.csv was truncated or holds a non-finite value is not "diverged"."""
     phase = tmp_path / "head"
     phase.mkdir()
+    (phase / "summary.json").write_text(json.dumps(
+        {"stop_reason": "nan", "stopped_epoch": 2, "files": {"final": None}}))
+    assert "diverged: a non-finite loss or weight in epoch 2 of the head phase" in \
+        runner.divergence(str(tmp_path), "head")
+    # Finished: final weights, a log cut mid-row (a non-finite-looking value).
+    (phase / "summary.json").write_text(json.dumps(
+        {"stop_reason": "finished", "files": {"final": str(phase / "final.weights.h5")}}))
+    (phase / "final.weights.h5").write_bytes(b"x")
     (phase / "log.csv").write_text("epoch,accuracy,loss,learning_rate,val_accuracy,val_loss\n"
-                                   "0,0.5,0.7,0.001,0.5,0.69\n1,0.5,nan,0.001,0.5,inf\n")
-    assert "diverged: non-finite loss in epoch 2 of the head phase" in runner.divergence(
-        str(tmp_path), "head")
+                                   "0,0.5,0.7,0.001,0.5,0.69\n1,0.5,0.6")
+    assert runner.divergence(str(tmp_path), "head") is None
     (phase / "log.csv").write_text("epoch,accuracy,loss,learning_rate,val_accuracy,val_loss\n"
-                                   "0,0.5,0.7,0.001,0.5,0.69\n")
+                                   "0,0.5,nan,0.001,0.5,inf\n")
     assert runner.divergence(str(tmp_path), "head") is None
 
 
