@@ -21,7 +21,7 @@ def load_test_split(cfg):
         if not os.path.isdir(root):
             raise DataError(f"--data_dir={folders.printable(cfg.data_dir)} is not a folder; "
                             "pass a folder with one sub-folder of images per class")
-        names = {e.name for e in os.scandir(root) if e.is_dir()}
+        names = set(folders.subfolders(root))
         if "train" not in names and "test" not in names:
             return _whole_folder(root, cfg)
         if "test" in names:

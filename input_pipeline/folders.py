@@ -32,7 +32,14 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from input_pipeline.common import SPLITS, DataError, Splits, map_examples, resize_uint8
+from input_pipeline.common import (
+    SPLITS,
+    DataError,
+    Splits,
+    content_digest,
+    map_examples,
+    resize_uint8,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,20 +131,45 @@ def printable(path: str) -> str:
 
 
 def image_files(folder: str) -> tuple[list, list]:
-    """(regular image files, other entries named like images) under `folder`, sorted.
+    """(regular image files, other entries) under `folder`, sorted.
 
-    Recursive; hidden files and folders (".name") are left out, symbolic links to
-    folders are not followed. The second list holds FIFOs, sockets, devices and
-    dangling links: nothing to read.
+    Recursive; hidden files and folders (".name") are left out. Links to folders are
+    followed (a class folder linked from a shared data set is data like any other),
+    except a link back to a folder it is inside of (a loop), which is listed among the
+    others. The others are also entries named like images that are no regular files:
+    FIFOs, sockets, devices, dangling links and links in a loop: nothing to read.
     """
     paths, others = [], []
-    for parent, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if _is_image_name(name):
-                path = os.path.join(parent, name)
-                (paths if os.path.isfile(path) else others).append(path)
+
+    def walk(directory: str, ancestors: frozenset) -> None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:  # Unreadable, or removed meanwhile: nothing in it is read.
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()
+                identity = _identity(os.stat(entry.path)) if is_dir else None
+            except OSError:  # A link in a loop (ELOOP) or removed meanwhile.
+                is_dir = False
+            if is_dir and identity in ancestors:
+                others.append(entry.path)
+            elif is_dir:
+                walk(entry.path, ancestors | {identity})
+            elif _is_image_name(entry.name):
+                (paths if os.path.isfile(entry.path) else others).append(entry.path)
+
+    try:
+        walk(folder, frozenset({_identity(os.stat(folder))}))
+    except OSError:
+        pass
     return sorted(paths), sorted(others)
+
+
+def _identity(st: os.stat_result) -> tuple:
+    return st.st_dev, st.st_ino
 
 
 # Flags that decide which examples a run sees (for `data_fingerprint`).
@@ -149,11 +181,13 @@ _DATA_FLAGS = ("dataset", "data_dir", "tfds_data_dir", "train_split", "validatio
 def data_fingerprint(cfg) -> str:
     """A hex digest that changes when the data `cfg` names changes.
 
-    An image folder: every image file's path (relative to `cfg.data_dir`, as bytes),
-    size and modification time (ns) — regular files only, as `load` reads them — so
-    images added, removed, renamed or rewritten change it; `cfg.data_dir`'s own
-    spelling does not. tfds and synthetic data: a hash of the data flags (what the
-    run sees is a function of them).
+    An image folder: every image file's path (relative to `cfg.data_dir`, as bytes)
+    and a SHA-256 of its bytes (`content_digest`) — regular files only, as `load`
+    reads them, links to folders followed (`image_files`) — so images added, removed,
+    renamed or rewritten change it, whatever their size and modification time say;
+    the folder's own path and the files' times do not (a copy of the folder is the same
+    data). tfds and synthetic data: a hash of the data flags (what the run sees is a
+    function of them).
     """
     digest = hashlib.sha256()
     flags = {name: getattr(cfg, name, None) for name in _DATA_FLAGS if name != "data_dir"}
@@ -163,13 +197,14 @@ def data_fingerprint(cfg) -> str:
         if not os.path.isdir(root):
             raise DataError(f"--data_dir={printable(cfg.data_dir)} is not a folder; pass the "
                             "image folder the run was trained on")
-        for path in image_files(root)[0]:
-            try:
-                st = os.stat(path)
-            except OSError:  # Removed while listing: not part of the data.
-                continue
-            relative = os.fsencode(os.path.relpath(path, root))
-            digest.update(b"%s\0%d\0%d\n" % (relative, st.st_size, st.st_mtime_ns))
+        paths = image_files(root)[0]
+        with concurrent.futures.ThreadPoolExecutor(_num_workers()) as pool:
+            contents = pool.map(content_digest, paths)
+            for path, content in zip(paths, contents, strict=True):
+                if content is None:  # Removed while listing: not part of the data.
+                    continue
+                relative = os.fsencode(os.path.relpath(path, root))
+                digest.update(b"%s\0%s\n" % (relative, content.encode()))
     return digest.hexdigest()
 
 
@@ -191,7 +226,7 @@ def read_image_file(path: str, image_size: int) -> np.ndarray:
 
 def _find_layout(root: str) -> dict:
     """Maps each split to its folder, or to None where it is to be carved from train."""
-    names = {e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")}
+    names = set(subfolders(root))
     validation = [n for n in _VALIDATION_DIRS if n in names]
     if len(validation) > 1:
         raise DataError(f"{root} has both validation/ and val/; keep one of them")
@@ -206,6 +241,26 @@ def _find_layout(root: str) -> dict:
     return {"train": root, "validation": None, "test": None}
 
 
+def subfolders(folder: str) -> list:
+    """The sorted names of `folder`'s sub-folders (links to folders included), hidden
+    ones left out; a dangling link or a link in a loop is no folder."""
+    names = []
+    for entry in os.scandir(folder):
+        try:
+            if not entry.name.startswith(".") and entry.is_dir():
+                names.append(entry.name)
+        except OSError:  # ELOOP
+            pass
+    return sorted(names)
+
+
+def _is_file(entry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # ELOOP
+        return False
+
+
 def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
@@ -213,15 +268,14 @@ def _is_image_name(name: str) -> bool:
 def _list_classes(folder: str, skipped: list) -> dict:
     """{class name: sorted image paths} for the class sub-folders of `folder`; appends
     entries named like images that are no regular files to `skipped`."""
-    classes = sorted(e.name for e in os.scandir(folder)
-                     if e.is_dir() and not e.name.startswith("."))
+    classes = subfolders(folder)
     for name in classes:
         if printable(name) != name:
             raise DataError(f"class folder name {printable(os.path.join(folder, name))} is not "
                             "valid UTF-8; rename the folder (class names are written to "
                             "classes.json and printed)")
     if not classes:
-        if any(_is_image_name(e.name) for e in os.scandir(folder) if e.is_file()):
+        if any(_is_image_name(e.name) and _is_file(e) for e in os.scandir(folder)):
             raise DataError(f"{folder} holds images but no class sub-folders; move them into "
                             f"{folder}/<class name>/ (e.g. cat/ and dog/)")
         raise DataError(f"no images in {folder}: put them in one sub-folder per class "

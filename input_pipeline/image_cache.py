@@ -38,12 +38,14 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 
 import tensorflow as tf
 
 from input_pipeline.batching import read_to_end
+from input_pipeline.common import content_digest
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,8 @@ CACHE_DIR = "image_cache"
 COMPLETE = "complete.json"
 PREFIX = "images"  # TF writes images.index and images.data-00000-of-00001.
 # Bump when the stored format or the decoding changes: older caches are then not used.
-FORMAT = 1
+FORMAT = 2  # 2: complete.json records every file's size and SHA-256, and its own.
+MANIFEST_LIMIT = 64 << 20  # A complete.json larger than this is damaged.
 RESIZE = "bilinear, rounded to uint8"  # input_pipeline.common.resize_uint8
 
 # What the cache did in this process (tests count these): "hit" a split read from a
@@ -104,19 +107,14 @@ class SplitCache:
 
     # ---- reading ---------------------------------------------------------------------
     def manifest(self) -> dict | None:
-        """The manifest of a complete cache, else None (an incomplete one is removed)."""
-        try:
-            with open(os.path.join(self.path, COMPLETE), encoding="utf-8") as f:
-                manifest = json.load(f)
-            complete = (isinstance(manifest, dict) and manifest.get("format") == FORMAT
-                        and isinstance(manifest.get("examples"), int)
-                        and os.path.isfile(os.path.join(self.path, PREFIX + ".index")))
-        except (OSError, ValueError):
-            complete = False
-        if complete:
+        """The manifest of a complete, intact cache, else None (an incomplete or damaged
+        one is set aside, to be rebuilt)."""
+        if not os.path.lexists(self.path):
+            return None
+        manifest, problem = _check(self.path)
+        if problem is None:
             return manifest
-        if os.path.lexists(self.path):
-            self._set_aside(self.path)
+        self._set_aside(self.path, problem)
         return None
 
     def dataset(self, source: tf.data.Dataset | None, num_examples: int, image_size: int,
@@ -184,7 +182,8 @@ class SplitCache:
             if self.verify is not None and not self.verify():
                 return self._discard(temporary, "the data changed while it was read")
             manifest = {"format": FORMAT, "split": self.split, "examples": num_examples,
-                        **extra}
+                        **extra, "files": _files(temporary)}
+            manifest["checksum"] = _checksum(manifest)
             with open(os.path.join(temporary, COMPLETE), "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=1, sort_keys=True)
             if self.manifest() is not None:
@@ -205,11 +204,11 @@ class SplitCache:
         log.info("image cache: not keeping the %s split (%s)", self.split, reason)
         shutil.rmtree(temporary, ignore_errors=True)
 
-    def _set_aside(self, path: str) -> None:
-        """Removes an incomplete cache folder (renamed first: a concurrent reader of
-        the name then finds nothing rather than half a folder)."""
+    def _set_aside(self, path: str, problem: str) -> None:
+        """Removes an incomplete or damaged cache folder (renamed first: a concurrent
+        reader of the name then finds nothing rather than half a folder)."""
         counters["stale"] += 1
-        log.warning("image cache: %s is incomplete; rebuilding it", path)
+        log.warning("image cache: %s %s; setting it aside and rebuilding it", path, problem)
         aside = f"{path}.stale-{_host()}-{os.getpid()}-{threading.get_ident()}"
         try:
             os.rename(path, aside)
@@ -234,6 +233,64 @@ class SplitCache:
             if pid != os.getpid() and not _alive(pid):
                 counters["stale"] += 1
                 shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
+
+
+def _files(folder: str) -> dict:
+    """{name: [size, SHA-256]} of the files TF wrote in a split's folder."""
+    files = {}
+    for name in sorted(os.listdir(folder)):
+        digest = content_digest(os.path.join(folder, name))
+        if digest is not None:
+            files[name] = [os.path.getsize(os.path.join(folder, name)), digest]
+    return files
+
+
+def _checksum(manifest: dict) -> str:
+    """SHA-256 of the manifest without its "checksum" field."""
+    fields = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _check(path: str) -> tuple[dict | None, str | None]:
+    """(manifest, None) for an intact, complete split folder, else (None, what is wrong):
+    its complete.json must be what `_publish` wrote (its own checksum) and every file it
+    lists of the size and SHA-256 it records (a truncated or altered shard is caught
+    here, before TF reads it)."""
+    complete = os.path.join(path, COMPLETE)
+    try:
+        fd = os.open(complete, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None, f"has no regular {COMPLETE}"
+            data = f.read(MANIFEST_LIMIT + 1)
+        if len(data) > MANIFEST_LIMIT:
+            return None, f"has a damaged {COMPLETE} (over {MANIFEST_LIMIT} bytes)"
+        manifest = json.loads(data)
+    except FileNotFoundError:
+        return None, f"is incomplete (no {COMPLETE})"
+    except (OSError, ValueError, RecursionError):
+        return None, f"has an unreadable {COMPLETE}"
+    if not (isinstance(manifest, dict) and manifest.get("format") == FORMAT
+            and manifest.get("checksum") == _checksum(manifest)
+            and isinstance(manifest.get("examples"), int) and manifest["examples"] >= 0
+            and isinstance(manifest.get("skipped", []), list)
+            and isinstance(manifest.get("files"), dict)
+            and PREFIX + ".index" in manifest["files"]):
+        return None, f"has a damaged or outdated {COMPLETE}"
+    for name, recorded in sorted(manifest["files"].items()):
+        file = os.path.join(path, name)
+        if not (isinstance(recorded, list) and len(recorded) == 2
+                and name not in ("", ".", "..") and os.path.basename(name) == name):
+            return None, f"has a damaged {COMPLETE}"
+        try:
+            size = os.stat(file).st_size
+        except OSError:
+            return None, f"lacks {name}"
+        if size != recorded[0]:
+            return None, f"has a damaged {name} ({size} bytes, {recorded[0]} written)"
+        if content_digest(file) != recorded[1]:
+            return None, f"has a damaged {name} (its SHA-256 differs from the one written)"
+    return manifest, None
 
 
 def _host() -> str:

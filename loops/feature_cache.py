@@ -166,14 +166,22 @@ def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
     both = cut.flip is not None and training
     arrays = _load(path, num_examples) if path else None
     if arrays is None:
-        arrays = _compute(cut, images, num_examples, batch_size, both, path)
+        start = time.perf_counter()
+        arrays = _compute(cut, images, num_examples, batch_size, both, path,
+                          "training" if training else "validation")
+        logging.info("feature cache: computed the features of %d examples in %.1f s (%s)",
+                     num_examples, time.perf_counter() - start,
+                     f"saved to {path}{FEATURES}" if path else "kept in memory")
+    else:
+        logging.info("feature cache: loaded the features of %d examples from %s%s (computed "
+                     "by an earlier run)", num_examples, path, FEATURES)
     features = _read(*arrays)
     if cut.flip is not None and not training:
         features = features.map(lambda f, y: (flip_features.same_outcome(f), y))
     return features
 
 
-def _compute(cut, images, num_examples, batch_size, both, path):
+def _compute(cut, images, num_examples, batch_size, both, path, split="training"):
     """The frozen pass over `images`, batch by batch, as an ordinary call of the
     traced prefix in this thread, not inside a tf.data map: tf.data runs a map
     function's ops on one intra-op thread and without grappler's fusions, 2-4x
@@ -182,7 +190,8 @@ def _compute(cut, images, num_examples, batch_size, both, path):
     is cheaper than a batch of a new size, for which oneDNN creates new primitives
     for every layer (5 s for EfficientNet-B0's 238 layers here): `_pad_is_cheaper`.
     In inference mode each example's features do not depend on the others in its
-    batch."""
+    batch. Features that are not finite (NaN, inf) are an error, never cached: the
+    frozen weights or the images are broken, and training on them cannot work."""
     if cut.forward is None:
         cut.forward = forward_function(cut.prefix)
     prefix = cut.forward
@@ -202,7 +211,7 @@ def _compute(cut, images, num_examples, batch_size, both, path):
                                              shape)
     else:
         features = np.empty(shape, dtype.as_numpy_dtype)
-    done, seconds = 0, []  # Seconds per full batch.
+    done, seconds, non_finite = 0, [], 0  # Seconds per full batch.
     for x, y in images.batch(batch_size).prefetch(1):
         n = int(tf.shape(y)[0])
         if done + n > num_examples:
@@ -213,7 +222,8 @@ def _compute(cut, images, num_examples, batch_size, both, path):
             x = tf.pad(x, [[0, batch_size - n]] + [[0, 0]] * (len(x.shape) - 1))
         start = time.perf_counter()
         f = flip_features.both_outcomes(prefix, x) if both else prefix(x)
-        features[done:done + n] = tf.cast(f[:n], dtype).numpy()
+        features[done:done + n] = f = tf.cast(f[:n], dtype).numpy()
+        non_finite += n - int(np.isfinite(f.reshape(n, -1)).all(axis=1).sum())
         if n == batch_size:
             seconds.append(time.perf_counter() - start)
         labels[done:done + n] = y.numpy()
@@ -221,6 +231,15 @@ def _compute(cut, images, num_examples, batch_size, both, path):
     if done != num_examples:
         raise RuntimeError(f"the split has {done} examples, not {num_examples}: its files "
                            "changed during the run; run again")
+    if non_finite:
+        if path:
+            del features
+            _remove(temporary + FEATURES)
+        raise RunError(
+                f"the frozen layers up to {cut.after} give non-finite features (NaN or inf) "
+                f"for {non_finite} of {num_examples} images of the {split} split: not the "
+                "learning rate; the weights they start from (--weights, or the earlier "
+                "phase's checkpoint) or those images are damaged")
     if not path:
         return features, labels
     features.flush()
@@ -250,7 +269,8 @@ def _pad_is_cheaper(padding: int, batch_size: int, seconds: list, layers: int) -
 
 def _load(path, num_examples):
     """The arrays at `path` (features memory-mapped), or None if absent or not of
-    `num_examples` rows."""
+    `num_examples` rows. Features that are not all finite (a damaged cache: they were
+    checked when computed) are removed, to be computed again."""
     try:
         features = np.load(path + FEATURES, mmap_mode="r")
         labels = np.load(path + LABELS)
@@ -258,7 +278,22 @@ def _load(path, num_examples):
         return None
     if len(features) != num_examples or len(labels) != num_examples:
         return None
+    if not all(np.isfinite(features[i:i + READ_ROWS]).all()
+               for i in range(0, len(features), READ_ROWS)):
+        logging.warning("feature cache: %s holds non-finite values (damaged); computing "
+                        "it again", path + FEATURES)
+        del features
+        _remove(path + FEATURES)
+        _remove(path + LABELS)
+        return None
     return features, labels
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def _remove_dead_temporaries(path):
@@ -293,24 +328,12 @@ def _read(features, labels) -> tf.data.Dataset:
             .apply(tf.data.experimental.assert_cardinality(n)))
 
 
-DATA_FIELDS = ("dataset", "data_dir", "tfds_data_dir", "train_split", "validation_split_name",
-               "test_split", "validation_split", "test_split_fraction",
-               "max_examples_per_split", "synthetic_examples", "split_seed", "image_size")
-
-
 def data_key(cfg) -> dict:
-    """What determines the images of every split: the data flags and, for an image
-    folder, every file's path, size and modification time."""
-    key = {f: getattr(cfg, f) for f in DATA_FIELDS}
-    if cfg.data_dir:
-        files = []
-        for root, _, names in os.walk(cfg.data_dir):
-            for name in sorted(names):
-                st = os.stat(os.path.join(root, name))
-                files.append((os.path.relpath(os.path.join(root, name), cfg.data_dir),
-                              st.st_size, st.st_mtime_ns))
-        key["files"] = hashlib.sha256(json.dumps(sorted(files)).encode()).hexdigest()
-    return key
+    """What determines the images of every split: `input_pipeline.data_fingerprint`
+    (the data flags and, for an image folder, every image file's path and a hash of
+    its bytes; the folder's own path left out: the same bytes are the same data)."""
+    from input_pipeline import data_fingerprint
+    return {"data": data_fingerprint(cfg)}
 
 
 def resolve(mode: str, cut: Cut | None, reason: str, num_examples: int) -> str:

@@ -101,10 +101,12 @@ def test_second_run_reads_the_cache_and_checks_no_file(data, tmp_path, counted):
     assert_same(again, expected)
 
 
-def test_second_run_gets_its_pixels_from_the_cache_not_the_files(data, tmp_path, counted):
-    """A photo rewritten with other pixels but its old size and time looks unchanged to
-    the key: the second run still sees the first run's pixels, so they came from the
-    cache. (This is the key's documented blind spot, used here as a probe.)"""
+def test_second_run_gets_its_pixels_from_the_cache_not_the_files(data, tmp_path, counted,
+                                                                 monkeypatch):
+    """With the key held fixed, a photo rewritten with other pixels: the second run still
+    sees the first run's pixels, so they came from the cache. (The real key hashes every
+    file's bytes: tests/test_data_identity.py.)"""
+    monkeypatch.setattr(folders, "data_fingerprint", lambda cfg: "held fixed")
     cfg = config(data, tmp_path)
     _, first = read_all(cfg)
     path = os.path.join(data, "train", "cat", "000.jpg")
@@ -189,7 +191,8 @@ def test_another_image_size_or_resize_gives_a_new_cache(data, tmp_path, counted,
 def test_a_file_changed_while_it_is_read_is_not_cached(data, tmp_path, counted):
     cfg = config(data, tmp_path)
     loaded = input_pipeline.load_splits(cfg)
-    os.utime(os.path.join(data, "train", "cat", "002.jpg"), ns=(1, 1))
+    with open(os.path.join(data, "train", "cat", "002.jpg"), "wb") as f:
+        f.write(encode(photo(4242), "JPEG", quality=95))
     list(loaded.train.as_numpy_iterator())
     assert image_cache.counters["discarded"] == 1 and image_cache.counters["published"] == 0
     key = os.path.join(image_cache.root(cfg), cache_folders(cfg)[0])

@@ -180,6 +180,8 @@ def test_data_fingerprint_follows_the_image_files(tmp_path):
     assert added != first
     stat = os.stat(data / "train" / "cat" / "0.png")
     os.utime(data / "train" / "cat" / "0.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert data_fingerprint(cfg) == added  # Its bytes identify a file, not its time.
+    write_png(data / "train" / "cat" / "0.png", (1, 2, 3))
     assert data_fingerprint(cfg) not in (first, added)
     synthetic = Config(dataset="synthetic")
     assert data_fingerprint(synthetic) == data_fingerprint(Config(dataset="synthetic"))
