@@ -46,7 +46,13 @@ import zipfile
 
 import numpy as np
 
-from callbacks.atomic_io import atomic_save, atomic_write_json, atomic_write_text, read_json
+from callbacks.atomic_io import (
+    atomic_save,
+    atomic_save_weights,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+)
 from callbacks.base import Callback
 
 FORMAT = 1
@@ -213,8 +219,7 @@ class BackupAndRestore(Callback):
         os.makedirs(self.backup_dir, exist_ok=True)
         self._save_index += 1
         weights_name = f"ckpt-{self._save_index:06d}.weights.h5"
-        atomic_save(lambda path: self.model.save_weights(path, overwrite=True),
-                    os.path.join(self.backup_dir, weights_name))
+        atomic_save_weights(self.model, os.path.join(self.backup_dir, weights_name))
         if self.double_checkpoint and os.path.exists(self._metadata_path):
             with open(self._metadata_path, encoding="utf-8") as f:
                 atomic_write_text(self._prev_metadata_path, f.read())

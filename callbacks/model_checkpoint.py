@@ -8,7 +8,7 @@ import numpy as np
 from keras import ops
 
 from callbacks._monitor import MonitorCallback, to_json_number
-from callbacks.atomic_io import atomic_save
+from callbacks.atomic_io import atomic_save, atomic_save_weights
 
 
 class ModelCheckpoint(MonitorCallback):
@@ -19,8 +19,10 @@ class ModelCheckpoint(MonitorCallback):
     `"ckpt-{epoch:02d}-{val_loss:.4f}.weights.h5"`. Arguments and behaviour are
     those of `keras.callbacks.ModelCheckpoint`, except that every file is written
     to a temporary name in the same folder and renamed into place (a crash never
-    leaves a half-written checkpoint) and that batch-level `save_best_only`
-    works before the first epoch end (see DIFFERENCES.md).
+    leaves a half-written checkpoint; a weights file is serialised in memory and
+    checked against the free space first, `atomic_io.atomic_save_weights`) and
+    that batch-level `save_best_only` works before the first epoch end (see
+    DIFFERENCES.md).
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
@@ -118,7 +120,7 @@ class ModelCheckpoint(MonitorCallback):
                 "Please specify a non-directory filepath for ModelCheckpoint. "
                 f"Filepath used is an existing directory: {filepath}")
         if self.save_weights_only:
-            atomic_save(lambda path: self.model.save_weights(path, overwrite=True), filepath)
+            atomic_save_weights(self.model, filepath)
         else:
             atomic_save(lambda path: self.model.save(path, overwrite=True), filepath)
         if self.verbose > 0:

@@ -11,6 +11,9 @@ changed since the run started, a corrupt backup, a directory that is not writabl
 a directory another process is running in (`loops.run_lock`).
 
 `prepare()` then applies the decision; it runs under the directory's lock.
+Deleting never follows a link: a phase directory that is a symbolic link is never
+deleted (an `overwrite` or `restart` of one is a one-line error), and the temporary
+files a kill left behind are looked for without entering linked folders.
 Workers of a multi-worker job other than the chief write into a temporary directory
 (`worker_run_dir`) holding a copy of the chief's backup.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import glob
+import fnmatch
 import json
 import os
 import shutil
@@ -28,7 +31,7 @@ import zlib
 
 import numpy as np
 
-from callbacks.atomic_io import read_json
+from callbacks.atomic_io import check_writes, read_json
 from callbacks.backup_and_restore import METADATA, STATE_JSON, Position
 from flags.config import Config
 from flags.errors import ConfigError
@@ -84,6 +87,17 @@ def check_writable(path: str, flag: str = "--workdir") -> None:
     if _read_only_file_system(existing):  # os.access says yes to root even there.
         raise ConfigError(f"{flag}={path} is on a read-only file system ({existing}); "
                           f"pass a writable {flag}")
+    if _no_storage(existing):  # /proc, /sys: os.access says yes, mkdir fails.
+        raise ConfigError(f"{flag}={path} is on a pseudo file system without storage "
+                          f"({existing}); pass a writable {flag}")
+
+
+def _no_storage(path: str) -> bool:
+    """A pseudo file system (proc, sysfs, devpts): no blocks at all."""
+    try:
+        return os.statvfs(path).f_blocks == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def _read_only_file_system(path: str) -> bool:
@@ -144,6 +158,20 @@ def _meaningful_files(run_dir: str) -> list[str]:
 def inspect(cfg: Config, run_dir: str, data_fingerprint: str, writer: bool = True
             ) -> RunDirState:
     """Decides what to do with `run_dir` (see the module docstring); writes nothing."""
+    if os.path.islink(run_dir) and not os.path.exists(run_dir):
+        raise ConfigError(f"{run_dir} is a symbolic link to {os.readlink(run_dir)}, which does "
+                          "not exist; remove the link or create its folder")
+    state = _inspect(cfg, run_dir, data_fingerprint, writer)
+    if state.mode in ("overwrite", "restart") and os.path.islink(run_dir):
+        raise ConfigError(
+            f"{run_dir} is a symbolic link (to {os.path.realpath(run_dir)}) and "
+            f"{'--overwrite' if state.mode == 'overwrite' else 'starting the phase over'} "
+            "would delete it; tapefit never deletes through a link: remove the link or "
+            "empty its folder yourself, or pass another --workdir")
+    return state
+
+
+def _inspect(cfg: Config, run_dir: str, data_fingerprint: str, writer: bool) -> RunDirState:
     if writer:
         check_writable(cfg.workdir)
         if os.path.isdir(run_dir):
@@ -190,15 +218,25 @@ def inspect(cfg: Config, run_dir: str, data_fingerprint: str, writer: bool = Tru
 
 
 def remove_partial_files(run_dir: str) -> list[str]:
-    """Deletes temporary files a kill left behind mid-save (callbacks.atomic_io.temp_path)."""
-    partial = glob.glob(os.path.join(glob.escape(run_dir), "**", ".*.tmp-*"), recursive=True)
+    """Deletes temporary files a kill left behind mid-save (callbacks.atomic_io.temp_path):
+    `.*.tmp-*` names in `run_dir` and its real subfolders. Never enters a linked folder;
+    a link with such a name is removed itself, never its target."""
+    partial = []
+    for folder, dirs, files in os.walk(run_dir, followlinks=False):
+        # os.walk lists a link to a folder among `dirs` (not entered): it may be a temp.
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            if fnmatch.fnmatchcase(name, ".*.tmp-*"):
+                path = os.path.join(folder, name)
+                if os.path.islink(path) or os.path.isfile(path):
+                    partial.append(path)
     for path in partial:
-        os.remove(path)
+        os.remove(path)  # On a link: the link itself.
     return partial
 
 
 def prepare(run_dir: str, state: RunDirState) -> None:
     """Applies `inspect()`'s decision (under the directory's lock)."""
+    check_writes()  # This process still holds the lock (loops.run_lock).
     if state.mode in ("overwrite", "restart") and os.path.isdir(run_dir):
         shutil.rmtree(run_dir)
     os.makedirs(run_dir, exist_ok=True)

@@ -13,6 +13,24 @@ by a second `O_EXCL` file (`<lock>.takeover`): its holder re-reads the lock,
 deletes it only if it is still the same stale one, and then competes for
 `O_EXCL` like everyone else — so of two processes taking over at once, exactly
 one wins, and a live lock is never deleted.
+
+**Fencing.** A holder paused past the lease (SIGSTOP, a suspended VM, a network
+partition) may be taken over by a process on another host. Its token is then no
+longer in the lock file, so before every write of a run file (`check()`, or
+`check_held()` for every lock of this process; `callbacks.atomic_io` calls it
+before each save and again before the rename that commits it) it re-reads the file
+and, if the token is not its own, raises `LockLost`: the process stops writing and
+exits with one line. What this cannot prevent: a write already past its check when
+the pause starts (one file at most, committed by a rename), and a take-over by a
+host whose clock runs ahead by more than the lease (the heartbeat is an mtime).
+
+**Damaged lock files.** Only a regular file of at most 4 KB is read (never through
+a link, never blocking on a FIFO), and only a record `{host: str, pid: int,
+start: str, token: str}` counts as a holder. Anything else in the lock's place that
+is not a regular file (a folder, a FIFO, a link, a device) is one line naming the
+fix (remove it): tapefit never creates one, and never deletes one. A regular file
+whose content is not such a record is treated as stale once its mtime is older than
+the lease (nobody refreshes it), and is one line naming the fix before that.
 """
 from __future__ import annotations
 
@@ -22,6 +40,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -34,7 +53,13 @@ _ATTEMPTS = 200  # Rounds of create / judge / take over before giving up.
 _PAUSE_S = 0.05  # Between rounds that found the lock in motion.
 _YOUNG_S = 2.0  # A lock file without a record yet, younger than this, is being written.
 _TAKEOVER_STALE_S = 30.0  # A take-over takes milliseconds; an older .takeover file is left over.
-_HELD_TOKENS = set()  # Tokens of the locks this process holds.
+_HELD = {}  # Token -> RunLock, for the locks this process holds.
+_MAX_BYTES = 4096  # A lock record is ~150 bytes; a larger file is not one.
+_MAX_PID = 2**31 - 1  # pid_t; Linux' pid_max is at most 2**22.
+
+
+class LockLost(RunError):
+    """This process's lock was taken over (or removed): it must stop writing."""
 
 
 class RunLock:
@@ -69,21 +94,45 @@ class RunLock:
         for _ in range(_ATTEMPTS):
             if self._create(record):
                 self._token = token
-                _HELD_TOKENS.add(token)
+                _HELD[token] = self
                 self._start_heartbeat()
                 atexit.register(self.release)
                 return self
             holder, mtime = self._read()
             if holder is None:
                 continue  # Released between our create and our read: try again.
-            if not holder and mtime is not None and time.time() - mtime < _YOUNG_S:
+            if "not_a_file" in holder:
+                raise RunError(f"{self.path} is {holder['not_a_file']}, not a lock file; "
+                               "remove it and run again")
+            if holder.get("partial") and mtime is not None \
+                    and time.time() - mtime < _YOUNG_S:
                 time.sleep(_PAUSE_S)  # Just created, its record not written yet.
                 continue
             if not self._is_stale(holder, mtime):
-                raise RunError(self._message(holder))
+                raise RunError(self._message(holder, mtime))
             if not self._take_over(holder):
                 time.sleep(_PAUSE_S)  # Another process is taking it over.
-        raise RunError(self._message(self._read()[0]))
+        raise RunError(self._message(*self._read()))
+
+    def check(self) -> None:
+        """Raises `LockLost` unless this object still holds the lock: its token is in the
+        lock file (call before each write of a run file)."""
+        token = self._token
+        if token is None:
+            return
+        holder, _ = self._read()
+        if holder is not None and holder.get("token") == token:
+            return
+        folder = self.subject or os.path.dirname(self.path)
+        if holder is None or "damaged" in holder or "not_a_file" in holder:
+            by = "its lock file was removed or replaced"
+        else:
+            by = (f"pid {holder['pid']} on host {holder['host']} took it over "
+                  f"(since {holder['start']})")
+        raise LockLost(
+            f"lost the lock of {self.what} {folder}: {by} while this process was paused or "
+            f"cut off for longer than the {self.lease_s:g} s lease; stopped without writing "
+            "more (the other process's files are the run's now)")
 
     def release(self) -> None:
         """Stops the heartbeat and removes the lock file if it is still ours. Idempotent."""
@@ -91,7 +140,7 @@ class RunLock:
             token, self._token = self._token, None
         if token is None:
             return
-        _HELD_TOKENS.discard(token)
+        _HELD.pop(token, None)
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
@@ -166,12 +215,14 @@ class RunLock:
         return _read_record(self.path)
 
     def _is_stale(self, holder: dict, mtime: float | None) -> bool:
+        if "not_a_file" in holder:
+            return False  # Never deleted (see the module docstring).
         pid, host = holder.get("pid"), holder.get("host")
-        if host == socket.gethostname() and isinstance(pid, int):
+        if "damaged" not in holder and host == socket.gethostname():
             if pid == os.getpid():  # Ours, or a previous process's with our pid.
-                return holder.get("token") not in _HELD_TOKENS
+                return holder.get("token") not in _HELD
             return not pid_alive(pid, _epoch(holder.get("start")))
-        # Another host, or a record unreadable: go by the heartbeat.
+        # Another host, or a damaged record: go by the heartbeat.
         return mtime is not None and time.time() - mtime > self.lease_s
 
     def _take_over(self, holder: dict) -> bool:
@@ -191,11 +242,14 @@ class RunLock:
             return False
         try:
             current, mtime = self._read()
-            if (current is not None and current.get("token") == holder.get("token")
-                    and self._is_stale(current, mtime)):
-                log.warning("taking over the stale lock %s of pid %s on host %s (since %s)",
-                            self.path, holder.get("pid"), holder.get("host"),
-                            holder.get("start"))
+            if current is not None and current == holder and self._is_stale(current, mtime):
+                if "damaged" in holder:
+                    log.warning("taking over the damaged lock %s (%s; not refreshed for "
+                                "over %g s)", self.path, holder["damaged"], self.lease_s)
+                else:
+                    log.warning("taking over the stale lock %s of pid %s on host %s "
+                                "(since %s)", self.path, holder.get("pid"),
+                                holder.get("host"), holder.get("start"))
                 _remove(self.path)
         finally:
             os.close(fd)
@@ -223,34 +277,91 @@ class RunLock:
             except OSError:
                 pass  # A full or flaky file system: the next beat tries again.
 
-    def _message(self, holder: dict | None) -> str:
+    def _message(self, holder: dict | None, mtime: float | None = None) -> str:
         holder = holder or {}
         folder = self.subject or os.path.dirname(self.path)
+        if "damaged" in holder:
+            age = f"{time.time() - mtime:.0f} s ago" if mtime is not None else "recently"
+            return (f"the lock file {self.path} is damaged ({holder['damaged']}) and was "
+                    f"modified {age}; if no tapefit process uses {folder}, delete it and "
+                    "run again")
         return (f"{self.what} {folder} is in use by pid {holder.get('pid', '?')} on host "
                 f"{holder.get('host', '?')} since {holder.get('start', '?')}; wait for it "
                 "to finish or pass another --workdir")
 
 
 def _read_record(path: str):
+    """(record, mtime) of a lock file; (None, None) when there is none. Reads only a
+    regular file, at most _MAX_BYTES, never through a link nor blocking (a FIFO).
+    A record that is not a valid holder reads as {"damaged": reason} ("partial": True
+    when empty or cut: maybe being written); something that is not a regular file as
+    {"not_a_file": what}."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
+        getattr(os, "O_CLOEXEC", 0)
     try:
-        mtime = os.stat(path).st_mtime
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return None, None
-    except OSError:
-        return {}, None
+    except OSError as e:
+        if os.path.islink(path):
+            return {"not_a_file": "a symbolic link"}, None
+        return {"damaged": f"unreadable: {e.strerror}"}, None
     try:
-        record = json.loads(text)
-    except ValueError:
-        return {}, mtime
-    return (record if isinstance(record, dict) else {}), mtime
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return {"not_a_file": _kind(info.st_mode)}, info.st_mtime
+        data = os.read(fd, _MAX_BYTES + 1)
+    except OSError as e:
+        return {"damaged": f"unreadable: {e.strerror}"}, None
+    finally:
+        os.close(fd)
+    if not data:
+        return {"damaged": "empty", "partial": True}, info.st_mtime
+    if len(data) > _MAX_BYTES:
+        return {"damaged": f"larger than {_MAX_BYTES} bytes"}, info.st_mtime
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return {"damaged": "not JSON", "partial": True}, info.st_mtime
+    problem = _invalid(record)
+    return ({"damaged": problem} if problem else record), info.st_mtime
+
+
+def _invalid(record) -> str | None:
+    """Why `record` is not a holder's record (None when it is one)."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    for key in ("host", "start", "token"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            return f"{key} {record.get(key)!r} is not a non-empty string"
+    pid = record.get("pid")
+    if type(pid) is not int or not 0 < pid <= _MAX_PID:
+        return f"pid {str(pid)[:20]!r} is not a process id"
+    return None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def check_held() -> None:
+    """Raises `LockLost` if any lock this process holds was taken over or removed."""
+    for lock in list(_HELD.values()):
+        lock.check()
 
 
 def pid_alive(pid: int, since: float | None = None) -> bool:
     """Whether process `pid` runs on this host (and, where /proc tells, started no later
     than `since`, the lock's start: else the pid was reused)."""
-    if pid <= 0:
+    if type(pid) is not int or not 0 < pid <= _MAX_PID:
         return False
     try:
         os.kill(pid, 0)
