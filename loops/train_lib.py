@@ -24,7 +24,14 @@ import shutil
 import keras
 
 import input_pipeline
-from callbacks.atomic_io import atomic_save, atomic_write_json, atomic_write_text, read_json
+from callbacks.atomic_io import (
+    add_write_check,
+    atomic_save_weights,
+    atomic_write_json,
+    atomic_write_text,
+    check_writes,
+    read_json,
+)
 from flags.config import Config
 from flags.errors import ConfigError, RunError
 from loops import run_dir as run_dir_lib
@@ -39,10 +46,16 @@ from loops.run_dir import (
     FINAL_WEIGHTS,
     SKIPPED_FILES,
 )
+from loops.run_lock import check_held
 from loops.runners import RUNNERS
 from loops.schedules import make_optimizer
 from loops.strategy import barrier, check_supported, is_chief, make_strategy, task
+from loops.write_guard import guarded
 from model import build_model, set_trainable
+
+# Every atomic write (and the guard before each writing hook) first checks that this
+# process still holds its run's lock: a holder taken over after a pause stops writing.
+add_write_check(check_held)
 
 EVALUATION_JSON = "evaluation.json"
 SUMMARY_JSON = "summary.json"
@@ -143,7 +156,7 @@ def _is_full_disk(e: BaseException) -> bool:
 def save_weights(model, path):
     """Atomic `model.save_weights`; a full disk is a one-line error, the old file survives."""
     try:
-        atomic_save(lambda tmp: model.save_weights(tmp, overwrite=True), path)
+        atomic_save_weights(model, path)
     except Exception as e:  # h5py reports a full disk as OSError or RuntimeError.
         if _is_full_disk(e):
             raise RunError(f"no space left on the device while saving {path}; free some "
@@ -257,6 +270,7 @@ def finish(plan: Plan, runner, logs=None) -> bool:
         logging.warning("training diverged: a loss or weight is NaN or infinite, so %s is not "
                         "written (%s); pass a lower --learning_rate and --overwrite",
                         FINAL_WEIGHTS, kept)
+    check_writes()  # Not another process's backup (a lost lock).
     runner.delete_backup()
     if not plan.chief:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -275,7 +289,7 @@ def _train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
                                "process ran in it); run the command again")
         prepare(plan)
         runner = RUNNERS[cfg.loop](plan)
-        logs = runner.fit(*runner.data(), runner.hooks())
+        logs = runner.fit(*runner.data(), guarded(runner.hooks(), runner.module))
         saved = finish(plan, runner, logs)
         summary = runner.summary(logs)
         if not saved:
