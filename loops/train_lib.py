@@ -394,6 +394,9 @@ def evaluate(cfg: Config) -> dict:
         logs = model.evaluate(batches, return_dict=True, verbose=0)
     else:
         logs = CustomLoop(model, make_optimizer(trained)).evaluate(batches)
+    # Per-example predictions (predictions.npz), for paired comparisons of runs (sweep.py).
+    from loops import predictions
+    per_example = predictions.predict(model, batches) if is_chief(cfg.strategy) else None
     data = data_cfg.data_dir or f"{data_cfg.dataset}:{data_cfg.test_split}"
     result = {"phase": "evaluate", "trained_phase": phase, "workdir": cfg.workdir,
               "weights": os.path.join(cfg.workdir, phase, BEST_WEIGHTS),
@@ -406,6 +409,10 @@ def evaluate(cfg: Config) -> dict:
         with RunLock(run_dir_lib.lock_path(cfg.run_dir), what="run directory",
                      subject=cfg.run_dir):
             os.makedirs(cfg.run_dir, exist_ok=True)
+            # Before evaluation.json, which marks the phase done.
+            predictions.write(os.path.join(cfg.run_dir, predictions.PREDICTIONS_NPZ),
+                              *per_example, predictions.split_description(data_cfg),
+                              data_cfg.image_size, class_names)
             atomic_write_json(os.path.join(cfg.run_dir, EVALUATION_JSON),
                        {k: v for k, v in result.items() if k not in ("files", "command_flags")})
             atomic_write_json(os.path.join(cfg.run_dir, SUMMARY_JSON), result)

@@ -1,15 +1,22 @@
 """The study's report, from what is on disk: `results.csv` (one row per trial),
-`results.md` (one row per configuration, with intervals and paired differences to
-the baseline) and `results.png`. Any process may rewrite it at any time (atomic
-writes): every shard of a study reads every trial directory.
+`results.md` (one row per configuration) and `results.png`. Any process may rewrite
+it at any time (atomic writes): every shard of a study reads every trial directory.
 
 Metrics of a trial:
-- `test_accuracy`, `test_loss`: the evaluate phase (best weights, test split);
+- `val_accuracy`, `val_loss`: the last trained phase's validation accuracy and loss at
+  the epoch whose weights `best.weights.h5` holds (the phase's --monitor best epoch,
+  default the lowest val_loss): the weights the evaluate phase scores;
 - per trained phase: best (over epochs) and final validation accuracy and loss;
-- `val_loss`: the best validation loss of the last trained phase (the epoch whose
-  weights `best.weights.h5` holds with the default --monitor=val_loss);
-- `val_accuracy`: the last trained phase's final validation accuracy.
-The primary metric is test accuracy when the study evaluates, else `val_accuracy`.
+- `test_accuracy`, `test_loss`: the evaluate phase (`evaluation.json`), and its
+  per-example predictions (`predictions.npz`: id, label, probabilities, loss).
+
+Select on validation, report on test. The best configuration is the one with the
+best mean of the selection metric (`select_by`: `val_accuracy`, the default, or
+`val_loss`), and it is called best (★) only when the paired comparison over seeds
+(Holm-adjusted over the other configurations) says it is better than every other one.
+Test numbers are reported for every configuration and never used to choose. Against
+the baseline, the primary comparison is a two-level paired bootstrap over seeds and
+test examples (stats.paired_bootstrap), with the seed-only paired t interval beside it.
 """
 from __future__ import annotations
 
@@ -17,16 +24,31 @@ import csv
 import io
 import math
 import os
+import re
+import stat as stat_lib
+import time
 
-from research import grid, runner, stats
+import numpy as np
+
+from research import files, grid, runner, stats
 from research.files import atomic_save, atomic_write_text
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 RESULTS_PNG = "results.png"
+PREDICTIONS_NPZ = "predictions.npz"  # loops.predictions.PREDICTIONS_NPZ (no TF import here)
 TRAINED = ("head", "finetune")
 PHASE_METRICS = ("epochs", "best_val_accuracy", "best_val_loss", "final_val_accuracy",
                  "final_val_loss")
+# --select_by: {metric: higher is better}.
+SELECT_BY = {"val_accuracy": True, "val_loss": False}
+DEFAULT_SELECT_BY = "val_accuracy"
+DAMAGED, UNFINISHED = "damaged", "unfinished"
+NAMES = {"val_accuracy": "validation accuracy", "val_loss": "validation loss",
+         "test_accuracy": "test accuracy", "test_loss": "test loss"}
+# A report's temporary file older than this is a killed writer's: removed.
+STALE_TMP_S = 600.0
+CAUTION = "†"
 
 
 # ---- one trial ------------------------------------------------------------------------------
@@ -40,34 +62,90 @@ def collect(trial: grid.Trial) -> dict:
 
 
 def trial_metrics(folder: str, phases) -> dict:
-    """Status and metrics of the trial in `folder` (see the module docstring)."""
-    status = runner.read_status(folder) or {}
-    outcome = runner.state(folder, phases)
-    if outcome == runner.PENDING and os.path.isfile(os.path.join(folder, runner.TRIAL_JSON)):
-        outcome = "unfinished"
-    row = {"status": outcome, "reason": status.get("reason", "") if outcome == "failed" else "",
-           "wall_s": sum(status.get("wall_s", {}).values()) if status else math.nan,
-           "val_loss": math.nan, "val_accuracy": math.nan}
+    """Status and metrics of the trial in `folder` (see the module docstring). A file of
+    the trial that is not what it should be makes it "damaged", with the file and why."""
+    problems = []
+    status, problem = files.read_json_file(os.path.join(folder, runner.STATUS_JSON))
+    if problem is None and status is not None:
+        problem = _status_problem(status)
+    if problem:
+        problems.append(f"{runner.STATUS_JSON}: {problem}")
+        status = None
+    status = status or {}
+    row = {"status": "", "reason": "", "wall_s": math.nan,
+           "val_loss": math.nan, "val_accuracy": math.nan,
+           "test_accuracy": math.nan, "test_loss": math.nan, "test_examples": math.nan}
+    if status.get("wall_s"):
+        row["wall_s"] = float(sum(status["wall_s"].values()))
     curve = []
     for phase in TRAINED:
         rows = runner.read_log(os.path.join(folder, phase, "log.csv"))
         val_acc = [r.get("val_accuracy", math.nan) for r in rows]
         val_loss = [r.get("val_loss", math.nan) for r in rows]
-        row[f"{phase}_epochs"] = len(rows) if phase in phases else ""
+        row[f"{phase}_epochs"] = len(rows) if phase in phases else math.nan
         row[f"{phase}_best_val_accuracy"] = _best(val_acc, max)
         row[f"{phase}_best_val_loss"] = _best(val_loss, min)
         row[f"{phase}_final_val_accuracy"] = val_acc[-1] if val_acc else math.nan
         row[f"{phase}_final_val_loss"] = val_loss[-1] if val_loss else math.nan
         curve += [(phase, loss) for loss in val_loss]
         if phase in phases:
-            row["val_loss"] = row[f"{phase}_best_val_loss"]
-            row["val_accuracy"] = row[f"{phase}_final_val_accuracy"]
-    evaluation = runner.read_json(os.path.join(folder, "evaluate", runner.EVALUATION_JSON)) or {}
-    row["test_accuracy"] = float(evaluation.get("accuracy", math.nan))
-    row["test_loss"] = float(evaluation.get("loss", math.nan))
-    row["test_examples"] = evaluation.get("test_examples", "")
+            epoch = _monitored_epoch(os.path.join(folder, phase), rows)
+            row["val_accuracy"] = val_acc[epoch] if epoch is not None else math.nan
+            row["val_loss"] = val_loss[epoch] if epoch is not None else math.nan
+    evaluation_path = os.path.join(folder, "evaluate", runner.EVALUATION_JSON)
+    evaluation, problem = files.read_json_file(evaluation_path)
+    if problem is None and evaluation is not None:
+        problem = (files.number_problem(evaluation, "accuracy")
+                   or files.number_problem(evaluation, "loss")
+                   or files.number_problem(evaluation, "test_examples", required=False))
+    if problem:
+        problems.append(f"evaluate/{runner.EVALUATION_JSON}: {problem}")
+    elif evaluation is not None:
+        row["test_accuracy"] = float(evaluation["accuracy"])
+        row["test_loss"] = float(evaluation["loss"])
+        row["test_examples"] = evaluation.get("test_examples", math.nan)
+    done = all(runner.phase_done(folder, p) for p in phases)
+    if problems:
+        row["status"], row["reason"] = DAMAGED, "; ".join(problems)
+    elif status.get("status") == runner.FAILED:
+        row["status"], row["reason"] = runner.FAILED, str(status.get("reason", ""))
+    elif done:
+        row["status"] = runner.FINISHED
+    elif os.path.isfile(os.path.join(folder, runner.TRIAL_JSON)):
+        row["status"] = UNFINISHED
+    else:
+        row["status"] = runner.PENDING
     row["_curve"] = curve
+    row["_predictions"] = os.path.join(folder, "evaluate", PREDICTIONS_NPZ)
     return row
+
+
+def _status_problem(status: dict) -> str | None:
+    if "status" in status and not isinstance(status["status"], str):
+        return f"status is {files._short(status['status'])}, not a string"
+    wall = status.get("wall_s", {})
+    if not isinstance(wall, dict) or not all(files.is_number(v) for v in wall.values()):
+        return f"wall_s is {files._short(wall)}, not an object of numbers"
+    if "reason" in status and not isinstance(status["reason"], (str, type(None))):
+        return f"reason is {files._short(status['reason'])}, not a string"
+    return None
+
+
+def _monitored_epoch(phase_dir: str, rows) -> int | None:
+    """The epoch (index) whose weights best.weights.h5 holds: the best of the phase's
+    --monitor (its config.json; default val_loss, lowest)."""
+    config, _ = files.read_json_file(os.path.join(phase_dir, "config.json"))
+    config = config or {}
+    monitor = config.get("monitor") if isinstance(config.get("monitor"), str) else "val_loss"
+    mode = config.get("mode") if config.get("mode") in ("min", "max") else (
+        "max" if "accuracy" in monitor else "min")
+    values = [r.get(monitor, math.nan) for r in rows]
+    finite = [(v, i) for i, v in enumerate(values) if math.isfinite(v)]
+    if not finite:
+        return None
+    # The first epoch reaching the best value (a checkpoint is saved on improvement only).
+    best = (min if mode == "min" else max)(v for v, _ in finite)
+    return next(i for v, i in finite if v == best)
 
 
 def _best(values, pick):
@@ -75,12 +153,44 @@ def _best(values, pick):
     return pick(finite) if finite else math.nan
 
 
+def read_predictions(path: str) -> dict | None:
+    """A trial's evaluate/predictions.npz (see loops/predictions.py) as {ids, labels, correct,
+    loss, digests, split, image_size}, or None (missing or damaged: no bootstrap for it)."""
+    try:
+        st = os.stat(path)
+        if not stat_lib.S_ISREG(st.st_mode):
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            out = {"ids": np.asarray(data["ids"]).astype(str),
+                   "labels": np.asarray(data["labels"]).astype(np.int64),
+                   "probabilities": np.asarray(data["probabilities"], dtype=np.float64),
+                   "loss": np.asarray(data["loss"], dtype=np.float64),
+                   "digests": np.asarray(data["digests"]).astype(str),
+                   "split": str(data["split"]), "image_size": int(data["image_size"])}
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return None
+    n = len(out["ids"])
+    probabilities = out.pop("probabilities")
+    if (out["labels"].shape != (n,) or out["loss"].shape != (n,) or probabilities.ndim != 2
+            or probabilities.shape[0] != n or out["digests"].shape != (n,)
+            or len(set(out["ids"].tolist())) != n or not np.all(np.isfinite(out["loss"]))):
+        return None
+    out["correct"] = (np.argmax(probabilities, axis=1) == out["labels"]).astype(np.float64)
+    return out
+
+
 # ---- per configuration ------------------------------------------------------------------------
 
-def primary_metric(study: grid.Study) -> tuple[str, str]:
+def report_metric(study: grid.Study, select_by: str = DEFAULT_SELECT_BY) -> tuple[str, str]:
+    """What is reported against the baseline: test accuracy when the study evaluates, else
+    the selection metric (then the same data chose and reports: the report says so)."""
     if "evaluate" in study.phases:
-        return "test_accuracy", "test accuracy"
-    return "val_accuracy", "validation accuracy"
+        return "test_accuracy", NAMES["test_accuracy"]
+    return select_by, NAMES[select_by]
+
+
+def primary_metric(study: grid.Study) -> tuple[str, str]:  # Kept for callers.
+    return report_metric(study)
 
 
 def label(assignment, study: grid.Study | None = None) -> str:
@@ -92,10 +202,12 @@ def label(assignment, study: grid.Study | None = None) -> str:
                      if varying is None or n in varying) or "(base flags)"
 
 
-def summarize(study: grid.Study, rows: list[dict]) -> list[dict]:
-    """One entry per configuration, grid order: stats of the finished trials' metrics and
-    the paired difference to the baseline over the seeds both finished."""
-    metric, _ = primary_metric(study)
+def summarize(study: grid.Study, rows: list[dict], select_by: str = DEFAULT_SELECT_BY,
+              alpha: float = stats.ALPHA) -> list[dict]:
+    """One entry per configuration, grid order: stats of the finished trials' metrics, the
+    paired comparison with the best on `select_by` and with the baseline."""
+    higher = SELECT_BY[select_by]
+    metric, _ = report_metric(study, select_by)
     configs = grid.configurations(study)
     base_key = grid.baseline_assignment(study)
     by_config = {i: {} for i in range(len(configs))}
@@ -108,23 +220,126 @@ def summarize(study: grid.Study, rows: list[dict]) -> list[dict]:
     out = []
     for index, assignment in enumerate(configs):
         done = by_config[index]
-        entry = {"index": index, "label": label(assignment, study),
-                 "group_id": groups.get(index, ""),
-                 "baseline": index == base_index, "seeds": sorted(done)}
-        for name in (metric, "val_loss"):
-            values = {s: r[name] for s, r in done.items()}
-            entry[name] = stats.summarize(list(values.values()))
-            base_values = {s: r[name] for s, r in by_config[base_index].items()}
-            entry[f"{name}_paired"] = stats.paired(values, base_values)
-            entry[f"{name}_values"] = values
-        entry["curves"] = [r["_curve"] for r in done.values()]
+        entry = {"index": index, "number": index + 1, "label": label(assignment, study),
+                 "group_id": groups.get(index, ""), "baseline": index == base_index,
+                 "seeds": sorted(done), "curves": [r["_curve"] for r in done.values()]}
+        for name in dict.fromkeys((select_by, "val_accuracy", "val_loss", metric,
+                                   "test_accuracy", "test_loss")):
+            entry[f"{name}_values"] = {s: r[name] for s, r in done.items()}
+            entry[name] = stats.summarize(list(entry[f"{name}_values"].values()))
         out.append(entry)
+    base = out[base_index]
+    _select(out, select_by, higher, alpha)
+    _against_baseline(out, base, metric, by_config, alpha)
     return out
 
 
-def best_and_runner_up(entries, metric):
-    ranked = sorted((e for e in entries if e[metric].n), key=lambda e: -e[metric].mean)
-    return (ranked[0] if ranked else None), (ranked[1] if len(ranked) > 1 else None)
+def _select(entries, select_by, higher, alpha):
+    """The best mean on the selection metric, and the paired comparison of every other
+    configuration with it (Holm over those comparisons)."""
+    ranked = sorted((e for e in entries if e[select_by].n),
+                    key=lambda e: -e[select_by].mean if higher else e[select_by].mean)
+    top = ranked[0] if ranked else None
+    others = [e for e in entries if e is not top and e[select_by].n]
+    for e in entries:
+        e["top"] = e is top
+        e["select"] = None
+    if top is None:
+        return
+    comparisons = [stats.paired(e[f"{select_by}_values"], top[f"{select_by}_values"])
+                   for e in others]
+    adjusted = stats.holm([c.p_value for c in comparisons])
+    for e, c, p in zip(others, comparisons, adjusted):
+        # verdict of the other configuration against the top one: worse, tie, ...
+        e["select"] = {"paired": c, "p_holm": p,
+                       "verdict": stats.verdict(c, alpha, higher, p_value=p)}
+    top["best"] = bool(others) and all(e["select"]["verdict"] == stats.WORSE for e in others)
+    for e in entries:
+        e.setdefault("best", False)
+
+
+def _against_baseline(entries, base, metric, by_config, alpha):
+    """Paired comparison with the baseline on the reported metric: seed-only t (Holm over
+    the configurations compared), and the two-level bootstrap on the test examples."""
+    higher = metric != "val_loss" and metric != "test_loss"
+    others = [e for e in entries if not e["baseline"]]
+    for e in entries:
+        e["vs_base"] = None
+    comparisons = [stats.paired(e[f"{metric}_values"], base[f"{metric}_values"])
+                   for e in others]
+    t_holm = stats.holm([c.p_value for c in comparisons])
+    boots = [_bootstrap(by_config[e["index"]], by_config[base["index"]])
+             if metric == "test_accuracy" else None for e in others]
+    boot_p = [b["accuracy"].p_value if b and b.get("accuracy") else math.nan for b in boots]
+    boot_holm = stats.holm(boot_p)
+    for e, c, p, b, bp in zip(others, comparisons, t_holm, boots, boot_holm):
+        vs = {"paired": c, "p_holm": p, "bootstrap": b, "bootstrap_p_holm": bp,
+              "verdict": stats.verdict(c, alpha, higher, p_value=p)}
+        if b and b.get("accuracy"):
+            vs["verdict"] = _bootstrap_verdict(c, b["accuracy"], bp, alpha)
+        val = stats.paired(e["val_loss_values"], base["val_loss_values"])
+        vs["val_loss"] = val
+        e["vs_base"] = vs
+    for name, count in (("holm_t", sum(math.isfinite(c.p_value) for c in comparisons)),
+                        ("holm_boot", sum(math.isfinite(p) for p in boot_p))):
+        for e in entries:
+            e[name] = count
+
+
+def _bootstrap(rows_a: dict, rows_b: dict) -> dict | None:
+    """The two-level paired bootstrap of A - B on the test examples both configurations'
+    paired seeds scored (matched by example id). None when a trial has no readable
+    predictions.npz; {"problem": why} when the examples cannot be matched."""
+    seeds = sorted(s for s in rows_a if s in rows_b)
+    if not seeds:
+        return None
+    loaded = {}
+    for side, rows in (("a", rows_a), ("b", rows_b)):
+        for s in seeds:
+            p = read_predictions(rows[s]["_predictions"])
+            if p is None:
+                return None
+            loaded[side, s] = p
+    first = next(iter(loaded.values()))
+    if any(p["split"] != first["split"] for p in loaded.values()):
+        return {"problem": "the trials' test splits differ (data flags)"}
+    common = None
+    for p in loaded.values():
+        common = set(p["ids"].tolist()) if common is None else common & set(p["ids"].tolist())
+    order = sorted(common, key=lambda x: (len(x), x))
+    if not order:
+        return {"problem": "the trials' predictions share no test example"}
+    aligned, reference = {}, {}
+    for key, p in loaded.items():
+        where = {x: i for i, x in enumerate(p["ids"].tolist())}
+        index = np.asarray([where[x] for x in order])
+        labels, digests = p["labels"][index], p["digests"][index]
+        if "labels" not in reference:
+            reference["labels"] = labels
+        elif not np.array_equal(reference["labels"], labels):
+            return {"problem": "the same test example has different labels in two trials"}
+        if p["image_size"] not in reference:
+            reference[p["image_size"]] = digests
+        elif not np.array_equal(reference[p["image_size"]], digests):
+            return {"problem": "the trials scored different images (the data changed "
+                               "between them)"}
+        aligned[key] = (p["correct"][index], p["loss"][index])
+    out = {"examples": len(order)}
+    for name, column in (("accuracy", 0), ("loss", 1)):
+        a = {s: aligned["a", s][column] for s in seeds}
+        b = {s: aligned["b", s][column] for s in seeds}
+        out[name] = stats.paired_bootstrap(a, b)
+    return out
+
+
+def _bootstrap_verdict(c: stats.Paired, boot: stats.Bootstrap, p_holm: float, alpha) -> str:
+    if c.n and c.tie:
+        return stats.TIE
+    if c.n < stats.MIN_SEEDS:
+        return stats.TOO_FEW
+    if not math.isfinite(p_holm) or p_holm >= alpha or boot.mean == 0:
+        return stats.NO_DIFFERENCE
+    return stats.BETTER if boot.mean > 0 else stats.WORSE
 
 
 # ---- files ---------------------------------------------------------------------------------------
@@ -139,99 +354,266 @@ def _signed(x, digits=4):
     return "–" if not math.isfinite(x) else f"{x:+.{digits}f}"
 
 
-def _interval(low, high, digits=4, signed=False):
+def _interval(low, high, digits=4, signed=False, n=None):
     if not (math.isfinite(low) and math.isfinite(high)):
         return "–"
     f = _signed if signed else _fmt
-    return f"[{f(low, digits)}, {f(high, digits)}]"
+    caution = CAUTION if n is not None and n < stats.MIN_SEEDS else ""
+    return f"[{f(low, digits)}, {f(high, digits)}]{caution}"
 
 
 def _p(p):
-    return "–" if not math.isfinite(p) else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+    if p is None or not math.isfinite(p):
+        return "–"
+    return f"{p:.3f}" if p >= 0.001 else "<0.001"
 
 
-def markdown(study: grid.Study, study_dir: str, rows, entries) -> str:
-    metric, metric_name = primary_metric(study)
+def _mean_std(s: stats.Summary) -> str:
+    return f"{_fmt(s.mean)} ± {_fmt(s.std)}" if s.n else "–"
+
+
+def markdown(study: grid.Study, study_dir: str, rows, entries,
+             select_by: str = DEFAULT_SELECT_BY, alpha: float = stats.ALPHA) -> str:
+    metric, metric_name = report_metric(study, select_by)
+    higher = SELECT_BY[select_by]
+    select_name = NAMES[select_by]
     counts = {}
     for row, _ in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-    best, runner_up = best_and_runner_up(entries, metric)
     base = next(e for e in entries if e["baseline"])
+    top = next((e for e in entries if e["top"]), None)
     lines = [f"# Sweep results: {study_dir}", "",
              f"{len(rows)} trials ({len(entries)} configurations × {len(study.seeds)} seeds "
              f"{', '.join(map(str, study.seeds))}; phases {', '.join(study.phases)}): "
-             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
-             "",
-             f"Primary metric: **{metric_name}** (higher is better); also the best validation "
-             "loss of the last trained phase. mean ± std over the finished seeds, 95 % "
-             "Student-t interval of the mean; Δ: paired difference to the baseline "
-             f"(**{base['label']}**) over the seeds both finished, its 95 % t interval and "
-             "the paired t-test's two-sided p-value (scipy.stats).", ""]
-    header = ["", "configuration", "n", f"{metric_name} mean ± std", "95 % CI",
-              "Δ vs baseline [95 % CI]", "p", "val loss mean ± std", "95 % CI",
-              "Δ val loss [95 % CI]", "p"]
+             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".", ""]
+
+    # ---- selection, on validation
+    lines += [f"## Selection: {select_name} ({'higher' if higher else 'lower'} is better)", "",
+              f"The configuration with the best mean {select_name} (of the last trained "
+              "phase, at the epoch whose weights the evaluate phase scores) is compared with "
+              "every other one, paired by seed (paired t-test, p-values Holm-adjusted over "
+              f"the {max(0, sum(e['select'] is not None for e in entries))} comparisons); it "
+              f"is ★ best only when it is better than each of them at α = {alpha}. Test "
+              "numbers never choose.", ""]
+    header = ["#", "", "configuration", "n", f"{select_name} mean ± std", "95 % CI",
+              "Δ vs top [95 % CI]", "p (Holm)", "verdict vs top"]
     table = []
     for e in entries:
-        s, d = e[metric], e[f"{metric}_paired"]
-        v, dv = e["val_loss"], e["val_loss_paired"]
-        mark = "★ best" if best is e else ("baseline" if e["baseline"] else "")
-        if best is e and e["baseline"]:
-            mark = "★ best, baseline"
-        delta = "(baseline)" if e["baseline"] else (
-            f"{_signed(d.mean)} {_interval(d.low, d.high, signed=True)} (n={d.n})" if d.n else "–")
-        delta_v = "(baseline)" if e["baseline"] else (
-            f"{_signed(dv.mean)} {_interval(dv.low, dv.high, signed=True)}" if dv.n else "–")
-        table.append([mark, e["label"], str(s.n), f"{_fmt(s.mean)} ± {_fmt(s.std)}",
-                      _interval(s.low, s.high), delta, "" if e["baseline"] else _p(d.p_value),
-                      f"{_fmt(v.mean)} ± {_fmt(v.std)}", _interval(v.low, v.high), delta_v,
-                      "" if e["baseline"] else _p(dv.p_value)])
+        s = e[select_by]
+        mark = "★ best" if e.get("best") else ("top mean" if e["top"] else "")
+        sel = e["select"]
+        if e["top"]:
+            delta, p, verdict = "(top)", "", ""
+        elif sel is None:
+            delta, p, verdict = "–", "–", "no finished trial"
+        else:
+            c = sel["paired"]
+            delta = (f"{_signed(c.mean)} {_interval(c.low, c.high, signed=True, n=c.n)} "
+                     f"(n={c.n})")
+            p, verdict = _p(sel["p_holm"]), sel["verdict"]
+        table.append([str(e["number"]), mark, e["label"] + (" (baseline)" if e["baseline"]
+                                                            else ""),
+                      str(s.n), _mean_std(s), _interval(s.low, s.high, n=s.n), delta, p,
+                      verdict])
     lines += [_md_table(header, table), ""]
-    if best is not None and runner_up is not None and best[metric].overlaps(runner_up[metric]):
-        lines += [f"**Warning:** the best configuration ({best['label']}) has a 95 % interval "
-                  f"that overlaps the runner-up's ({runner_up['label']}): these seeds do not "
-                  "separate them; look at the paired difference, or run more seeds.", ""]
-    elif best is not None and runner_up is None:
-        lines += ["Only one configuration has finished trials: nothing to compare yet.", ""]
+    lines += _selection_prose(entries, top, select_name) + [""]
+
+    # ---- against the baseline, on test (or validation)
+    evaluated = metric == "test_accuracy"
+    k_t = entries[0].get("holm_t", 0)
+    k_b = entries[0].get("holm_boot", 0)
+    lines += [f"## {metric_name.capitalize()} against the baseline ({base['label']})", ""]
+    if evaluated:
+        lines += ["Reported for every configuration, never used to choose. Primary: the "
+                  "paired difference in test accuracy by a two-level bootstrap (resample the "
+                  "seeds, then the test examples, the same draws for both configurations; "
+                  f"{stats.BOOTSTRAP_REPLICATES} replicates, seed {stats.BOOTSTRAP_SEED}), "
+                  "its 95 % percentile interval, its p-value (Holm-adjusted over the "
+                  f"{k_b} configurations compared) and P(A > B), the chance that a run of "
+                  "the configuration beats the same-seed run of the baseline on a test set "
+                  "drawn like this one; the verdict follows it. Beside it, for reference: the "
+                  f"seed-only paired t interval and p-value (Holm over {k_t})."
+                  + ("" if k_b else " No trial has a readable evaluate/predictions.npz: no "
+                     "bootstrap, the verdict follows the t-test."), ""]
+    else:
+        lines += [f"The study does not evaluate (no test split): these are {metric_name} "
+                  "numbers, the same data that selects. Paired t over seeds, p-values "
+                  f"Holm-adjusted over the {k_t} configurations compared.", ""]
+    header = ["#", "configuration", "n", f"{metric_name} mean ± std", "95 % CI"]
+    if evaluated:
+        header += ["Δ bootstrap [95 % CI]", "P(A > B)", "p boot (Holm)"]
+    header += ["Δ seed-only t [95 % CI]", "p t", "p t (Holm)", "verdict vs baseline"]
+    if evaluated:
+        header += ["test loss mean ± std", "Δ test loss bootstrap [95 % CI]"]
+    table = []
+    for e in entries:
+        s = e[metric]
+        row = [str(e["number"]), e["label"] + (" (baseline)" if e["baseline"] else ""),
+               str(s.n), _mean_std(s), _interval(s.low, s.high, n=s.n)]
+        vs = e["vs_base"]
+        if e["baseline"]:
+            row += (["(baseline)", "", ""] if evaluated else []) + ["(baseline)", "", "", ""]
+            if evaluated:
+                row += [_mean_std(e["test_loss"]), "(baseline)"]
+            table.append(row)
+            continue
+        c = vs["paired"]
+        boot = vs["bootstrap"] or {}
+        if evaluated:
+            acc = boot.get("accuracy")
+            if acc is not None:
+                r = acc
+                row += [f"{_signed(r.mean)} {_interval(r.low, r.high, signed=True, n=r.seeds)} "
+                        f"(n={r.seeds}×{r.examples})", f"{r.p_improvement:.2f}",
+                        _p(vs["bootstrap_p_holm"])]
+            else:
+                row += [f"– ({boot['problem']})" if "problem" in boot else "–", "–", "–"]
+        row += [(f"{_signed(c.mean)} {_interval(c.low, c.high, signed=True, n=c.n)} (n={c.n})"
+                 if c.n else "–"), _p(c.p_value), _p(vs["p_holm"]), vs["verdict"]]
+        if evaluated:
+            loss = boot.get("loss")
+            row += [_mean_std(e["test_loss"]),
+                    f"{_signed(loss.mean)} "
+                    f"{_interval(loss.low, loss.high, signed=True, n=loss.seeds)}"
+                    if loss is not None else "–"]
+        table.append(row)
+    lines += [_md_table(header, table), ""]
+    lines += ["Legend: – no value (no finished trial, fewer than 2 paired seeds for an interval "
+              "or a p-value, or no readable predictions.npz for the bootstrap); "
+              f"{CAUTION} fewer than {stats.MIN_SEEDS} seeds: an interval on 1 degree of "
+              "freedom, not enough seeds to tell; p < 0.001 is written <0.001; a tie is every "
+              "paired difference exactly 0 (p = 1).", ""]
+
     failed = [r for r, _ in rows if r["status"] == runner.FAILED]
     if failed:
         lines += ["## Failed trials", "",
                   _md_table(["trial", "reason"], [[r["trial_id"], r["reason"]] for r in failed]),
                   ""]
-    other = [r for r, _ in rows if r["status"] not in (runner.FINISHED, runner.FAILED)]
+    damaged = [r for r, _ in rows if r["status"] == DAMAGED]
+    if damaged:
+        lines += ["## Damaged trials (left out)", "",
+                  _md_table(["trial", "status"], [[r["trial_id"], f"damaged: {r['reason']}"]
+                                                  for r in damaged]), ""]
+    other = [r for r, _ in rows if r["status"] not in (runner.FINISHED, runner.FAILED, DAMAGED)]
     if other:
         lines += [f"Not finished yet: {', '.join(r['trial_id'] for r in other)}.", ""]
     return "\n".join(lines)
 
 
+def _selection_prose(entries, top, select_name) -> list[str]:
+    if top is None:
+        return ["No configuration has a finished trial yet: nothing to select."]
+    others = [e for e in entries if e["select"] is not None]
+    if not others:
+        return [f"Only one configuration ({top['label']}) has finished trials: nothing to "
+                "compare yet."]
+    if top.get("best"):
+        return [f"**Best: {top['label']}**: better on {select_name} than every other "
+                "configuration (paired, Holm-adjusted)."]
+    too_few = [e for e in others if e["select"]["verdict"] == stats.TOO_FEW]
+    ties = [e for e in others if e["select"]["verdict"] == stats.TIE]
+    open_ = [e for e in others if e["select"]["verdict"] == stats.NO_DIFFERENCE]
+    text = [f"**No best configuration yet.** {top['label']} has the best mean {select_name}, "
+            "but"]
+    parts = []
+    if too_few:
+        parts.append(f"against {_names(too_few)} there are not enough seeds to tell "
+                     f"(fewer than {stats.MIN_SEEDS} paired)")
+    if ties:
+        parts.append(f"it ties exactly with {_names(ties)} (identical results)")
+    if open_:
+        parts.append(f"these seeds do not separate it from {_names(open_)} (paired p ≥ "
+                     "α after Holm)")
+    return [" ".join(text) + " " + "; ".join(parts) + ". Run more seeds, or read the "
+            "comparisons below as unsettled."]
+
+
+def _names(entries) -> str:
+    return ", ".join(f"#{e['number']} {e['label']}" for e in entries)
+
+
 def _md_table(header, rows) -> str:
-    esc = [[str(c).replace("|", "\\|") for c in r] for r in [header] + rows]
+    esc = [[str(c).replace("|", "\\|").replace("\n", " ") for c in r] for r in [header] + rows]
     out = ["| " + " | ".join(esc[0]) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in esc[1:]]
     return "\n".join(out)
 
 
+# ---- results.csv ----------------------------------------------------------------------------
+
+NUMERIC_MISSING = "nan"  # What numpy, pandas and float() all read as NaN.
+
+
 def csv_text(study: grid.Study, rows) -> str:
+    """One row per trial; numbers at full precision (repr), a missing number is `nan`."""
     names = [n for a in study.axes for n in a.names]
     columns = (["trial_id", "group_id", *names, "seed", "status", "reason"]
                + [f"{p}_{m}" for p in TRAINED for m in PHASE_METRICS]
-               + ["test_accuracy", "test_loss", "test_examples", "wall_s"])
+               + ["val_accuracy", "val_loss", "test_accuracy", "test_loss", "test_examples",
+                  "wall_s"])
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row, _ in rows:
-        writer.writerow({k: (_fmt(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow({k: _csv_value(v) for k, v in row.items() if not k.startswith("_")})
     return buffer.getvalue()
 
 
-def plot(study: grid.Study, entries, path: str) -> None:
+def _csv_value(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return v
+    if isinstance(v, float) and not math.isfinite(v):
+        return NUMERIC_MISSING
+    return repr(float(v)) if isinstance(v, float) else str(v)
+
+
+# ---- results.png ----------------------------------------------------------------------------
+
+def _glyphs(font_manager) -> set:
+    """The characters the default fonts (with their fallbacks) can draw."""
+    props = font_manager.FontProperties()
+    try:
+        paths = font_manager.fontManager._find_fonts_by_props(props)
+    except AttributeError:  # An older matplotlib: the one font.
+        paths = [font_manager.findfont(props)]
+    out = set()
+    for path in paths:
+        out.update(font_manager.get_font(path).get_charmap())
+    return out
+
+
+def _renderable(text: str, charmap) -> str:
+    """`text` with what the fonts have no glyph for as \\uXXXX and `$` escaped (mathtext):
+    no glyph warning, no math parsing of a label."""
+    out = []
+    for ch in text:
+        if ch == "$":
+            out.append(r"\$")
+        elif ord(ch) in charmap or ch in " \t":
+            out.append(ch)
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    return "".join(out)
+
+
+def _short(text: str, width: int = 48) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def plot(study: grid.Study, entries, path: str, select_by: str = DEFAULT_SELECT_BY) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
+    from matplotlib import font_manager
+    from matplotlib.ticker import MaxNLocator
 
-    metric, metric_name = primary_metric(study)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    glyphs = _glyphs(font_manager)
+    metric, metric_name = report_metric(study, select_by)
+    accuracy = metric.endswith("accuracy")
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    base = next(e for e in entries if e["baseline"])
+    top_values = []
     for x, e in enumerate(entries):
         color = colors[x % len(colors)]
         values = e[f"{metric}_values"]
@@ -240,13 +622,29 @@ def plot(study: grid.Study, entries, path: str) -> None:
         if seeds:
             left.scatter([x + j for j in jitter], [values[s] for s in seeds], color=color,
                          alpha=0.6, s=18, zorder=3)
+            top_values += [values[s] for s in seeds]
         s = e[metric]
         if s.n:
             if math.isfinite(s.low):
                 left.errorbar([x + 0.12], [s.mean], yerr=[[s.mean - s.low], [s.high - s.mean]],
                               fmt="o", color=color, capsize=4, zorder=4)
+                top_values.append(s.high)
             else:
                 left.plot([x + 0.12], [s.mean], "o", color=color, zorder=4)
+        # Paired per-seed differences to the baseline, with the comparison's interval.
+        vs = e["vs_base"]
+        if vs is not None and vs["paired"].n:
+            c = vs["paired"]
+            middle.scatter([x - 0.1] * c.n, c.differences, color=color, alpha=0.6, s=18,
+                           zorder=3)
+            boot = (vs["bootstrap"] or {}).get("accuracy")
+            low, high, mean = ((boot.low, boot.high, boot.mean)
+                               if boot is not None else (c.low, c.high, c.mean))
+            if math.isfinite(low):
+                middle.errorbar([x + 0.1], [mean], yerr=[[mean - low], [high - mean]],
+                                fmt="s", color=color, capsize=4, zorder=4)
+            else:
+                middle.plot([x + 0.1], [mean], "s", color=color, zorder=4)
         curves = [[loss for _, loss in c] for c in e["curves"]]
         if curves:
             length = min(map(len, curves))
@@ -254,21 +652,31 @@ def plot(study: grid.Study, entries, path: str) -> None:
                 arr = np.asarray([c[:length] for c in curves], dtype=float)
                 mean = arr.mean(axis=0)
                 epochs = np.arange(1, length + 1)
-                right.plot(epochs, mean, color=color, label=e["label"])
+                right.plot(epochs, mean, color=color, marker="o", markersize=4,
+                           label=f"#{e['number']} {_renderable(_short(e['label']), glyphs)}")
                 if len(arr) > 1:
                     std = arr.std(axis=0, ddof=1)
                     right.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
                 head_epochs = sum(1 for p, _ in e["curves"][0][:length] if p == "head")
                 if 0 < head_epochs < length:
                     right.axvline(head_epochs + 0.5, color="gray", linestyle=":", linewidth=1)
-    left.set_xlim(-0.6, len(entries) - 0.4)
-    left.set_xticks(range(len(entries)))
-    left.set_xticklabels([("* " if e["baseline"] else "") + e["label"] for e in entries],
-                         rotation=20, ha="right", fontsize=8)
+    ticks = [f"#{e['number']}" + (" (base)" if e["baseline"] else "") for e in entries]
+    for ax in (left, middle):
+        ax.set_xlim(-0.6, len(entries) - 0.4)
+        ax.set_xticks(range(len(entries)))
+        ax.set_xticklabels(ticks, fontsize=8)
+        ax.set_xlabel("configuration (numbers as in results.md)", fontsize=8)
+    if accuracy and top_values and max(v for v in top_values if math.isfinite(v)) > 1.0:
+        left.set_ylim(top=1.0)
     left.set_ylabel(metric_name)
-    left.set_title(f"{metric_name}: seeds (dots), mean and 95 % t interval (* baseline)",
-                   fontsize=9)
-    right.set_xlabel("epoch (head, then finetune)")
+    left.set_title(f"{metric_name}: seeds (dots), mean and 95 % t interval", fontsize=9)
+    middle.axhline(0.0, color="gray", linewidth=1)
+    middle.set_ylabel(f"Δ {metric_name} vs #{base['number']} (baseline)")
+    middle.set_title("paired per-seed differences (dots) and the comparison's 95 % interval"
+                     + (" (bootstrap)" if metric == "test_accuracy" else ""), fontsize=9)
+    trained = [p for p in TRAINED if p in study.phases]
+    right.set_xlabel("epoch" + (f" ({', then '.join(trained)})" if trained else ""))
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_ylabel("validation loss")
     right.set_title("mean validation loss over seeds, band: ± 1 std", fontsize=9)
     if any(e["curves"] for e in entries):
@@ -278,13 +686,44 @@ def plot(study: grid.Study, entries, path: str) -> None:
     plt.close(fig)
 
 
-def write(study: grid.Study, study_dir: str, trials=None) -> dict:
+# ---- writing --------------------------------------------------------------------------------
+
+_TMP = re.compile(r"^\.(%s)\.tmp-\d+-[0-9a-f]{8}$" % "|".join(
+    re.escape(n) for n in (RESULTS_CSV, RESULTS_MD, RESULTS_PNG)))
+
+
+def remove_stale_temporaries(study_dir: str, now: float | None = None) -> list[str]:
+    """Removes the report's temporary files that a killed writer left (our names only,
+    regular files only, never through a link, older than STALE_TMP_S); returns them."""
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        names = os.listdir(study_dir)
+    except OSError:
+        return removed
+    for name in names:
+        if not _TMP.match(name):
+            continue
+        path = os.path.join(study_dir, name)
+        try:
+            st = os.lstat(path)
+            if stat_lib.S_ISREG(st.st_mode) and now - st.st_mtime > STALE_TMP_S:
+                os.remove(path)
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
+def write(study: grid.Study, study_dir: str, trials=None, select_by: str = DEFAULT_SELECT_BY,
+          alpha: float = stats.ALPHA) -> dict:
     """Rewrites results.csv, results.md and results.png; returns the paths and summaries."""
     trials = trials if trials is not None else grid.expand(study, study_dir)
     rows = [(collect(t), t.config_index) for t in trials]
-    entries = summarize(study, rows)
+    entries = summarize(study, rows, select_by, alpha)
+    remove_stale_temporaries(study_dir)
     atomic_write_text(os.path.join(study_dir, RESULTS_CSV), csv_text(study, rows))
-    text = markdown(study, study_dir, rows, entries)
+    text = markdown(study, study_dir, rows, entries, select_by, alpha)
     atomic_write_text(os.path.join(study_dir, RESULTS_MD), text + "\n")
-    plot(study, entries, os.path.join(study_dir, RESULTS_PNG))
+    plot(study, entries, os.path.join(study_dir, RESULTS_PNG), select_by)
     return {"rows": [r for r, _ in rows], "entries": entries, "markdown": text}

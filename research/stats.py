@@ -9,7 +9,8 @@ Over seeds (one number per trial):
   t-test's p-value (`scipy.stats.ttest_rel`). Pairing by seed removes the seed-to-seed
   spread the two configurations share (same data split, same seed → same data order
   and, for identical layers, the same initial weights). Works on any per-seed metric
-  (validation or test). Exactly equal runs (every difference 0) are a *tie*: p = 1.
+  (validation or test). Exactly equal runs (every difference 0) are a *tie*: p = 1;
+  equal non-zero differences have an infinite t: p = 0.
 - `verdict(paired, alpha, higher_is_better, p_value=None)`: what a comparison may
   say: "better", "worse", "tie", "no difference shown", or "not enough seeds to tell"
   (fewer than `MIN_SEEDS` = 3 pairs: a t interval on 1 degree of freedom says nothing
@@ -25,8 +26,11 @@ Over seeds *and* test examples (each trial's `predictions.npz`):
   mean difference a - b. Returns the mean difference, its 95 % percentile interval and
   the probability of improvement P(A > B): over replicates and seeds, the chance that a
   run of A scores higher than the same-seed run of B on a test set drawn like ours
-  (ties count one half; Bouthillier et al., MLSys 2021). numpy, seeded: the same inputs
-  give the same numbers. (`scipy.stats.bootstrap` resamples one level only.)
+  (ties count one half; Bouthillier et al., MLSys 2021), and a two-sided bootstrap
+  p-value of "no difference" (twice the smaller share of replicates on either side of 0).
+  For a loss (lower is better) P(A > B) is the chance A's loss is *higher*. numpy,
+  seeded: the same inputs give the same numbers. (`scipy.stats.bootstrap` resamples one
+  level only.)
 """
 from __future__ import annotations
 
@@ -63,8 +67,8 @@ class Paired:
     mean: float  # Mean difference (this - baseline).
     low: float  # 95 % t interval of the mean difference; nan for n < 2
     high: float
-    p_value: float  # Two-sided paired t-test; 1.0 for a tie; nan for n < 2 or equal,
-    #                 non-zero differences (no spread to test)
+    p_value: float  # Two-sided paired t-test; 1.0 for a tie, 0.0 for equal non-zero
+    #                 differences (t infinite); nan for n < 2
     seeds: tuple = ()  # The paired seeds, sorted.
     differences: tuple = ()  # this - baseline, per paired seed.
 
@@ -83,6 +87,8 @@ class Bootstrap:
     high: float
     p_improvement: float  # P(A > B), see the module docstring
     replicates: int
+    p_value: float = math.nan  # Two-sided: 2 x the smaller share of replicates on either
+    #                            side of 0, (count + 1) / (replicates + 1); 1.0 for a tie
 
 
 def t_interval(mean: float, std: float, n: int, confidence: float = CONFIDENCE):
@@ -126,7 +132,7 @@ def paired(values: dict, baseline: dict) -> Paired:
     elif std > 0:
         p_value = float(stats.ttest_rel(a, b).pvalue)
     else:
-        p_value = math.nan
+        p_value = 0.0  # Every difference equal and non-zero: t is infinite.
     return Paired(n, mean, low, high, p_value, **common)
 
 
@@ -193,8 +199,13 @@ def paired_bootstrap(a: dict, b: dict, replicates: int = BOOTSTRAP_REPLICATES,
     means = np.asarray(means)
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
+    if not np.any(d):
+        p_value = 1.0  # A tie: every example, every seed the same.
+    else:
+        side = min(np.sum(means <= 0), np.sum(means >= 0))
+        p_value = min(1.0, 2.0 * (side + 1) / (replicates + 1))
     return Bootstrap(n_seeds, n_examples, float(d.mean()), float(low), float(high),
-                     float(np.mean(wins)), replicates)
+                     float(np.mean(wins)), replicates, float(p_value))
 
 
 def _finite(value) -> bool:
