@@ -34,7 +34,7 @@ import time
 
 from flags.config import Config
 from flags.errors import RunError, TapefitError
-from loops.run_lock import RunLock
+from loops.run_lock import LockLost, RunLock, check_held
 from research.files import atomic_write_json
 
 TRIAL_JSON = "trial.json"
@@ -208,6 +208,11 @@ def run_trial(trial_dir: str, phases, configs: dict, content: dict | None = None
                 log.warning("trial %s: writing its summaries failed: %s",
                             os.path.basename(trial_dir), e)
         return outcome
+    except LockLost as e:  # Paused past the lease and taken over: the trial is theirs now.
+        if debug:
+            raise
+        log.warning("trial %s: %s", os.path.basename(trial_dir), e)
+        return ELSEWHERE
     finally:
         lock.release()
 
@@ -365,6 +370,7 @@ def _recover_wall(status: dict) -> dict:
 
 
 def _write_status(trial_dir: str, status: dict) -> None:
+    check_held()  # A process that lost the trial's lock writes nothing more (LockLost).
     atomic_write_json(os.path.join(trial_dir, STATUS_JSON),
                       {**status, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 

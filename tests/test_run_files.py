@@ -161,6 +161,32 @@ def test_a_run_taken_over_stops_and_leaves_the_new_holders_files(tiny_config, lo
     assert os.path.isdir(os.path.join(cfg.run_dir, "backup"))  # Not deleted under them.
 
 
+def test_a_sweep_trial_taken_over_is_left_to_the_new_holder(tiny_config, monkeypatch):
+    """A sweep process paused in a trial past the lease: its trial is another's now.
+    It writes nothing more there (not even status.json) and reports it as running
+    elsewhere (a --parallel worker then exits EXIT_LOCKED: its parent writes nothing)."""
+    from loops import train_lib
+    from research import runner
+    trial_dir = os.path.join(tiny_config.workdir, "trials", "t1")
+    cfg = tiny_config.replace(workdir=trial_dir, epochs=1)
+    status = os.path.join(trial_dir, runner.STATUS_JSON)
+    real_run = train_lib.run
+
+    def paused_and_taken_over(cfg):
+        take_over(os.path.join(trial_dir, runner.LOCK_FILE))
+        with open(status, "w") as f:
+            f.write("the new holder's")
+        return real_run(cfg)
+    monkeypatch.setattr(train_lib, "run", paused_and_taken_over)
+    outcome = runner.run_trial(trial_dir, ["head"], {"head": cfg})
+    assert outcome == runner.ELSEWHERE
+    with open(status) as f:
+        assert f.read() == "the new holder's"
+    assert not os.path.exists(os.path.join(trial_dir, "head", "final.weights.h5"))
+    assert json.loads(open(os.path.join(trial_dir, runner.LOCK_FILE)).read())["token"] == \
+        "the-new-holder"
+
+
 # ---- 3. a full disk while weights are written ----------------------------------------------
 
 def small_disk_once(path_that_fills, monkeypatch, free=100_000):
