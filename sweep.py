@@ -67,11 +67,15 @@ flags.DEFINE_float("race_alpha", 0.05, "--race: the significance level of the pa
                    "width).")
 flags.DEFINE_boolean("share_phases", True, "Trials whose phases up to one are identical "
                      "(flags and seed) share that phase's run (a link in the trial folder).")
+flags.DEFINE_enum("select_by", "val_accuracy", ["val_accuracy", "val_loss"], "The "
+                  "validation metric that chooses the best configuration (and that a race "
+                  "compares): the last trained phase's, at the epoch whose weights evaluate "
+                  "scores. Test numbers are reported, never used to choose.")
 flags.DEFINE_string("run_trial", None, "Internal: run the trial in this folder (a worker of "
                     "--parallel).")
 SWEEP_FLAGS = ("phases", "axis", "seeds", "baseline", "sweep_file", "shard", "parallel",
                "report_only", "retry_failed", "progress", "race", "min_seeds", "max_seeds",
-               "race_alpha", "share_phases")
+               "race_alpha", "share_phases", "select_by")
 define_help_flags({"sweep": SWEEP_FLAGS})
 FLAGS = flags.FLAGS
 

@@ -189,7 +189,7 @@ def run(study: grid.Study, study_dir: str, shard=(0, 1), parallel: int = 1,
     bar = _bar(len(mine), len(mine) - len(todo), progress)
 
     def write_report():
-        report.write(study, study_dir, trials)
+        _write_report(study, study_dir, trials, select_by)
 
     outcomes.update(_run_trials(study, todo, parallel, debug, worker_command, share_phases,
                                 bar, write_report))
