@@ -601,6 +601,19 @@ def _short(text: str, width: int = 48) -> str:
 
 
 def plot(study: grid.Study, entries, path: str, select_by: str = DEFAULT_SELECT_BY) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(study, entries, select_by)
+    try:
+        atomic_save(lambda tmp: fig.savefig(tmp, format="png", dpi=100), path)
+    finally:
+        plt.close(fig)
+
+
+def figure(study: grid.Study, entries, select_by: str = DEFAULT_SELECT_BY):
+    """results.png: the reported metric per configuration (seeds, mean, interval), the
+    paired per-seed differences to the baseline with the comparison's interval, and the
+    mean validation-loss curves."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -682,8 +695,7 @@ def plot(study: grid.Study, entries, path: str, select_by: str = DEFAULT_SELECT_
     if any(e["curves"] for e in entries):
         right.legend(fontsize=7)
     fig.tight_layout()
-    atomic_save(lambda tmp: fig.savefig(tmp, format="png", dpi=100), path)
-    plt.close(fig)
+    return fig
 
 
 # ---- writing --------------------------------------------------------------------------------

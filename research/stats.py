@@ -129,10 +129,12 @@ def paired(values: dict, baseline: dict) -> Paired:
     low, high = t_interval(mean, std, n)
     if not np.any(d):
         p_value = 1.0  # A tie: nothing against "no difference".
-    elif std > 0:
-        p_value = float(stats.ttest_rel(a, b).pvalue)
+    elif std <= 1e-12 * max(1.0, abs(mean)):
+        # Every difference equal and non-zero (up to float rounding, e.g. 0.9 - 0.8 and
+        # 0.8 - 0.7): t is infinite.
+        p_value = 0.0
     else:
-        p_value = 0.0  # Every difference equal and non-zero: t is infinite.
+        p_value = float(stats.ttest_rel(a, b).pvalue)
     return Paired(n, mean, low, high, p_value, **common)
 
 
