@@ -429,7 +429,8 @@ def run(cfg: Config) -> dict:
         return evaluate(cfg) if cfg.phase == "evaluate" else train(cfg)
     except OSError as e:
         if _is_full_disk(e):
-            raise RunError(f"no space left on the device ({e.filename or cfg.workdir}); "
+            sizes = f": {e.strerror.split(': ', 1)[1]}" if ": " in (e.strerror or "") else ""
+            raise RunError(f"no space left on the device ({e.filename or cfg.workdir}{sizes}); "
                            "free some space or pass another --workdir; files saved "
                            "earlier are intact") from None
         if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
