@@ -12,11 +12,11 @@ from flags.quiet import silence_native_logs
 if __name__ == "__main__":
     silence_native_logs()  # Before anything imports TensorFlow.
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from flags.config import DEFAULT_TOLERANCE  # noqa: E402
 from flags.definitions import define_flags, define_help_flags  # noqa: E402
-from loops.entry import run_command  # noqa: E402
+from loops.entry import app_run, run_command  # noqa: E402
 
 define_flags()
 flags.DEFINE_float("tolerance", DEFAULT_TOLERANCE,
@@ -26,10 +26,7 @@ FLAGS = flags.FLAGS
 
 
 def compare(cfg):
-    from flags.config import ConfigError
     from loops import compare_lib
-    if cfg.phase == "evaluate":
-        raise ConfigError("compare.py trains a phase: pass --phase=head or --phase=finetune")
     report = compare_lib.compare(cfg, FLAGS.tolerance)
     print(f"{'EQUAL' if report['equal'] else 'DIFFERENT'}: max_abs_weight_diff="
           f"{report['max_abs_weight_diff']:.3g} max_abs_metric_diff="
@@ -39,4 +36,4 @@ def compare(cfg):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: run_command(argv, compare))
+    app_run(lambda argv: run_command(argv, compare))

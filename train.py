@@ -13,10 +13,8 @@ from flags.quiet import silence_native_logs
 if __name__ == "__main__":
     silence_native_logs()  # Before anything imports TensorFlow.
 
-from absl import app  # noqa: E402
-
 from flags.definitions import define_flags, define_help_flags, define_output_flags  # noqa: E402
-from loops.entry import run_command  # noqa: E402
+from loops.entry import app_run, run_command  # noqa: E402
 
 define_flags()
 define_output_flags()
@@ -35,4 +33,4 @@ def train(cfg):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: run_command(argv, train))
+    app_run(lambda argv: run_command(argv, train))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import urllib.parse
 from typing import Optional
@@ -39,6 +40,133 @@ SEED_LIMIT = 2**32
 # Larger images are no use to these backbones and run out of memory.
 MAX_IMAGE_SIZE = 1024
 REMOTE_MONITOR_SCHEMES = ("http", "https")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric flag may take: [low, high] (`low_open`/`high_open`: the
+    bound itself excluded), or `off` (a value outside the range that turns the tool
+    off, e.g. --clipnorm=0). `example` goes into the error's "pass e.g."; `note`
+    says why, where the range alone does not."""
+
+    low: float
+    high: float
+    example: object
+    low_open: bool = False
+    high_open: bool = False
+    off: object = None
+    note: str = ""
+
+    def contains(self, value) -> bool:
+        if value == self.off and self.off is not None:
+            return True
+        return ((value > self.low if self.low_open else value >= self.low)
+                and (value < self.high if self.high_open else value <= self.high))
+
+    def text(self) -> str:
+        interval = (f"{'(' if self.low_open else '['}{_bound(self.low)}, "
+                    f"{_bound(self.high)}{')' if self.high_open else ']'}")
+        if self.off is None:
+            return f"in {interval}"
+        return f"{_bound(self.off)} (off) or in {interval}"
+
+
+def _bound(value) -> str:
+    """2**32 rather than 4294967296, 1e-06 and 1 rather than 1e-06 and 1.0."""
+    if isinstance(value, int) and value >= 2**16 and value & (value - 1) == 0:
+        return f"2**{value.bit_length() - 1}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# Every numeric flag and its range (`check_number`): one line naming the fix, before
+# anything is written. Upper bounds are where a value stops making sense for this
+# program (and would fail late: an overflow inside TensorFlow, memory, a hang), not
+# what a machine can hold; `check_memory` adds what depends on two flags.
+_MANY = 100_000  # Epochs, patience, steps per execution: far beyond any real run.
+RANGES = {
+    # Model.
+    "alpha": Range(0.1, 4.0, 1.0, note="ImageNet weights exist for 0.25, 0.5, 0.75, 1.0"),
+    "image_size": Range(1, MAX_IMAGE_SIZE, 224, note="224 is the backbones' native size"),
+    "dropout": Range(0.0, 1.0, 0.2, high_open=True),
+    # Data.
+    "validation_split": Range(0.0, 1.0, 0.1, low_open=True, high_open=True),
+    "test_split_fraction": Range(0.0, 1.0, 0.1, low_open=True, high_open=True),
+    "max_examples_per_split": Range(0, 10**9, 1000, note="0: all"),
+    "synthetic_examples": Range(2, 10**6, 64),
+    "split_seed": Range(0, SEED_LIMIT, 0, high_open=True),
+    # Optimisation.
+    "batch_size": Range(1, 2**16, 32),
+    "epochs": Range(0, _MANY, 10),
+    "learning_rate": Range(0.0, 10.0, 0.001, low_open=True,
+                           note="or auto: the learning-rate finder's suggestion"),
+    "seed": Range(0, SEED_LIMIT, 0, high_open=True),
+    "steps_per_execution": Range(1, _MANY, 1),
+    "warmup_epochs": Range(0.0, float(_MANY), 1, high_open=True),
+    "label_smoothing": Range(0.0, 1.0, 0.1, high_open=True),
+    "weight_decay": Range(0.0, 1.0, 0.01),
+    # Smaller norms underflow in float32 (1e-38) and the gradients become 0 or NaN.
+    "clipnorm": Range(1e-6, 1e6, 1.0, off=0.0),
+    "ema": Range(0.0, 1.0, 0.99, high_open=True),
+    "layer_lr_decay": Range(1e-3, 1.0, 0.7),
+    # Hooks.
+    "early_stopping_patience": Range(0, _MANY, 3),
+    "min_delta": Range(-1000.0, 1000.0, 0, note="a change of --monitor smaller than this "
+                       "is no improvement"),
+    "lr_decay_rate": Range(0.0, 1.0, 0.1, low_open=True),
+    "lr_decay_epochs": Range(1, _MANY, 10),
+    "reduce_lr_patience": Range(0, _MANY, 2),
+    "reduce_lr_factor": Range(0.0, 1.0, 0.1, low_open=True, high_open=True,
+                              note="the rate is multiplied by it on a plateau"),
+    "reduce_lr_min_lr": Range(0.0, 10.0, 0),
+    "reduce_lr_cooldown": Range(0, _MANY, 0),
+    "backup_every_steps": Range(0, 10**9, 0, note="0: epoch ends only"),
+    "verbose": Range(0, 2, 1),
+    # Entry-point flags that are not part of Config (loops/entry.py, compare.py).
+    "logical_cpus": Range(0, 16, 2, note="0 or 1: the CPU as one device"),
+    "tolerance": Range(0.0, 1.0, DEFAULT_TOLERANCE, note="relative difference"),
+}
+# Entry-point flags in RANGES; every other entry is a Config field.
+ENTRY_POINT_NUMBERS = ("logical_cpus", "tolerance")
+# What one process may spend on data that lives in memory (`check_memory`).
+MEMORY_LIMIT_BYTES = 8 * 2**30
+
+
+def check_number(name: str, value, kind: str = "float") -> None:
+    """`--name=value` is a number (`kind` int: a whole one) in `RANGES[name]`, or a
+    one-line `ConfigError` naming the range and an example (`DataError` for the data
+    flags, which the user fixes along with the data)."""
+    spec = RANGES[name]
+    whole = kind == "int"
+    kind_ok = (not isinstance(value, bool)
+               and isinstance(value, numbers.Integral if whole else numbers.Real))
+    ok = kind_ok and math.isfinite(value) and spec.contains(value)
+    if not ok:
+        from flags.errors import DataError
+        error = DataError if name in _DATA_NUMBERS else ConfigError
+        what = "a whole number " if whole and not kind_ok else ""
+        note = f" ({spec.note})" if spec.note else ""
+        raise error(f"--{name}={value} must be {what}{spec.text()}{note}; pass e.g. "
+                    f"--{name}={spec.example}")
+
+
+_DATA_NUMBERS = ("validation_split", "test_split_fraction", "max_examples_per_split",
+                 "synthetic_examples", "split_seed")
+
+
+def check_memory(cfg) -> None:
+    """Ranges that depend on two flags: what a batch of images, and synthetic data
+    (generated in memory), need at --image_size, in float32."""
+    image = cfg.image_size ** 2 * 3 * 4
+    checks = [("batch_size", cfg.batch_size, "a batch of images")]
+    if cfg.dataset == "synthetic" and not cfg.data_dir:
+        checks.append(("synthetic_examples", cfg.synthetic_examples, "the synthetic data"))
+    for name, count, what in checks:
+        if count * image > MEMORY_LIMIT_BYTES:
+            most = MEMORY_LIMIT_BYTES // image
+            raise ConfigError(f"--{name}={count} at --image_size={cfg.image_size} needs "
+                              f"{count * image / 2**30:.0f} GiB for {what} (at most "
+                              f"{MEMORY_LIMIT_BYTES // 2**30} GiB); pass --{name}={most} or "
+                              "less, or a smaller --image_size")
 
 # Learning-rate defaults per phase: fine-tuning uses a tenth of the head rate.
 HEAD_LEARNING_RATE = 1e-3
@@ -193,21 +321,6 @@ class Config:
         if self.mixed_precision not in (None, "mixed_float16", "mixed_bfloat16"):
             raise ConfigError(f"unknown --mixed_precision={self.mixed_precision!r}; "
                               "pass mixed_float16 or mixed_bfloat16")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch_size={self.batch_size} must be at least 1")
-        if self.epochs < 0:
-            raise ConfigError(f"--epochs={self.epochs} must be at least 0")
-        if self.image_size < 1:
-            raise ConfigError(f"--image_size={self.image_size} must be positive")
-        if self.learning_rate not in (None, "auto") and not self.learning_rate > 0:
-            raise ConfigError(f"--learning_rate={self.learning_rate} must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout={self.dropout} must be in [0, 1)")
-        if not 0.0 < self.validation_split < 1.0:
-            raise ConfigError(f"--validation_split={self.validation_split} must be in (0, 1)")
-        if self.steps_per_execution < 1:
-            raise ConfigError(
-                f"--steps_per_execution={self.steps_per_execution} must be at least 1")
         self._check_ranges()
 
     def _check_ranges(self):
@@ -215,43 +328,10 @@ class Config:
         anything is written or trained."""
         if not self.workdir:
             raise ConfigError("--workdir is empty; pass a run directory, e.g. --workdir=runs/x")
-        if not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise ConfigError(f"--alpha={self.alpha} must be a positive number; pass e.g. "
-                              "--alpha=1.0 (ImageNet weights exist for 0.25, 0.5, 0.75, 1.0)")
-        for name in ("seed", "split_seed"):
-            value = getattr(self, name)
-            if not 0 <= value < SEED_LIMIT:
-                raise ConfigError(f"--{name}={value} must be in [0, 2**32); pass e.g. --{name}=0")
-        if self.image_size > MAX_IMAGE_SIZE:
-            raise ConfigError(f"--image_size={self.image_size} is too large; pass --image_size "
-                              f"of at most {MAX_IMAGE_SIZE} (224 is the backbones' native size)")
-        if self.learning_rate not in (None, "auto") and not math.isfinite(self.learning_rate):
-            raise ConfigError(f"--learning_rate={self.learning_rate} is not a finite number; "
-                              "pass e.g. --learning_rate=0.001")
-        if not (0.0 < self.reduce_lr_factor < 1.0):
-            raise ConfigError(f"--reduce_lr_factor={self.reduce_lr_factor} must be in (0, 1) "
-                              "(the rate is multiplied by it on a plateau); pass e.g. 0.1")
-        if not (self.reduce_lr_min_lr >= 0 and math.isfinite(self.reduce_lr_min_lr)):
-            raise ConfigError(f"--reduce_lr_min_lr={self.reduce_lr_min_lr} must be a number of "
-                              "at least 0; pass e.g. --reduce_lr_min_lr=0")
-        if not (self.lr_decay_rate > 0 and math.isfinite(self.lr_decay_rate)):
-            raise ConfigError(f"--lr_decay_rate={self.lr_decay_rate} must be a positive number; "
-                              "pass e.g. --lr_decay_rate=0.1")
-        if self.lr_decay_epochs < 1:
-            raise ConfigError(f"--lr_decay_epochs={self.lr_decay_epochs} must be at least 1")
+        self._check_numbers()
         if self.monitor not in MONITORS:
             raise ConfigError(f"unknown --monitor={self.monitor!r}; choose one of: "
                               f"{', '.join(MONITORS)}")
-        if not math.isfinite(self.min_delta):
-            raise ConfigError(f"--min_delta={self.min_delta} is not a finite number; pass e.g. "
-                              "--min_delta=0")
-        for name in ("early_stopping_patience", "reduce_lr_patience", "reduce_lr_cooldown",
-                     "backup_every_steps", "max_examples_per_split"):
-            value = getattr(self, name)
-            if value < 0:
-                raise ConfigError(f"--{name}={value} must be at least 0")
-        if self.verbose not in (0, 1, 2):
-            raise ConfigError(f"--verbose={self.verbose} must be 0, 1 or 2")
         if self.remote_monitor_url:
             _check_url("remote_monitor_url", self.remote_monitor_url)
         _choice("image_cache", self.image_cache, IMAGE_CACHE)
@@ -260,6 +340,17 @@ class Config:
             raise ConfigError("--image_cache_dir is empty; pass a folder, or leave it unset "
                               "for <workdir>/image_cache")
         self._check_finetune_tools()
+
+    def _check_numbers(self):
+        """Every numeric field in its `RANGES` entry (one mechanism for all of them)."""
+        for field in dataclasses.fields(self):
+            if field.name not in RANGES:
+                continue
+            value = getattr(self, field.name)
+            if field.name == "learning_rate" and value in (None, "auto"):
+                continue
+            check_number(field.name, value, "int" if field.type == "int" else "float")
+        check_memory(self)
 
     def _normalise_learning_rate(self):
         """--learning_rate is a number or `auto` (the flag is a string): a number
@@ -290,22 +381,6 @@ class Config:
             raise ConfigError(f"unknown --tta={self.tta!r}; pass --tta=flip (or nothing)")
         if self.learning_rate == "auto" and self.phase == "lr_find":
             raise ConfigError("--phase=lr_find finds the learning rate: drop --learning_rate")
-        def number(name, low, high, example, low_open=False, high_open=False):
-            value = getattr(self, name)
-            ok = isinstance(value, (int, float)) and math.isfinite(value) and (
-                (value > low if low_open else value >= low)
-                and (value < high if high_open else value <= high))
-            if not ok:
-                interval = (f"{'(' if low_open else '['}{low}, "
-                            f"{high}{')' if high_open else ']'}")
-                raise ConfigError(f"--{name}={value} must be in {interval}; pass e.g. "
-                                  f"--{name}={example}")
-        number("warmup_epochs", 0, math.inf, 1, high_open=True)
-        number("label_smoothing", 0, 1, 0.1, high_open=True)
-        number("weight_decay", 0, math.inf, 0.01, high_open=True)
-        number("clipnorm", 0, math.inf, 1.0, high_open=True)
-        number("ema", 0, 1, 0.99, high_open=True)
-        number("layer_lr_decay", 0, 1, 0.7, low_open=True)
         if self.lr_schedule in STEP_LR_SCHEDULES and self.reduce_lr_on_plateau:
             raise ConfigError(f"--lr_schedule={self.lr_schedule} sets the rate every step and "
                               "--reduce_lr_on_plateau every epoch; pass one of them")

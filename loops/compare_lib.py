@@ -12,13 +12,15 @@ import time
 import numpy as np
 
 from callbacks.atomic_io import atomic_write_json
-from flags.config import DEFAULT_TOLERANCE, LOOPS, Config
+from flags.config import DEFAULT_TOLERANCE, LOOPS, Config, check_number
+from flags.errors import ConfigError
 from loops import train_lib
 from loops.run_dir import BEST_WEIGHTS
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 CURVES_PNG = "curves.png"
+TRAINED_PHASES = ("head", "finetune")
 
 
 class _Recorder:
@@ -66,12 +68,23 @@ def head_checkpoint(workdir: str) -> str:
     return os.path.join(workdir, "head", BEST_WEIGHTS)  # init_checkpoint() names it.
 
 
+def check_arguments(cfg: Config, tolerance) -> None:
+    """What compare.py can compare, checked before anything runs: a training phase
+    (head or finetune) and a tolerance that is a number in `RANGES["tolerance"]`."""
+    if cfg.phase not in TRAINED_PHASES:
+        raise ConfigError(f"compare.py trains a phase through both loops, and "
+                          f"--phase={cfg.phase} trains nothing that is kept; pass "
+                          f"--phase=head or --phase=finetune")
+    check_number("tolerance", tolerance)
+
+
 def compare(cfg: Config, tolerance: float = DEFAULT_TOLERANCE, fit_changes=None) -> dict:
     """Trains cfg.phase with both loops; returns the report (also written to disk).
 
     `fit_changes` (Config fields) makes the fit run deliberately different, to
     check that the comparison can tell.
     """
+    check_arguments(cfg, tolerance)
     if cfg.phase == "finetune" and not cfg.init_checkpoint:
         cfg = cfg.replace(init_checkpoint=head_checkpoint(cfg.workdir))
     if cfg.feature_cache == "auto":

@@ -1,12 +1,96 @@
-"""What every entry point does around its command: one-line errors, --debug, logical CPUs."""
+"""What every entry point does around its command: one-line errors, --debug, logical CPUs,
+and the --flagfile files checked before absl reads them."""
 from __future__ import annotations
 
+import os
+import stat
 import sys
 
 from absl import app, flags
 
+from flags.config import check_number
 from flags.definitions import config_from_flags
-from flags.errors import TapefitError
+from flags.errors import ConfigError, TapefitError
+
+# A flag file is a few lines of flags; more is not one (and absl reads it whole).
+MAX_FLAGFILE_BYTES = 1 << 20
+MAX_FLAGFILE_DEPTH = 16  # Nested --flagfile= lines.
+_FLAGFILE = ("--flagfile", "-flagfile")
+
+
+def app_run(main, argv=None) -> None:
+    """absl's `app.run(main)`, after every `--flagfile` (also those named inside flag
+    files) is checked: a regular file of at most `MAX_FLAGFILE_BYTES`, UTF-8 text. A FIFO,
+    a device (/dev/zero) or a huge file would make absl hang or read until memory runs
+    out; instead one `error: ...` line and exit code 1."""
+    args = sys.argv if argv is None else argv
+    try:
+        check_flagfiles(args[1:])
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    app.run(main, argv)
+
+
+def _flagfile_names(args) -> list[str]:
+    """The --flagfile values in `args` as absl reads them (`--flagfile=F`,
+    `--flagfile F`), up to a `--` that ends the flags."""
+    names, it = [], iter(args)
+    for arg in it:
+        if arg == "--":
+            break
+        name, sep, value = arg.partition("=")
+        if name in _FLAGFILE:
+            if not sep:
+                value = next(it, "")
+            if value:
+                names.append(value)
+    return names
+
+
+def check_flagfiles(args, depth: int = 0, seen=None) -> None:
+    """Raises a one-line `ConfigError` for a --flagfile in `args` that is not a
+    readable regular file of UTF-8 text within `MAX_FLAGFILE_BYTES`; follows the
+    --flagfile lines inside them (absl skips a file it is already reading)."""
+    seen = set() if seen is None else seen
+    for name in _flagfile_names(args):
+        path = os.path.expanduser(name)
+        if os.path.realpath(path) in seen:
+            continue
+        if depth >= MAX_FLAGFILE_DEPTH:
+            raise ConfigError(f"--flagfile={name} is nested more than {MAX_FLAGFILE_DEPTH} "
+                              "deep; name the flags in fewer files")
+        lines = _read_flagfile(name, path)
+        check_flagfiles([line.strip() for line in lines], depth + 1,
+                        seen | {os.path.realpath(path)})
+
+
+def _read_flagfile(name: str, path: str) -> list[str]:
+    try:
+        info = os.stat(path)  # Never opens: a FIFO would block right here.
+    except OSError as e:
+        raise ConfigError(f"--flagfile={name} cannot be read ({e.strerror}); pass a file of "
+                          "flags, one per line") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"--flagfile={name} is not a regular file (a FIFO, device or "
+                          "folder); pass a file of flags, one per line")
+    if info.st_size > MAX_FLAGFILE_BYTES:
+        raise ConfigError(f"--flagfile={name} is {info.st_size} bytes, more than a flag file "
+                          f"holds (at most {MAX_FLAGFILE_BYTES}); pass a file of flags, one "
+                          "per line")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FLAGFILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"--flagfile={name} cannot be read ({e.strerror}); pass a file of "
+                          "flags, one per line") from None
+    if len(data) > MAX_FLAGFILE_BYTES:  # It grew since the stat.
+        raise ConfigError(f"--flagfile={name} is more than {MAX_FLAGFILE_BYTES} bytes; pass "
+                          "a file of flags, one per line")
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ConfigError(f"--flagfile={name} is not UTF-8 text; pass a file of flags, one "
+                          "per line") from None
 
 
 def run_command(argv, command, flag_values=flags.FLAGS):
@@ -23,6 +107,7 @@ def run_command(argv, command, flag_values=flags.FLAGS):
     debug = flag_values["debug"].value if "debug" in flag_values else False
     try:
         cfg = config_from_flags(flag_values)
+        check_number("logical_cpus", flag_values.logical_cpus, "int")
         split_cpu(flag_values.logical_cpus)
         return command(cfg)
     except TapefitError as e:

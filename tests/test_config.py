@@ -53,7 +53,7 @@ def test_unknown_json_keys_are_rejected():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--batch_size=0"], "--batch_size=0 must be at least 1"),
+    (["--batch_size=0"], r"--batch_size=0 must be in \[1, 2\*\*16\]"),
     (["--dropout=1.5"], "--dropout"),
     (["--mixed_precision=float8"], "mixed_float16"),
 ])

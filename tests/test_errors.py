@@ -30,7 +30,7 @@ def assert_one_line_error(out, *fragments):
     (["--phase=finetune", "--unfreeze_from=conv_dw_99"], None),  # needs a head run first
     (["--data_dir=/nonexistent/images"], ["/nonexistent/images"]),
     (["--image_size=16"], ["--image_size=16 is too small", "--image_size=32"]),
-    (["--batch_size=0"], ["--batch_size=0 must be at least 1"]),
+    (["--batch_size=0"], ["--batch_size=0 must be in [1, 2**16]"]),
     (["--weights=/nonexistent.h5"], ["--weights=none"]),
 ])
 def test_errors_are_one_line(tmp_path, argv, fragments):

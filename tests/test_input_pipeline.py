@@ -302,7 +302,7 @@ def test_synthetic_is_seeded_and_learnable():
 
 
 def test_synthetic_needs_two_examples():
-    with pytest.raises(DataError, match="--synthetic_examples=1 must be at least 2"):
+    with pytest.raises(DataError, match=r"--synthetic_examples=1 must be in \[2, "):
         input_pipeline.load_splits(config(dataset="synthetic", synthetic_examples=1))
 
 

@@ -135,7 +135,7 @@ def dataclasses_replace_workdir(s, workdir):
     (["seed=1,2"], {}, "pass --seeds"),
     (["head.image_size=32,64"], {}, "same in every phase"),
     (["learning_rate/epochs=1e-3"], {}, "one value per name"),
-    (["batch_size=0,8"], {}, "--batch_size=0 must be at least 1"),
+    (["batch_size=0,8"], {}, r"--batch_size=0 must be in \[1, 2\*\*16\]"),
     (["learning_rate=1e-3,3e-3"], {"baseline": "learning_rate=1e-2"}, "not in the grid"),
     (["learning_rate=1e-3,3e-3"], {"baseline": "epochs=3"}, "not an axis"),
     (["learning_rate=1e-3"], {"seeds": ""}, "empty grid"),
