@@ -270,5 +270,5 @@ def check_not_running(run_dir: str) -> None:
     """One line when another live process holds `run_dir`'s lock. `acquire()` decides
     whether a holder is alive (a stale lock is taken over), so try it and let go."""
     from loops.run_lock import RunLock
-    if os.path.isfile(lock_path(run_dir)):
+    if os.path.lexists(lock_path(run_dir)):  # Also a FIFO or folder there: one line.
         RunLock(lock_path(run_dir), what="run directory", subject=run_dir).acquire().release()

@@ -384,3 +384,11 @@ def test_a_lock_file_of_garbage_is_damaged(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(RunError, match="is damaged"):
         RunLock(str(path), lease_s=120).acquire()
+
+
+def test_the_plan_refuses_a_fifo_in_the_lock_s_place_before_building_anything(tmp_path):
+    from loops import run_dir as run_dir_lib
+    run_dir = str(tmp_path / "head")
+    os.mkfifo(run_dir_lib.lock_path(run_dir))
+    with pytest.raises(RunError, match="is a FIFO, not a lock file; remove it"):
+        run_dir_lib.check_not_running(run_dir)
