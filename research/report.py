@@ -400,7 +400,9 @@ def markdown(study: grid.Study, study_dir: str, rows, entries,
     table = []
     for e in entries:
         s = e[select_by]
-        mark = "★ best" if e.get("best") else ("top mean" if e["top"] else "")
+        mark = ", ".join(m for m in ("★ best" if e.get("best") else
+                                     "top mean" if e["top"] else "",
+                                     "baseline" if e["baseline"] else "") if m)
         sel = e["select"]
         if e["top"]:
             delta, p, verdict = "(top)", "", ""
@@ -411,8 +413,7 @@ def markdown(study: grid.Study, study_dir: str, rows, entries,
             delta = (f"{_signed(c.mean)} {_interval(c.low, c.high, signed=True, n=c.n)} "
                      f"(n={c.n})")
             p, verdict = _p(sel["p_holm"]), sel["verdict"]
-        table.append([str(e["number"]), mark, e["label"] + (" (baseline)" if e["baseline"]
-                                                            else ""),
+        table.append([str(e["number"]), mark, e["label"],
                       str(s.n), _mean_std(s), _interval(s.low, s.high, n=s.n), delta, p,
                       verdict])
     lines += [_md_table(header, table), ""]
@@ -448,7 +449,7 @@ def markdown(study: grid.Study, study_dir: str, rows, entries,
     table = []
     for e in entries:
         s = e[metric]
-        row = [str(e["number"]), e["label"] + (" (baseline)" if e["baseline"] else ""),
+        row = [str(e["number"]), e["label"],
                str(s.n), _mean_std(s), _interval(s.low, s.high, n=s.n)]
         vs = e["vs_base"]
         if e["baseline"]:
@@ -689,7 +690,9 @@ def figure(study: grid.Study, entries, select_by: str = DEFAULT_SELECT_BY):
                      + (" (bootstrap)" if metric == "test_accuracy" else ""), fontsize=9)
     trained = [p for p in TRAINED if p in study.phases]
     right.set_xlabel("epoch" + (f" ({', then '.join(trained)})" if trained else ""))
-    right.xaxis.set_major_locator(MaxNLocator(integer=True))
+    longest = max((min(map(len, e["curves"])) for e in entries if e["curves"]), default=1)
+    right.set_xlim(0.5, max(1, longest) + 0.5)
+    right.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     right.set_ylabel("validation loss")
     right.set_title("mean validation loss over seeds, band: ± 1 std", fontsize=9)
     if any(e["curves"] for e in entries):

@@ -293,7 +293,7 @@ def test_no_warning_when_the_best_is_clearly_separated(tmp_path):
         fake_trial(t, (0.9 if high else 0.6) + 0.001 * t.seed, [0.5])
     text = report.write(s, folder)["markdown"]
     assert "Warning" not in text
-    assert "| ★ best | learning_rate=1e-3 (baseline) |" in text
+    assert "★ best, baseline" in text
 
 
 def test_divergence_is_read_from_the_phase_summary_not_its_log(tmp_path):
