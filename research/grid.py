@@ -392,7 +392,8 @@ class Race:
                               "or leave --seeds out (then the seeds are 0..max_seeds-1)")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or \
                 not 0 < self.alpha < 1:
-            raise ConfigError(f"--alpha={self.alpha} must be in (0, 1); pass e.g. --alpha=0.05")
+            raise ConfigError(f"--race_alpha={self.alpha} must be in (0, 1); pass e.g. "
+                              "--race_alpha=0.05")
         return tuple(seeds[:top])
 
     def to_dict(self) -> dict:
