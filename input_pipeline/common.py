@@ -67,7 +67,15 @@ _digests: dict = {}
 def content_digest(path: str) -> str | None:
     """SHA-256 of a regular file's bytes ("unreadable" if it cannot be read; None if it
     is gone or no regular file). Read once per process while the file is unchanged
-    (`_digests`): 91 MB of JPEGs (4000 photos) take ~0.1-0.3 s from the page cache."""
+    (`_digests`: a stat, no read)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode):
+        known = _digests.get(_memo_key(path, st))
+        if known is not None:
+            return known
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
@@ -78,13 +86,14 @@ def content_digest(path: str) -> str | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        memo = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        known = _digests.get(memo)
-        if known is not None:
-            return known
+        memo = _memo_key(path, st)
         try:
             content = hashlib.file_digest(f, "sha256").hexdigest()
         except OSError:
             return "unreadable"
     _digests[memo] = content
     return content
+
+
+def _memo_key(path: str, st: os.stat_result) -> tuple:
+    return path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
