@@ -311,3 +311,35 @@ def test_stale_report_temporaries_are_removed_and_nothing_else(tmp_path):
     assert not os.path.exists(stale)
     assert os.path.exists(fresh) and os.path.exists(other)  # Young, or not ours.
     assert os.path.islink(link) and outside.read_text() == "keep"  # Never through a link.
+
+
+# ---- the evaluate phase's predictions.npz (TensorFlow: one tiny study) ----------------------
+
+def test_evaluate_writes_per_example_predictions_that_match_its_numbers(tmp_path):
+    folder = str(tmp_path / "study")
+    flags = dict(TINY, synthetic_examples=24, batch_size=8, epochs=1, deterministic=True,
+                 tensorboard=False)
+    s = study.make(folder, flags, phases="head,evaluate", axes=["learning_rate=1e-3,1e-2"],
+                   seeds="0")
+    outcomes = study.run(s, folder, progress=False)
+    assert sorted(outcomes.values()) == ["finished", "finished"]
+    loaded = []
+    for t in grid.expand(s, folder):
+        evaluation = runner.read_json(os.path.join(t.trial_dir, "evaluate", "evaluation.json"))
+        with np.load(os.path.join(t.trial_dir, "evaluate", "predictions.npz"),
+                     allow_pickle=False) as data:
+            p = {k: data[k] for k in data.files}
+        n = evaluation["test_examples"]
+        assert p["probabilities"].shape == (n, 2) and p["labels"].shape == (n,)
+        assert np.allclose(p["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+        correct = np.argmax(p["probabilities"], axis=1) == p["labels"]
+        assert correct.mean() == pytest.approx(evaluation["accuracy"], abs=1e-6)
+        assert p["loss"].mean() == pytest.approx(evaluation["loss"], rel=1e-4)
+        loaded.append(p)
+    # The same examples, in the same order, in every trial: ids, labels, pixels, split.
+    for key in ("ids", "labels", "digests", "split"):
+        assert np.array_equal(loaded[0][key], loaded[1][key])
+    entry = next(e for e in report.write(s, folder)["entries"] if not e["baseline"])
+    boot = entry["vs_base"]["bootstrap"]["accuracy"]
+    assert boot.examples == len(loaded[0]["ids"]) and boot.seeds == 1
+    assert entry["vs_base"]["verdict"] in (stats.TOO_FEW, stats.TIE)  # One seed.
