@@ -11,8 +11,11 @@ Pillow, resized, and kept in memory as PNG; anything else is skipped and listed
 in `Splits.skipped`. So the pipeline never meets a file it cannot decode.
 
 Only regular files are read (a symbolic link to one counts): a FIFO, socket,
-device or dangling link named like an image is skipped and listed too, never
-opened in a way that could block. File names need not be UTF-8: they are read
+device, dangling link or link in a loop named like an image is skipped and listed
+too, never opened in a way that could block. Links to folders are followed, except
+one back to a folder it is inside of (listed, not followed). The same listing
+(`image_files`) gives `data_fingerprint`, which identifies an image by its path and
+the SHA-256 of its bytes. File names need not be UTF-8: they are read
 through their bytes (`os.fsencode`) and listed with undecodable bytes escaped
 (`printable`).
 """

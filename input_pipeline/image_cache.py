@@ -9,18 +9,21 @@ in TensorFlow's own `Dataset.cache` file format, so later phases,
 `--image_cache_dir`) read them instead of decoding.
 
 The key hashes everything the pixels depend on: the data (an image folder: every
-file's path, size and modification time, `input_pipeline.data_fingerprint`; tfds:
-the dataset's name and version), the data flags (splits, limits, seeds), the image
-size, the resize method and the TensorFlow version. A changed photo, image size or
-resize gives another key: a stale cache is never used (old keys stay on disk until
-deleted).
+image file's path and a SHA-256 of its bytes, `input_pipeline.data_fingerprint`;
+tfds: the dataset's name and version), the data flags (splits, limits, seeds), the
+image size, the resize method and the TensorFlow version. A changed photo (even with
+its size and time kept), image size or resize gives another key: a stale cache is
+never used (old keys stay on disk until deleted).
 
 Atomic: the first iteration of a split that finds no cache writes it into a
 private temporary folder next to its final place (`.tmp-<split>-<host>-<pid>-*`),
 and only once the whole split has been written (and, for a folder, its files are
 unchanged) renames that folder to its final name. Concurrent runs each write their
-own; the first rename wins, the others drop theirs. A split folder is used only
-when complete (its index and `complete.json`); anything else is set aside and
+own; the first rename wins, the others drop theirs. `complete.json` records the
+size and SHA-256 of every file of the split and a checksum of itself; a split
+folder is used only when it is complete and intact by that record (checked before
+TF reads it: a truncated or altered shard or an edited `complete.json` never
+reaches TF); anything else is set aside with a warning saying what is wrong and
 rebuilt. Temporary folders of processes that died are removed.
 
 `memory` is the in-process cache of `input_pipeline.batching` alone (the decoded
