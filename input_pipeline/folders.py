@@ -13,7 +13,7 @@ in `Splits.skipped`. So the pipeline never meets a file it cannot decode.
 Only regular files are read (a symbolic link to one counts): a FIFO, socket,
 device, dangling link or link in a loop named like an image is skipped and listed
 too, never opened in a way that could block. Links to folders are followed, except
-one back to a folder it is inside of (listed, not followed). The same listing
+one back to a folder it lies in (a loop: listed, not followed). The same listing
 (`image_files`) gives `data_fingerprint`, which identifies an image by its path and
 the SHA-256 of its bytes. File names need not be UTF-8: they are read
 through their bytes (`os.fsencode`) and listed with undecodable bytes escaped
@@ -138,13 +138,14 @@ def image_files(folder: str) -> tuple[list, list]:
 
     Recursive; hidden files and folders (".name") are left out. Links to folders are
     followed (a class folder linked from a shared data set is data like any other),
-    except a link back to a folder it is inside of (a loop), which is listed among the
-    others. The others are also entries named like images that are no regular files:
-    FIFOs, sockets, devices, dangling links and links in a loop: nothing to read.
+    except a link to a folder that the one it is in lies inside of (a loop: `up ->
+    ..`, `all -> /`), which is listed among the others. The others are also entries
+    named like images that are no regular files: FIFOs, sockets, devices, dangling
+    links and links in a loop: nothing to read.
     """
     paths, others = [], []
 
-    def walk(directory: str, ancestors: frozenset) -> None:
+    def walk(directory: str, real: str, ancestors: frozenset) -> None:
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError:  # Unreadable, or removed meanwhile: nothing in it is read.
@@ -157,18 +158,26 @@ def image_files(folder: str) -> tuple[list, list]:
                 identity = _identity(os.stat(entry.path)) if is_dir else None
             except OSError:  # A link in a loop (ELOOP) or removed meanwhile.
                 is_dir = False
-            if is_dir and identity in ancestors:
+            if not is_dir:
+                if _is_image_name(entry.name):
+                    (paths if os.path.isfile(entry.path) else others).append(entry.path)
+                continue
+            target = os.path.realpath(entry.path)
+            if identity in ancestors or _inside(real, target):
                 others.append(entry.path)
-            elif is_dir:
-                walk(entry.path, ancestors | {identity})
-            elif _is_image_name(entry.name):
-                (paths if os.path.isfile(entry.path) else others).append(entry.path)
+            else:
+                walk(entry.path, target, ancestors | {identity})
 
     try:
-        walk(folder, frozenset({_identity(os.stat(folder))}))
+        walk(folder, os.path.realpath(folder), frozenset({_identity(os.stat(folder))}))
     except OSError:
         pass
     return sorted(paths), sorted(others)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether real path `path` is `folder` or lies inside it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _identity(st: os.stat_result) -> tuple:

@@ -87,15 +87,18 @@ def test_photos_added_under_a_linked_class_folder_are_trained_on(tmp_path):
 
 
 def test_a_link_loop_among_the_folders_is_listed_not_followed(tmp_path):
-    """A folder link back to its parent: walked once, listed among the skipped entries."""
+    """Links to a folder the link lies in (itself, its parent, /): walked once, listed
+    among the skipped entries (before: not listed)."""
     data, elsewhere = linked_folder(tmp_path)
     (elsewhere / "cat" / "again").symlink_to(elsewhere / "cat", target_is_directory=True)
+    (elsewhere / "cat" / "up").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "dog" / "root").symlink_to("/", target_is_directory=True)
     paths, others = folders.image_files(str(data / "train" / "cat"))
     assert len(paths) == 6
-    assert [os.path.basename(p) for p in others] == ["again"]
+    assert [os.path.basename(p) for p in others] == ["again", "up"]
     splits = input_pipeline.load_splits(config(data, tmp_path, image_cache="off"))
     assert sum(splits.sizes.values()) == 12
-    assert [os.path.basename(p) for p in splits.skipped] == ["again"]
+    assert [os.path.basename(p) for p in splits.skipped] == ["again", "up", "root"]
 
 
 # ---- item 1: two folders, rewritten pixels ---------------------------------------------
