@@ -234,7 +234,13 @@ def locked(plan: Plan):
     os.makedirs(os.path.dirname(run_dir_lib.lock_path(plan.run_dir)), exist_ok=True)
     with RunLock(run_dir_lib.lock_path(plan.run_dir), what="run directory",
                  subject=plan.run_dir):
-        yield
+        try:
+            yield
+        except Exception:
+            # Paused inside a hook's write (Keras' own write straight to disk) and taken
+            # over: whatever failed next, the cause is the lost lock (one line).
+            check_held()
+            raise
 
 
 def prepare(plan: Plan) -> None:

@@ -392,3 +392,21 @@ def test_the_plan_refuses_a_fifo_in_the_lock_s_place_before_building_anything(tm
     os.mkfifo(run_dir_lib.lock_path(run_dir))
     with pytest.raises(RunError, match="is a FIFO, not a lock file; remove it"):
         run_dir_lib.check_not_running(run_dir)
+
+
+def test_a_write_that_fails_after_a_take_over_reports_the_lost_lock(tiny_config):
+    """Paused inside Keras' own write (--loop=fit's hooks write straight to disk), taken
+    over, and the new holder deleted the folder meanwhile: whatever that write raises
+    next, the one line says why (the lock was lost), not a FileNotFoundError traceback."""
+    from loops import run_dir as run_dir_lib
+    from loops import train_lib
+    cfg = tiny_config.replace(loop="fit", epochs=2)
+
+    def hooks(module):
+        def on_epoch_end(epoch, logs=None):
+            take_over(run_dir_lib.lock_path(cfg.run_dir))
+            raise FileNotFoundError(2, "No such file or directory",
+                                    os.path.join(cfg.run_dir, "backup", "training_metadata.json"))
+        return [module.LambdaCallback(on_epoch_end=on_epoch_end)]
+    with pytest.raises(LockLost, match="lost the lock of run directory"):
+        train_lib.train_phase(cfg, extra_hooks=hooks)
