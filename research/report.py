@@ -27,6 +27,8 @@ import os
 import re
 import stat as stat_lib
 import time
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -155,11 +157,16 @@ def _best(values, pick):
 
 def read_predictions(path: str) -> dict | None:
     """A trial's evaluate/predictions.npz (see loops/predictions.py) as {ids, labels, correct,
-    loss, digests, split, image_size}, or None (missing or damaged: no bootstrap for it)."""
+    loss, digests, split, image_size}; None when there is none; {"problem": why} when it
+    cannot be read or does not hold what it should."""
     try:
         st = os.stat(path)
-        if not stat_lib.S_ISREG(st.st_mode):
-            return None
+    except OSError:
+        return None
+    if not stat_lib.S_ISREG(st.st_mode):
+        return {"problem": "not a regular file"}
+    damaged = {"problem": "damaged (not the arrays evaluate writes)"}
+    try:
         with np.load(path, allow_pickle=False) as data:
             out = {"ids": np.asarray(data["ids"]).astype(str),
                    "labels": np.asarray(data["labels"]).astype(np.int64),
@@ -167,14 +174,15 @@ def read_predictions(path: str) -> dict | None:
                    "loss": np.asarray(data["loss"], dtype=np.float64),
                    "digests": np.asarray(data["digests"]).astype(str),
                    "split": str(data["split"]), "image_size": int(data["image_size"])}
-    except (OSError, ValueError, KeyError, TypeError, EOFError):
-        return None
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
+            zlib.error):
+        return damaged
     n = len(out["ids"])
     probabilities = out.pop("probabilities")
     if (out["labels"].shape != (n,) or out["loss"].shape != (n,) or probabilities.ndim != 2
             or probabilities.shape[0] != n or out["digests"].shape != (n,)
             or len(set(out["ids"].tolist())) != n or not np.all(np.isfinite(out["loss"]))):
-        return None
+        return damaged
     out["correct"] = (np.argmax(probabilities, axis=1) == out["labels"]).astype(np.float64)
     return out
 
@@ -299,6 +307,9 @@ def _bootstrap(rows_a: dict, rows_b: dict) -> dict | None:
             p = read_predictions(rows[s]["_predictions"])
             if p is None:
                 return None
+            if "problem" in p:
+                return {"problem": f"{rows[s]['trial_id']}/evaluate/{PREDICTIONS_NPZ}: "
+                                   f"{p['problem']}"}
             loaded[side, s] = p
     first = next(iter(loaded.values()))
     if any(p["split"] != first["split"] for p in loaded.values()):
@@ -680,8 +691,9 @@ def figure(study: grid.Study, entries, select_by: str = DEFAULT_SELECT_BY):
         ax.set_xticks(range(len(entries)))
         ax.set_xticklabels(ticks, fontsize=8)
         ax.set_xlabel("configuration (numbers as in results.md)", fontsize=8)
-    if accuracy and top_values and max(v for v in top_values if math.isfinite(v)) > 1.0:
-        left.set_ylim(top=1.0)
+    if accuracy and top_values:  # An interval past [0, 1] is not drawn past it.
+        low, high = left.get_ylim()
+        left.set_ylim(max(0.0, low), min(1.0, high))
     left.set_ylabel(metric_name)
     left.set_title(f"{metric_name}: seeds (dots), mean and 95 % t interval", fontsize=9)
     middle.axhline(0.0, color="gray", linewidth=1)

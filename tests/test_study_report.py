@@ -343,3 +343,14 @@ def test_evaluate_writes_per_example_predictions_that_match_its_numbers(tmp_path
     boot = entry["vs_base"]["bootstrap"]["accuracy"]
     assert boot.examples == len(loaded[0]["ids"]) and boot.seeds == 1
     assert entry["vs_base"]["verdict"] in (stats.TOO_FEW, stats.TIE)  # One seed.
+
+
+def test_a_damaged_predictions_file_is_named(tmp_path):
+    s, folder = make(tmp_path, ["learning_rate=1e-3,3e-3"], seeds="0,1,2")
+    for lr, t in by_value(grid.expand(s, folder)):
+        write_trial(t, 0.8, 0.5, correct=[1, 0] * 10)
+        if lr == 3e-3 and t.seed == 2:
+            with open(os.path.join(t.trial_dir, "evaluate", "predictions.npz"), "wb") as f:
+                f.write(b"PK\x03\x04 not a zip")
+    text = report.write(s, folder)["markdown"]
+    assert "evaluate/predictions.npz: damaged" in rows_of(text, "learning_rate=3e-3")[-1]
