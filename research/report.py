@@ -81,7 +81,11 @@ def trial_metrics(folder: str, phases) -> dict:
         row["wall_s"] = float(sum(status["wall_s"].values()))
     curve = []
     for phase in TRAINED:
-        rows = runner.read_log(os.path.join(folder, phase, "log.csv"))
+        log_path = os.path.join(folder, phase, "log.csv")
+        problem = _not_regular(log_path)
+        if problem:  # A FIFO or a device would block or never end: never opened.
+            problems.append(f"{phase}/log.csv: {problem}")
+        rows = [] if problem else runner.read_log(log_path)
         val_acc = [r.get("val_accuracy", math.nan) for r in rows]
         val_loss = [r.get("val_loss", math.nan) for r in rows]
         row[f"{phase}_epochs"] = len(rows) if phase in phases else math.nan
@@ -120,6 +124,16 @@ def trial_metrics(folder: str, phases) -> dict:
     row["_curve"] = curve
     row["_predictions"] = os.path.join(folder, "evaluate", PREDICTIONS_NPZ)
     return row
+
+
+def _not_regular(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None if stat_lib.S_ISREG(st.st_mode) else "not a regular file"
 
 
 def _status_problem(status: dict) -> str | None:

@@ -243,9 +243,12 @@ def test_a_damaged_trial_is_reported_and_the_rest_go_on(tmp_path):
         f.write("[1]")
     with open(os.path.join(trials[1].trial_dir, "evaluate", "evaluation.json"), "w") as f:
         json.dump({"accuracy": "abc", "loss": 0.5}, f)
+    os.remove(os.path.join(trials[2].trial_dir, "head", "log.csv"))
+    os.mkfifo(os.path.join(trials[2].trial_dir, "head", "log.csv"))  # Would block a reader.
     result = report.write(s, folder)
     statuses = [r["status"] for r in result["rows"]]
-    assert statuses.count("damaged") == 2 and statuses.count("finished") == 4
+    assert statuses.count("damaged") == 3 and statuses.count("finished") == 3
+    assert "damaged: head/log.csv: not a regular file" in result["markdown"]
     text = result["markdown"]
     assert "damaged: status.json: a JSON list, not an object" in text
     assert 'damaged: evaluate/evaluation.json: accuracy is "abc", not a number' in text
