@@ -149,7 +149,12 @@ def configs_from_trial_json(trial_dir: str) -> tuple[list[str], dict]:
     if not content:
         raise RunError(f"{trial_dir} has no readable {TRIAL_JSON}; run sweep.py without "
                        "--run_trial")
-    return content["phases"], {p: Config.from_dict(c) for p, c in content["configs"].items()}
+    try:
+        phases = [p for p in content["phases"] if isinstance(p, str)]
+        return phases, {p: Config.from_dict(content["configs"][p]) for p in phases}
+    except (KeyError, TypeError, AttributeError, ValueError, TapefitError) as e:
+        raise RunError(f"{os.path.join(trial_dir, TRIAL_JSON)} is damaged ({type(e).__name__}); "
+                       "delete it and run sweep.py again (it is rewritten)") from None
 
 
 # ---- one trial, in this process -----------------------------------------------------------
