@@ -274,3 +274,21 @@ def test_help_points_to_files_that_exist():
                           capture_output=True, text=True, timeout=120)
     assert "README_SECTION" not in proc.stdout
     assert "README.md" in proc.stdout and "--race" in proc.stdout
+
+
+# ---- the dogfood study ----------------------------------------------------------------------
+
+def test_the_recipes_study_compares_classic_with_the_tuned_recipe(tmp_path):
+    """studies/recipes.json: the README's quality setup, the paths on the command line."""
+    from flags.config import RECIPES
+    s = study.make(str(tmp_path / "study"), {"data_dir": "/data", "weights": "w.h5"},
+                   sweep_file=os.path.join(ROOT, "studies", "recipes.json"))
+    trials = grid.expand(s, "s")
+    assert len(trials) == 2 * 5 and s.phases == ("head", "finetune", "evaluate")
+    classic, tuned = trials[:2]
+    assert (classic.config("head").image_size, classic.config("finetune").epochs) == (160, 3)
+    for phase in ("head", "finetune"):
+        for name, value in RECIPES["tuned"][phase].items():
+            assert getattr(tuned.config(phase), name) == value, (phase, name)
+    assert classic.config("head").lr_schedule == "constant"
+    assert classic.config("finetune").learning_rate is None  # A tenth of the head's.
