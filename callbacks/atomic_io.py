@@ -88,12 +88,17 @@ def check_space(folder, size, path=None):
 
 def weights_bytes(model):
     """`model.save_weights`' file as bytes, written by h5py in memory (None where this
-    Keras has no in-memory weights store: then save to a file)."""
+    Keras has no in-memory weights store, or where the model has its own
+    `save_weights`: then save to a file, through it)."""
     try:
+        import keras
         from keras.src.saving import saving_lib
         store_class, save_state = saving_lib.H5IOStore, saving_lib._save_state
     except (ImportError, AttributeError):
         return None
+    if "save_weights" in vars(model) or \
+            getattr(type(model), "save_weights", None) is not keras.Model.save_weights:
+        return None  # Overridden (a subclass, or patched on the instance): honour it.
     if not model.built:
         raise ValueError("You are saving a model that has not yet been built.")
     buffer = io.BytesIO()
