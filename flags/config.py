@@ -168,7 +168,9 @@ def check_memory(cfg) -> None:
                               f"{MEMORY_LIMIT_BYTES // 2**30} GiB); pass --{name}={most} or "
                               "less, or a smaller --image_size")
 
-# Learning-rate defaults per phase: fine-tuning uses a tenth of the head rate.
+# Learning-rate defaults per phase: fine-tuning uses a tenth of the head default, a
+# constant (not a tenth of whatever rate the head ran with, e.g. after --learning_rate=auto;
+# README "Learning-rate finder" says why).
 HEAD_LEARNING_RATE = 1e-3
 FINETUNE_LEARNING_RATE = HEAD_LEARNING_RATE / 10
 

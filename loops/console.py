@@ -40,6 +40,37 @@ def progress_hook(hooks_module=None):
     return hooks_module.ProgbarLogger(lines_when_not_tty=True)
 
 
+# ---- advice when a phase diverges -------------------------------------------------
+# At or below this rate (the learning-rate finder's first steps) a rate is not what
+# makes a loss NaN: the advice does not blame it.
+IMPLAUSIBLE_DIVERGENCE_RATE = 1e-6
+
+
+def divergence_advice(cfg) -> str:
+    """What to change after a NaN or infinite loss, from what can be checked. The
+    weights a phase starts from (--weights, --init_checkpoint), cached features and
+    --clipnorm are checked before training (one-line errors), so what is left is the
+    update: the rate, when it is large enough to be the cause; otherwise (and besides)
+    the flags that change the numbers of the update or of the loss."""
+    rate = cfg.resolved_learning_rate
+    others = []
+    if cfg.mixed_precision == "mixed_float16":
+        others.append("--mixed_precision=mixed_bfloat16 or float32 (float16 overflows)")
+    if cfg.weight_decay:
+        others.append(f"a lower --weight_decay (now {cfg.weight_decay:g})")
+    if cfg.clipnorm == 0:
+        others.append("--clipnorm=1.0")
+    if not isinstance(rate, (int, float)) or rate > IMPLAUSIBLE_DIVERGENCE_RATE:
+        shown = f"{rate:g}" if isinstance(rate, (int, float)) else str(rate)
+        peak = " (the schedule's peak)" if cfg.lr_schedule in ("one_cycle", "warmup_cosine") \
+            else ""
+        advice = f"pass a lower --learning_rate (now {shown}{peak}, e.g. a tenth of it)"
+        return advice + (f", or try {', '.join(others)}" if others else "")
+    advice = (f"the rate {rate:g} is too small to be the cause; the starting weights were "
+              "checked finite, so look at the data and the loss")
+    return advice + (f", and try {', '.join(others)}" if others else "")
+
+
 # ---- end-of-phase summary -------------------------------------------------------
 def _number(value) -> str:
     if value is None:
@@ -126,8 +157,10 @@ def phase_summary(result: dict) -> str:
                      f"{_number(result.get('accuracy'))}{on}")
         source = result.get("weights")
         if source:
-            trained = result.get("trained_phase")
-            lines.append(f"weights: {source}" + (f" ({trained} phase)" if trained else ""))
+            about = [f"{result['trained_phase']} phase" if result.get("trained_phase") else "",
+                     result.get("weights_note") or ""]
+            about = ", ".join(a for a in about if a)
+            lines.append(f"weights: {source}" + (f" ({about})" if about else ""))
         data = result.get("data")
         if data:
             if isinstance(data, dict):
@@ -161,7 +194,8 @@ def phase_summary(result: dict) -> str:
         lines.append("files:")
         lines.extend(file_lines)
     if phase != "evaluate" and result.get("stop_reason") == "nan":
-        lines.append("next: lower --learning_rate and run the phase again:")
+        advice = result.get("advice") or "pass a lower --learning_rate"
+        lines.append(f"next: {advice}; run the phase again:")
     else:
         lines.append("next:")
     lines.append("  " + next_command(result))

@@ -10,7 +10,7 @@ from absl import app, flags
 
 from flags.config import check_number
 from flags.definitions import config_from_flags
-from flags.errors import ConfigError, TapefitError
+from flags.errors import ConfigError, TapefitError, escape_controls
 
 # A flag file is a few lines of flags; more is not one (and absl reads it whole).
 MAX_FLAGFILE_BYTES = 1 << 20
@@ -27,7 +27,7 @@ def app_run(main, argv=None) -> None:
     try:
         check_flagfiles(args[1:])
     except ConfigError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {escape_controls(str(e))}")
     app.run(main, argv)
 
 
@@ -96,7 +96,8 @@ def _read_flagfile(name: str, path: str) -> list[str]:
 def run_command(argv, command, flag_values=flags.FLAGS):
     """Entry-point wrapper: no positional arguments; splits the CPU if asked; turns a
     user or run error (`flags.errors.TapefitError`) into one `error: ...` line and exit
-    code 1 (`--debug`: the traceback instead).
+    code 1 (`--debug`: the traceback instead); control characters in it (a file name
+    with a newline) are escaped, so that it stays one line.
 
     `command(cfg)` does the work and returns its exit code (None for 0).
     """
@@ -113,4 +114,4 @@ def run_command(argv, command, flag_values=flags.FLAGS):
     except TapefitError as e:
         if debug:
             raise
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {escape_controls(str(e))}")

@@ -125,10 +125,27 @@ def load_weights(model, path):
             "pass the flags of the run that wrote it") from None
 
 
-def check_finite(model, path):
+def check_finite(model, path, fix="pass another checkpoint"):
+    """Weights loaded from `path` are finite, or a one-line error. tapefit never saves
+    non-finite weights (`finish`, the finite-only checkpoints), so such a file was
+    written elsewhere or damaged: no learning rate is to blame."""
     if not weights_are_finite(model):
-        raise RunError(f"the weights in {path} hold NaN or infinite values; retrain with a "
-                       "lower --learning_rate (and --overwrite)")
+        raise ConfigError(f"the weights in {path} hold NaN or infinite values (tapefit never "
+                          f"saves such weights: the file was written elsewhere or damaged); "
+                          f"{fix}")
+
+
+def check_backbone_finite(model, cfg: Config) -> None:
+    """The backbone weights of --weights (a file, or Keras' ImageNet download) are
+    finite: checked before anything trains, since NaN weights make every loss NaN."""
+    if weights_are_finite(model):
+        return
+    if cfg.weights == "imagenet":
+        raise ConfigError(f"the ImageNet weights of {cfg.backbone} in Keras' cache "
+                          "(~/.keras/models, or $KERAS_HOME/models) hold NaN or infinite "
+                          "values; delete that file so that Keras downloads it again")
+    raise ConfigError(f"--weights={cfg.weights} holds NaN or infinite values; pass a file of "
+                      "finite backbone weights, --weights=imagenet or --weights=none")
 
 
 def build(cfg: Config, strategy, num_classes: int, checkpoint: str | None = None):
@@ -138,7 +155,10 @@ def build(cfg: Config, strategy, num_classes: int, checkpoint: str | None = None
         model = build_model(cfg, num_classes, weights=None if checkpoint else "from_config")
         if checkpoint:
             load_weights(model, checkpoint)
-            check_finite(model, checkpoint)
+            check_finite(model, checkpoint, "pass another --init_checkpoint, or train the "
+                         "head phase again (with --overwrite)")
+        elif cfg.weights != "none":
+            check_backbone_finite(model, cfg)
         set_trainable(model, cfg.phase, cfg.resolved_unfreeze_from)
         if cfg.train_bn:  # --train_bn (model/augment.py until model/build.py takes it).
             from model.augment import unfreeze_batch_norm
@@ -273,9 +293,10 @@ def finish(plan: Plan, runner, logs=None) -> bool:
         best = os.path.join(run_dir, BEST_WEIGHTS)
         kept = (f"{best} holds the last finite epoch's weights" if os.path.exists(best)
                 else "no checkpoint was written")
+        from loops.console import divergence_advice
         logging.warning("training diverged: a loss or weight is NaN or infinite, so %s is not "
-                        "written (%s); pass a lower --learning_rate and --overwrite",
-                        FINAL_WEIGHTS, kept)
+                        "written (%s); %s, and --overwrite", FINAL_WEIGHTS, kept,
+                        divergence_advice(plan.cfg))
     check_writes()  # Not another process's backup (a lost lock).
     runner.delete_backup()
     if not plan.chief:
@@ -299,8 +320,10 @@ def _train_phase(cfg: Config, run_dir: str | None = None, extra_hooks=None):
         saved = finish(plan, runner, logs)
         summary = runner.summary(logs)
         if not saved:
+            from loops.console import divergence_advice
             summary["files"]["final"] = None
             summary["stop_reason"] = "nan"
+            summary["advice"] = divergence_advice(cfg)
         if plan.chief:
             atomic_write_json(os.path.join(plan.run_dir, SUMMARY_JSON), summary)
     return plan, summary, logs
@@ -348,16 +371,42 @@ def trained_config(workdir: str, phase: str) -> tuple[Config, list[str]]:
     return cfg, classes
 
 
-def load_trained_model(workdir: str):
-    """The newest phase's best model, its config and class names (evaluate, predict)."""
+def scored_weights(workdir: str, phase: str, cfg: Config) -> tuple[str, str]:
+    """The weights file evaluate and predict score for a trained phase, and what they
+    are: the best epoch's (`best.weights.h5`); with --ema the phase's moving average,
+    which only the end of the phase writes (`final.weights.h5`; the checkpoints during
+    the phase hold the raw weights). A phase without final weights (killed, still
+    running, or stopped on NaN) is unfinished: its best checkpoint so far, logged."""
+    run_dir = os.path.join(workdir, phase)
+    best, final = os.path.join(run_dir, BEST_WEIGHTS), os.path.join(run_dir, FINAL_WEIGHTS)
+    if os.path.isfile(final):
+        if cfg.ema:
+            return final, f"EMA weights (--ema={cfg.ema})"
+        return best, "best epoch"
+    note = "unfinished: its best checkpoint so far" + (
+        " (raw weights, not the --ema average)" if cfg.ema else "")
+    logging.warning("the %s phase in %s is unfinished (no %s): scoring %s, %s", phase,
+                    run_dir, FINAL_WEIGHTS, best, note.removeprefix("unfinished: "))
+    return best, note
+
+
+def load_trained(workdir: str):
+    """The newest phase's model with the weights `scored_weights` names: (model, config,
+    class names, phase, weights path, what the weights are)."""
     phase = newest_phase(workdir)
     cfg, class_names = trained_config(workdir, phase)
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg, len(class_names), weights=None)
-    weights = os.path.join(workdir, phase, BEST_WEIGHTS)
+    weights, note = scored_weights(workdir, phase, cfg)
     load_weights(model, weights)
-    check_finite(model, weights)
-    return model, cfg, class_names, phase
+    check_finite(model, weights, f"train the {phase} phase again: `train.py --phase={phase} "
+                 f"--workdir={workdir} --overwrite`")
+    return model, cfg, class_names, phase, weights, note
+
+
+def load_trained_model(workdir: str):
+    """The newest phase's model (weights: `scored_weights`), its config and class names."""
+    return load_trained(workdir)[:4]
 
 
 def evaluation_data(cfg: Config, trained: Config) -> Config:
@@ -374,8 +423,8 @@ def evaluation_data(cfg: Config, trained: Config) -> Config:
 
 
 def evaluate(cfg: Config) -> dict:
-    """Evaluates the newest phase's best weights on the test split (the trained run's,
-    or the data named by --data_dir / --dataset / --test_split)."""
+    """Evaluates the newest phase (its weights: `scored_weights`) on the test split (the
+    trained run's, or the data named by --data_dir / --dataset / --test_split)."""
     from loops.custom import CustomLoop
     from loops.run_lock import RunLock
 
@@ -384,7 +433,7 @@ def evaluate(cfg: Config) -> dict:
         run_dir_lib.check_not_running(cfg.run_dir)
     run_dir_lib.check_cache_dirs(cfg)
     configure_determinism(cfg)
-    model, trained, class_names, phase = load_trained_model(cfg.workdir)
+    model, trained, class_names, phase, weights, weights_note = load_trained(cfg.workdir)
     data_cfg = evaluation_data(cfg, trained)
     test, size, data_classes = input_pipeline.load_test_split(data_cfg)
     if tuple(data_classes) != tuple(class_names):
@@ -405,7 +454,7 @@ def evaluate(cfg: Config) -> dict:
     per_example = predictions.predict(model, batches) if is_chief(cfg.strategy) else None
     data = data_cfg.data_dir or f"{data_cfg.dataset}:{data_cfg.test_split}"
     result = {"phase": "evaluate", "trained_phase": phase, "workdir": cfg.workdir,
-              "weights": os.path.join(cfg.workdir, phase, BEST_WEIGHTS),
+              "weights": weights, "weights_note": weights_note,
               "data": data, "test_examples": size, **({"tta": cfg.tta} if cfg.tta else {}),
               **{k: float(v) for k, v in logs.items()},
               "files": {"evaluation": os.path.join(cfg.run_dir, EVALUATION_JSON)},
