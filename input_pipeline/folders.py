@@ -73,7 +73,7 @@ def load(cfg) -> Splits:
     entries = _carve_missing(entries, folders, cfg)
 
     t0 = time.perf_counter()
-    datasets, sizes = {}, {}
+    datasets, sizes, ids = {}, {}, {}
     caches = _image_caches(cfg, root)
     with concurrent.futures.ThreadPoolExecutor(_num_workers()) as pool:
         for index, split in enumerate(SPLITS):
@@ -82,6 +82,7 @@ def load(cfg) -> Splits:
                 skipped += [os.path.join(root, path) for path in manifest["skipped"]]
                 sizes[split] = manifest["examples"]
                 datasets[split] = caches[split].dataset(None, sizes[split], cfg.image_size)
+                ids.update(example_ids(split, manifest, sizes[split]))
                 continue
             candidates = entries[split]
             limit = cfg.max_examples_per_split if cfg.max_examples_per_split > 0 else None
@@ -100,14 +101,31 @@ def load(cfg) -> Splits:
             kept.sort(key=lambda e: (e[1], e[0]))
             datasets[split] = _dataset(kept, cfg.image_size)
             sizes[split] = len(kept)
+            ids[split] = relative_ids(kept, root)
             if caches:
                 datasets[split] = caches[split].dataset(
                     datasets[split], len(kept), cfg.image_size,
-                    {"skipped": sorted(os.path.relpath(path, root) for path in bad)})
+                    {"skipped": sorted(os.path.relpath(path, root) for path in bad),
+                     "ids": list(ids[split])})
     log.info("checked image files in %.1fs: sizes %s, %d skipped",
              time.perf_counter() - t0, sizes, len(skipped))
     return Splits(class_names=class_names, sizes=sizes,
-                  skipped=tuple(sorted(printable(path) for path in skipped)), **datasets)
+                  skipped=tuple(sorted(printable(path) for path in skipped)), ids=ids,
+                  **datasets)
+
+
+def relative_ids(kept, root: str) -> tuple:
+    """The examples' ids (evaluate's predictions.npz): paths relative to `root`."""
+    return tuple(printable(os.path.relpath(entry[0], root)) for entry in kept)
+
+
+def example_ids(split: str, manifest: dict, size: int) -> dict:
+    """{split: ids} from an image cache's complete.json ({} when it has none)."""
+    found = manifest.get("ids")
+    if isinstance(found, list) and len(found) == size and all(isinstance(i, str)
+                                                              for i in found):
+        return {split: tuple(found)}
+    return {}
 
 
 def _image_caches(cfg, root: str, splits=SPLITS) -> dict | None:
@@ -194,12 +212,12 @@ def data_fingerprint(cfg) -> str:
     """A hex digest that changes when the data `cfg` names changes.
 
     An image folder: every image file's path (relative to `cfg.data_dir`, as bytes)
-    and a SHA-256 of its bytes (`content_digest`) — regular files only, as `load`
-    reads them, links to folders followed (`image_files`) — so images added, removed,
-    renamed or rewritten change it, whatever their size and modification time say;
-    the folder's own path and the files' times do not (a copy of the folder is the same
-    data). tfds and synthetic data: a hash of the data flags (what the run sees is a
-    function of them).
+    and a SHA-256 of its bytes (`content_digest`) — the files `load` lists, by the
+    same walks (`_listed_files`) — so images added, removed, renamed or rewritten
+    change it, whatever their size and modification time say; the folder's own path
+    and the files' times do not (a copy of the folder is the same data). tfds and
+    synthetic data: a hash of the data flags (what the run sees is a function of
+    them).
     """
     digest = hashlib.sha256()
     flags = {name: getattr(cfg, name, None) for name in _DATA_FLAGS if name != "data_dir"}
@@ -209,7 +227,7 @@ def data_fingerprint(cfg) -> str:
         if not os.path.isdir(root):
             raise DataError(f"--data_dir={printable(cfg.data_dir)} is not a folder; pass the "
                             "image folder the run was trained on")
-        paths = image_files(root)[0]
+        paths = _listed_files(root)
         with concurrent.futures.ThreadPoolExecutor(_num_workers()) as pool:
             contents = pool.map(content_digest, paths)
             for path, content in zip(paths, contents, strict=True):
@@ -218,6 +236,17 @@ def data_fingerprint(cfg) -> str:
                 relative = os.fsencode(os.path.relpath(path, root))
                 digest.update(b"%s\0%s\n" % (relative, content.encode()))
     return digest.hexdigest()
+
+
+def _listed_files(root: str) -> list:
+    """The image files `load` lists under `root`: those of every class folder of every
+    split folder (the same walks, so the same links followed)."""
+    paths = []
+    for folder in _find_layout(root).values():
+        if folder:
+            for name in subfolders(folder):
+                paths += image_files(os.path.join(folder, name))[0]
+    return sorted(paths)
 
 
 def read_image_file(path: str, image_size: int) -> np.ndarray:

@@ -275,3 +275,17 @@ def test_dangling_links_and_loops_are_skipped_and_listed_with_the_feature_cache(
     listed = open(os.path.join(cfg.run_dir, "skipped_files.txt"), encoding="utf-8").read()
     assert sorted(os.path.basename(p) for p in listed.split()) == ["gone.jpg", "loop.jpg"]
     assert os.listdir(os.path.join(cfg.workdir, feature_cache.CACHE_DIR))
+
+
+def test_the_fingerprint_covers_the_files_the_run_lists_and_no_other(tmp_path):
+    """The fingerprint walks the class folders as `load` does. Before: it walked the whole
+    folder on its own, so an image outside every class folder (never read) changed it
+    and refused a resume."""
+    data = tmp_path / "data"
+    make_split(str(data / "train"), {"cat": 4, "dog": 4}, 1)
+    cfg = config(data, tmp_path)
+    first = data_fingerprint(cfg)
+    (data / "train" / "stray.jpg").write_bytes(encode(photo(5), "JPEG"))
+    (data / "README.png").write_bytes(encode(photo(6), "PNG"))
+    assert data_fingerprint(cfg) == first
+    assert sum(input_pipeline.load_splits(cfg).sizes.values()) == 8
