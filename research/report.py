@@ -523,6 +523,9 @@ def markdown(study: grid.Study, study_dir: str, rows, entries,
     other = [r for r, _ in rows if r["status"] not in (runner.FINISHED, runner.FAILED, DAMAGED)]
     if other:
         lines += [f"Not finished yet: {', '.join(r['trial_id'] for r in other)}.", ""]
+    if study.race is not None:  # research/race.py: rounds, drops, trial-epochs (race.json).
+        from research import race
+        lines += [race.section(study_dir)]
     return "\n".join(lines)
 
 

@@ -86,6 +86,7 @@ def test_the_clearly_worse_configuration_is_dropped_after_the_first_round(tmp_pa
                                        "ratio": pytest.approx(13 / 15)}
     text = race.section(folder)
     assert "learning_rate=1e-6" in text and "Holm-adjusted" in text and "26 spent" in text
+    assert text in open(os.path.join(folder, "results.md")).read()  # The report shows it.
 
     # Resumed: recomputed from disk, nothing runs again, the same state.
     phases.ran.clear()
