@@ -116,7 +116,7 @@ def sweep(cfg):
                           "--race as well")
     race = (study_lib.grid.Race(FLAGS.min_seeds, FLAGS.max_seeds, FLAGS.race_alpha)
             if FLAGS.race else None)
-    select_by = FLAGS["select_by"].value if "select_by" in FLAGS else "val_accuracy"
+    select_by = FLAGS.select_by
     if FLAGS.report_only and not defined and not cli_flags():
         study = study_lib.load(workdir)
     else:
