@@ -28,6 +28,10 @@ class Splits:
     class_names: tuple[str, ...]
     sizes: dict
     skipped: tuple[str, ...] = ()
+    # {split: one id per example, in the split's order}: image folders give each
+    # image's path relative to the data folder; a split absent here (tfds, synthetic,
+    # an image cache written before ids were recorded) is identified by position.
+    ids: dict = dataclasses.field(default_factory=dict)
 
 
 def resize_uint8(image, size: int):

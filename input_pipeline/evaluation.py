@@ -16,6 +16,12 @@ from input_pipeline.common import DataError
 
 def load_test_split(cfg):
     """(dataset of (uint8 image, label), number of examples, class names)."""
+    return load_test_split_with_ids(cfg)[:3]
+
+
+def load_test_split_with_ids(cfg):
+    """load_test_split's, and the examples' ids in order (image folders: paths relative
+    to the data folder; None: identified by position)."""
     if cfg.data_dir:
         root = os.path.normpath(cfg.data_dir)
         if not os.path.isdir(root):
@@ -23,15 +29,16 @@ def load_test_split(cfg):
                             "pass a folder with one sub-folder of images per class")
         names = set(folders.subfolders(root))
         if "train" not in names and "test" not in names:
-            return _whole_folder(root, cfg)
+            return _whole_folder(root, cfg, root)
         if "test" in names:
-            return _whole_folder(os.path.join(root, "test"), cfg)
+            return _whole_folder(os.path.join(root, "test"), cfg, root)
     from input_pipeline import load_splits
     splits = load_splits(cfg)
-    return splits.test, splits.sizes["test"], tuple(splits.class_names)
+    return (splits.test, splits.sizes["test"], tuple(splits.class_names),
+            splits.ids.get("test"))
 
 
-def _whole_folder(folder: str, cfg):
+def _whole_folder(folder: str, cfg, root: str):
     skipped = []
     listing = folders._list_classes(folder, skipped)
     class_names = tuple(listing)
@@ -42,7 +49,8 @@ def _whole_folder(folder: str, cfg):
     manifest = cache.manifest() if cache else None
     if manifest:
         size = manifest["examples"]
-        return cache.dataset(None, size, cfg.image_size), size, class_names
+        ids = folders.example_ids("whole", manifest, size).get("whole")
+        return cache.dataset(None, size, cfg.image_size), size, class_names, ids
     entries = folders._entries(listing, class_names)
     limit = cfg.max_examples_per_split if cfg.max_examples_per_split > 0 else None
     with concurrent.futures.ThreadPoolExecutor(folders._num_workers()) as pool:
@@ -51,6 +59,7 @@ def _whole_folder(folder: str, cfg):
         raise DataError(f"{folders.printable(folder)} has no readable images; add some")
     kept.sort(key=lambda e: (e[1], e[0]))
     ds = folders._dataset(kept, cfg.image_size)
+    ids = folders.relative_ids(kept, root)
     if cache:
-        ds = cache.dataset(ds, len(kept), cfg.image_size)
-    return ds, len(kept), class_names
+        ds = cache.dataset(ds, len(kept), cfg.image_size, {"ids": list(ids)})
+    return ds, len(kept), class_names, ids

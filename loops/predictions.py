@@ -2,8 +2,10 @@
 
 One row per test example, in the test split's fixed order (folders: sorted by class,
 then path; tfds and synthetic: the split's order):
-- `ids`: the example's position in that order ("0", "1", ...): the same example in every
-  run of one data configuration (`split`, below), whatever the model;
+- `ids`: image folders: the image's path relative to the data folder
+  (`test/cat/1.jpg`); tfds and synthetic data (or an image cache written before ids
+  were recorded): the example's position in that order ("0", "1", ...). The same
+  example has the same id in every run of one data configuration (`split`, below);
 - `labels` (int), `probabilities` (float32 [n, classes]: softmax of the logits),
   `loss` (float32: the example's cross-entropy, the loss evaluation.json averages);
 - `digests`: 16 hex digits of SHA-256 of the example's decoded pixels (at `image_size`),
@@ -64,13 +66,17 @@ def predict(model, batches):
 
 
 def write(path: str, labels, probabilities, loss, digests, split: str, image_size: int,
-          classes) -> None:
+          classes, ids=None) -> None:
+    """`ids`: one per example (image folders: paths relative to the data folder); None or
+    of another length than the predictions: positions."""
     n = len(labels)
+    if ids is None or len(ids) != n:
+        ids = [str(i) for i in range(n)]
 
     def save(tmp):
         with open(tmp, "wb") as f:
             np.savez_compressed(
-                f, ids=np.asarray([str(i) for i in range(n)]), labels=labels,
+                f, ids=np.asarray(list(ids), dtype=str), labels=labels,
                 probabilities=probabilities, loss=loss, digests=np.asarray(digests, dtype=str),
                 split=np.asarray(split), image_size=np.asarray(image_size),
                 classes=np.asarray(list(classes), dtype=str))

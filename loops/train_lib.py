@@ -435,7 +435,8 @@ def evaluate(cfg: Config) -> dict:
     configure_determinism(cfg)
     model, trained, class_names, phase, weights, weights_note = load_trained(cfg.workdir)
     data_cfg = evaluation_data(cfg, trained)
-    test, size, data_classes = input_pipeline.load_test_split(data_cfg)
+    from input_pipeline.evaluation import load_test_split_with_ids
+    test, size, data_classes, example_ids = load_test_split_with_ids(data_cfg)
     if tuple(data_classes) != tuple(class_names):
         raise ConfigError(
             f"the evaluation data's classes {list(data_classes)} differ from the trained ones "
@@ -467,7 +468,7 @@ def evaluate(cfg: Config) -> dict:
             # Before evaluation.json, which marks the phase done.
             predictions.write(os.path.join(cfg.run_dir, predictions.PREDICTIONS_NPZ),
                               *per_example, predictions.split_description(data_cfg),
-                              data_cfg.image_size, class_names)
+                              data_cfg.image_size, class_names, ids=example_ids)
             atomic_write_json(os.path.join(cfg.run_dir, EVALUATION_JSON),
                        {k: v for k, v in result.items() if k not in ("files", "command_flags")})
             atomic_write_json(os.path.join(cfg.run_dir, SUMMARY_JSON), result)

@@ -357,3 +357,31 @@ def test_a_damaged_predictions_file_is_named(tmp_path):
                 f.write(b"PK\x03\x04 not a zip")
     text = report.write(s, folder)["markdown"]
     assert "evaluate/predictions.npz: damaged" in rows_of(text, "learning_rate=3e-3")[-1]
+
+
+@pytest.mark.parametrize("layout", ["carved", "test_folder"])
+def test_folder_examples_are_identified_by_their_path(tmp_path, layout, no_network):
+    """predictions.npz ids of an image folder: the path relative to the data folder, the
+    same when the split comes from the image cache (complete.json keeps them)."""
+    from flags.config import Config
+    from input_pipeline.evaluation import load_test_split_with_ids
+    from tests.test_input_pipeline import make_split
+
+    root = tmp_path / "data"
+    make_split(str(root / "train"), {"cat": 6, "dog": 6}, 1)
+    if layout == "test_folder":
+        make_split(str(root / "test"), {"cat": 2, "dog": 3}, 2)
+    cfg = Config(data_dir=str(root), image_size=32, batch_size=4, image_cache="disk",
+                 workdir=str(tmp_path / "work"), phase="evaluate")
+    seen = []
+    for _ in range(2):  # Decoded (and cached), then read from the image cache.
+        ds, size, _, ids = load_test_split_with_ids(cfg)
+        labels = [int(y) for _, y in ds.as_numpy_iterator()]
+        assert ids is not None and len(ids) == size == len(labels)
+        for example_id, label in zip(ids, labels, strict=True):
+            assert os.path.isfile(root / example_id)
+            assert example_id.split("/")[-2] == ("cat", "dog")[label]
+        seen.append(ids)
+    assert seen[0] == seen[1]
+    if layout == "test_folder":
+        assert all(i.startswith("test/") for i in seen[0]) and len(seen[0]) == 5
