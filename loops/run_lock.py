@@ -333,10 +333,13 @@ def _invalid(record) -> str | None:
         return f"a JSON {type(record).__name__}, not an object"
     for key in ("host", "start", "token"):
         if not isinstance(record.get(key), str) or not record[key]:
-            return f"{key} {record.get(key)!r} is not a non-empty string"
+            text = json.dumps(record.get(key))
+            return (f"{key} {text if len(text) <= 30 else text[:29] + '…'} is not a "
+                    "non-empty string")
     pid = record.get("pid")
     if type(pid) is not int or not 0 < pid <= _MAX_PID:
-        return f"pid {str(pid)[:20]!r} is not a process id"
+        text = json.dumps(pid)
+        return f"pid {text if len(text) <= 30 else text[:29] + '…'} is not a process id"
     return None
 
 
