@@ -55,13 +55,10 @@ def write_trial(trial, val_accuracy, test_accuracy, val_loss=None, correct=None,
         json.dump({"status": status, "wall_s": {"head": 1.5}}, f)
 
 
-LABELS = np.array([0, 1] * 10)
-
-
 def write_predictions(path, correct, split="same", image_size=32):
     correct = np.asarray(correct, dtype=bool)
     n = len(correct)
-    labels = LABELS[:n]
+    labels = np.arange(n) % 2
     predicted = np.where(correct, labels, 1 - labels)
     probabilities = np.full((n, 2), 0.2, np.float32)
     probabilities[np.arange(n), predicted] = 0.8
@@ -385,3 +382,21 @@ def test_folder_examples_are_identified_by_their_path(tmp_path, layout, no_netwo
     assert seen[0] == seen[1]
     if layout == "test_folder":
         assert all(i.startswith("test/") for i in seen[0]) and len(seen[0]) == 5
+
+
+def test_the_verdict_needs_the_seed_level_test_too(tmp_path):
+    """Three seeds whose test-accuracy differences share a sign but spread widely
+    (+0.40, +0.05, +0.05): every bootstrap replicate is positive (p < 0.01), the seed-only
+    t-test is far from it (p ≈ 0.4): not "better"."""
+    s, folder = make(tmp_path, ["learning_rate=1e-3,3e-3"], seeds="0,1,2")
+    n = 200
+    for lr, t in by_value(grid.expand(s, folder)):
+        wins = {0: 80, 1: 10, 2: 10}[t.seed] if lr == 3e-3 else 0
+        correct = np.zeros(n)
+        correct[:100 + wins] = 1  # The baseline gets 100 of 200 right; 3e-3 more.
+        write_trial(t, 0.8, correct.mean(), correct=correct)
+    entry = next(e for e in report.write(s, folder)["entries"] if not e["baseline"])
+    vs = entry["vs_base"]
+    assert vs["bootstrap"]["accuracy"].p_value < 0.01
+    assert vs["paired"].p_value > 0.2
+    assert vs["verdict"] == stats.NO_DIFFERENCE
