@@ -56,7 +56,9 @@ def test_seeds_skip_add_values_shared_cache_and_hparams(tmp_path, calls):
     s, outcomes = sweep(folder, ["learning_rate=1e-3"], "0,1,2,3")
     assert sorted(outcomes.values()) == ["finished"] * 4, outcomes
     trials = grid.expand(s, folder)
-    assert sorted(calls) == sorted((t.trial_id, p) for t in trials for p in ("head", "evaluate"))
+    # Each phase runs in its (shared) run folder, linked from the trial.
+    assert sorted(calls) == sorted((os.path.basename(t.shared_dir(p)), p) for t in trials
+                                   for p in ("head", "evaluate"))
     for t in trials:  # Seeds 0-3, each a full tapefit run directory.
         assert os.path.isfile(os.path.join(t.trial_dir, "head", "final.weights.h5"))
         assert os.path.isfile(os.path.join(t.trial_dir, "evaluate", "evaluation.json"))
@@ -76,9 +78,11 @@ def test_seeds_skip_add_values_shared_cache_and_hparams(tmp_path, calls):
 
     # A new value runs only the new trials, on the features the others cached (same
     # backbone, weights, cut and data: for each seed, one frozen pass for all rates).
-    _, outcomes = sweep(folder, ["learning_rate=1e-3,3e-3"], "0,1")
+    s2, outcomes = sweep(folder, ["learning_rate=1e-3,3e-3"], "0,1")
     new = {t.trial_id for t in grid.expand(s, folder)}
-    assert {trial for trial, _ in calls} == set(outcomes) - new
+    assert set(calls) == {(os.path.basename(t.shared_dir(p)), p)
+                          for t in grid.expand(s2, folder) if t.trial_id in set(outcomes) - new
+                          for p in ("head", "evaluate")}
     assert len(calls) == 4  # 2 trials × (head, evaluate)
     assert len(os.listdir(os.path.join(folder, "feature_cache"))) == caches
     assert cache_files(folder) == cache  # Read, not written again.
