@@ -186,19 +186,25 @@ def paired_bootstrap(a: dict, b: dict, replicates: int = BOOTSTRAP_REPLICATES,
     if n_examples == 0:
         return Bootstrap(n_seeds, 0, math.nan, math.nan, math.nan, math.nan, 0)
     rng = np.random.default_rng(seed)
+    chunk = max(1, min(chunk, 2_000_000 // n_examples))  # Bounded memory per chunk.
     means, wins = [], []
     done = 0
     while done < replicates:
         size = min(chunk, replicates - done)
         seed_draw = rng.integers(0, n_seeds, size=(size, n_seeds))
         example_draw = rng.integers(0, n_examples, size=(size, n_examples))
-        for r in range(size):
-            # Per-seed mean difference on this replicate's test set, then over its seeds.
-            per_seed = d[:, example_draw[r]].mean(axis=1)[seed_draw[r]]
-            means.append(per_seed.mean())
-            wins.append(np.mean(np.sign(per_seed) * 0.5 + 0.5))
+        # How often each example is drawn in each replicate, then every seed's mean
+        # difference on that replicate's test set (one matrix product) ...
+        offsets = (np.arange(size)[:, None] * n_examples + example_draw).ravel()
+        counts = np.bincount(offsets, minlength=size * n_examples).reshape(size, n_examples)
+        on_test_set = counts @ d.T / n_examples  # (replicates, seeds)
+        # ... then the replicate's resampled seeds.
+        per_seed = np.take_along_axis(on_test_set, seed_draw, axis=1)
+        means.append(per_seed.mean(axis=1))
+        wins.append((np.sign(per_seed) * 0.5 + 0.5).mean(axis=1))
         done += size
-    means = np.asarray(means)
+    means = np.concatenate(means)
+    wins = np.concatenate(wins)
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     if not np.any(d):
