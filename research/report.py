@@ -148,10 +148,14 @@ def _status_problem(status: dict) -> str | None:
 
 
 def _monitored_epoch(phase_dir: str, rows) -> int | None:
-    """The epoch (index) whose weights best.weights.h5 holds: the best of the phase's
-    --monitor (its config.json; default val_loss, lowest)."""
+    """The epoch (index) whose weights evaluate scores: the best of the phase's --monitor
+    (best.weights.h5; its config.json; default val_loss, lowest), or with --ema the last."""
     config, _ = files.read_json_file(os.path.join(phase_dir, "config.json"))
     config = config or {}
+    if config.get("ema") and rows:
+        # Evaluate scores final.weights.h5, the moving average at the end: the last
+        # epoch (whose logged validation numbers are of the raw weights).
+        return len(rows) - 1
     monitor = config.get("monitor") if isinstance(config.get("monitor"), str) else "val_loss"
     mode = config.get("mode") if config.get("mode") in ("min", "max") else (
         "max" if "accuracy" in monitor else "min")

@@ -400,3 +400,20 @@ def test_the_verdict_needs_the_seed_level_test_too(tmp_path):
     assert vs["bootstrap"]["accuracy"].p_value < 0.01
     assert vs["paired"].p_value > 0.2
     assert vs["verdict"] == stats.NO_DIFFERENCE
+
+
+@pytest.mark.parametrize("config, epoch", [({}, 1), ({"monitor": "val_accuracy"}, 2),
+                                           ({"monitor": "val_loss", "ema": 0.99}, 3)])
+def test_the_selection_metric_is_read_at_the_epoch_evaluate_scores(tmp_path, config, epoch):
+    """best.weights.h5 is the --monitor best epoch (default: lowest val_loss); with --ema
+    evaluate scores the final (averaged) weights: the last epoch."""
+    phase = tmp_path / "head"
+    phase.mkdir()
+    (phase / "log.csv").write_text("epoch,accuracy,loss,learning_rate,val_accuracy,val_loss\n"
+                                   "0,0.5,0.7,0.001,0.60,0.70\n1,0.5,0.7,0.001,0.70,0.40\n"
+                                   "2,0.5,0.7,0.001,0.90,0.50\n3,0.5,0.7,0.001,0.80,0.60\n")
+    (phase / "config.json").write_text(json.dumps(config))
+    metrics = report.trial_metrics(str(tmp_path), ("head",))
+    accuracies, losses = [0.60, 0.70, 0.90, 0.80], [0.70, 0.40, 0.50, 0.60]
+    assert metrics["val_accuracy"] == accuracies[epoch]
+    assert metrics["val_loss"] == losses[epoch]
