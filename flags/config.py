@@ -83,6 +83,7 @@ def _bound(value) -> str:
 # program (and would fail late: an overflow inside TensorFlow, memory, a hang), not
 # what a machine can hold; `check_memory` adds what depends on two flags.
 _MANY = 100_000  # Epochs, patience, steps per execution: far beyond any real run.
+FLOAT32_MAX = 3.4028234663852886e38  # Rates live in float32 variables.
 RANGES = {
     # Model.
     "alpha": Range(0.1, 4.0, 1.0, note="ImageNet weights exist for 0.25, 0.5, 0.75, 1.0"),
@@ -97,7 +98,9 @@ RANGES = {
     # Optimisation.
     "batch_size": Range(1, 2**16, 32),
     "epochs": Range(0, _MANY, 10),
-    "learning_rate": Range(0.0, 10.0, 0.001, low_open=True,
+    # A huge rate is a valid way to see a divergence handled (NaN stop); beyond float32
+    # the optimizer's rate variable is infinite.
+    "learning_rate": Range(0.0, FLOAT32_MAX, 0.001, low_open=True,
                            note="or auto: the learning-rate finder's suggestion"),
     "seed": Range(0, SEED_LIMIT, 0, high_open=True),
     "steps_per_execution": Range(1, _MANY, 1),
@@ -112,12 +115,12 @@ RANGES = {
     "early_stopping_patience": Range(0, _MANY, 3),
     "min_delta": Range(-1000.0, 1000.0, 0, note="a change of --monitor smaller than this "
                        "is no improvement"),
-    "lr_decay_rate": Range(0.0, 1.0, 0.1, low_open=True),
+    "lr_decay_rate": Range(0.0, FLOAT32_MAX, 0.1, low_open=True, note="above 1 the rate grows"),
     "lr_decay_epochs": Range(1, _MANY, 10),
     "reduce_lr_patience": Range(0, _MANY, 2),
     "reduce_lr_factor": Range(0.0, 1.0, 0.1, low_open=True, high_open=True,
                               note="the rate is multiplied by it on a plateau"),
-    "reduce_lr_min_lr": Range(0.0, 10.0, 0),
+    "reduce_lr_min_lr": Range(0.0, FLOAT32_MAX, 0),
     "reduce_lr_cooldown": Range(0, _MANY, 0),
     "backup_every_steps": Range(0, 10**9, 0, note="0: epoch ends only"),
     "verbose": Range(0, 2, 1),
