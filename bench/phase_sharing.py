@@ -20,6 +20,22 @@ import tempfile
 from _sweep_common import data_flags, phase_runs, run_sweep
 
 
+def phase_seconds(study_dir: str) -> dict:
+    """Seconds spent in each phase over the study's trials (their status.json `wall_s`;
+    a trial that reused a shared phase spent none on it)."""
+    total: dict = {}
+    trials = os.path.join(study_dir, "trials")
+    for name in os.listdir(trials):
+        try:
+            with open(os.path.join(trials, name, "status.json")) as f:
+                walls = json.load(f).get("wall_s") or {}
+        except (OSError, ValueError):
+            continue
+        for phase, seconds in walls.items():
+            total[phase] = total.get(phase, 0.0) + float(seconds)
+    return total
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data_dir", default="../shared/data/catsdogs")
@@ -50,13 +66,23 @@ def main():
         folder = os.path.join(root, name)
         seconds = run_sweep([f"--workdir={folder}", *common, *extra])
         out[name] = {"wall_s": seconds, "head_runs": phase_runs(folder, "head"),
-                     "finetune_runs": phase_runs(folder, "finetune")}
+                     "finetune_runs": phase_runs(folder, "finetune"),
+                     "phase_s": phase_seconds(folder)}
     ratio = out["shared"]["wall_s"] / out["unshared"]["wall_s"]
-    print("| | head runs | finetune runs | wall |\n|---|---|---|---|")
+    print("| | head runs | finetune runs | wall | head phases s | finetune phases s |\n"
+          "|---|---|---|---|---|---|")
     for name in ("unshared", "shared"):
-        r = out[name]
-        print(f"| {name} | {r['head_runs']} | {r['finetune_runs']} | {r['wall_s']:.0f} s |")
-    print(f"\nwall shared / unshared: {ratio:.2f}; folders: {root}")
+        r, ph = out[name], out[name]["phase_s"]
+        print(f"| {name} | {r['head_runs']} | {r['finetune_runs']} | {r['wall_s']:.0f} s "
+              f"| {ph.get('head', 0):.0f} | {ph.get('finetune', 0):.0f} |")
+    # What sharing can save at most: the head phases not retrained (the finetune phases
+    # all run either way), at the unshared study's per-phase cost.
+    un = out["unshared"]
+    head_s, runs = un["phase_s"].get("head", 0.0), max(un["head_runs"], 1)
+    bound = (un["wall_s"] - head_s * (1 - out["shared"]["head_runs"] / runs)) / un["wall_s"]
+    print(f"\nwall shared / unshared: {ratio:.2f} (best possible with these phase costs: "
+          f"{bound:.2f}); folders: {root}")
+    out["best_possible_ratio"] = bound
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**out, "wall_ratio": ratio}, f, indent=1)
