@@ -1,13 +1,16 @@
-"""Model construction and freezing for the two transfer-learning phases."""
+"""Model construction (build.py) and freezing (freeze.py) for the two transfer-learning
+phases."""
 from model.backbones import BACKBONES, resolve_weights
 from model.build import (
     BackbonePreprocess,
-    backbone_layer_names,
     build_model,
     check_unfreeze_from,
+    preprocessing_output,
+)
+from model.freeze import (
+    backbone_layer_names,
     describe_blocks,
     first_trainable_position,
-    preprocessing_output,
     set_trainable,
     unfreeze_blocks,
 )

@@ -1,11 +1,14 @@
-"""Model-side fine-tuning tools of issue 13 that need no change of `model/build.py`:
-test-time augmentation (`--tta=flip`) and trainable batch-norm (`--train_bn`).
+"""Augmentation: test-time augmentation (`--tta=flip`), and `--augment`'s in-model layers
+(`model_layers`, which `model/build.py` adds) and batch mixing (`mix_batches`: mixup, cutmix).
+Imports nothing of model/ but the layer names (and `unfreeze_batch_norm`'s old home, an alias).
 """
 from __future__ import annotations
 
 import math
 
 import keras
+
+from model.names import AUGMENT_PREFIX
 
 TTA_CHOICES = ("", "flip")
 
@@ -28,24 +31,10 @@ def with_tta(model, tta: str):
 
 
 def unfreeze_batch_norm(model, phase: str, unfreeze_from: str | None) -> int:
-    """`--train_bn`: in the finetune phase the BatchNormalization layers from
-    `unfreeze_from` on train too (gamma, beta, and batch statistics in training mode,
-    updating their moving averages). `model.build.set_trainable` keeps them frozen by
-    default, as the Keras fine-tuning guide advises: small fine-tuning batches give
-    noisy batch statistics that shift the moving averages the pretrained weights
-    rely on. Returns how many layers it unfroze."""
-    if phase != "finetune":
-        return 0
-    from model.build import _is_backbone_layer, first_trainable_position
-    from model.graph import ordered_layers
-    first = first_trainable_position(model, unfreeze_from)
-    count = 0
-    for position, layer in enumerate(ordered_layers(model)):
-        if (position >= first and _is_backbone_layer(layer)
-                and isinstance(layer, keras.layers.BatchNormalization)):
-            layer.trainable = True
-            count += 1
-    return count
+    """Old home of `model.freeze.unfreeze_batch_norm`, kept until its callers pass
+    `train_bn=` to `model.freeze.set_trainable` instead (M_to_others.md)."""
+    from model.freeze import unfreeze_batch_norm
+    return unfreeze_batch_norm(model, phase, unfreeze_from)
 
 
 # ---- --augment: the spec -------------------------------------------------------------------
@@ -149,12 +138,12 @@ def model_layers(spec: str, seed: int) -> list:
     names = parse(spec)
     out = []
     if "flip" in names:
-        out.append(layers.RandomFlip("horizontal", seed=seed, name="augment_flip"))
+        out.append(layers.RandomFlip("horizontal", seed=seed, name=f"{AUGMENT_PREFIX}flip"))
     if "rotate" in names:
-        out.append(layers.RandomRotation(ROTATION, seed=seed, name="augment_rotate"))
+        out.append(layers.RandomRotation(ROTATION, seed=seed, name=f"{AUGMENT_PREFIX}rotate"))
     if "randaugment" in names:
         out.append(layers.RandAugment(value_range=(0, 255), seed=seed,
-                                      name="augment_randaugment"))
+                                      name=f"{AUGMENT_PREFIX}randaugment"))
     return out
 
 
