@@ -12,7 +12,10 @@ from typing import Optional
 PHASES = ("head", "finetune", "evaluate")
 # Phases that train nothing that is kept (loops/lr_find.py); not part of a sweep's phases.
 TOOL_PHASES = ("lr_find",)
+# --lr_suggestion: the finder's suggestions (loops/lr_find.py computes them).
 LR_SUGGESTIONS = ("valley", "steep", "minimum")
+# --for_phase: the phases the learning-rate finder finds a rate for.
+FOR_PHASES = ("head", "finetune")
 # --augment names (model/augment.py), in their canonical order; `true` (the former
 # boolean flag) means flip,rotate.
 AUGMENTATIONS = ("flip", "rotate", "randaugment", "mixup", "cutmix")
@@ -26,7 +29,8 @@ BACKBONES = ("vgg16", "vgg19", "resnet50", "resnet50v2", "mobilenet", "mobilenet
              "densenet121", "inception_v3", "xception")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 LR_SCHEDULES = ("constant", "step", "exponential", "cosine", "one_cycle", "warmup_cosine")
-# Per-step schedules (loops/schedules.py): a keras LearningRateSchedule in the optimizer.
+# Per-step schedules (loops/schedules.py, which imports this): a keras
+# LearningRateSchedule in the optimizer.
 STEP_LR_SCHEDULES = ("one_cycle", "warmup_cosine")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 FEATURE_CACHE = ("auto", "off", "memory", "disk")
@@ -84,52 +88,20 @@ def _bound(value) -> str:
 # what a machine can hold; `check_memory` adds what depends on two flags.
 _MANY = 100_000  # Epochs, patience, steps per execution: far beyond any real run.
 FLOAT32_MAX = 3.4028234663852886e38  # Rates live in float32 variables.
-RANGES = {
-    # Model.
-    "alpha": Range(0.1, 4.0, 1.0, note="ImageNet weights exist for 0.25, 0.5, 0.75, 1.0"),
-    "image_size": Range(1, MAX_IMAGE_SIZE, 224, note="224 is the backbones' native size"),
-    "dropout": Range(0.0, 1.0, 0.2, high_open=True),
-    # Data.
-    "validation_split": Range(0.0, 1.0, 0.1, low_open=True, high_open=True),
-    "test_split_fraction": Range(0.0, 1.0, 0.1, low_open=True, high_open=True),
-    "max_examples_per_split": Range(0, 10**9, 1000, note="0: all"),
-    "synthetic_examples": Range(2, 10**6, 64),
-    "split_seed": Range(0, SEED_LIMIT, 0, high_open=True),
-    # Optimisation.
-    "batch_size": Range(1, 2**16, 32),
-    "epochs": Range(0, _MANY, 10),
-    # A huge rate is a valid way to see a divergence handled (NaN stop); beyond float32
-    # the optimizer's rate variable is infinite.
-    "learning_rate": Range(0.0, FLOAT32_MAX, 0.001, low_open=True,
-                           note="or auto: the learning-rate finder's suggestion"),
-    "seed": Range(0, SEED_LIMIT, 0, high_open=True),
-    "steps_per_execution": Range(1, _MANY, 1),
-    "warmup_epochs": Range(0.0, float(_MANY), 1, high_open=True),
-    "label_smoothing": Range(0.0, 1.0, 0.1, high_open=True),
-    "weight_decay": Range(0.0, 1.0, 0.01),
-    # Smaller norms underflow in float32 (1e-38) and the gradients become 0 or NaN.
-    "clipnorm": Range(1e-6, 1e6, 1.0, off=0.0),
-    "ema": Range(0.0, 1.0, 0.99, high_open=True),
-    "layer_lr_decay": Range(1e-3, 1.0, 0.7),
-    # Hooks.
-    "early_stopping_patience": Range(0, _MANY, 3),
-    "min_delta": Range(-1000.0, 1000.0, 0, note="a change of --monitor smaller than this "
-                       "is no improvement"),
-    "lr_decay_rate": Range(0.0, FLOAT32_MAX, 0.1, low_open=True, note="above 1 the rate grows"),
-    "lr_decay_epochs": Range(1, _MANY, 10),
-    "reduce_lr_patience": Range(0, _MANY, 2),
-    "reduce_lr_factor": Range(0.0, 1.0, 0.1, low_open=True, high_open=True,
-                              note="the rate is multiplied by it on a plateau"),
-    "reduce_lr_min_lr": Range(0.0, FLOAT32_MAX, 0),
-    "reduce_lr_cooldown": Range(0, _MANY, 0),
-    "backup_every_steps": Range(0, 10**9, 0, note="0: epoch ends only"),
-    "verbose": Range(0, 2, 1),
-    # Entry-point flags that are not part of Config (loops/entry.py, compare.py).
+# Entry-point flags that are not part of Config (loops/entry.py, compare.py, sweep.py);
+# every Config field's range is declared on the field (`_flag(range=...)`), and `RANGES`
+# (built below `Config`) holds both.
+ENTRY_POINT_RANGES = {
     "logical_cpus": Range(0, 16, 2, note="0 or 1: the CPU as one device"),
     "tolerance": Range(0.0, 1.0, DEFAULT_TOLERANCE, note="relative difference"),
+    # sweep.py.
+    "parallel": Range(1, 1024, 2, note="trials at once"),
+    "min_seeds": Range(2, _MANY, 3, note="a paired test needs two seeds"),
+    "max_seeds": Range(2, _MANY, 5, note="at least --min_seeds"),
+    "race_alpha": Range(0.0, 1.0, 0.05, low_open=True, high_open=True),
 }
 # Entry-point flags in RANGES; every other entry is a Config field.
-ENTRY_POINT_NUMBERS = ("logical_cpus", "tolerance")
+ENTRY_POINT_NUMBERS = tuple(ENTRY_POINT_RANGES)
 # What one process may spend on data that lives in memory (`check_memory`).
 MEMORY_LIMIT_BYTES = 8 * 2**30
 
@@ -145,15 +117,11 @@ def check_number(name: str, value, kind: str = "float") -> None:
     ok = kind_ok and math.isfinite(value) and spec.contains(value)
     if not ok:
         from flags.errors import DataError
-        error = DataError if name in _DATA_NUMBERS else ConfigError
+        error = DataError if name in fields_with(DATA_ERROR) else ConfigError
         what = "a whole number " if whole and not kind_ok else ""
         note = f" ({spec.note})" if spec.note else ""
         raise error(f"--{name}={value} must be {what}{spec.text()}{note}; pass e.g. "
                     f"--{name}={spec.example}")
-
-
-_DATA_NUMBERS = ("validation_split", "test_split_fraction", "max_examples_per_split",
-                 "synthetic_examples", "split_seed")
 
 
 def check_memory(cfg) -> None:
@@ -205,88 +173,312 @@ RECIPES = {
 }
 
 
+# ---- one declaration per flag ---------------------------------------------------------
+# Each `Config` field declares itself once (`_flag`): its --help text and heading, its
+# choices, its numeric range, and its roles. Everything that treats a set of fields
+# alike asks `fields_with(ROLE)` (field order) instead of keeping its own list, so a new
+# flag is one declaration here (plus what it does).
+# Roles (their users in brackets):
+ARCHITECTURE = "architecture"  # Defines the network: finetune/evaluate match head's
+#                                (loops/train_lib.py, research/grid.py).
+DATA = "data"  # Decides which examples a run sees: in `input_pipeline.data_fingerprint`,
+#                so caches and resumption follow it.
+EVALUATION_DATA = "evaluation_data"  # --phase=evaluate takes it from its command line
+#                                      when given, else the trained run's (train_lib).
+SPLIT = "split"  # Decides the test split's examples and their order (loops/predictions.py).
+DATA_ERROR = "data_error"  # Out of range: a DataError (fixed along with the data).
+PATH = "path"  # Holds a path: compared as a real path (loops/run_dir.py).
+RESUMABLE = "resumable"  # May change between a run and its resumption (loops/run_dir.py,
+#                          research/grid.py): changes no result.
+REPEATED = "repeated"  # Repeated in a later phase's printed command (loops/runners.py).
+FINDER = "finder"  # The learning-rate finder's curve depends on it (loops/lr_find.py).
+NOT_IN_ID = "not_in_id"  # Changes no trial's result: never in a trial id, never an axis
+#                          (research/grid.py).
+ROLES = (ARCHITECTURE, DATA, EVALUATION_DATA, SPLIT, DATA_ERROR, PATH, RESUMABLE, REPEATED,
+         FINDER, NOT_IN_ID)
+# `--help` headings (flags/definitions.py), in order; each field names one.
+G_PHASE, G_MODEL, G_DATA = "phase and paths", "model", "data"
+G_OPTIMISATION, G_REGULARISATION = "optimisation and schedules", "regularisation"
+G_HOOKS, G_SPEED, G_RELIABILITY = "hooks", "speed", "reliability"
+G_DISTRIBUTION, G_OUTPUT = "distribution", "output"
+GROUP_HEADINGS = (G_PHASE, G_MODEL, G_DATA, G_OPTIMISATION, G_REGULARISATION, G_HOOKS,
+                  G_SPEED, G_RELIABILITY, G_DISTRIBUTION, G_OUTPUT)
+
+
+def _flag(default, group: str, help: str, roles=(), choices=None, range=None,  # noqa: A002
+          keyed_at_default=True):
+    """A `Config` field and its declaration (`dataclasses.field` metadata): `help` and
+    `group` for --help, `choices` (validated by `Config`, listed in --help), `range`
+    (`RANGES`, `check_number`), `roles` (`fields_with`). `keyed_at_default=False`: at
+    its default the field is left out of data keys (`data_key_values`), so the runs
+    and caches made before the field existed keep their keys."""
+    unknown = [role for role in roles if role not in ROLES]
+    if unknown or group not in GROUP_HEADINGS:
+        raise ValueError(f"unknown role {unknown} or --help group {group!r}")
+    metadata = {"help": help, "group": group, "roles": frozenset(roles)}
+    if choices is not None:
+        metadata["choices"] = choices
+    if range is not None:
+        metadata["range"] = range
+    if not keyed_at_default:
+        metadata["keyed_at_default"] = False
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_WIDE = (ARCHITECTURE, REPEATED, FINDER)  # The network: what every phase must agree on.
+_SOURCE = (DATA, EVALUATION_DATA, SPLIT, REPEATED, FINDER)  # Where the examples come from.
+_CARVED = (DATA, SPLIT, REPEATED, DATA_ERROR)  # A folder's carved validation/test splits.
+_CACHE_DIR = (PATH, RESUMABLE, REPEATED, NOT_IN_ID)  # Where a shared cache lives.
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything that determines a run. Serialised to `<workdir>/<phase>/config.json`."""
+    """Everything that determines a run. Serialised to `<workdir>/<phase>/config.json`.
 
-    phase: str = "head"
-    loop: str = "custom"
-    workdir: str = "runs/default"
-    overwrite: bool = False
+    Each field is declared once, with `_flag` (see "one declaration per flag" above)."""
+
+    phase: str = _flag(
+        "head", G_PHASE, "head: train the new head on a frozen backbone; finetune: unfreeze "
+        "from --unfreeze_from and train with a lower rate; evaluate: test the newest phase; "
+        "lr_find: the learning-rate finder for --for_phase.", (NOT_IN_ID,),
+        choices=PHASES + TOOL_PHASES)
+    loop: str = _flag(
+        "custom", G_PHASE, "custom: the tf.GradientTape loop; fit: Keras compile()+fit() with "
+        "keras.callbacks.", (REPEATED,), choices=LOOPS)
+    workdir: str = _flag(
+        "runs/default", G_PHASE, "Run directory; each phase writes <workdir>/<phase>/.",
+        (RESUMABLE, NOT_IN_ID))
+    overwrite: bool = _flag(
+        False, G_PHASE, "Delete and retrain a phase that already has results in --workdir.",
+        (RESUMABLE, NOT_IN_ID))
     # Model.
-    backbone: str = "vgg16"
-    alpha: float = 1.0
-    weights: str = "imagenet"
-    image_size: int = 224
-    dropout: float = 0.2
-    augment: str = ""  # "" none; "flip,rotate" (was --augment); see normalise_augment.
-    unfreeze_from: Optional[str] = None
-    init_checkpoint: Optional[str] = None
+    backbone: str = _flag(
+        "vgg16", G_MODEL, "Pretrained backbone from keras.applications; its preprocessing is "
+        "part of the model, which takes raw 0-255 RGB.", _WIDE, choices=BACKBONES)
+    alpha: float = _flag(
+        1.0, G_MODEL, "Width multiplier of the MobileNets (ImageNet weights: mobilenet 0.25, "
+        "0.5, 0.75, 1.0; mobilenet_v2 0.35-1.4; mobilenet_v3_* 0.75, 1.0); no effect on the "
+        "others.", _WIDE,
+        range=Range(0.1, 4.0, 1.0, note="ImageNet weights exist for 0.25, 0.5, 0.75, 1.0"))
+    weights: str = _flag(
+        "imagenet", G_MODEL, "imagenet, none, or PATH to a Keras weights file of the backbone "
+        "without top.", (PATH, REPEATED, FINDER))
+    image_size: int = _flag(
+        224, G_MODEL, "Images are resized to image_size x image_size.", (*_WIDE, DATA),
+        range=Range(1, MAX_IMAGE_SIZE, 224, note="224 is the backbones' native size"))
+    dropout: float = _flag(
+        0.2, G_MODEL, "Dropout rate before the logits (0 disables the layer).", _WIDE,
+        range=Range(0.0, 1.0, 0.2, high_open=True))
+    augment: str = _flag(  # "" none; "flip,rotate" (was --augment); see normalise_augment.
+        "", G_MODEL, "Training-time augmentation, a comma list: flip, rotate, randaugment "
+        "(layers in the model) and mixup, cutmix (mixing the examples of a batch, soft "
+        "labels); --augment alone means flip,rotate (random horizontal flips and small "
+        "rotations), --noaugment none.", _WIDE)
+    unfreeze_from: Optional[str] = _flag(
+        None, G_MODEL, "finetune: this block (block5, conv5, block_12, block7, stage_3, "
+        "mixed9, ...) or layer and all after it train; default: the backbone's last block or "
+        "stage (an unknown name lists the blocks).")
+    init_checkpoint: Optional[str] = _flag(
+        None, G_PHASE, "finetune: start from these weights instead of "
+        "<workdir>/head/best.weights.h5.", (PATH, FINDER))
     # Data.
-    dataset: str = "cats_vs_dogs"
-    data_dir: Optional[str] = None
-    tfds_data_dir: Optional[str] = None
-    train_split: str = "train[:80%]"
-    validation_split_name: str = "train[80%:90%]"
-    test_split: str = "train[90%:]"
-    validation_split: float = 0.1
-    test_split_fraction: float = 0.1
-    max_examples_per_split: int = 0
-    synthetic_examples: int = 64
-    split_seed: int = 42
+    dataset: str = _flag(
+        "cats_vs_dogs", G_DATA, "A tfds image-classification dataset with image/label "
+        "features, or 'synthetic'.", _SOURCE)
+    data_dir: Optional[str] = _flag(
+        None, G_DATA, "Image folder (DIR/train, DIR/validation or DIR/val, DIR/test, one "
+        "sub-folder per class); replaces --dataset.", (*_SOURCE, PATH))
+    tfds_data_dir: Optional[str] = _flag(
+        None, G_DATA, "Where tfds datasets are stored (tfds' default when unset).",
+        (*_SOURCE, PATH))
+    train_split: str = _flag(
+        "train[:80%]", G_DATA, "tfds split for training.", (DATA, REPEATED, FINDER))
+    validation_split_name: str = _flag(
+        "train[80%:90%]", G_DATA, "tfds split for validation.", (DATA, REPEATED))
+    test_split: str = _flag(
+        "train[90%:]", G_DATA, "tfds split for testing.",
+        (DATA, EVALUATION_DATA, SPLIT, REPEATED))
+    validation_split: float = _flag(
+        0.1, G_DATA, "--data_dir without a validation folder: fraction of train carved out.",
+        (*_CARVED, FINDER), range=Range(0.0, 1.0, 0.1, low_open=True, high_open=True))
+    test_split_fraction: float = _flag(
+        0.1, G_DATA, "--data_dir without a test folder: fraction carved out for testing.",
+        _CARVED, range=Range(0.0, 1.0, 0.1, low_open=True, high_open=True))
+    max_examples_per_split: int = _flag(
+        0, G_DATA, "Use at most this many examples per split (0: all).",
+        (*_SOURCE, DATA_ERROR), range=Range(0, 10**9, 1000, note="0: all"))
+    synthetic_examples: int = _flag(
+        64, G_DATA, "--dataset=synthetic: training examples.", (*_CARVED, FINDER),
+        range=Range(2, 10**6, 64))
+    split_seed: int = _flag(
+        42, G_DATA, "Seed of the data split (carved validation/test folders, synthetic "
+        "data); independent of --seed, so runs with other seeds are evaluated on the same "
+        "examples.", (*_CARVED, FINDER), range=Range(0, SEED_LIMIT, 0, high_open=True))
     # Optimisation.
-    batch_size: int = 32
-    epochs: int = 10
-    learning_rate: Optional[float] = None  # Or "auto": loops/lr_find.resolve_learning_rate.
-    for_phase: str = "head"
-    lr_suggestion: str = "valley"
-    optimizer: str = "adam"
-    seed: int = 42
-    deterministic: bool = False
-    strategy: str = "default"
-    jit_compile: bool = False
-    mixed_precision: Optional[str] = None
-    steps_per_execution: int = 1
+    batch_size: int = _flag(
+        32, G_OPTIMISATION, "Global batch size.", (REPEATED, FINDER),
+        range=Range(1, 2**16, 32))
+    epochs: int = _flag(
+        10, G_OPTIMISATION, "Epochs to train this phase.", range=Range(0, _MANY, 10))
+    learning_rate: Optional[float] = _flag(  # Or "auto": loops/lr_find.resolve_learning_rate.
+        None, G_OPTIMISATION, f"Initial rate (default {HEAD_LEARNING_RATE} for head, "
+        f"{FINETUNE_LEARNING_RATE} for finetune), or auto: the suggestion of "
+        "`--phase=lr_find` for this phase (recorded in config.json).",
+        # A huge rate is a valid way to see a divergence handled (NaN stop); beyond
+        # float32 the optimizer's rate variable is infinite.
+        range=Range(0.0, FLOAT32_MAX, 0.001, low_open=True,
+                    note="or auto: the learning-rate finder's suggestion"))
+    for_phase: str = _flag(
+        "head", G_OPTIMISATION, "--phase=lr_find: the phase to find a learning rate for "
+        "(head or finetune); writes <workdir>/lr_find_<for_phase>/.", choices=FOR_PHASES)
+    lr_suggestion: str = _flag(
+        "valley", G_OPTIMISATION, "--learning_rate=auto: which suggestion of the finder to "
+        "use.", choices=LR_SUGGESTIONS)
+    optimizer: str = _flag(
+        "adam", G_OPTIMISATION, "Optimizer; each phase starts a fresh one.", (FINDER,),
+        choices=OPTIMIZERS)
+    seed: int = _flag(
+        42, G_OPTIMISATION, "Seed for weights, dropout, augmentation and data order.",
+        (REPEATED, NOT_IN_ID), range=Range(0, SEED_LIMIT, 0, high_open=True))
+    deterministic: bool = _flag(
+        False, G_RELIABILITY, "Seed everything and enable TF op determinism "
+        "(bitwise-repeatable runs).", (REPEATED,))
+    strategy: str = _flag(
+        "default", G_DISTRIBUTION, "tf.distribute strategy.", choices=STRATEGIES)
+    jit_compile: bool = _flag(
+        False, G_SPEED, "Compile train/test steps with XLA (both loops).")
+    mixed_precision: Optional[str] = _flag(
+        None, G_SPEED, "mixed_float16 or mixed_bfloat16 (default: float32).",
+        (REPEATED, FINDER))
+    steps_per_execution: int = _flag(
+        1, G_SPEED, "Train steps per compiled call (both loops).", range=Range(1, _MANY, 1))
     # Fine-tuning tools (issue 13; loops/schedules.py, loops/optimizers.py).
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    weight_decay: float = 0.0
-    clipnorm: float = 0.0
-    ema: float = 0.0
-    layer_lr_decay: float = 1.0
-    recipe: str = "classic"
-    train_bn: bool = False
-    unfreeze_schedule: str = ""
-    tta: str = ""
-    feature_cache: str = "auto"
-    feature_cache_dir: Optional[str] = None
-    feature_precision: str = "float32"
-    image_cache: str = "auto"
-    image_cache_dir: Optional[str] = None
+    warmup_epochs: float = _flag(
+        1.0, G_OPTIMISATION, "warmup_cosine: epochs (may be fractional) of linear warm-up "
+        "from 0.", range=Range(0.0, float(_MANY), 1, high_open=True))
+    label_smoothing: float = _flag(
+        0.0, G_REGULARISATION, "Label smoothing of the cross-entropy (0: off), in both loops.",
+        (FINDER,), range=Range(0.0, 1.0, 0.1, high_open=True))
+    weight_decay: float = _flag(
+        0.0, G_REGULARISATION, "Decoupled weight decay (Adam becomes AdamW; 0: off); biases "
+        "and batch-norm parameters are not decayed.", (FINDER,),
+        range=Range(0.0, 1.0, 0.01))
+    clipnorm: float = _flag(
+        0.0, G_REGULARISATION, "Clip each variable's gradient to this L2 norm (0: off).",
+        (FINDER,),
+        # Smaller norms underflow in float32 (1e-38) and the gradients become 0 or NaN.
+        range=Range(1e-6, 1e6, 1.0, off=0.0))
+    ema: float = _flag(
+        0.0, G_REGULARISATION, "Keep an exponential moving average of the weights with this "
+        "momentum (e.g. 0.99; 0: off) and use it as the final weights, as Keras' use_ema "
+        "does.", range=Range(0.0, 1.0, 0.99, high_open=True))
+    layer_lr_decay: float = _flag(
+        1.0, G_OPTIMISATION, "Discriminative learning rates: the head trains at the rate, the "
+        "last backbone block at rate*D, the one before at rate*D^2, ... (1: off).", (FINDER,),
+        range=Range(1e-3, 1.0, 0.7))
+    recipe: str = _flag(
+        "classic", G_PHASE, "Named settings of the fine-tuning flags: classic (every flag at "
+        "its default) or tuned (one-cycle, label smoothing, discriminative rates, weight "
+        "decay; chosen on validation photos, see bench/README.md). Flags given explicitly "
+        "override the recipe; config.json records the resolved values.", (REPEATED,),
+        choices=tuple(RECIPES))
+    train_bn: bool = _flag(
+        False, G_MODEL, "finetune: the batch-norm layers of the unfrozen blocks train too "
+        "(default: frozen, in inference mode, as the Keras fine-tuning guide advises).",
+        (FINDER,))
+    unfreeze_schedule: str = _flag(
+        "", G_MODEL, "finetune, custom loop: gradual unfreezing, BLOCK:EPOCH,... (e.g. "
+        "block5:0,block4:2: block5 trains from epoch 0, block4 from epoch 2; the head "
+        "always); replaces --unfreeze_from.")
+    tta: str = _flag(
+        "", G_MODEL, "evaluate: test-time augmentation; flip averages the predicted "
+        "probabilities of each image and its mirror image.")
+    feature_cache: str = _flag(
+        "auto", G_SPEED, "Frozen-prefix feature cache of the custom loop.",
+        choices=FEATURE_CACHE)
+    feature_cache_dir: Optional[str] = _flag(
+        None, G_SPEED, "Where disk feature caches live (default <workdir>/feature_cache); "
+        "runs that share it share their frozen features.", _CACHE_DIR)
+    feature_precision: str = _flag(
+        "float32", G_SPEED, "Precision of the feature cache's frozen forward pass (features "
+        "are stored as float32): float32 (exact), bfloat16 (approximate; fast only on CPUs "
+        "with native bf16, e.g. AVX512-BF16/AMX), or auto (bfloat16 only where the CPU has "
+        "native bf16 and a one-batch probe shows it faster for this backbone).",
+        choices=FEATURE_PRECISIONS)
+    image_cache: str = _flag(
+        "auto", G_SPEED, "Decoded-image cache: disk keeps each split's decoded, resized "
+        "images under --image_cache_dir for later phases, evaluation and sweep trials "
+        "(written atomically, keyed by every file's path, size and time); memory caches "
+        "within one process only; off decodes every epoch; auto is disk except for "
+        "synthetic data.", (RESUMABLE, NOT_IN_ID), choices=IMAGE_CACHE)
+    image_cache_dir: Optional[str] = _flag(
+        None, G_SPEED, "Where disk image caches live (default <workdir>/image_cache); runs "
+        "that share it decode each photo once.", _CACHE_DIR)
     # Hooks (Keras-callback-like names).
-    monitor: str = "val_loss"
-    mode: str = "auto"
-    save_best_only: bool = True
-    early_stopping: bool = False
-    early_stopping_patience: int = 3
-    min_delta: float = 0.0
-    restore_best_weights: bool = False
-    lr_schedule: str = "constant"
-    lr_decay_rate: float = 0.1
-    lr_decay_epochs: int = 10
-    reduce_lr_on_plateau: bool = False
-    reduce_lr_patience: int = 2
-    reduce_lr_factor: float = 0.1
-    reduce_lr_min_lr: float = 0.0
-    reduce_lr_cooldown: int = 0
-    tensorboard: bool = True
-    csv_log: bool = True
-    remote_monitor_url: Optional[str] = None
-    terminate_on_nan: bool = True
-    backup: bool = True
-    backup_every_steps: int = 0
-    verbose: int = 1
-    debug: bool = False
+    monitor: str = _flag(
+        "val_loss", G_HOOKS, "Quantity for best checkpoint, early stopping and plateau "
+        "reduction.")
+    mode: str = _flag(
+        "auto", G_HOOKS, "min, max or auto (from the monitor's name), as in Keras.",
+        choices=MODES)
+    save_best_only: bool = _flag(
+        True, G_HOOKS, "Keep only best.weights.h5; when false also keep every epoch's "
+        "weights.")
+    early_stopping: bool = _flag(
+        False, G_HOOKS, "Stop when --monitor has not improved for --early_stopping_patience "
+        "epochs.")
+    early_stopping_patience: int = _flag(
+        3, G_HOOKS, "EarlyStopping(patience=...).", range=Range(0, _MANY, 3))
+    min_delta: float = _flag(
+        0.0, G_HOOKS, "Smallest change of --monitor that counts as improvement.",
+        range=Range(-1000.0, 1000.0, 0, note="a change of --monitor smaller than this is no "
+                    "improvement"))
+    restore_best_weights: bool = _flag(
+        False, G_HOOKS, "EarlyStopping restores the best epoch's weights at the end.")
+    lr_schedule: str = _flag(
+        "constant", G_OPTIMISATION, "Learning-rate schedule: constant, step, exponential, "
+        "cosine are set per epoch (LearningRateScheduler); one_cycle (fastai: pct_start 0.25, "
+        "div 25, div_final 1e5) and warmup_cosine (linear warm-up for --warmup_epochs, then "
+        "cosine to 0) per step, inside the optimizer.", choices=LR_SCHEDULES)
+    lr_decay_rate: float = _flag(
+        0.1, G_OPTIMISATION, "step/exponential schedules: factor per --lr_decay_epochs.",
+        range=Range(0.0, FLOAT32_MAX, 0.1, low_open=True, note="above 1 the rate grows"))
+    lr_decay_epochs: int = _flag(
+        10, G_OPTIMISATION, "step/exponential schedules: epochs per decay.",
+        range=Range(1, _MANY, 10))
+    reduce_lr_on_plateau: bool = _flag(
+        False, G_OPTIMISATION, "ReduceLROnPlateau on --monitor.")
+    reduce_lr_patience: int = _flag(
+        2, G_OPTIMISATION, "ReduceLROnPlateau(patience=...).", range=Range(0, _MANY, 2))
+    reduce_lr_factor: float = _flag(
+        0.1, G_OPTIMISATION, "ReduceLROnPlateau(factor=...).",
+        range=Range(0.0, 1.0, 0.1, low_open=True, high_open=True,
+                    note="the rate is multiplied by it on a plateau"))
+    reduce_lr_min_lr: float = _flag(
+        0.0, G_OPTIMISATION, "ReduceLROnPlateau(min_lr=...).",
+        range=Range(0.0, FLOAT32_MAX, 0))
+    reduce_lr_cooldown: int = _flag(
+        0, G_OPTIMISATION, "ReduceLROnPlateau(cooldown=...).", range=Range(0, _MANY, 0))
+    tensorboard: bool = _flag(
+        True, G_HOOKS, "Write TensorBoard logs to <run>/tensorboard/{train,validation}.")
+    csv_log: bool = _flag(True, G_HOOKS, "Write per-epoch logs to <run>/log.csv.")
+    remote_monitor_url: Optional[str] = _flag(
+        None, G_HOOKS, "POST each epoch's logs as JSON to this URL (RemoteMonitor).")
+    terminate_on_nan: bool = _flag(True, G_HOOKS, "Stop at the first non-finite loss.")
+    backup: bool = _flag(
+        True, G_RELIABILITY, "Back up the training state at each epoch end (and every "
+        "--backup_every_steps) and resume from it when the same command is run again "
+        "(--nobackup: off).", (RESUMABLE,))
+    backup_every_steps: int = _flag(
+        0, G_RELIABILITY, "Also back up every N steps (0: epoch ends only).",
+        range=Range(0, 10**9, 0, note="0: epoch ends only"))
+    verbose: int = _flag(
+        1, G_OUTPUT, "0: quiet; 1: a progress bar per epoch (one plain line per epoch when "
+        "the output is not a terminal); 2: also TensorFlow's native start-up logs.",
+        (RESUMABLE, NOT_IN_ID), range=Range(0, 2, 1))
+    debug: bool = _flag(
+        False, G_OUTPUT, "Show the full traceback of an error instead of one line.",
+        (RESUMABLE, NOT_IN_ID))
 
     # ---- derived values -------------------------------------------------------
     @property
@@ -315,14 +507,9 @@ class Config:
     def __post_init__(self):
         self._normalise_learning_rate()
         object.__setattr__(self, "augment", normalise_augment(self.augment))
-        _choice("phase", self.phase, PHASES + TOOL_PHASES)
-        _choice("loop", self.loop, LOOPS)
-        _choice("backbone", self.backbone, BACKBONES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _choice("strategy", self.strategy, STRATEGIES)
-        _choice("feature_cache", self.feature_cache, FEATURE_CACHE)
-        _choice("mode", self.mode, MODES)
+        for field in dataclasses.fields(self):  # The declared `choices`, in field order.
+            if "choices" in field.metadata:
+                _choice(field.name, getattr(self, field.name), field.metadata["choices"])
         if self.mixed_precision not in (None, "mixed_float16", "mixed_bfloat16"):
             raise ConfigError(f"unknown --mixed_precision={self.mixed_precision!r}; "
                               "pass mixed_float16 or mixed_bfloat16")
@@ -339,8 +526,6 @@ class Config:
                               f"{', '.join(MONITORS)}")
         if self.remote_monitor_url:
             _check_url("remote_monitor_url", self.remote_monitor_url)
-        _choice("image_cache", self.image_cache, IMAGE_CACHE)
-        _choice("feature_precision", self.feature_precision, FEATURE_PRECISIONS)
         if self.image_cache_dir is not None and not self.image_cache_dir.strip():
             raise ConfigError("--image_cache_dir is empty; pass a folder, or leave it unset "
                               "for <workdir>/image_cache")
@@ -371,9 +556,6 @@ class Config:
 
     def _check_finetune_tools(self):
         """Schedules per step, regularisation, the learning-rate finder (issue 13)."""
-        _choice("for_phase", self.for_phase, ("head", "finetune"))
-        _choice("lr_suggestion", self.lr_suggestion, LR_SUGGESTIONS)
-        _choice("recipe", self.recipe, tuple(RECIPES))
         if self.unfreeze_schedule:
             parse_unfreeze_schedule(self.unfreeze_schedule)
             if self.loop == "fit":
@@ -412,6 +594,42 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> "Config":
         return cls.from_dict(json.loads(text))
+
+
+# Every numeric flag and its range: the fields' own (`_flag(range=...)`) and the entry
+# points'. A test may replace an entry (`check_number` reads this dict).
+RANGES = {**{f.name: f.metadata["range"] for f in dataclasses.fields(Config)
+             if "range" in f.metadata}, **ENTRY_POINT_RANGES}
+
+
+def fields_with(role: str) -> tuple[str, ...]:
+    """The names of the `Config` fields that have `role` (one of `ROLES`), in field order."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; roles are: {', '.join(ROLES)}")
+    return _ROLE_FIELDS[role]
+
+
+def choices_of(name: str):
+    """The declared choices of field `name` (a tuple), or None."""
+    return _FIELDS[name].metadata.get("choices")
+
+
+def key_values(cfg, role: str = DATA) -> dict:
+    """`{name: value}` of `cfg`'s `role` fields, for a key (a fingerprint, a description):
+    a field declared `keyed_at_default=False` only when it is not at its default, so the
+    keys made before it existed stay the same."""
+    values = {}
+    for name in fields_with(role):
+        field = _FIELDS[name]
+        value = getattr(cfg, name, None)
+        if field.metadata.get("keyed_at_default", True) or value != field.default:
+            values[name] = value
+    return values
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_ROLE_FIELDS = {role: tuple(f.name for f in dataclasses.fields(Config)
+                            if role in f.metadata["roles"]) for role in ROLES}
 
 
 def parse_unfreeze_schedule(text: str) -> list[tuple[str, int]]:
