@@ -1,89 +1,29 @@
-"""Atomic file writes: write a temporary file in the same folder, then `os.replace`.
+"""Atomic weights files: `atomic_save_weights` (the Keras-dependent part of tapefit's
+atomic writes; the rest lives in `layout.atomic`, re-exported here).
 
-Readers see the old file or the new one, never a partial write, whatever
-interrupts the writer (an exception, a kill, a preempted machine). Files are
-not fsync'ed: like Keras' own writes, a power loss may still lose the newest one.
-
-Two guards around every write:
-- the write checks (`add_write_check`: tapefit's run lock registers
-  `loops.run_lock.check_held`) run before the file is written and again before the
-  rename that commits it, so a process that lost its run's lock writes nothing more;
-- `atomic_save_weights` serialises a Keras weights file in memory first, then checks
-  that the folder has room for it and writes it with plain Python I/O: a full disk is
-  an `OSError(ENOSPC)` before anything is replaced, and HDF5 never sees a failed
-  write (on a full disk h5py prints hundreds of lines and the interpreter then
-  crashes with a segmentation fault at exit).
+`atomic_save_weights` serialises a Keras weights file in memory first, then checks
+that the folder has room for it (`layout.atomic.check_space`) and writes it with plain
+Python I/O through `layout.atomic.atomic_save` (so the write checks of
+`loops.run_lock` guard it too): a full disk is an `OSError(ENOSPC)` before anything
+is replaced, and HDF5 never sees a failed write (on a full disk h5py prints hundreds
+of lines and the interpreter then crashes with a segmentation fault at exit).
 """
 from __future__ import annotations
 
-import errno
 import io
-import json
 import os
-import shutil
-import uuid
 
-# Suffixes Keras checks on the names given to `save_weights` / `save`.
-_SUFFIXES = (".weights.h5", ".weights.json", ".keras", ".h5", ".json")
-
-
-def is_remote(path):
-    """True for URLs such as gs://..., where there is no atomic rename."""
-    return "://" in str(path)
-
-
-def temp_path(path):
-    """A unique hidden name next to `path` that keeps the suffix Keras expects."""
-    folder, name = os.path.split(path)
-    suffix = next((s for s in _SUFFIXES if name.endswith(s)), "")
-    return os.path.join(folder, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
-
-
-_WRITE_CHECKS = []  # Called before each write; raise to stop it.
-_SPACE_MARGIN = 1 << 20  # Bytes left free after a weights file (metadata, other files).
-
-
-def add_write_check(check) -> None:
-    """Registers `check()`, called before every atomic write and before its commit
-    (raising stops the write; the target is left as it was). Idempotent."""
-    if check not in _WRITE_CHECKS:
-        _WRITE_CHECKS.append(check)
-
-
-def check_writes() -> None:
-    """Runs the write checks (also for writes that do not go through `atomic_save`)."""
-    for check in list(_WRITE_CHECKS):
-        check()
-
-
-def atomic_save(save_fn, path):
-    """Calls `save_fn(temporary_path)`, then renames the result onto `path`."""
-    check_writes()
-    if is_remote(path):
-        save_fn(path)
-        return
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        save_fn(tmp)
-        check_writes()  # The commit point: after a pause, the lock may be another's.
-        os.replace(tmp, path)
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-
-
-def check_space(folder, size, path=None):
-    """OSError(ENOSPC) naming `path` unless `folder` has `size` bytes free plus a margin."""
-    try:
-        free = shutil.disk_usage(folder or ".").free
-    except OSError:
-        return  # Unknown (a remote or odd file system): the write itself will tell.
-    if free < size + _SPACE_MARGIN:
-        raise OSError(errno.ENOSPC, f"No space left on device: {size / 2**20:.1f} MB to "
-                                    f"write, {free / 2**20:.1f} MB free", path or folder)
+from layout.atomic import (  # noqa: F401  (re-exported: the hooks' one import)
+    add_write_check,
+    atomic_save,
+    atomic_write_json,
+    atomic_write_text,
+    check_space,
+    check_writes,
+    is_remote,
+    read_json,
+    temp_path,
+)
 
 
 def weights_bytes(model):
@@ -128,20 +68,3 @@ def atomic_save_weights(model, path):
         with open(tmp, "wb") as f:
             f.write(data)
     atomic_save(write, path)
-
-
-def atomic_write_text(path, text):
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    atomic_save(write, path)
-
-
-def atomic_write_json(path, obj):
-    """The one JSON format of every file tapefit writes: sorted keys, indent 2."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)

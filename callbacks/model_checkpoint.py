@@ -8,7 +8,8 @@ import numpy as np
 from keras import ops
 
 from callbacks._monitor import MonitorCallback, to_json_number
-from callbacks.atomic_io import atomic_save, atomic_save_weights
+from callbacks.atomic_io import atomic_save_weights
+from layout.atomic import atomic_save
 
 
 class ModelCheckpoint(MonitorCallback):

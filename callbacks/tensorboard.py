@@ -20,6 +20,7 @@ import keras
 from keras import ops
 
 from callbacks.base import Callback
+from layout import paths
 
 
 def keras_model_summary(name, data, step=None):
@@ -76,8 +77,8 @@ class TensorBoard(Callback):
     def set_model(self, model):
         self._model = model
         self._log_write_dir = self.log_dir
-        self._train_dir = os.path.join(self._log_write_dir, "train")
-        self._val_dir = os.path.join(self._log_write_dir, "validation")
+        self._train_dir = os.path.join(self._log_write_dir, paths.TENSORBOARD_TRAIN)
+        self._val_dir = os.path.join(self._log_write_dir, paths.TENSORBOARD_VALIDATION)
         self._writers = {}
         self._should_write_train_graph = False
         if self.write_graph:
@@ -143,7 +144,7 @@ class TensorBoard(Callback):
                 "Unrecognized `Embedding` layer names passed to `TensorBoard` "
                 f"`embeddings_metadata` argument: {self.embeddings_metadata.keys()}")
         os.makedirs(self._log_write_dir, exist_ok=True)
-        path = os.path.join(self._log_write_dir, "projector_config.pbtxt")
+        path = os.path.join(self._log_write_dir, paths.PROJECTOR_CONFIG)
         with open(path, "w") as f:
             f.write(text_format.MessageToString(config))
 
@@ -374,8 +375,8 @@ class TensorBoard(Callback):
             self.summary.image(weight_name, w_img, step=epoch)
 
     def _log_embeddings(self, epoch):
-        path = os.path.join(self._log_write_dir, "train",
-                            f"keras_embedding.ckpt-{epoch}.weights.h5")
+        path = os.path.join(self._log_write_dir, paths.TENSORBOARD_TRAIN,
+                            paths.EMBEDDING_WEIGHTS.format(epoch=epoch))
         self.model.save_weights(path)
 
     # ---- resumable state ----------------------------------------------------

@@ -49,13 +49,14 @@ import tensorflow as tf
 
 from input_pipeline.batching import read_to_end
 from input_pipeline.common import content_digest
+from layout import paths
+from layout.atomic import json_text
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "off", "memory", "disk")
-CACHE_DIR = "image_cache"
-COMPLETE = "complete.json"
-PREFIX = "images"  # TF writes images.index and images.data-00000-of-00001.
+COMPLETE = paths.IMAGE_CACHE_COMPLETE
+PREFIX = paths.IMAGE_CACHE_PREFIX  # TF writes images.index and images.data-00000-of-00001.
 # Bump when the stored format or the decoding changes: older caches are then not used.
 FORMAT = 2  # 2: complete.json records every file's size and SHA-256, and its own.
 MANIFEST_LIMIT = 64 << 20  # A complete.json larger than this is damaged.
@@ -81,7 +82,7 @@ def resolve(cfg, source: str) -> str:
 
 
 def root(cfg) -> str:
-    return getattr(cfg, "image_cache_dir", None) or os.path.join(cfg.workdir, CACHE_DIR)
+    return getattr(cfg, "image_cache_dir", None) or paths.image_cache_dir(cfg.workdir)
 
 
 def key(cfg, data: str) -> str:
@@ -180,7 +181,7 @@ class SplitCache:
 
     def _publish(self, temporary: str, num_examples: int, extra: dict) -> None:
         try:
-            if not os.path.isfile(os.path.join(temporary, PREFIX + ".index")):
+            if not os.path.isfile(os.path.join(temporary, paths.IMAGE_CACHE_INDEX)):
                 return self._discard(temporary, "incomplete")
             if self.verify is not None and not self.verify():
                 return self._discard(temporary, "the data changed while it was read")
@@ -188,7 +189,7 @@ class SplitCache:
                         **extra, "files": _files(temporary)}
             manifest["checksum"] = _checksum(manifest)
             with open(os.path.join(temporary, COMPLETE), "w", encoding="utf-8") as f:
-                json.dump(manifest, f, indent=1, sort_keys=True)
+                f.write(json_text(manifest))
             if self.manifest() is not None:
                 return self._discard(temporary, "another run published it first")
             try:
@@ -278,7 +279,7 @@ def _check(path: str) -> tuple[dict | None, str | None]:
             and isinstance(manifest.get("examples"), int) and manifest["examples"] >= 0
             and isinstance(manifest.get("skipped", []), list)
             and isinstance(manifest.get("files"), dict)
-            and PREFIX + ".index" in manifest["files"]):
+            and paths.IMAGE_CACHE_INDEX in manifest["files"]):
         return None, f"has a damaged or outdated {COMPLETE}"
     for name, recorded in sorted(manifest["files"].items()):
         file = os.path.join(path, name)

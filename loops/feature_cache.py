@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from flags.errors import RunError
+from layout import paths
 from loops import flip_features
 from loops.run_lock import pid_alive
 from model import graph
@@ -37,7 +38,7 @@ RANDOM_LAYERS = (keras.layers.Dropout, keras.layers.GaussianNoise, keras.layers.
                  keras.layers.RandomTranslation, keras.layers.RandomZoom,
                  keras.layers.RandomContrast, keras.layers.RandomCrop)
 MEMORY_BUDGET_BYTES = 2 << 30
-CACHE_DIR = "feature_cache"
+CACHE_DIR = paths.FEATURE_CACHE_DIR  # Under --workdir unless --feature_cache_dir.
 
 
 @dataclasses.dataclass
@@ -147,7 +148,7 @@ def feature_bytes(cut: Cut, num_examples: int) -> int:
     return int(np.prod(cut.prefix.output.shape[1:])) * 4 * num_examples * outcomes
 
 
-FEATURES, LABELS = ".features.npy", ".labels.npy"
+FEATURES, LABELS = paths.FEATURES_SUFFIX, paths.LABELS_SUFFIX
 READ_ROWS = 256  # Rows per read from the arrays (tf.data then unbatches them).
 
 

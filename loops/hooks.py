@@ -11,11 +11,9 @@ import os
 
 import numpy as np
 
-from loops.run_dir import BACKUP_DIR, BEST_WEIGHTS, FINAL_WEIGHTS  # noqa: F401
+from layout import paths
+from layout.paths import BACKUP_DIR, LOG_CSV, TENSORBOARD_DIR  # noqa: F401  (runners' import)
 from loops.schedules import make_schedule
-
-LOG_CSV = "log.csv"
-TENSORBOARD_DIR = "tensorboard"
 
 
 def hook_specs(cfg, run_dir: str, resuming: bool = False) -> list[tuple[str, dict]]:
@@ -30,11 +28,11 @@ def hook_specs(cfg, run_dir: str, resuming: bool = False) -> list[tuple[str, dic
     if cfg.terminate_on_nan:
         specs.append(("TerminateOnNaN", {}))
     specs.append(("ModelCheckpoint", dict(
-        filepath=os.path.join(run_dir, BEST_WEIGHTS), monitor=cfg.monitor, mode=cfg.mode,
+        filepath=os.path.join(run_dir, paths.BEST_WEIGHTS), monitor=cfg.monitor, mode=cfg.mode,
         save_best_only=True, save_weights_only=True)))
     if not cfg.save_best_only:
         specs.append(("ModelCheckpoint", dict(
-            filepath=os.path.join(run_dir, "checkpoints", "epoch{epoch:02d}.weights.h5"),
+            filepath=paths.epoch_weights(run_dir),
             save_best_only=False, save_weights_only=True)))
     if cfg.early_stopping:
         specs.append(("EarlyStopping", dict(
@@ -42,11 +40,11 @@ def hook_specs(cfg, run_dir: str, resuming: bool = False) -> list[tuple[str, dic
             min_delta=cfg.min_delta, restore_best_weights=cfg.restore_best_weights)))
     if cfg.csv_log:
         # A resumed run appends (its state cuts rows written after the backup).
-        specs.append(("CSVLogger", dict(filename=os.path.join(run_dir, LOG_CSV),
+        specs.append(("CSVLogger", dict(filename=os.path.join(run_dir, paths.LOG_CSV),
                                         append=resuming)))
     if cfg.tensorboard:
         specs.append(("TensorBoard", dict(
-            log_dir=os.path.join(run_dir, TENSORBOARD_DIR), write_graph=False,
+            log_dir=os.path.join(run_dir, paths.TENSORBOARD_DIR), write_graph=False,
             profile_batch=0)))
     if cfg.remote_monitor_url:
         specs.append(("RemoteMonitor", _remote_monitor_kwargs(cfg.remote_monitor_url)))
@@ -54,7 +52,7 @@ def hook_specs(cfg, run_dir: str, resuming: bool = False) -> list[tuple[str, dic
         # The custom loop binds its BackupAndRestore (exact, step-level resume, every
         # --backup_every_steps); fit() gets Keras' epoch-level one.
         every = cfg.backup_every_steps if cfg.loop == "custom" else 0
-        specs.append(("BackupAndRestore", dict(backup_dir=os.path.join(run_dir, BACKUP_DIR),
+        specs.append(("BackupAndRestore", dict(backup_dir=os.path.join(run_dir, paths.BACKUP_DIR),
                                                save_freq=every or "epoch")))
     return specs
 

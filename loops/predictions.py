@@ -24,9 +24,9 @@ import json
 
 import numpy as np
 
-from callbacks.atomic_io import atomic_save
+from layout.atomic import atomic_save
+from layout.paths import PREDICTIONS_NPZ  # noqa: F401  (the name callers know from here)
 
-PREDICTIONS_NPZ = "predictions.npz"
 # Flags that decide the test split's examples and their order.
 SPLIT_FIELDS = ("data_dir", "dataset", "tfds_data_dir", "test_split", "split_seed",
                 "validation_split", "test_split_fraction", "max_examples_per_split",

@@ -1,6 +1,6 @@
 """One process per run directory: an exclusive lock file with a heartbeat.
 
-    with RunLock(os.path.join(run_dir, ".lock"), what="run") as lock:
+    with RunLock(layout.paths.lock_path(run_dir), what="run") as lock:
         ...  # train; a second process on run_dir gets a one-line RunError
 
 The lock file is created with `O_CREAT | O_EXCL` (atomic, also on NFS v3+) and
@@ -17,7 +17,7 @@ one wins, and a live lock is never deleted.
 **Fencing.** A holder paused past the lease (SIGSTOP, a suspended VM, a network
 partition) may be taken over by a process on another host. Its token is then no
 longer in the lock file, so before every write of a run file (`check()`, or
-`check_held()` for every lock of this process; `callbacks.atomic_io` calls it
+`check_held()` for every lock of this process; `layout.atomic` calls it
 before each save and again before the rename that commits it) it re-reads the file
 and, if the token is not its own, raises `LockLost`: the process stops writing and
 exits with one line. What this cannot prevent: a write already past its check when
@@ -46,6 +46,7 @@ import time
 import uuid
 
 from flags.errors import RunError
+from layout import paths
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ class LockLost(RunError):
 class RunLock:
     """An exclusive, stale-safe lock on a run directory (see the module docstring).
 
-    `path` is the lock file (e.g. `<workdir>/<phase>/.lock`); its folder must exist.
+    `path` is the lock file (e.g. `<workdir>/.<phase>.lock`: `layout.paths.lock_path`);
+    its folder must exist.
     `what` names the locked thing in the error ("run", "sweep trial", ...).
     """
 
@@ -228,7 +230,7 @@ class RunLock:
     def _take_over(self, holder: dict) -> bool:
         """Deletes the lock file if it is still the stale one `holder` read; False when
         another process is taking it over right now."""
-        breaker = self.path + ".takeover"
+        breaker = self.path + paths.TAKEOVER_SUFFIX
         try:
             fd = os.open(breaker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:

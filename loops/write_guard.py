@@ -9,7 +9,7 @@ those write (train begin and end, epoch begin and end), the guard
   a process paused past its lease and taken over stops here with one line
   (`LockLost`), before the next hook writes anything;
 - before a hook that writes a weights file, checks that the folder has room for one
-  (`callbacks.atomic_io.check_space` with the size of the model's and optimizer's
+  (`layout.atomic.check_space` with the size of the model's and optimizer's
   variables): a full disk is one line, not an HDF5 failure in the middle of a write
   (Keras' hooks write through h5py straight to disk).
 
@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from callbacks.atomic_io import check_space
+from layout.atomic import check_space
 from loops.run_lock import check_held
 
 # Hooks that write files in the run directory, and those of them that write weights.

@@ -25,13 +25,11 @@ from typing import Any, Optional
 
 from flags.config import PHASES, RECIPES, Config, apply_recipe
 from flags.errors import ConfigError
+from layout import paths
 
-TRIALS_DIR = "trials"
-# Phase runs that trials share (identical flags up to that phase, and the seed):
+# A trial runs in <study>/trials/<id>/ (layout.paths.trial_dir). Phase runs that trials
+# share (identical flags up to that phase, and the seed):
 # <study>/shared/<phase>-s<seed>-<key>/<phase>; the trial's <phase> is a link to it.
-SHARED_DIR = "shared"
-FEATURE_CACHE_DIR = "feature_cache"
-IMAGE_CACHE_DIR = "image_cache"
 # Owned by the sweep: --workdir is the study's root, --phases and --seeds replace these.
 SWEEP_FIELDS = {"phase": "--phases", "seed": "--seeds"}
 # Fields that do not change a trial's result: never part of its id, never an axis.
@@ -488,7 +486,7 @@ class Trial:
 
     @property
     def trial_dir(self) -> str:
-        return os.path.join(self.study_dir, TRIALS_DIR, self.trial_id)
+        return paths.trial_dir(self.study_dir, self.trial_id)
 
     def config(self, phase: str) -> Config:
         """The run configuration of one phase: an ordinary tapefit run in the trial's
@@ -502,10 +500,10 @@ class Trial:
             # on disk, under the study's root.
             feature_cache="disk" if cache == "auto" else cache,
             feature_cache_dir=(self.base.feature_cache_dir
-                               or os.path.join(self.study_dir, FEATURE_CACHE_DIR)),
+                               or paths.feature_cache_dir(self.study_dir)),
             # Decoded images likewise (keyed by the data): one copy for the study.
             image_cache_dir=(self.base.image_cache_dir
-                             or os.path.join(self.study_dir, IMAGE_CACHE_DIR)))
+                             or paths.image_cache_dir(self.study_dir)))
         explicit = set(self.explicit) | {split_name(n)[1] for n, _ in self.assignment
                                          if split_name(n)[0] in (None, phase)}
         return Config(**apply_recipe(values, explicit))
@@ -523,8 +521,7 @@ class Trial:
 
     def shared_dir(self, phase: str) -> str:
         """The work directory of the phase's shared run (its <phase> folder is the run)."""
-        return os.path.join(self.study_dir, SHARED_DIR,
-                            f"{phase}-s{self.seed}-{self.phase_key(phase)}")
+        return paths.shared_dir(self.study_dir, f"{phase}-s{self.seed}-{self.phase_key(phase)}")
 
     def configs(self) -> dict:
         return {phase: self.config(phase) for phase in self.phases}

@@ -13,9 +13,10 @@ import glob
 import math
 import os
 
+from layout import paths
 from research import grid
 
-HPARAMS_DIR = "hparams"
+HPARAMS_DIR = paths.HPARAMS_DIR
 # (summary tag, display name); the values come from research.report.collect.
 METRICS = (("test_accuracy", "test accuracy"), ("test_loss", "test loss"),
            ("val_accuracy", "validation accuracy (final, last phase)"),
@@ -42,7 +43,7 @@ def _hparams(study: grid.Study):
 
 
 def _written(folder: str) -> bool:
-    return bool(glob.glob(os.path.join(glob.escape(folder), "events.out.tfevents.*")))
+    return bool(glob.glob(os.path.join(glob.escape(folder), paths.EVENTS_GLOB)))
 
 
 def write_experiment(study: grid.Study, study_dir: str) -> None:

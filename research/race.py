@@ -25,10 +25,11 @@ import dataclasses
 import math
 import os
 
+from layout import paths
+from layout.atomic import atomic_write_json
 from research import grid, runner, stats
-from research.files import atomic_write_json
 
-RACE_JSON = "race.json"
+RACE_JSON = paths.RACE_JSON
 
 
 @dataclasses.dataclass
@@ -164,7 +165,7 @@ def write(study: grid.Study, study_dir: str, state: RaceState) -> dict:
     content = to_dict(study, state)
     path = os.path.join(study_dir, RACE_JSON)
     if runner.read_json(path) != _plain(content):
-        atomic_write_json(path, content)
+        atomic_write_json(path, content, default=str)
     return content
 
 

@@ -32,13 +32,12 @@ import zlib
 
 import numpy as np
 
-from research import files, grid, runner, stats
-from research.files import atomic_save, atomic_write_text
+from layout import atomic as files
+from layout import paths
+from layout.atomic import atomic_save, atomic_write_text
+from research import grid, runner, stats
 
-RESULTS_CSV = "results.csv"
-RESULTS_MD = "results.md"
-RESULTS_PNG = "results.png"
-PREDICTIONS_NPZ = "predictions.npz"  # loops.predictions.PREDICTIONS_NPZ (no TF import here)
+RESULTS_CSV, RESULTS_MD, RESULTS_PNG = paths.RESULTS_CSV, paths.RESULTS_MD, paths.RESULTS_PNG
 TRAINED = ("head", "finetune")
 PHASE_METRICS = ("epochs", "best_val_accuracy", "best_val_loss", "final_val_accuracy",
                  "final_val_loss")
@@ -67,11 +66,11 @@ def trial_metrics(folder: str, phases) -> dict:
     """Status and metrics of the trial in `folder` (see the module docstring). A file of
     the trial that is not what it should be makes it "damaged", with the file and why."""
     problems = []
-    status, problem = files.read_json_file(os.path.join(folder, runner.STATUS_JSON))
+    status, problem = files.read_json_file(os.path.join(folder, paths.STATUS_JSON))
     if problem is None and status is not None:
         problem = _status_problem(status)
     if problem:
-        problems.append(f"{runner.STATUS_JSON}: {problem}")
+        problems.append(f"{paths.STATUS_JSON}: {problem}")
         status = None
     status = status or {}
     row = {"status": "", "reason": "", "wall_s": math.nan,
@@ -81,10 +80,10 @@ def trial_metrics(folder: str, phases) -> dict:
         row["wall_s"] = float(sum(status["wall_s"].values()))
     curve = []
     for phase in TRAINED:
-        log_path = os.path.join(folder, phase, "log.csv")
+        log_path = os.path.join(folder, phase, paths.LOG_CSV)
         problem = _not_regular(log_path)
         if problem:  # A FIFO or a device would block or never end: never opened.
-            problems.append(f"{phase}/log.csv: {problem}")
+            problems.append(f"{phase}/{paths.LOG_CSV}: {problem}")
         rows = [] if problem else runner.read_log(log_path)
         val_acc = [r.get("val_accuracy", math.nan) for r in rows]
         val_loss = [r.get("val_loss", math.nan) for r in rows]
@@ -98,14 +97,14 @@ def trial_metrics(folder: str, phases) -> dict:
             epoch = _monitored_epoch(os.path.join(folder, phase), rows)
             row["val_accuracy"] = val_acc[epoch] if epoch is not None else math.nan
             row["val_loss"] = val_loss[epoch] if epoch is not None else math.nan
-    evaluation_path = os.path.join(folder, "evaluate", runner.EVALUATION_JSON)
+    evaluation_path = paths.run_file(folder, paths.EVALUATE_PHASE, paths.EVALUATION_JSON)
     evaluation, problem = files.read_json_file(evaluation_path)
     if problem is None and evaluation is not None:
         problem = (files.number_problem(evaluation, "accuracy")
                    or files.number_problem(evaluation, "loss")
                    or files.number_problem(evaluation, "test_examples", required=False))
     if problem:
-        problems.append(f"evaluate/{runner.EVALUATION_JSON}: {problem}")
+        problems.append(f"{paths.EVALUATE_PHASE}/{paths.EVALUATION_JSON}: {problem}")
     elif evaluation is not None:
         row["test_accuracy"] = float(evaluation["accuracy"])
         row["test_loss"] = float(evaluation["loss"])
@@ -117,12 +116,12 @@ def trial_metrics(folder: str, phases) -> dict:
         row["status"], row["reason"] = runner.FAILED, str(status.get("reason", ""))
     elif done:
         row["status"] = runner.FINISHED
-    elif os.path.isfile(os.path.join(folder, runner.TRIAL_JSON)):
+    elif os.path.isfile(os.path.join(folder, paths.TRIAL_JSON)):
         row["status"] = UNFINISHED
     else:
         row["status"] = runner.PENDING
     row["_curve"] = curve
-    row["_predictions"] = os.path.join(folder, "evaluate", PREDICTIONS_NPZ)
+    row["_predictions"] = paths.run_file(folder, paths.EVALUATE_PHASE, paths.PREDICTIONS_NPZ)
     return row
 
 
@@ -138,19 +137,19 @@ def _not_regular(path: str) -> str | None:
 
 def _status_problem(status: dict) -> str | None:
     if "status" in status and not isinstance(status["status"], str):
-        return f"status is {files._short(status['status'])}, not a string"
+        return f"status is {files.short(status['status'])}, not a string"
     wall = status.get("wall_s", {})
     if not isinstance(wall, dict) or not all(files.is_number(v) for v in wall.values()):
-        return f"wall_s is {files._short(wall)}, not an object of numbers"
+        return f"wall_s is {files.short(wall)}, not an object of numbers"
     if "reason" in status and not isinstance(status["reason"], (str, type(None))):
-        return f"reason is {files._short(status['reason'])}, not a string"
+        return f"reason is {files.short(status['reason'])}, not a string"
     return None
 
 
 def _monitored_epoch(phase_dir: str, rows) -> int | None:
     """The epoch (index) whose weights evaluate scores: the best of the phase's --monitor
     (best.weights.h5; its config.json; default val_loss, lowest), or with --ema the last."""
-    config, _ = files.read_json_file(os.path.join(phase_dir, "config.json"))
+    config, _ = files.read_json_file(os.path.join(phase_dir, paths.CONFIG_JSON))
     config = config or {}
     if config.get("ema") and rows:
         # Evaluate scores final.weights.h5, the moving average at the end: the last
@@ -326,8 +325,9 @@ def _bootstrap(rows_a: dict, rows_b: dict) -> dict | None:
             if p is None:
                 return None
             if "problem" in p:
-                return {"problem": f"{rows[s]['trial_id']}/evaluate/{PREDICTIONS_NPZ}: "
-                                   f"{p['problem']}"}
+                where = os.path.join(rows[s]["trial_id"], paths.EVALUATE_PHASE,
+                                     paths.PREDICTIONS_NPZ)
+                return {"problem": f"{where}: {p['problem']}"}
             loaded[side, s] = p
     first = next(iter(loaded.values()))
     if any(p["split"] != first["split"] for p in loaded.values()):

@@ -34,20 +34,17 @@ import time
 
 from flags.config import Config
 from flags.errors import RunError, TapefitError
+from layout import paths
+from layout.atomic import atomic_write_json, read_json_file
 from loops.run_lock import LockLost, RunLock, check_held
-from research.files import atomic_write_json
 
-TRIAL_JSON = "trial.json"
-STATUS_JSON = "status.json"
-TRIAL_LOG = "trial.log"
-LOCK_FILE = ".trial.lock"
-PHASE_LOCK_FILE = ".phase.lock"  # In a shared phase's work directory.
+# The names of a trial's files (layout.paths), short here: this module uses them everywhere.
+TRIAL_JSON, STATUS_JSON, TRIAL_LOG = paths.TRIAL_JSON, paths.STATUS_JSON, paths.TRIAL_LOG
+LOCK_FILE = paths.TRIAL_LOCK
+PHASE_LOCK_FILE = paths.PHASE_LOCK  # In a shared phase's work directory.
 LOCK_LEASE_S = 120.0
 WAIT_POLL_S = 2.0  # How often a trial waiting for a shared phase looks again.
 HEARTBEAT_S = 2.0  # How often a running trial's status.json is touched (its wall time).
-SUMMARY_JSON = "summary.json"  # loops.train_lib.SUMMARY_JSON
-FINAL_WEIGHTS = "final.weights.h5"  # loops.hooks.FINAL_WEIGHTS (no TensorFlow import here)
-EVALUATION_JSON = "evaluation.json"  # loops.train_lib.EVALUATION_JSON
 # Exit code of a worker that found its trial locked by another process.
 EXIT_LOCKED = 75
 
@@ -61,17 +58,14 @@ log = logging.getLogger(__name__)
 # ---- what is on disk ----------------------------------------------------------------------
 
 def phase_done(trial_dir: str, phase: str) -> bool:
-    if phase == "evaluate":
-        return os.path.isfile(os.path.join(trial_dir, "evaluate", EVALUATION_JSON))
-    return os.path.isfile(os.path.join(trial_dir, phase, FINAL_WEIGHTS))
+    if phase == paths.EVALUATE_PHASE:
+        return os.path.isfile(paths.run_file(trial_dir, phase, paths.EVALUATION_JSON))
+    return os.path.isfile(paths.run_file(trial_dir, phase, paths.FINAL_WEIGHTS))
 
 
 def read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    """The JSON value in `path`; None when it is missing or damaged."""
+    return read_json_file(path, kind=None)[0]
 
 
 def read_status(trial_dir: str) -> dict | None:
@@ -124,7 +118,7 @@ def divergence(trial_dir: str, phase: str) -> str | None:
     says: a damaged log is not a divergence."""
     if phase_done(trial_dir, phase):
         return None
-    summary = read_json(os.path.join(trial_dir, phase, SUMMARY_JSON))
+    summary = read_json(paths.run_file(trial_dir, phase, paths.SUMMARY_JSON))
     if not isinstance(summary, dict):
         return None
     files = summary.get("files")
@@ -141,7 +135,7 @@ def divergence(trial_dir: str, phase: str) -> str | None:
 def write_trial_json(trial_dir: str, content: dict) -> None:
     path = os.path.join(trial_dir, TRIAL_JSON)
     if read_json(path) != json.loads(json.dumps(content, default=str)):
-        atomic_write_json(path, content)
+        atomic_write_json(path, content, default=str)
 
 
 def configs_from_trial_json(trial_dir: str) -> tuple[list[str], dict]:
@@ -240,12 +234,12 @@ def _run_phases(trial_dir, phases, configs, debug, shared, wait) -> str:
                                     wall, wait)
                     else:
                         _run_timed(trial_dir, phase, configs[phase], wall)
-                reason = divergence(trial_dir, phase) if phase != "evaluate" else None
+                reason = divergence(trial_dir, phase) if phase != paths.EVALUATE_PHASE else None
                 if reason:
                     raise RunError(reason)
                 if not phase_done(trial_dir, phase):
                     raise RunError(f"the {phase} phase ended without its final files; see "
-                                   f"{TRIAL_LOG} and {os.path.join(phase, SUMMARY_JSON)}")
+                                   f"{TRIAL_LOG} and {os.path.join(phase, paths.SUMMARY_JSON)}")
             except _Deferred:
                 _write_status(trial_dir, {"status": PENDING, "wall_s": wall})
                 return DEFERRED
@@ -377,7 +371,7 @@ def _recover_wall(status: dict) -> dict:
 def _write_status(trial_dir: str, status: dict) -> None:
     check_held()  # A process that lost the trial's lock writes nothing more (LockLost).
     atomic_write_json(os.path.join(trial_dir, STATUS_JSON),
-                      {**status, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                      {**status, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, default=str)
 
 
 def _finish(trial_dir, outcome, wall, phase=None, reason=None, shared=None) -> str:

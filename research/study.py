@@ -14,10 +14,11 @@ import time
 
 from flags.config import Config
 from flags.errors import ConfigError
+from layout import paths
+from layout.atomic import atomic_write_text
 from research import grid, report, runner
-from research.files import atomic_write_text
 
-SWEEP_JSON = "sweep.json"
+SWEEP_JSON = paths.SWEEP_JSON
 
 
 def base_config(file_flags: dict, cli_flags: dict, where: str = "--sweep_file") -> Config:
@@ -129,14 +130,14 @@ def check_trials(study: grid.Study, trials, pending=()) -> None:
                         "1e-3,3e-3)") from None
             earlier = study.phases[:index]
             if phase == "finetune" and "head" not in earlier and not cfg.init_checkpoint \
-                    and not os.path.isfile(os.path.join(trial.trial_dir, "head",
-                                                        "best.weights.h5")):
+                    and not os.path.isfile(paths.run_file(trial.trial_dir, "head",
+                                                      paths.BEST_WEIGHTS)):
                 raise ConfigError(f"--phases={','.join(study.phases)}: the finetune phase "
                                   f"needs head weights, and trial {trial.trial_id} has none; "
                                   "add head (--phases=head,finetune,...) or pass "
                                   "--init_checkpoint=PATH")
             if phase == "evaluate" and not {"head", "finetune"} & set(earlier) and not any(
-                    os.path.isfile(os.path.join(trial.trial_dir, p, "best.weights.h5"))
+                    os.path.isfile(paths.run_file(trial.trial_dir, p, paths.BEST_WEIGHTS))
                     for p in ("head", "finetune")):
                 raise ConfigError(f"--phases={','.join(study.phases)}: evaluate needs trained "
                                   f"weights, and trial {trial.trial_id} has none; add the "
@@ -147,7 +148,7 @@ def hparams_on_finished(study: grid.Study | None):
     """on_finished for runner.run_trial: the trial's HParams session (and the experiment)."""
     def write(trial_dir):
         from research import hparams
-        content = runner.read_json(os.path.join(trial_dir, runner.TRIAL_JSON)) or {}
+        content = runner.read_json(os.path.join(trial_dir, paths.TRIAL_JSON)) or {}
         if study is not None:
             hparams.write_experiment(study, os.path.dirname(os.path.dirname(trial_dir)))
         metrics = report.trial_metrics(trial_dir, content.get("phases", []))
@@ -184,7 +185,7 @@ def run(study: grid.Study, study_dir: str, shard=(0, 1), parallel: int = 1,
         else:
             outcomes[trial.trial_id] = outcome
     check_trials(study, trials, todo)  # Before anything is written.
-    os.makedirs(os.path.join(study_dir, grid.TRIALS_DIR), exist_ok=True)
+    os.makedirs(os.path.join(study_dir, paths.TRIALS_DIR), exist_ok=True)
     save(study, study_dir)
     bar = _bar(len(mine), len(mine) - len(todo), progress)
 
@@ -274,7 +275,7 @@ def _run_race(study, study_dir, trials, shard, parallel, debug, worker_command, 
 
     state = compute()
     check_trials(study, trials, state.pending)  # Before anything is written.
-    os.makedirs(os.path.join(study_dir, grid.TRIALS_DIR), exist_ok=True)
+    os.makedirs(os.path.join(study_dir, paths.TRIALS_DIR), exist_ok=True)
     save(study, study_dir)
     race_lib.write(study, study_dir, state)
     outcomes = {}
@@ -344,7 +345,7 @@ def _bar(total, initial, enabled):
 def run_one(trial_dir: str, debug: bool = False) -> str:
     """A worker process's job (--run_trial): the trial described by its trial.json."""
     phases, configs = runner.configs_from_trial_json(trial_dir)
-    content = runner.read_json(os.path.join(trial_dir, runner.TRIAL_JSON))
+    content = runner.read_json(os.path.join(trial_dir, paths.TRIAL_JSON))
     shared = content.get("shared") if isinstance(content, dict) else None
     return runner.run_trial(trial_dir, phases, configs, content, debug=debug,
                             on_finished=hparams_on_finished(_study_of(trial_dir)),
