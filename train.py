@@ -24,8 +24,8 @@ define_help_flags()
 def train(cfg):
     from absl import flags
 
-    from loops import console, train_lib
-    result = train_lib.run(cfg)
+    from loops import console, phases
+    result = phases.run(cfg)
     if flags.FLAGS["json"].value:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:

@@ -11,15 +11,13 @@ import time
 
 import numpy as np
 
-from callbacks.atomic_io import atomic_write_json
 from flags.config import DEFAULT_TOLERANCE, LOOPS, Config, check_number
 from flags.errors import ConfigError
-from loops import train_lib
-from loops.run_dir import BEST_WEIGHTS
+from layout.atomic import atomic_write_json
+from layout.paths import BEST_WEIGHTS, CURVES_PNG, REPORT_JSON, REPORT_MD, phase_dir
+from loops import phases
+from loops.strategy import is_chief
 
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
-CURVES_PNG = "curves.png"
 TRAINED_PHASES = ("head", "finetune")
 
 
@@ -61,11 +59,11 @@ def _rel(diff, reference):
 
 def head_checkpoint(workdir: str) -> str:
     """The head weights a finetune comparison starts from (train.py's or compare.py's)."""
-    for path in (os.path.join(workdir, "head", BEST_WEIGHTS),
-                 os.path.join(workdir, "head", "custom", BEST_WEIGHTS)):
+    for path in (os.path.join(phase_dir(workdir, "head"), BEST_WEIGHTS),
+                 os.path.join(phase_dir(workdir, "head"), "custom", BEST_WEIGHTS)):
         if os.path.isfile(path):
             return path
-    return os.path.join(workdir, "head", BEST_WEIGHTS)  # init_checkpoint() names it.
+    return os.path.join(phase_dir(workdir, "head"), BEST_WEIGHTS)  # init_checkpoint() names it.
 
 
 def check_arguments(cfg: Config, tolerance) -> None:
@@ -95,12 +93,11 @@ def compare(cfg: Config, tolerance: float = DEFAULT_TOLERANCE, fit_changes=None)
     for loop in LOOPS:
         recorder = _Recorder()
         run_cfg = cfg.replace(loop=loop, **(fit_changes or {} if loop == "fit" else {}))
-        model, _ = train_lib.train_phase(
-            run_cfg, run_dir=os.path.join(cfg.run_dir, loop),
-            extra_hooks=recorder.hooks)
+        model = phases.train(run_cfg, run_dir=os.path.join(cfg.run_dir, loop),
+                             extra_hooks=recorder.hooks).model
         runs[loop] = (model, recorder)
     report = build_report(cfg, runs, tolerance)
-    if not train_lib.is_chief(cfg.strategy):
+    if not is_chief(cfg.strategy):
         return report  # Only the chief of a multi-worker job writes the run directory.
     atomic_write_json(os.path.join(cfg.run_dir, REPORT_JSON), report)
     with open(os.path.join(cfg.run_dir, REPORT_MD), "w") as f:

@@ -1,4 +1,6 @@
-"""What a user reads on the console: progress settings and the end-of-phase summary.
+"""What a user reads on the console: progress settings, the end-of-phase summaries
+(`phase_summary`; `summary_text` for the learning-rate finder), the next command to run
+(`next_command`, from the flags `command_flags` repeats) and the advice after a divergence.
 
 `--verbose`: 0 quiet; 1 a bar per epoch on a terminal, one plain line per epoch
 otherwise (a log file, a pipe, nohup, Slurm); 2 the same plus TensorFlow's native
@@ -12,6 +14,9 @@ import math
 import os
 import shlex
 import sys
+
+from flags.config import REPEATED, Config, fields_with
+from layout.paths import SUMMARY_JSON
 
 
 def is_interactive(stream=None) -> bool:
@@ -32,12 +37,30 @@ def keras_verbose(verbose: int, stream=None) -> int:
     return 1 if is_interactive(stream) else 2
 
 
-def progress_hook(hooks_module=None):
-    """The custom loop's progress hook: a bar per epoch on a terminal, one plain line per
-    epoch when stdout is not one. Pass `verbose=keras_verbose(cfg.verbose)` to the loop."""
-    if hooks_module is None:
-        import callbacks as hooks_module
+def progress_hook(hooks_module):
+    """The custom loop's progress hook, from `hooks_module` (the `callbacks` package, passed
+    in so that this module imports no TensorFlow): a bar per epoch on a terminal, one plain
+    line per epoch when stdout is not one. Pass `verbose=keras_verbose(cfg.verbose)` to the
+    loop."""
     return hooks_module.ProgbarLogger(lines_when_not_tty=True)
+
+
+# ---- the next command -------------------------------------------------------------
+def command_flags(cfg) -> list[str]:
+    """`--workdir` and the non-default flags of `cfg` a next command must repeat (the
+    fields of role REPEATED, flags/config.py: those that define the network or the data,
+    and those that make it the same run: its seed and determinism, its recipe, numerics
+    and where its caches are), in Config's field order."""
+    default = Config()
+    flags = [f"--workdir={cfg.workdir}"]
+    for name in fields_with(REPEATED):
+        value = getattr(cfg, name)
+        if value != getattr(default, name):
+            if isinstance(value, bool):
+                flags.append(f"--{name}" if value else f"--no{name}")
+            else:
+                flags.append(f"--{name}={value}")
+    return flags
 
 
 # ---- advice when a phase diverges -------------------------------------------------
@@ -142,12 +165,11 @@ _TRAIN_FILES = (("best", "best weights"), ("final", "final weights"), ("log", "e
 
 
 def phase_summary(result: dict) -> str:
-    """A few lines for a human at the end of a phase (`result`: what `train_lib.run`
+    """A few lines for a human at the end of a phase (`result`: what `phases.run`
     returns): epochs run and why it stopped, the best monitored value and its epoch,
     the files written, and the next command."""
     phase = result.get("phase")
     if phase == "lr_find":
-        from loops.lr_find import summary_text
         return summary_text(result)
     lines = []
     if phase == "evaluate":
@@ -188,7 +210,7 @@ def phase_summary(result: dict) -> str:
         labels = _TRAIN_FILES
     files = dict(result.get("files") or {})
     if phase != "evaluate" and result.get("run_dir") and "summary" not in files:
-        files["summary"] = os.path.join(result["run_dir"], "summary.json")
+        files["summary"] = os.path.join(result["run_dir"], SUMMARY_JSON)
     file_lines = _files_lines(files, labels)
     if file_lines:
         lines.append("files:")
@@ -199,4 +221,20 @@ def phase_summary(result: dict) -> str:
     else:
         lines.append("next:")
     lines.append("  " + next_command(result))
+    return "\n".join(lines)
+
+
+def summary_text(result: dict) -> str:
+    """What train.py prints after `--phase=lr_find` (`result`: `phases.lr_find`'s)."""
+    found = result["suggestions"]
+    lines = [f"lr_find ({result['for_phase']} phase): {result['steps']} steps"
+             + (", stopped when the loss diverged" if result["stopped_early"] else "")]
+    lines += [f"  {name:8s} {lr:.3g}" + ("  (--lr_suggestion default)"
+                                         if name == result["default_suggestion"] else "")
+              for name, lr in found.items()]
+    lines.append("files:")
+    lines += [f"  {path}" for path in result["files"].values()]
+    lines.append("next:")
+    lines.append(f"  python train.py --phase={result['for_phase']} --learning_rate=auto "
+                 f"--workdir={os.path.dirname(result['run_dir'])} [the same flags]")
     return "\n".join(lines)

@@ -14,11 +14,15 @@ training images plus 100 steps of the head). Then, as fastai's `LRFinder`:
   points: `valley` (half way into the longest decreasing stretch), `steep` (the
   steepest descent in log(lr)) and `minimum` (a tenth of the rate at the lowest loss).
 
-Model weights and optimizer state are restored afterwards. Writes
+Model weights and optimizer state are restored afterwards. The phase itself
+(`loops.phases.lr_find`: plan, lock, prepare, run, finish like every phase) writes
 `<workdir>/lr_find_<phase>/{lr_find.csv, lr_find.png, suggestions.json, config.json,
-summary.json}`;
-a later `--learning_rate=auto` (see `resolve_learning_rate`) trains that phase at the
-suggestion `--lr_suggestion` names.
+summary.json}` with `write_csv`, `plot` and `suggestions`; its console summary is
+`loops.console.summary_text`. A later `--learning_rate=auto` (see
+`resolve_learning_rate`) trains that phase at the suggestion `--lr_suggestion` names.
+
+This module is the algorithm and its files: of loops/ it imports only `loops.run_dir`
+(which imports nothing of the phases).
 """
 from __future__ import annotations
 
@@ -31,9 +35,10 @@ import os
 
 import numpy as np
 
-from callbacks.atomic_io import atomic_write_json, atomic_write_text, read_json
-from flags.config import Config
+from flags.config import FINDER, LR_SUGGESTIONS, Config, fields_with
 from flags.errors import ConfigError, RunError
+from layout.atomic import atomic_save, atomic_write_json, atomic_write_text, read_json
+from layout.paths import CONFIG_JSON, LR_FIND_CSV, LR_FIND_PNG, SUGGESTIONS_JSON, lr_find_dir
 
 START_LR = 1e-7
 END_LR = 10.0
@@ -42,14 +47,7 @@ BETA = 0.98
 STOP_FACTOR = 4.0
 SKIP_START_FRACTION = 10  # fastai drops the first num_it // 10 points ...
 SKIP_END = 5  # ... and the last 5 before suggesting.
-SUGGESTIONS = ("valley", "steep", "minimum")
-CSV_NAME = "lr_find.csv"
-PLOT_NAME = "lr_find.png"
-SUGGESTIONS_JSON = "suggestions.json"
-
-
-def run_dir(workdir: str, phase: str) -> str:
-    return os.path.join(workdir, f"lr_find_{phase}")
+SUGGESTIONS = LR_SUGGESTIONS  # ("valley", "steep", "minimum"): --lr_suggestion's choices.
 
 
 # ---- the algorithm (no TensorFlow) ---------------------------------------------------------
@@ -138,6 +136,27 @@ def suggestions(curve: Curve, num_it=NUM_IT) -> dict:
 
 
 # ---- files ------------------------------------------------------------------------------
+def write(out_dir: str, cfg, curve: Curve, found: dict, summary_name: str) -> dict:
+    """The finder's files in `out_dir`, every one at the end (a failed finder leaves the
+    previous run's files, config.json and suggestions.json together); returns the summary
+    (also written to `summary_name`)."""
+    atomic_write_json(os.path.join(out_dir, CONFIG_JSON), cfg.to_dict())
+    write_csv(curve, os.path.join(out_dir, LR_FIND_CSV))
+    plot(curve, found, os.path.join(out_dir, LR_FIND_PNG),
+         f"learning-rate finder, {cfg.for_phase} phase")
+    result = {"phase": "lr_find", "for_phase": cfg.for_phase, "run_dir": out_dir,
+              "steps": len(curve.lrs), "stopped_early": curve.stopped_early,
+              "suggestions": found, "default_suggestion": cfg.lr_suggestion,
+              "files": {"csv": os.path.join(out_dir, LR_FIND_CSV),
+                        "plot": os.path.join(out_dir, LR_FIND_PNG),
+                        "suggestions": os.path.join(out_dir, SUGGESTIONS_JSON)}}
+    atomic_write_json(os.path.join(out_dir, SUGGESTIONS_JSON),
+                      {k: result[k] for k in ("for_phase", "steps", "stopped_early",
+                                              "suggestions")})
+    atomic_write_json(os.path.join(out_dir, summary_name), result)
+    return result
+
+
 def write_csv(curve: Curve, path: str) -> None:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -154,7 +173,6 @@ def plot(curve: Curve, found: dict, path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from callbacks.atomic_io import atomic_save
     end = -SKIP_END if len(curve.lrs) > SKIP_END + 1 else None
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(curve.lrs[:end], curve.smoothed[:end])
@@ -171,7 +189,7 @@ def plot(curve: Curve, found: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
-# ---- the phase ---------------------------------------------------------------------------
+# ---- the phase it tunes --------------------------------------------------------------------
 def phase_config(cfg):
     """The config of the phase the finder tunes: a constant rate the finder sets.
     With gradual unfreezing, every block the schedule names trains (its last stage)."""
@@ -213,69 +231,10 @@ def find_for_loop(loop, train_data, num_it=NUM_IT, **kwargs) -> Curve:
         restore(loop.model, optimizer, saved)
 
 
-def run(cfg) -> dict:
-    """`--phase=lr_find`: runs the finder for `--for_phase`; returns its summary."""
-    from loops import train_lib
-    from loops.custom import CustomLoop, make_loss
-    from loops.runners import CustomRunner
-
-    phase_cfg = phase_config(cfg)
-    out_dir = run_dir(cfg.workdir, cfg.for_phase)
-    plan = train_lib.make_plan(phase_cfg, run_dir=out_dir)
-    with train_lib.locked(plan):
-        runner = CustomRunner(plan)  # The phase's optimizer and (head) feature cache.
-        train_data, _ = runner.data()
-        loop = CustomLoop(plan.model, runner.optimizer, plan.strategy,
-                          jit_compile=phase_cfg.jit_compile, train_model=runner.train_model,
-                          loss_fn=make_loss(phase_cfg))
-        curve = find_for_loop(loop, train_data)
-        found = suggestions(curve)
-        if not plan.chief:
-            return {}
-        os.makedirs(out_dir, exist_ok=True)
-        atomic_write_json(os.path.join(out_dir, "config.json"), cfg.to_dict())
-        write_csv(curve, os.path.join(out_dir, CSV_NAME))
-        plot(curve, found, os.path.join(out_dir, PLOT_NAME),
-             f"learning-rate finder, {cfg.for_phase} phase")
-        result = {"phase": "lr_find", "for_phase": cfg.for_phase, "run_dir": out_dir,
-                  "steps": len(curve.lrs), "stopped_early": curve.stopped_early,
-                  "suggestions": found, "default_suggestion": cfg.lr_suggestion,
-                  "files": {"csv": os.path.join(out_dir, CSV_NAME),
-                            "plot": os.path.join(out_dir, PLOT_NAME),
-                            "suggestions": os.path.join(out_dir, SUGGESTIONS_JSON)}}
-        atomic_write_json(os.path.join(out_dir, SUGGESTIONS_JSON),
-                             {k: result[k] for k in ("for_phase", "steps", "stopped_early",
-                                                     "suggestions")})
-        atomic_write_json(os.path.join(out_dir, train_lib.SUMMARY_JSON), result)
-    logging.info("learning-rate finder (%s): %s", cfg.for_phase,
-                 ", ".join(f"{k} {v:.3g}" for k, v in found.items()))
-    return result
-
-
-def summary_text(result: dict) -> str:
-    """What train.py prints after `--phase=lr_find`."""
-    found = result["suggestions"]
-    lines = [f"lr_find ({result['for_phase']} phase): {result['steps']} steps"
-             + (", stopped when the loss diverged" if result["stopped_early"] else "")]
-    lines += [f"  {name:8s} {lr:.3g}" + ("  (--lr_suggestion default)"
-                                         if name == result["default_suggestion"] else "")
-              for name, lr in found.items()]
-    lines.append("files:")
-    lines += [f"  {path}" for path in result["files"].values()]
-    lines.append("next:")
-    lines.append(f"  python train.py --phase={result['for_phase']} --learning_rate=auto "
-                 f"--workdir={os.path.dirname(result['run_dir'])} [the same flags]")
-    return "\n".join(lines)
-
-
 # What the loss-vs-rate curve depends on: the model, the data, and how a step is taken.
 # Not the seed (another shuffle of the same data), epochs, schedules or callbacks: the
 # finder ramps the rate itself and its suggestion is the schedule's peak.
-FINDER_FIELDS = ("backbone", "alpha", "weights", "image_size", "dropout", "augment",
-                 "init_checkpoint", "train_bn", "mixed_precision", "dataset", "data_dir",
-                 "tfds_data_dir", "train_split", "validation_split", "max_examples_per_split",
-                 "synthetic_examples", "split_seed", "batch_size", "optimizer",
-                 "label_smoothing", "weight_decay", "clipnorm", "layer_lr_decay")
+FINDER_FIELDS = fields_with(FINDER)  # Role FINDER, flags/config.py.
 
 
 def finder_differences(cfg, config_path: str) -> list[str]:
@@ -302,7 +261,7 @@ def resolve_learning_rate(cfg):
     run; the config then holds (and config.json records) the number."""
     if cfg.learning_rate != "auto":
         return cfg
-    path = os.path.join(run_dir(cfg.workdir, cfg.phase), SUGGESTIONS_JSON)
+    path = os.path.join(lr_find_dir(cfg.workdir, cfg.phase), SUGGESTIONS_JSON)
     fix = (f"run `train.py --phase=lr_find --for_phase={cfg.phase} --workdir={cfg.workdir}` "
            "first, or pass --learning_rate=NUMBER")
     try:
@@ -314,7 +273,7 @@ def resolve_learning_rate(cfg):
         raise ConfigError(f"{path} is unreadable ({type(e).__name__}); {fix}") from None
     if not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"{path} suggests {cfg.lr_suggestion}={value}; {fix}")
-    differences = finder_differences(cfg, os.path.join(os.path.dirname(path), "config.json"))
+    differences = finder_differences(cfg, os.path.join(os.path.dirname(path), CONFIG_JSON))
     if differences:
         raise ConfigError(f"the learning-rate finder in {os.path.dirname(path)} ran with other "
                           f"flags: {', '.join(differences)}; run it again with this run's "

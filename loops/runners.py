@@ -22,10 +22,12 @@ import callbacks as our_callbacks
 import input_pipeline
 from callbacks.backup_and_restore import BackupError
 from flags.errors import ConfigError
+from layout.atomic import atomic_write_text
+from layout.paths import BACKUP_DIR, BEST_WEIGHTS, FINAL_WEIGHTS, LOG_CSV, TENSORBOARD_DIR
 from loops import feature_cache, feature_precision
+from loops.console import command_flags, keras_verbose, progress_hook
 from loops.custom import CustomLoop, make_loss, make_metrics
-from loops.hooks import BACKUP_DIR, LOG_CSV, TENSORBOARD_DIR, hook_specs, instantiate
-from loops.run_dir import BEST_WEIGHTS, FINAL_WEIGHTS
+from loops.hooks import hook_specs, instantiate
 from loops.schedules import is_step_schedule, make_optimizer
 from loops.strategy import prepare_fit
 from model.augment import mix_batches, mixes, uncacheable
@@ -138,31 +140,6 @@ def _mode(mode, monitor):
     return "max" if "acc" in monitor else "min"
 
 
-# Flags a later phase must repeat (they define the network or the data), and those
-# that make it the same run: its seed and determinism, its recipe (which sets each
-# phase's own rates), numerics and where its caches are.
-_REPEATED = ("backbone", "alpha", "weights", "image_size", "dropout", "augment", "dataset",
-             "data_dir", "tfds_data_dir", "train_split", "validation_split_name", "test_split",
-             "validation_split", "test_split_fraction", "max_examples_per_split",
-             "synthetic_examples", "split_seed", "batch_size", "loop", "seed", "deterministic",
-             "recipe", "mixed_precision", "image_cache_dir", "feature_cache_dir")
-
-
-def command_flags(cfg) -> list[str]:
-    """`--workdir` and the non-default flags of `cfg` a next command must repeat."""
-    from flags.config import Config
-    default = Config()
-    flags = [f"--workdir={cfg.workdir}"]
-    for name in _REPEATED:
-        value = getattr(cfg, name)
-        if value != getattr(default, name):
-            if isinstance(value, bool):
-                flags.append(f"--{name}" if value else f"--no{name}")
-            else:
-                flags.append(f"--{name}={value}")
-    return flags
-
-
 class CustomRunner(Runner):
     """tf.function + GradientTape (loops/custom.py), on cached frozen features when it can."""
 
@@ -241,18 +218,24 @@ class CustomRunner(Runner):
     def hooks(self):
         hooks = super().hooks()
         if self.cfg.verbose:
-            hooks.append(our_callbacks.ProgbarLogger(lines_when_not_tty=True))
+            hooks.append(progress_hook(our_callbacks))
         return hooks
 
-    def fit(self, train_data, validation_data, hooks):
+    def make_loop(self) -> CustomLoop:
+        """The phase's `CustomLoop`: its model, optimizer, loss and metrics (`fit`, and the
+        learning-rate finder, which takes steps on it)."""
         plan, cfg = self.plan, self.cfg
         with plan.strategy.scope():  # Metric variables must be the strategy's (synced).
             loss_fn, metrics = make_loss(cfg), make_metrics(cfg)
-        loop = self.loop = CustomLoop(plan.model, self.optimizer, plan.strategy,
-                                      jit_compile=cfg.jit_compile,
-                                      steps_per_execution=cfg.steps_per_execution,
-                                      train_model=self.train_model, loss_fn=loss_fn,
-                                      metrics=metrics)
+        self.loop = CustomLoop(plan.model, self.optimizer, plan.strategy,
+                               jit_compile=cfg.jit_compile,
+                               steps_per_execution=cfg.steps_per_execution,
+                               train_model=self.train_model, loss_fn=loss_fn, metrics=metrics)
+        return self.loop
+
+    def fit(self, train_data, validation_data, hooks):
+        plan, cfg = self.plan, self.cfg
+        loop = self.make_loop()
         if self.unfreeze is not None:  # Gradual unfreezing: first at every epoch start.
             hooks = [self.unfreeze, *hooks]
         try:
@@ -262,7 +245,7 @@ class CustomRunner(Runner):
             return loop.fit(train_data, epochs=cfg.epochs,
                             steps_per_epoch=plan.steps_per_epoch,
                             validation_data=validation_data, callbacks=hooks,
-                            verbose=_keras_verbose(cfg.verbose))
+                            verbose=keras_verbose(cfg.verbose))
         except BackupError as e:
             raise ConfigError(f"{e}; pass --overwrite to start the phase over") from None
 
@@ -293,13 +276,8 @@ class FitRunner(Runner):
         prepare_fit(model, plan.strategy, train_data)
         history = model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=plan.steps_per_epoch,
                             validation_data=validation_data, shuffle=False, callbacks=hooks,
-                            verbose=_keras_verbose(cfg.verbose))
+                            verbose=keras_verbose(cfg.verbose))
         return {k: v[-1] for k, v in history.history.items()} if history.history else None
-
-
-def _keras_verbose(verbose: int) -> int:
-    from loops.console import keras_verbose
-    return keras_verbose(verbose)
 
 
 def _keep_csv_rows(path: str, rows: int) -> None:
@@ -310,7 +288,6 @@ def _keep_csv_rows(path: str, rows: int) -> None:
         lines = f.readlines()
     keep = lines[:1 + rows] if rows else []
     if keep != lines:
-        from callbacks.atomic_io import atomic_write_text
         atomic_write_text(path, "".join(keep))
 
 

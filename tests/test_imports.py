@@ -1,0 +1,171 @@
+"""No import circles among the project's modules (issue 23).
+
+An ast-based graph of every project `.py` file (the packages, the entry points, bench/
+and tests/): module A has an edge to module B when A imports B anywhere, at the top
+or inside a function (a function-local import hides a circle from Python's import
+machinery, not from a reader), under `if TYPE_CHECKING:` too. What an import names:
+
+- `import a.b.c` / `from a.b import c`: the deepest project module named (`a.b.c` when
+  `c` is a module, else `a.b`, whose attribute `c` is);
+- a package's `__init__` runs before any of its modules: an import of `pkg.mod` from
+  OUTSIDE `pkg` is also an edge to `pkg` (its `__init__`, and whatever that re-exports).
+  From inside `pkg` it is not: the package is already being initialised when its own
+  modules run (`callbacks/__init__.py` importing `callbacks.csv_logger`, which imports
+  `callbacks.atomic_io`, is no circle, and Python runs it as one pass).
+
+The test fails naming every circle found, as `a -> b -> a`.
+"""
+from __future__ import annotations
+
+import ast
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKIP_DIRS = {".git", "runs", "build", "dist", "__pycache__", ".ruff_cache", ".pytest_cache"}
+
+
+def project_modules(root: str = ROOT) -> dict[str, str]:
+    """Module name -> file path for every project .py file (a package by its name)."""
+    modules = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")
+                         and not d.startswith("."))
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            parts = os.path.relpath(path, root)[:-3].split(os.sep)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            if parts:
+                modules[".".join(parts)] = path
+    return modules
+
+
+def _package(module: str, modules: dict[str, str]) -> str | None:
+    """The package `module` belongs to (None for a top-level script)."""
+    is_package = modules.get(module, "").endswith("__init__.py")
+    return module if is_package else (module.rpartition(".")[0] or None)
+
+
+def _targets(module: str, node: ast.AST, modules: dict[str, str]) -> set[str]:
+    """The project modules an import statement names (see the module docstring)."""
+    named = []
+    if isinstance(node, ast.Import):
+        named = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:  # Relative: from the importer's package upwards.
+            package = _package(module, modules) or ""
+            parts = package.split(".") if package else []
+            parts = parts[:len(parts) - (node.level - 1)]
+            base = ".".join(p for p in [*parts, base] if p)
+        named = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                 for alias in node.names]
+    own = _package(module, modules)
+    targets = set()
+    for name in named:
+        parts = name.split(".")
+        # The deepest project module the dotted name reaches.
+        deepest = next((".".join(parts[:i]) for i in range(len(parts), 0, -1)
+                        if ".".join(parts[:i]) in modules), None)
+        if deepest is None:
+            continue  # Not ours (tensorflow, keras, numpy, ...).
+        targets.add(deepest)
+        # Every enclosing package's __init__ runs first, unless the importer is inside it.
+        for i in range(1, len(parts)):
+            package = ".".join(parts[:i])
+            inside = own is not None and (own == package or own.startswith(package + "."))
+            if package in modules and package != deepest and not inside:
+                targets.add(package)
+    targets.discard(module)
+    return targets
+
+
+def import_graph(root: str = ROOT) -> dict[str, set[str]]:
+    modules = project_modules(root)
+    graph = {}
+    for module, path in modules.items():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        edges = set()
+        for node in ast.walk(tree):  # Function-local imports too.
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                edges |= _targets(module, node, modules)
+        graph[module] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):  # The graph is small (~150 modules): recursion is fine.
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(_one_cycle(graph, set(component)))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def _one_cycle(graph, component) -> list[str]:
+    """A shortest circle through the component's first module, for the message."""
+    start = min(component)
+    paths, seen = [[start]], {start}
+    while paths:
+        path = paths.pop(0)
+        for w in sorted(graph[path[-1]] & component):
+            if w == start:
+                return path + [start]
+            if w not in seen:
+                seen.add(w)
+                paths.append(path + [w])
+    return sorted(component)
+
+
+def test_the_graph_sees_the_project():
+    graph = import_graph()
+    assert "loops.phases" in graph and "train" in graph and "callbacks" in graph
+    assert "loops.phases" in graph["train"]
+    # A function-local import counts (predict.py imports train_lib inside main()).
+    assert "loops.train_lib" in graph["predict"]
+
+
+def test_a_circle_is_found(tmp_path):
+    """The detector itself: a circle hidden in a function-local import, and one through
+    a package's __init__ re-export."""
+    (tmp_path / "a.py").write_text("import b\n")
+    (tmp_path / "b.py").write_text("def f():\n    from a import x\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("from pkg.m import y\n")
+    (tmp_path / "pkg" / "m.py").write_text("from pkg import n\nimport c\n")
+    (tmp_path / "pkg" / "n.py").write_text("")
+    (tmp_path / "c.py").write_text("from pkg.n import z\n")
+    found = sorted(" -> ".join(c) for c in cycles(import_graph(str(tmp_path))))
+    assert found == ["a -> b -> a", "c -> pkg -> pkg.m -> c"], found
+
+
+def test_no_import_circles():
+    found = cycles(import_graph())
+    assert not found, "import circles:\n" + "\n".join(" -> ".join(c) for c in found)
