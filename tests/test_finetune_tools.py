@@ -53,10 +53,10 @@ def test_epoch_schedules_keep_a_plain_rate_and_step_schedules_need_the_phase_len
 
 
 def test_runners_make_no_learning_rate_scheduler_for_a_step_schedule(tiny_config):
-    from loops import train_lib
+    from loops import phases
     from loops.runners import CustomRunner
     for kind, expected in (("step", True), ("one_cycle", False)):
-        plan = train_lib.make_plan(tiny_config.replace(lr_schedule=kind))
+        plan = phases.make_plan(tiny_config.replace(lr_schedule=kind))
         names = [name for name, _ in CustomRunner(plan)._specs()]
         assert ("LearningRateScheduler" in names) == expected
         optimizer_rate = CustomRunner(plan).optimizer._learning_rate
@@ -238,10 +238,10 @@ def test_suggestions_skip_the_first_tenth_and_the_last_five_points():
 
 
 def test_finder_restores_weights_and_optimizer_exactly(tiny_config):
-    from loops import train_lib
+    from loops import phases
     from loops.custom import CustomLoop
     from loops.runners import CustomRunner
-    plan = train_lib.make_plan(tiny_config.replace(feature_cache="off"))
+    plan = phases.make_plan(tiny_config.replace(feature_cache="off"))
     runner = CustomRunner(plan)
     train_data, _ = runner.data()
     loop = CustomLoop(plan.model, runner.optimizer, plan.strategy)
@@ -270,11 +270,11 @@ def test_lr_find_phase_then_learning_rate_auto(tiny_config):
     import json
     import os
 
-    from loops import train_lib
+    from loops import phases
     cfg = tiny_config.replace(epochs=1)
     with pytest.raises(ConfigError, match="--phase=lr_find --for_phase=head"):
-        train_lib.run(cfg.replace(learning_rate="auto"))
-    result = train_lib.run(cfg.replace(phase="lr_find", for_phase="head"))
+        phases.run(cfg.replace(learning_rate="auto"))
+    result = phases.run(cfg.replace(phase="lr_find", for_phase="head"))
     out = os.path.join(cfg.workdir, "lr_find_head")
     assert sorted(os.listdir(out)) == ["config.json", "lr_find.csv", "lr_find.png",
                                        "suggestions.json", "summary.json"]
@@ -286,10 +286,10 @@ def test_lr_find_phase_then_learning_rate_auto(tiny_config):
     # A suggestion measured with other flags is refused, naming them; nothing is written.
     with pytest.raises(ConfigError, match=rf"--batch_size={2 * cfg.batch_size} "
                                           rf"\(was {cfg.batch_size}\)"):
-        train_lib.run(cfg.replace(learning_rate="auto", batch_size=2 * cfg.batch_size))
+        phases.run(cfg.replace(learning_rate="auto", batch_size=2 * cfg.batch_size))
     assert not os.path.exists(os.path.join(cfg.workdir, "head"))
     # Another seed is the same curve up to the shuffle: accepted.
-    train_lib.run(cfg.replace(learning_rate="auto", lr_suggestion="steep", seed=cfg.seed + 1))
+    phases.run(cfg.replace(learning_rate="auto", lr_suggestion="steep", seed=cfg.seed + 1))
     saved = json.load(open(os.path.join(cfg.workdir, "head", "config.json")))
     assert saved["learning_rate"] == found["steep"] and saved["lr_suggestion"] == "steep"
 
@@ -427,7 +427,7 @@ def test_flip_tta_averages_the_probabilities_of_an_image_and_its_mirror():
 
 
 def test_train_bn_unfreezes_batch_norm_of_the_unfrozen_blocks_only(mobilenet):
-    from model.augment import unfreeze_batch_norm
+    from model.freeze import unfreeze_batch_norm
     assert not mobilenet.get_layer("conv_pw_13_bn").trainable  # The default: frozen.
     assert unfreeze_batch_norm(mobilenet, "finetune", "block_12") == 4
     assert mobilenet.get_layer("conv_pw_13_bn").trainable
@@ -438,7 +438,7 @@ def test_train_bn_unfreezes_batch_norm_of_the_unfrozen_blocks_only(mobilenet):
 
 # ---- (6) gradual unfreezing -----------------------------------------------------------------
 def _unfreezing_run(cfg):
-    from loops import train_lib
+    from loops import phases
     seen = []
 
     def hooks(module):
@@ -449,15 +449,15 @@ def _unfreezing_run(cfg):
         hook = module.LambdaCallback(on_epoch_begin=begin)
         return [hook]
 
-    model, _ = train_lib.train_phase(cfg, extra_hooks=hooks)
+    model = phases.train(cfg, extra_hooks=hooks).model
     return model, seen
 
 
 def test_gradual_unfreezing_trains_the_scheduled_blocks_per_epoch(tiny_config, caplog):
-    from loops import train_lib
+    from loops import phases
     head = tiny_config.replace(backbone="vgg16", unfreeze_from=None, synthetic_examples=32,
                                batch_size=16, epochs=1, learning_rate=5e-3)
-    train_lib.run(head)
+    phases.run(head)
     cfg = head.replace(phase="finetune", epochs=3, unfreeze_schedule="block5:1,block4:2",
                        feature_cache="off")
     assert cfg.resolved_unfreeze_from == "block4"
@@ -507,13 +507,13 @@ def test_unfreeze_schedule_errors(changes, message):
 def test_a_bottom_up_schedule_is_refused_before_anything_is_written(tiny_config):
     import os
 
-    from loops import train_lib
+    from loops import phases
     head = tiny_config.replace(epochs=1)
-    train_lib.run(head)
+    phases.run(head)
     cfg = head.replace(phase="finetune", unfreeze_from=None,
                        unfreeze_schedule="block_12:0,block_13:2")
     with pytest.raises(ConfigError, match="from the top down"):
-        train_lib.run(cfg)
+        phases.run(cfg)
     assert not os.path.exists(cfg.run_dir)
 
 
@@ -529,12 +529,12 @@ def test_lr_find_for_the_finetune_phase_leaves_the_head_run_alone(tiny_config):
     import os
     import shutil
 
-    from loops import train_lib
+    from loops import phases
     cfg = tiny_config.replace(epochs=1)
-    train_lib.run(cfg)
+    phases.run(cfg)
     best = os.path.join(cfg.workdir, "head", "best.weights.h5")
     shutil.copy(best, best + ".before")
-    result = train_lib.run(cfg.replace(phase="lr_find", for_phase="finetune"))
+    result = phases.run(cfg.replace(phase="lr_find", for_phase="finetune"))
     assert result["run_dir"] == os.path.join(cfg.workdir, "lr_find_finetune")
     assert all(lr > 0 for lr in result["suggestions"].values())
     assert filecmp.cmp(best, best + ".before", shallow=False)
@@ -554,12 +554,12 @@ def test_exact_resume_continues_the_step_schedule_and_the_mixing(tiny_config):
     interrupted mid-epoch and resumed from its backup ends bit-identical."""
     import os
 
-    from loops import train_lib
+    from loops import phases
     cfg = tiny_config.replace(backbone="vgg16", unfreeze_from=None, synthetic_examples=32,
                               batch_size=8, epochs=3, learning_rate=3e-3, dropout=0.0,
                               lr_schedule="one_cycle", augment="mixup", backup=True,
                               backup_every_steps=2)
-    straight, _ = train_lib.train_phase(cfg.replace(workdir=cfg.workdir + "_straight"))
+    straight = phases.train(cfg.replace(workdir=cfg.workdir + "_straight")).model
     expected = [w.numpy() for w in straight.weights]
     batches = []
 
@@ -571,9 +571,9 @@ def test_exact_resume_continues_the_step_schedule_and_the_mixing(tiny_config):
         return [module.LambdaCallback(on_train_batch_end=on_batch_end)]
 
     with pytest.raises(KeyboardInterrupt):
-        train_lib.train_phase(cfg, extra_hooks=interrupting)
+        phases.train(cfg, extra_hooks=interrupting)
     assert os.path.isdir(os.path.join(cfg.run_dir, "backup"))
-    resumed, _ = train_lib.train_phase(cfg)
+    resumed = phases.train(cfg).model
     assert all(np.array_equal(w.numpy(), e) for w, e in zip(resumed.weights, expected))
 
 

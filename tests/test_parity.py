@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from loops import compare_lib, train_lib
+from loops import compare_lib, phases, train_lib
 from tests.conftest import ROOT
 
 
@@ -77,7 +77,7 @@ def test_head_parity_with_every_hook(parity_config):
 
 
 def test_finetune_parity_with_every_hook(parity_config):
-    train_lib.run(parity_config.replace(epochs=1, augment=True))
+    phases.run(parity_config.replace(epochs=1, augment=True))
     cfg = parity_config.replace(phase="finetune", epochs=3)
     report = compare_lib.compare(cfg)
     assert_parity(report, cfg.run_dir)
@@ -120,7 +120,7 @@ def test_parity_with_xla_and_several_steps_per_execution(tmp_path):
 def test_steps_per_execution_must_divide_an_epoch(parity_config):
     from flags.config import ConfigError
     with pytest.raises(ConfigError, match="does not divide the 3 steps"):
-        train_lib.train_phase(parity_config.replace(steps_per_execution=2))
+        phases.train(parity_config.replace(steps_per_execution=2))
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
@@ -168,7 +168,7 @@ def test_head_parity_with_finetune_tools(parity_config, changes):
 
 def test_finetune_parity_with_layer_lr_decay(parity_config):
     """Discriminative rates live in the optimizer: block5 at LR/2, block4 at LR/4."""
-    train_lib.run(parity_config.replace(epochs=1))
+    phases.run(parity_config.replace(epochs=1))
     cfg = parity_config.replace(phase="finetune", epochs=2, unfreeze_from="block4",
                                 layer_lr_decay=0.5, lr_schedule="one_cycle",
                                 reduce_lr_on_plateau=False, early_stopping=False)
@@ -187,9 +187,9 @@ def test_finetune_parity_with_train_bn_and_flip_tta_evaluation(tiny_config):
     and --tta=flip at evaluate, in both loops."""
     import keras
 
-    from model.augment import unfreeze_batch_norm
+    from model.freeze import unfreeze_batch_norm
     tiny = tiny_config.replace(unfreeze_from="block_12", epochs=1, learning_rate=5e-3)
-    train_lib.run(tiny)
+    phases.run(tiny)
     cfg = tiny.replace(phase="finetune", epochs=2, train_bn=True)
     report = compare_lib.compare(cfg)
     assert report["equal"] and report["max_abs_weight_diff"] == 0.0
@@ -204,7 +204,7 @@ def test_finetune_parity_with_train_bn_and_flip_tta_evaluation(tiny_config):
     # Evaluate the custom run's weights through both loops, with and without TTA.
     import shutil
     shutil.copytree(os.path.join(cfg.run_dir, "custom"), cfg.run_dir, dirs_exist_ok=True)
-    results = {(loop, tta): train_lib.run(cfg.replace(phase="evaluate", loop=loop, tta=tta))
+    results = {(loop, tta): phases.run(cfg.replace(phase="evaluate", loop=loop, tta=tta))
                for loop in ("custom", "fit") for tta in ("", "flip")}
     for tta in ("", "flip"):
         assert results[("custom", tta)]["loss"] == results[("fit", tta)]["loss"]
