@@ -146,7 +146,8 @@ HEAD_LEARNING_RATE = 1e-3
 FINETUNE_LEARNING_RATE = HEAD_LEARNING_RATE / 10
 
 # Default first trainable block in the finetune phase, per backbone: its last block
-# or stage (model/backbones.py holds the same values; tests check they agree).
+# or stage (model/backbones.py's `Backbone.default_unfreeze` reads it from here; the
+# blocks exist in each model: tests/test_backbones.py).
 DEFAULT_UNFREEZE_FROM = {
     "vgg16": "block5", "vgg19": "block5", "resnet50": "conv5", "resnet50v2": "conv5",
     "mobilenet": "block_12", "mobilenet_v2": "block_16",
@@ -353,9 +354,6 @@ class Config:
     steps_per_execution: int = _flag(
         1, G_SPEED, "Train steps per compiled call (both loops).", range=Range(1, _MANY, 1))
     # Fine-tuning tools (issue 13; loops/schedules.py, loops/optimizers.py).
-    warmup_epochs: float = _flag(
-        1.0, G_OPTIMISATION, "warmup_cosine: epochs (may be fractional) of linear warm-up "
-        "from 0.", range=Range(0.0, float(_MANY), 1, high_open=True))
     label_smoothing: float = _flag(
         0.0, G_REGULARISATION, "Label smoothing of the cross-entropy (0: off), in both loops.",
         (FINDER,), range=Range(0.0, 1.0, 0.1, high_open=True))
@@ -372,24 +370,20 @@ class Config:
         0.0, G_REGULARISATION, "Keep an exponential moving average of the weights with this "
         "momentum (e.g. 0.99; 0: off) and use it as the final weights, as Keras' use_ema "
         "does.", range=Range(0.0, 1.0, 0.99, high_open=True))
-    layer_lr_decay: float = _flag(
-        1.0, G_OPTIMISATION, "Discriminative learning rates: the head trains at the rate, the "
-        "last backbone block at rate*D, the one before at rate*D^2, ... (1: off).", (FINDER,),
-        range=Range(1e-3, 1.0, 0.7))
     recipe: str = _flag(
         "classic", G_PHASE, "Named settings of the fine-tuning flags: classic (every flag at "
         "its default) or tuned (one-cycle, label smoothing, discriminative rates, weight "
         "decay; chosen on validation photos, see bench/README.md). Flags given explicitly "
         "override the recipe; config.json records the resolved values.", (REPEATED,),
         choices=tuple(RECIPES))
-    train_bn: bool = _flag(
-        False, G_MODEL, "finetune: the batch-norm layers of the unfrozen blocks train too "
-        "(default: frozen, in inference mode, as the Keras fine-tuning guide advises).",
-        (FINDER,))
     unfreeze_schedule: str = _flag(
         "", G_MODEL, "finetune, custom loop: gradual unfreezing, BLOCK:EPOCH,... (e.g. "
         "block5:0,block4:2: block5 trains from epoch 0, block4 from epoch 2; the head "
         "always); replaces --unfreeze_from.")
+    train_bn: bool = _flag(
+        False, G_MODEL, "finetune: the batch-norm layers of the unfrozen blocks train too "
+        "(default: frozen, in inference mode, as the Keras fine-tuning guide advises).",
+        (FINDER,))
     tta: str = _flag(
         "", G_MODEL, "evaluate: test-time augmentation; flip averages the predicted "
         "probabilities of each image and its mirror image.")
@@ -459,6 +453,14 @@ class Config:
         range=Range(0.0, FLOAT32_MAX, 0))
     reduce_lr_cooldown: int = _flag(
         0, G_OPTIMISATION, "ReduceLROnPlateau(cooldown=...).", range=Range(0, _MANY, 0))
+    # Fine-tuning tools of the schedules (listed here for --help's order).
+    warmup_epochs: float = _flag(
+        1.0, G_OPTIMISATION, "warmup_cosine: epochs (may be fractional) of linear warm-up "
+        "from 0.", range=Range(0.0, float(_MANY), 1, high_open=True))
+    layer_lr_decay: float = _flag(
+        1.0, G_OPTIMISATION, "Discriminative learning rates: the head trains at the rate, the "
+        "last backbone block at rate*D, the one before at rate*D^2, ... (1: off).", (FINDER,),
+        range=Range(1e-3, 1.0, 0.7))
     tensorboard: bool = _flag(
         True, G_HOOKS, "Write TensorBoard logs to <run>/tensorboard/{train,validation}.")
     csv_log: bool = _flag(True, G_HOOKS, "Write per-epoch logs to <run>/log.csv.")

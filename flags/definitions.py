@@ -1,5 +1,9 @@
 """absl flag definitions, generated from `Config` so the two never drift apart.
 
+Each flag's help text, `--help` heading and choices are declared once, on its `Config`
+field (flags/config.py `_flag`); `HELP`, `GROUPS` and `_CHOICES` here are read from
+those declarations, plus the entry-point flags that are not part of `Config`.
+
 `--help` (and `--helpshort`) list these flags grouped by purpose (`GROUPS`), each
 with its default; `--helpfull` keeps absl's full per-module listing.
 """
@@ -12,160 +16,24 @@ from absl import app, flags
 
 from flags import config as config_lib
 
-HELP = {
-    "phase": "head: train the new head on a frozen backbone; finetune: unfreeze from "
-             "--unfreeze_from and train with a lower rate; evaluate: test the newest phase; "
-             "lr_find: the learning-rate finder for --for_phase.",
-    "loop": "custom: the tf.GradientTape loop; fit: Keras compile()+fit() with keras.callbacks.",
-    "workdir": "Run directory; each phase writes <workdir>/<phase>/.",
-    "overwrite": "Delete and retrain a phase that already has results in --workdir.",
-    "backbone": "Pretrained backbone from keras.applications; its preprocessing is part of the "
-                "model, which takes raw 0-255 RGB.",
-    "alpha": "Width multiplier of the MobileNets (ImageNet weights: mobilenet 0.25, 0.5, 0.75, "
-             "1.0; mobilenet_v2 0.35-1.4; mobilenet_v3_* 0.75, 1.0); no effect on the others.",
-    "weights": "imagenet, none, or PATH to a Keras weights file of the backbone without top.",
-    "image_size": "Images are resized to image_size x image_size.",
-    "dropout": "Dropout rate before the logits (0 disables the layer).",
-    "augment": "Training-time augmentation, a comma list: flip, rotate, randaugment (layers in "
-               "the model) and mixup, cutmix (mixing the examples of a batch, soft labels); "
-               "--augment alone means flip,rotate (random horizontal flips and small "
-               "rotations), --noaugment none.",
-    "unfreeze_from": "finetune: this block (block5, conv5, block_12, block7, stage_3, mixed9, "
-                     "...) or layer and all after it train; default: the backbone's last "
-                     "block or stage (an unknown name lists the blocks).",
-    "init_checkpoint": "finetune: start from these weights instead of "
-                       "<workdir>/head/best.weights.h5.",
-    "dataset": "A tfds image-classification dataset with image/label features, or 'synthetic'.",
-    "data_dir": "Image folder (DIR/train, DIR/validation or DIR/val, DIR/test, one sub-folder "
-                "per class); replaces --dataset.",
-    "tfds_data_dir": "Where tfds datasets are stored (tfds' default when unset).",
-    "train_split": "tfds split for training.",
-    "validation_split_name": "tfds split for validation.",
-    "test_split": "tfds split for testing.",
-    "validation_split": "--data_dir without a validation folder: fraction of train carved out.",
-    "test_split_fraction": "--data_dir without a test folder: fraction carved out for testing.",
-    "max_examples_per_split": "Use at most this many examples per split (0: all).",
-    "synthetic_examples": "--dataset=synthetic: training examples.",
-    "split_seed": "Seed of the data split (carved validation/test folders, synthetic data); "
-                  "independent of --seed, so runs with other seeds are evaluated on the same "
-                  "examples.",
-    "batch_size": "Global batch size.",
-    "epochs": "Epochs to train this phase.",
-    "learning_rate": f"Initial rate (default {config_lib.HEAD_LEARNING_RATE} for head, "
-                     f"{config_lib.FINETUNE_LEARNING_RATE} for finetune), or auto: the "
-                     "suggestion of `--phase=lr_find` for this phase (recorded in config.json).",
-    "for_phase": "--phase=lr_find: the phase to find a learning rate for (head or finetune); "
-                 "writes <workdir>/lr_find_<for_phase>/.",
-    "lr_suggestion": "--learning_rate=auto: which suggestion of the finder to use.",
-    "recipe": "Named settings of the fine-tuning flags: classic (every flag at its default) "
-              "or tuned (one-cycle, label smoothing, discriminative rates, weight decay; "
-              "chosen on validation photos, see bench/README.md). Flags given explicitly "
-              "override the recipe; config.json records the resolved values.",
-    "train_bn": "finetune: the batch-norm layers of the unfrozen blocks train too (default: "
-                "frozen, in inference mode, as the Keras fine-tuning guide advises).",
-    "unfreeze_schedule": "finetune, custom loop: gradual unfreezing, BLOCK:EPOCH,... (e.g. "
-                         "block5:0,block4:2: block5 trains from epoch 0, block4 from epoch 2; "
-                         "the head always); replaces --unfreeze_from.",
-    "tta": "evaluate: test-time augmentation; flip averages the predicted probabilities of "
-           "each image and its mirror image.",
-    "optimizer": "Optimizer; each phase starts a fresh one.",
-    "seed": "Seed for weights, dropout, augmentation and data order.",
-    "deterministic": "Seed everything and enable TF op determinism (bitwise-repeatable runs).",
-    "strategy": "tf.distribute strategy.",
-    "logical_cpus": "Split the CPU into this many logical devices (to try --strategy=mirrored "
-                    "without GPUs).",
-    "jit_compile": "Compile train/test steps with XLA (both loops).",
-    "mixed_precision": "mixed_float16 or mixed_bfloat16 (default: float32).",
-    "steps_per_execution": "Train steps per compiled call (both loops).",
-    "feature_cache": "Frozen-prefix feature cache of the custom loop.",
-    "feature_cache_dir": "Where disk feature caches live (default <workdir>/feature_cache); "
-                         "runs that share it share their frozen features.",
-    "feature_precision": "Precision of the feature cache's frozen forward pass (features are "
-                         "stored as float32): float32 (exact), bfloat16 (approximate; fast "
-                         "only on CPUs with native bf16, e.g. AVX512-BF16/AMX), or auto "
-                         "(bfloat16 only where the CPU has native bf16 and a one-batch probe "
-                         "shows it faster for this backbone).",
-    "image_cache": "Decoded-image cache: disk keeps each split's decoded, resized images under "
-                   "--image_cache_dir for later phases, evaluation and sweep trials (written "
-                   "atomically, keyed by every file's path, size and time); memory caches "
-                   "within one process only; off decodes every epoch; auto is disk except "
-                   "for synthetic data.",
-    "image_cache_dir": "Where disk image caches live (default <workdir>/image_cache); runs "
-                       "that share it decode each photo once.",
-    "monitor": "Quantity for best checkpoint, early stopping and plateau reduction.",
-    "mode": "min, max or auto (from the monitor's name), as in Keras.",
-    "save_best_only": "Keep only best.weights.h5; when false also keep every epoch's weights.",
-    "early_stopping": "Stop when --monitor has not improved for --early_stopping_patience epochs.",
-    "early_stopping_patience": "EarlyStopping(patience=...).",
-    "min_delta": "Smallest change of --monitor that counts as improvement.",
-    "restore_best_weights": "EarlyStopping restores the best epoch's weights at the end.",
-    "lr_schedule": "Learning-rate schedule: constant, step, exponential, cosine are set per "
-                   "epoch (LearningRateScheduler); one_cycle (fastai: pct_start 0.25, div 25, "
-                   "div_final 1e5) and warmup_cosine (linear warm-up for --warmup_epochs, then "
-                   "cosine to 0) per step, inside the optimizer.",
-    "warmup_epochs": "warmup_cosine: epochs (may be fractional) of linear warm-up from 0.",
-    "label_smoothing": "Label smoothing of the cross-entropy (0: off), in both loops.",
-    "weight_decay": "Decoupled weight decay (Adam becomes AdamW; 0: off); biases and "
-                    "batch-norm parameters are not decayed.",
-    "clipnorm": "Clip each variable's gradient to this L2 norm (0: off).",
-    "ema": "Keep an exponential moving average of the weights with this momentum (e.g. "
-           "0.99; 0: off) and use it as the final weights, as Keras' use_ema does.",
-    "layer_lr_decay": "Discriminative learning rates: the head trains at the rate, the last "
-                      "backbone block at rate*D, the one before at rate*D^2, ... (1: off).",
-    "lr_decay_rate": "step/exponential schedules: factor per --lr_decay_epochs.",
-    "lr_decay_epochs": "step/exponential schedules: epochs per decay.",
-    "reduce_lr_on_plateau": "ReduceLROnPlateau on --monitor.",
-    "reduce_lr_patience": "ReduceLROnPlateau(patience=...).",
-    "reduce_lr_factor": "ReduceLROnPlateau(factor=...).",
-    "reduce_lr_min_lr": "ReduceLROnPlateau(min_lr=...).",
-    "reduce_lr_cooldown": "ReduceLROnPlateau(cooldown=...).",
-    "tensorboard": "Write TensorBoard logs to <run>/tensorboard/{train,validation}.",
-    "csv_log": "Write per-epoch logs to <run>/log.csv.",
-    "remote_monitor_url": "POST each epoch's logs as JSON to this URL (RemoteMonitor).",
-    "terminate_on_nan": "Stop at the first non-finite loss.",
-    "backup": "Back up the training state at each epoch end (and every --backup_every_steps) "
-              "and resume from it when the same command is run again (--nobackup: off).",
-    "backup_every_steps": "Also back up every N steps (0: epoch ends only).",
-    "verbose": "0: quiet; 1: a progress bar per epoch (one plain line per epoch when the "
-               "output is not a terminal); 2: also TensorFlow's native start-up logs.",
-    "debug": "Show the full traceback of an error instead of one line.",
-}
+_FIELDS = dataclasses.fields(config_lib.Config)
+# Each flag's help, `--help` heading and choices are declared on its `Config` field
+# (flags/config.py `_flag`); these are read from there. Entry-point flags (not part of
+# `Config`) add theirs here.
+HELP = {**{f.name: f.metadata["help"] for f in _FIELDS},
+        "logical_cpus": "Split the CPU into this many logical devices (to try "
+                        "--strategy=mirrored without GPUs)."}
 
-# `--help` headings, in order, and the flags under each. Every `Config` field must be in
-# exactly one group (`define_flags` raises otherwise); entry-point flags may be too.
-GROUPS = {
-    "phase and paths": ("phase", "loop", "workdir", "overwrite", "init_checkpoint", "recipe"),
-    "model": ("backbone", "alpha", "weights", "image_size", "dropout", "augment",
-              "unfreeze_from", "unfreeze_schedule", "train_bn", "tta"),
-    "data": ("dataset", "data_dir", "tfds_data_dir", "train_split", "validation_split_name",
-             "test_split", "validation_split", "test_split_fraction", "max_examples_per_split",
-             "synthetic_examples", "split_seed"),
-    "optimisation and schedules": ("batch_size", "epochs", "learning_rate", "for_phase",
-                                   "lr_suggestion", "optimizer", "seed",
-                                   "lr_schedule", "lr_decay_rate", "lr_decay_epochs",
-                                   "reduce_lr_on_plateau", "reduce_lr_patience",
-                                   "reduce_lr_factor", "reduce_lr_min_lr", "reduce_lr_cooldown",
-                                   "warmup_epochs", "layer_lr_decay"),
-    "regularisation": ("label_smoothing", "weight_decay", "clipnorm", "ema"),
-    "hooks": ("monitor", "mode", "save_best_only", "early_stopping", "early_stopping_patience",
-              "min_delta", "restore_best_weights", "tensorboard", "csv_log",
-              "remote_monitor_url", "terminate_on_nan"),
-    "speed": ("jit_compile", "mixed_precision", "steps_per_execution", "feature_cache",
-              "feature_cache_dir", "feature_precision", "image_cache", "image_cache_dir"),
-    "reliability": ("deterministic", "backup", "backup_every_steps"),
-    "distribution": ("strategy", "logical_cpus"),
-    "output": ("verbose", "debug", "json"),
-}
+# `--help` headings, in order, and the flags under each (field order). Every `Config`
+# field must be in exactly one group (`define_flags` raises otherwise); entry-point
+# flags may be too.
+_ENTRY_POINT_GROUPS = {config_lib.G_DISTRIBUTION: ("logical_cpus",),
+                       config_lib.G_OUTPUT: ("json",)}
+GROUPS = {heading: tuple(f.name for f in _FIELDS if f.metadata["group"] == heading)
+          + _ENTRY_POINT_GROUPS.get(heading, ())
+          for heading in config_lib.GROUP_HEADINGS}
 
-_CHOICES = {
-    "phase": config_lib.PHASES + config_lib.TOOL_PHASES, "loop": config_lib.LOOPS,
-    "backbone": config_lib.BACKBONES, "for_phase": ("head", "finetune"),
-    "lr_suggestion": config_lib.LR_SUGGESTIONS, "recipe": tuple(config_lib.RECIPES),
-    "optimizer": config_lib.OPTIMIZERS, "lr_schedule": config_lib.LR_SCHEDULES,
-    "strategy": config_lib.STRATEGIES, "feature_cache": config_lib.FEATURE_CACHE,
-    "image_cache": config_lib.IMAGE_CACHE, "feature_precision": config_lib.FEATURE_PRECISIONS,
-    "mode": config_lib.MODES,
-}
+_CHOICES = {f.name: f.metadata["choices"] for f in _FIELDS if "choices" in f.metadata}
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
@@ -219,11 +87,11 @@ def check_groups(fields=None) -> None:
     grouped = [name for members in GROUPS.values() for name in members]
     for name in names:
         if name not in HELP:
-            raise ValueError(f"Config field {name!r} has no help text: add it to HELP in "
-                             "flags/definitions.py")
+            raise ValueError(f"Config field {name!r} has no help text: declare it with "
+                             "_flag(help=...) in flags/config.py")
         if grouped.count(name) != 1:
-            raise ValueError(f"Config field {name!r} is in {grouped.count(name)} --help groups: "
-                             "put it in exactly one of GROUPS in flags/definitions.py")
+            raise ValueError(f"Config field {name!r} is in {grouped.count(name)} --help groups "
+                             "(GROUPS): declare one with _flag(group=...) in flags/config.py")
 
 
 def define_output_flags(flag_values=flags.FLAGS) -> None:

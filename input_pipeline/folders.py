@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from flags.config import DATA, key_values
 from input_pipeline.common import (
     SPLITS,
     DataError,
@@ -202,12 +203,6 @@ def _identity(st: os.stat_result) -> tuple:
     return st.st_dev, st.st_ino
 
 
-# Flags that decide which examples a run sees (for `data_fingerprint`).
-_DATA_FLAGS = ("dataset", "data_dir", "tfds_data_dir", "train_split", "validation_split_name",
-               "test_split", "validation_split", "test_split_fraction", "max_examples_per_split",
-               "synthetic_examples", "split_seed", "image_size")
-
-
 def data_fingerprint(cfg) -> str:
     """A hex digest that changes when the data `cfg` names changes.
 
@@ -217,10 +212,13 @@ def data_fingerprint(cfg) -> str:
     change it, whatever their size and modification time say; the folder's own path
     and the files' times do not (a copy of the folder is the same data). tfds and
     synthetic data: a hash of the data flags (what the run sees is a function of
-    them).
+    them). The data flags are the `Config` fields with the DATA role
+    (`flags.config.key_values`); with an image folder, every flag but --data_dir
+    enters the hash too.
     """
     digest = hashlib.sha256()
-    flags = {name: getattr(cfg, name, None) for name in _DATA_FLAGS if name != "data_dir"}
+    flags = {name: value for name, value in key_values(cfg, DATA).items()
+             if name != "data_dir"}
     digest.update(json.dumps(flags, sort_keys=True).encode())
     if cfg.data_dir:
         root = os.path.normpath(cfg.data_dir)

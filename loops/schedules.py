@@ -23,6 +23,7 @@ import math
 import keras
 
 from callbacks.base import Callback
+from flags.config import STEP_LR_SCHEDULES
 from loops import optimizers as optimizers_lib
 
 OPTIMIZERS = {
@@ -30,8 +31,9 @@ OPTIMIZERS = {
     "sgd": keras.optimizers.SGD,
     "rmsprop": keras.optimizers.RMSprop,
 }
-# Per-step schedules (keras LearningRateSchedule objects inside the optimizer).
-STEP_SCHEDULES = ("one_cycle", "warmup_cosine")
+# Per-step schedules (keras LearningRateSchedule objects inside the optimizer): declared
+# once in flags/config.py, which checks them against --reduce_lr_on_plateau.
+STEP_SCHEDULES = STEP_LR_SCHEDULES
 # fastai's fit_one_cycle defaults.
 ONE_CYCLE_PCT_START = 0.25
 ONE_CYCLE_DIV = 25.0

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import keras
 
-from flags.config import ConfigError
+from flags.config import DEFAULT_UNFREEZE_FROM, ConfigError
 
 # Where keras.applications downloads ImageNet weights from.
 WEIGHTS_HOST = ("storage.googleapis.com", 443)
@@ -63,10 +63,16 @@ class Backbone:
     preprocess_as: str
     min_size: int  # Keras' own lower bound (obtain_input_shape's min_size).
     blocks: Blocks
-    default_unfreeze: str
     weights_name: str  # File name keras.applications caches ImageNet weights under (no top).
     imagenet_alphas: tuple[float, ...] = ()  # Width multipliers with ImageNet weights.
     imagenet_sizes: tuple[int, ...] = ()  # Sizes with their own weights file (else 224).
+
+    @property
+    def default_unfreeze(self) -> str:
+        """The first block that trains in the finetune phase by default (its last block
+        or stage): `flags.config.DEFAULT_UNFREEZE_FROM`, where flags/ can read it
+        without importing Keras."""
+        return DEFAULT_UNFREEZE_FROM[self.name]
 
     @property
     def has_alpha(self) -> bool:
@@ -122,45 +128,45 @@ def _backbones(*items: Backbone) -> dict[str, Backbone]:
 A = keras.applications
 MOBILENET_V3_BLOCKS = Blocks(r"^(?P<block>expanded_conv(?:_\d+)?)_", block="{block}")
 BACKBONES = _backbones(
-    Backbone("vgg16", A.VGG16, "caffe", "caffe", 32, VGG_BLOCKS, "block5",
+    Backbone("vgg16", A.VGG16, "caffe", "caffe", 32, VGG_BLOCKS,
              "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    Backbone("vgg19", A.VGG19, "caffe", "caffe", 32, VGG_BLOCKS, "block5",
+    Backbone("vgg19", A.VGG19, "caffe", "caffe", 32, VGG_BLOCKS,
              "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    Backbone("resnet50", A.ResNet50, "caffe", "caffe", 32, RESNET_BLOCKS, "conv5",
+    Backbone("resnet50", A.ResNet50, "caffe", "caffe", 32, RESNET_BLOCKS,
              "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    Backbone("resnet50v2", A.ResNet50V2, "tf", "tf", 32, RESNET_BLOCKS, "conv5",
+    Backbone("resnet50v2", A.ResNet50V2, "tf", "tf", 32, RESNET_BLOCKS,
              "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     Backbone("mobilenet", A.MobileNet, "tf", "tf", 32,
-             Blocks(r"^conv_(?:dw|pw|pad)_(?P<block>\d+)", block="block_{block}"), "block_12",
+             Blocks(r"^conv_(?:dw|pw|pad)_(?P<block>\d+)", block="block_{block}"),
              "mobilenet_{mobilenet_alpha}_{rows}_tf_no_top.h5",
              imagenet_alphas=(0.25, 0.5, 0.75, 1.0), imagenet_sizes=(128, 160, 192, 224)),
     Backbone("mobilenet_v2", A.MobileNetV2, "tf", "tf", 32,
-             Blocks(r"^(?P<block>block_\d+|expanded_conv)_", block="{block}"), "block_16",
+             Blocks(r"^(?P<block>block_\d+|expanded_conv)_", block="{block}"),
              "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}_no_top.h5",
              imagenet_alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
              imagenet_sizes=(96, 128, 160, 192, 224)),
     Backbone("mobilenet_v3_small", A.MobileNetV3Small, None, "tf", 32, MOBILENET_V3_BLOCKS,
-             "expanded_conv_10", "weights_mobilenet_v3_small_224_{alpha}_float_no_top_v2.h5",
+             "weights_mobilenet_v3_small_224_{alpha}_float_no_top_v2.h5",
              imagenet_alphas=(0.75, 1.0)),
     Backbone("mobilenet_v3_large", A.MobileNetV3Large, None, "tf", 32, MOBILENET_V3_BLOCKS,
-             "expanded_conv_14", "weights_mobilenet_v3_large_224_{alpha}_float_no_top_v2.h5",
+             "weights_mobilenet_v3_large_224_{alpha}_float_no_top_v2.h5",
              imagenet_alphas=(0.75, 1.0)),
     *(Backbone(f"efficientnet_b{i}", getattr(A, f"EfficientNetB{i}"), None, "torch", 32,
-               EFFICIENTNET_BLOCKS, "block7", f"efficientnetb{i}_notop.h5")
+               EFFICIENTNET_BLOCKS, f"efficientnetb{i}_notop.h5")
       for i in range(4)),
     Backbone("efficientnetv2_b0", A.EfficientNetV2B0, None, "torch", 32, EFFICIENTNET_BLOCKS,
-             "block6h", "efficientnetv2-b0_notop.h5"),
+             "efficientnetv2-b0_notop.h5"),
     Backbone("convnext_tiny", A.ConvNeXtTiny, None, "torch", 32,
              Blocks(r"^convnext_[a-z]+_(?P<stage>stage_\d+)_(?P<block>block_\d+)_",
                     stage="{stage}", block="{stage}_{block}"),
-             "stage_3", "convnext_tiny_notop.h5"),
-    Backbone("densenet121", A.DenseNet121, "torch", "torch", 32, RESNET_BLOCKS, "conv5",
+             "convnext_tiny_notop.h5"),
+    Backbone("densenet121", A.DenseNet121, "torch", "torch", 32, RESNET_BLOCKS,
              "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     # Inception blocks are named by the concatenation that ends them (mixed0 ... mixed10).
     Backbone("inception_v3", A.InceptionV3, "tf", "tf", 75,
-             Blocks(r"^(?P<block>mixed\d+)$", block="{block}"), "mixed9",
+             Blocks(r"^(?P<block>mixed\d+)$", block="{block}"),
              "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    Backbone("xception", A.Xception, "tf", "tf", 71, VGG_BLOCKS, "block14",
+    Backbone("xception", A.Xception, "tf", "tf", 71, VGG_BLOCKS,
              "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
 )
 
