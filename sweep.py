@@ -35,6 +35,7 @@ from flags.definitions import define_flags, define_help_flags  # noqa: E402
 from loops.entry import app_run, run_command  # noqa: E402
 
 define_flags()
+_TRAIN_FLAGS = set(flags.FLAGS)
 flags.DEFINE_string("phases", None, "Phases of every trial, in order (default: "
                     "head,finetune,evaluate, or the sweep file's).")
 flags.DEFINE_multi_string("axis", [], "NAME=V1,V2 (a train.py flag; head.NAME / finetune.NAME "
@@ -73,9 +74,12 @@ flags.DEFINE_enum("select_by", "val_accuracy", ["val_accuracy", "val_loss"], "Th
                   "scores. Test numbers are reported, never used to choose.")
 flags.DEFINE_string("run_trial", None, "Internal: run the trial in this folder (a worker of "
                     "--parallel).")
-SWEEP_FLAGS = ("phases", "axis", "seeds", "baseline", "sweep_file", "shard", "parallel",
-               "report_only", "retry_failed", "progress", "race", "min_seeds", "max_seeds",
-               "race_alpha", "share_phases", "select_by")
+# The flags defined above (--help's "sweep" heading), but the internal --run_trial.
+SWEEP_FLAGS = tuple(name for name in flags.FLAGS
+                    if name not in _TRAIN_FLAGS and name != "run_trial")
+# Its numeric flags, each checked against its range in flags/config.py RANGES.
+SWEEP_NUMBERS = {"parallel": "int", "min_seeds": "int", "max_seeds": "int",
+                 "race_alpha": "float"}
 define_help_flags({"sweep": SWEEP_FLAGS})
 FLAGS = flags.FLAGS
 
@@ -94,6 +98,15 @@ def cli_flags() -> dict:
             if FLAGS[f.name].present and f.name != "workdir"}
 
 
+def check_sweep_numbers() -> None:
+    """sweep.py's numeric flags in their ranges (`flags.config.check_number`): one line
+    naming the fix, before anything is written. An unset --max_seeds is every seed."""
+    from flags.config import check_number
+    for name, kind in SWEEP_NUMBERS.items():
+        if FLAGS[name].value is not None:
+            check_number(name, FLAGS[name].value, kind)
+
+
 def sweep(cfg):
     from flags.errors import ConfigError
     from research import study as study_lib
@@ -105,8 +118,6 @@ def sweep(cfg):
     if not FLAGS["workdir"].present:
         raise ConfigError("pass --workdir=DIR: the study's folder (trials, report)")
     workdir = FLAGS.workdir
-    if FLAGS.parallel < 1:
-        raise ConfigError(f"--parallel={FLAGS.parallel} must be at least 1")
     shard = study_lib.grid.parse_shard(FLAGS.shard)
     race_flags = ("race", "min_seeds", "max_seeds", "race_alpha")
     defined = FLAGS.axis or FLAGS.sweep_file or any(
@@ -114,6 +125,7 @@ def sweep(cfg):
     if not FLAGS.race and any(FLAGS[n].present for n in race_flags[1:]):
         raise ConfigError("--min_seeds, --max_seeds and --race_alpha set up a race; pass "
                           "--race as well")
+    check_sweep_numbers()
     race = (study_lib.grid.Race(FLAGS.min_seeds, FLAGS.max_seeds, FLAGS.race_alpha)
             if FLAGS.race else None)
     select_by = FLAGS.select_by
