@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import stat as stat_lib
 import uuid
@@ -40,6 +41,13 @@ def temp_path(path: str) -> str:
     folder, name = os.path.split(path)
     suffix = next((s for s in _SUFFIXES if name.endswith(s)), "")
     return os.path.join(folder, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def temp_name_pattern(names) -> re.Pattern:
+    """Matches the file names `temp_path` makes for targets named one of `names`."""
+    alternatives = "|".join(re.escape(n) for n in names)
+    suffixes = "|".join(re.escape(s) for s in _SUFFIXES)
+    return re.compile(r"^\.(%s)\.tmp-\d+-[0-9a-f]{8}(%s)?$" % (alternatives, suffixes))
 
 
 _WRITE_CHECKS = []  # Called before each write; raise to stop it.

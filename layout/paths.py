@@ -50,7 +50,8 @@ TENSORBOARD_TRAIN = "train"  # Subfolders of a TensorBoard log directory.
 TENSORBOARD_VALIDATION = "validation"
 PROJECTOR_CONFIG = "projector_config.pbtxt"
 EMBEDDING_WEIGHTS = "keras_embedding.ckpt-{epoch}.weights.h5"  # In tensorboard/train/.
-EVENTS_GLOB = "events.out.tfevents.*"  # TensorFlow's event files in a log folder.
+EVENTS_PREFIX = "events.out.tfevents."  # TensorFlow's event files in a log folder.
+EVENTS_GLOB = EVENTS_PREFIX + "*"
 BACKUP_DIR = "backup"
 # Inside backup/: the custom loop's exact state, Keras' BackupAndRestore's files.
 BACKUP_STATE_JSON = "state.json"
@@ -78,6 +79,7 @@ RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 RESULTS_PNG = "results.png"
 HPARAMS_DIR = "hparams"
+AXES_SIGNATURE_PREFIX = ".axes-"  # hparams/.axes-<hash>: the grid its summary describes.
 TRIALS_DIR = "trials"
 SHARED_DIR = "shared"
 TRIAL_JSON = "trial.json"

@@ -24,18 +24,15 @@ import json
 
 import numpy as np
 
+from flags.config import SPLIT, key_values
 from layout.atomic import atomic_save
 from layout.paths import PREDICTIONS_NPZ  # noqa: F401  (the name callers know from here)
 
-# Flags that decide the test split's examples and their order.
-SPLIT_FIELDS = ("data_dir", "dataset", "tfds_data_dir", "test_split", "split_seed",
-                "validation_split", "test_split_fraction", "max_examples_per_split",
-                "synthetic_examples")
-
 
 def split_description(data_cfg) -> str:
-    return json.dumps({f: getattr(data_cfg, f, None) for f in SPLIT_FIELDS}, sort_keys=True,
-                      default=str)
+    """JSON of the flags that decide the test split's examples and their order (the
+    fields of role SPLIT)."""
+    return json.dumps(key_values(data_cfg, SPLIT), sort_keys=True, default=str)
 
 
 def predict(model, batches):

@@ -31,37 +31,31 @@ import zlib
 
 import numpy as np
 
-from callbacks.atomic_io import check_writes, read_json
 from callbacks.backup_and_restore import METADATA, STATE_JSON, Position
-from flags.config import Config
+from flags.config import PATH, RESUMABLE, Config, fields_with
 from flags.errors import ConfigError
+from layout.atomic import TEMP_PATTERN, check_writes, read_json
+from layout.paths import (  # noqa: F401  (re-exported: the names callers know from here)
+    BACKUP_DIR,
+    BEST_WEIGHTS,
+    CLASSES_JSON,
+    CONFIG_JSON,
+    DATA_JSON,
+    FINAL_WEIGHTS,
+    SKIPPED_FILES,
+    lock_path,
+)
 
-CONFIG_JSON = "config.json"
-CLASSES_JSON = "classes.json"
-DATA_JSON = "data.json"
-SKIPPED_FILES = "skipped_files.txt"
-BEST_WEIGHTS = "best.weights.h5"
-FINAL_WEIGHTS = "final.weights.h5"
-BACKUP_DIR = "backup"
 # Flags that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("verbose", "overwrite", "debug", "workdir", "backup", "image_cache",
-                     "image_cache_dir", "feature_cache_dir")
+RESUMABLE_CHANGES = fields_with(RESUMABLE)
 # Flags holding paths: compared as real paths (a moved or re-spelled --workdir resumes).
-PATH_FIELDS = ("data_dir", "tfds_data_dir", "init_checkpoint", "weights", "feature_cache_dir",
-               "image_cache_dir")
+PATH_FIELDS = fields_with(PATH)
 
 
 @dataclasses.dataclass(frozen=True)
 class RunDirState:
     mode: str  # new | resume | restart | overwrite
     position: Position | None = None
-
-
-def lock_path(run_dir: str) -> str:
-    """The lock file of a run directory: a hidden sibling, so the directory itself
-    is not created before every check has passed."""
-    parent, name = os.path.split(os.path.normpath(run_dir))
-    return os.path.join(parent, f".{name}.lock")
 
 
 def _nearest_existing(path: str) -> str:
@@ -218,14 +212,14 @@ def _inspect(cfg: Config, run_dir: str, data_fingerprint: str, writer: bool) -> 
 
 
 def remove_partial_files(run_dir: str) -> list[str]:
-    """Deletes temporary files a kill left behind mid-save (callbacks.atomic_io.temp_path):
+    """Deletes temporary files a kill left behind mid-save (layout.atomic.temp_path):
     `.*.tmp-*` names in `run_dir` and its real subfolders. Never enters a linked folder;
     a link with such a name is removed itself, never its target."""
     partial = []
     for folder, dirs, files in os.walk(run_dir, followlinks=False):
         # os.walk lists a link to a folder among `dirs` (not entered): it may be a temp.
         for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
-            if fnmatch.fnmatchcase(name, ".*.tmp-*"):
+            if fnmatch.fnmatchcase(name, TEMP_PATTERN):
                 path = os.path.join(folder, name)
                 if os.path.islink(path) or os.path.isfile(path):
                     partial.append(path)

@@ -23,7 +23,16 @@ import os
 import re
 from typing import Any, Optional
 
-from flags.config import PHASES, RECIPES, Config, apply_recipe
+from flags.config import (
+    ARCHITECTURE,
+    PHASES,
+    RECIPES,
+    RESUMABLE,
+    Config,
+    apply_recipe,
+    fields_with,
+)
+from flags.config import NOT_IN_ID as _NOT_IN_ID_ROLE
 from flags.errors import ConfigError
 from layout import paths
 
@@ -33,20 +42,18 @@ from layout import paths
 # Owned by the sweep: --workdir is the study's root, --phases and --seeds replace these.
 SWEEP_FIELDS = {"phase": "--phases", "seed": "--seeds"}
 # Fields that do not change a trial's result: never part of its id, never an axis.
-NOT_IN_ID = ("workdir", "phase", "seed", "overwrite", "verbose", "debug", "feature_cache_dir",
-             "image_cache_dir", "image_cache")
+NOT_IN_ID = fields_with(_NOT_IN_ID_ROLE)
 # Must be the same in every phase of a trial (finetune and evaluate rebuild the head's network).
-ARCHITECTURE_FIELDS = ("backbone", "alpha", "image_size", "dropout", "augment")
+ARCHITECTURE_FIELDS = fields_with(ARCHITECTURE)
 # Short names in trial ids; other fields keep their name.
 ABBREVIATIONS = {"learning_rate": "lr", "unfreeze_from": "unfreeze", "epochs": "ep",
                  "batch_size": "bs", "dropout": "drop", "optimizer": "opt", "image_size": "img",
                  "lr_schedule": "sched", "alpha": "alpha", "augment": "aug", "backbone": "",
                  "weight_decay": "wd", "head": "h", "finetune": "ft", "evaluate": "ev"}
 MAX_READABLE = 80
-# Flags a run may change and still resume (loops.run_dir.RESUMABLE_CHANGES): they do not
+# Flags a run may change and still resume (role RESUMABLE, as loops.run_dir): they do not
 # change a phase's result, so two phase runs that differ only in them are one run.
-RESUMABLE_CHANGES = ("verbose", "overwrite", "debug", "workdir", "backup", "image_cache",
-                     "image_cache_dir", "feature_cache_dir")
+RESUMABLE_CHANGES = fields_with(RESUMABLE)
 # The flags a --recipe sets (flags.config.RECIPES): a base flag given explicitly wins.
 RECIPE_FIELDS = tuple(sorted({k for recipe in RECIPES.values() for phase in recipe.values()
                               for k in phase}))

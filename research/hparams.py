@@ -57,13 +57,14 @@ def write_experiment(study: grid.Study, study_dir: str) -> None:
     from tensorboard.plugins.hparams import api as hp
 
     folder = os.path.join(study_dir, HPARAMS_DIR)
-    name = ".axes-" + _signature(study)
+    name = paths.AXES_SIGNATURE_PREFIX + _signature(study)
     signature = os.path.join(folder, name)
     if os.path.exists(signature):
         return
     os.makedirs(folder, exist_ok=True)
     old = [os.path.join(folder, n) for n in os.listdir(folder)
-           if n.startswith("events.out.tfevents.") or (n.startswith(".axes-") and n != name)]
+           if n.startswith(paths.EVENTS_PREFIX)
+           or (n.startswith(paths.AXES_SIGNATURE_PREFIX) and n != name)]
     writer = tf.summary.create_file_writer(folder, filename_suffix=".experiment")
     with writer.as_default():
         hp.hparams_config(hparams=_hparams(study),

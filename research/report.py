@@ -24,7 +24,6 @@ import csv
 import io
 import math
 import os
-import re
 import stat as stat_lib
 import time
 import zipfile
@@ -746,8 +745,7 @@ def figure(study: grid.Study, entries, select_by: str = DEFAULT_SELECT_BY):
 
 # ---- writing --------------------------------------------------------------------------------
 
-_TMP = re.compile(r"^\.(%s)\.tmp-\d+-[0-9a-f]{8}$" % "|".join(
-    re.escape(n) for n in (RESULTS_CSV, RESULTS_MD, RESULTS_PNG)))
+_TMP = files.temp_name_pattern((RESULTS_CSV, RESULTS_MD, RESULTS_PNG))
 
 
 def remove_stale_temporaries(study_dir: str, now: float | None = None) -> list[str]:

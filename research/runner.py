@@ -321,10 +321,10 @@ def _run_shared(trial_dir, earlier, phase, cfg, workdir, wall, wait) -> None:
 
 
 def _run_timed(trial_dir, phase, cfg, wall) -> None:
-    """train_lib.run(cfg); its wall time is added to wall[phase], and while it runs
+    """phases.run(cfg); its wall time is added to wall[phase], and while it runs
     status.json says so (touched every HEARTBEAT_S: a killed run's time is recovered
     from it when the trial resumes)."""
-    from loops import train_lib  # TensorFlow: only when something runs.
+    from loops import phases  # TensorFlow: only when something runs.
 
     log.info("trial %s: phase %s%s", os.path.basename(trial_dir), phase,
              "" if cfg.workdir == trial_dir else f" (shared: {cfg.workdir})")
@@ -345,7 +345,7 @@ def _run_timed(trial_dir, phase, cfg, wall) -> None:
     thread.start()
     start = time.perf_counter()
     try:
-        train_lib.run(cfg)
+        phases.run(cfg)
     finally:
         stop.set()
         thread.join()
