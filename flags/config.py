@@ -308,6 +308,11 @@ class Config:
     max_examples_per_split: int = _flag(
         0, G_DATA, "Use at most this many examples per split (0: all).",
         (*_SOURCE, DATA_ERROR), range=Range(0, 10**9, 1000, note="0: all"))
+    max_examples_per_class: int = _flag(
+        0, G_DATA, "Use at most this many examples of each class per split (0: all), chosen "
+        "with --split_seed (image folders, synthetic data) or the first ones (tfds); with "
+        "--max_examples_per_split both limits hold.", (*_SOURCE, DATA_ERROR),
+        range=Range(0, 10**9, 100, note="0: all"), keyed_at_default=False)
     synthetic_examples: int = _flag(
         64, G_DATA, "--dataset=synthetic: training examples.", (*_CARVED, FINDER),
         range=Range(2, 10**6, 64))

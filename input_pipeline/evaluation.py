@@ -53,8 +53,16 @@ def _whole_folder(folder: str, cfg, root: str):
         return cache.dataset(None, size, cfg.image_size), size, class_names, ids
     entries = folders._entries(listing, class_names)
     limit = cfg.max_examples_per_split if cfg.max_examples_per_split > 0 else None
+    per_class = getattr(cfg, "max_examples_per_class", 0)
     with concurrent.futures.ThreadPoolExecutor(folders._num_workers()) as pool:
-        kept, bad = folders._check_files(pool, entries, cfg.image_size, limit)
+        if per_class > 0:  # Then the split's limit: a stratified choice of what it kept.
+            kept, bad = folders.check_per_class(pool, entries, cfg.image_size, per_class,
+                                                [cfg.split_seed, 3, len(folders.SPLITS)])
+            if limit is not None and len(kept) > limit:
+                rng = folders.np.random.default_rng([cfg.split_seed, 2, len(folders.SPLITS)])
+                kept = [kept[i] for i in folders._stratified_order(kept, rng)[:limit]]
+        else:
+            kept, bad = folders._check_files(pool, entries, cfg.image_size, limit)
     if not kept:
         raise DataError(f"{folders.printable(folder)} has no readable images; add some")
     kept.sort(key=lambda e: (e[1], e[0]))

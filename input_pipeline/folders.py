@@ -3,6 +3,10 @@
 Class names are the sorted sub-folder names and a label is a class's index, as in
 `keras.utils.image_dataset_from_directory`. Missing validation and test splits are
 carved from train (stratified by class, seeded with `cfg.split_seed`).
+`--max_examples_per_class` keeps at most N readable images of each class per split
+(a seeded choice: `check_per_class`), `--max_examples_per_split` at most N per split
+(a seeded, class-stratified choice); with both, the split's limit applies to what
+the class limit kept.
 
 Every file is checked once, up front, in a thread pool: a file TensorFlow decodes
 is read by `tf.io.decode_image` in the pipeline; a valid picture that TensorFlow
@@ -87,10 +91,18 @@ def load(cfg) -> Splits:
                 continue
             candidates = entries[split]
             limit = cfg.max_examples_per_split if cfg.max_examples_per_split > 0 else None
-            if limit is not None and len(candidates) > limit:
-                rng = np.random.default_rng([cfg.split_seed, 2, index])
-                candidates = [candidates[i] for i in _stratified_order(candidates, rng)]
-            kept, bad = _check_files(pool, candidates, cfg.image_size, limit)
+            per_class = getattr(cfg, "max_examples_per_class", 0)
+            if per_class > 0:  # Then --max_examples_per_split of what it keeps.
+                kept, bad = check_per_class(pool, candidates, cfg.image_size, per_class,
+                                            [cfg.split_seed, 3, index])
+                if limit is not None and len(kept) > limit:
+                    rng = np.random.default_rng([cfg.split_seed, 2, index])
+                    kept = [kept[i] for i in _stratified_order(kept, rng)[:limit]]
+            else:
+                if limit is not None and len(candidates) > limit:
+                    rng = np.random.default_rng([cfg.split_seed, 2, index])
+                    candidates = [candidates[i] for i in _stratified_order(candidates, rng)]
+                kept, bad = _check_files(pool, candidates, cfg.image_size, limit)
             skipped += bad
             if not kept:
                 source = folders[split] or f"carved from {folders['train']}"
@@ -353,7 +365,7 @@ def _entries(listing: dict, class_names: tuple) -> list:
 
 def _stratified_order(entries: list, rng: np.random.Generator) -> np.ndarray:
     """A seeded permutation whose every prefix holds the classes in proportion."""
-    labels = np.array([label for _, label in entries])
+    labels = np.array([entry[1] for entry in entries])
     keys = np.empty(len(entries))
     for label in np.unique(labels):
         where = np.flatnonzero(labels == label)
@@ -418,6 +430,25 @@ def _check_files(pool, entries: list, image_size: int, limit=None):
                 skipped.append(path)
             else:
                 kept.append((path, label, override))
+    return kept, skipped
+
+
+def check_per_class(pool, entries: list, image_size: int, per_class: int, seed: list):
+    """`_check_files` of each class's entries until `per_class` are readable
+    (--max_examples_per_class): a class with more entries is checked in a seeded order
+    (`seed` and the label), so the choice is the same on every run. Returns (kept,
+    skipped paths), classes in label order."""
+    by_class = {}
+    for entry in entries:
+        by_class.setdefault(entry[1], []).append(entry)
+    kept, skipped = [], []
+    for label, members in sorted(by_class.items()):
+        if len(members) > per_class:
+            order = np.random.default_rng([*seed, label]).permutation(len(members))
+            members = [members[i] for i in order]
+        some, bad = _check_files(pool, members, image_size, per_class)
+        kept += some
+        skipped += bad
     return kept, skipped
 
 

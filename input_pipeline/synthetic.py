@@ -25,6 +25,9 @@ def load(cfg) -> Splits:
     if cfg.synthetic_examples < 2:
         raise DataError(f"--synthetic_examples={cfg.synthetic_examples} must be at least 2")
     sizes = split_sizes(cfg.synthetic_examples)
+    per_class = getattr(cfg, "max_examples_per_class", 0)
+    if per_class > 0:  # Labels alternate (`generate`): n examples hold ceil(n/2) of a class.
+        sizes = {split: min(n, per_class * len(CLASS_NAMES)) for split, n in sizes.items()}
     if cfg.max_examples_per_split > 0:
         sizes = {split: min(n, cfg.max_examples_per_split) for split, n in sizes.items()}
     datasets = {}

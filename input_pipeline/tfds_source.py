@@ -6,6 +6,8 @@ downloaded only once a quick probe shows the download host can be reached:
 without network the run stops at once with a `DataError` instead of waiting out
 tfds' retries. `cfg.max_examples_per_split` keeps the first N examples of each
 split (`ds.take(N)`); tfds shuffled the examples when it prepared the dataset.
+`cfg.max_examples_per_class` keeps the first N of each class (before
+`max_examples_per_split`).
 """
 from __future__ import annotations
 
@@ -67,6 +69,9 @@ def load(cfg) -> Splits:
             raise DataError(f"--{_SPLIT_FLAGS[split]}={spec!r} is not a split of {name!r} "
                             f"({reason}); its splits are: {known}") from None
         size = _num_examples(builder, spec, ds)
+        per_class = getattr(cfg, "max_examples_per_class", 0)
+        if per_class > 0:
+            ds, size = _take_per_class(builder, spec, ds, per_class)
         if cfg.max_examples_per_split > 0:
             ds = ds.take(cfg.max_examples_per_split)
             size = min(size, cfg.max_examples_per_split)
@@ -75,6 +80,27 @@ def load(cfg) -> Splits:
         if caches:
             datasets[split] = caches[split].dataset(datasets[split], size, cfg.image_size)
     return Splits(class_names=tuple(features["label"].names), sizes=sizes, **datasets)
+
+
+def _take_per_class(builder, spec: str, ds: tf.data.Dataset, per_class: int):
+    """(`ds` with the first `per_class` examples of each class, their number): the
+    number from one pass over the split's labels (images not decoded)."""
+    import tensorflow_datasets as tfds
+    num_classes = builder.info.features["label"].num_classes
+    labels = builder.as_dataset(split=spec, shuffle_files=False,
+                                decoders={"image": tfds.decode.SkipDecoding()},
+                                read_config=tfds.ReadConfig(try_autocache=False))
+    counts = labels.reduce(tf.zeros([num_classes], tf.int64), lambda counts, features:
+                           counts + tf.one_hot(features["label"], num_classes, dtype=tf.int64))
+    size = int(tf.reduce_sum(tf.minimum(counts, per_class)))
+
+    def seen(counts, features):  # Keeps an example while its class has fewer than N.
+        label = tf.cast(features["label"], tf.int32)
+        keep = counts[label] < per_class
+        return counts + tf.one_hot(label, num_classes, dtype=tf.int64), (keep, features)
+
+    ds = ds.scan(tf.zeros([num_classes], tf.int64), seen)
+    return ds.filter(lambda keep, _: keep).map(lambda _, features: features), size
 
 
 def _image_caches(cfg, builder) -> dict | None:

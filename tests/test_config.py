@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from absl import flags
 
@@ -108,14 +109,22 @@ ROLE_MEMBERS = {
 }
 
 
+# Flags added since, and their roles (the lists above stay as they were replaced).
+ADDED_SINCE = {
+    "max_examples_per_class": ("DATA", "EVALUATION_DATA", "SPLIT", "REPEATED", "FINDER",
+                               "DATA_ERROR"),
+}
+
+
 @pytest.mark.parametrize("role", sorted(ROLE_MEMBERS))
 def test_each_role_is_the_list_it_replaced(role):
     from flags import config as config_lib
     members = config_lib.fields_with(getattr(config_lib, role))
     assert len(set(members)) == len(members)
-    assert set(members) == set(ROLE_MEMBERS[role]), (
-        sorted(set(members) - set(ROLE_MEMBERS[role])),
-        sorted(set(ROLE_MEMBERS[role]) - set(members)))
+    expected = set(ROLE_MEMBERS[role]) | {name for name, roles in ADDED_SINCE.items()
+                                          if role in roles}
+    assert set(members) == expected, (sorted(set(members) - expected),
+                                      sorted(expected - set(members)))
     order = [f.name for f in dataclasses.fields(Config)]
     assert list(members) == sorted(members, key=order.index)  # Field order.
 
@@ -133,3 +142,64 @@ def test_every_field_declares_help_and_group():
         assert field.metadata["help"].strip(), field.name
         assert field.metadata["group"] in config_lib.GROUP_HEADINGS, field.name
         assert field.metadata["roles"] <= set(config_lib.ROLES), field.name
+
+
+# ---- --max_examples_per_class: the flag added in one declaration (issue 23) ------------
+def _class_counts(ds, num_classes=2):
+    return np.bincount([int(label) for _, label in ds.as_numpy_iterator()],
+                       minlength=num_classes).tolist()
+
+
+def test_max_examples_per_class_is_declared_once():
+    from flags import config as config_lib
+    for role in (config_lib.DATA, config_lib.EVALUATION_DATA, config_lib.SPLIT,
+                 config_lib.REPEATED, config_lib.FINDER, config_lib.DATA_ERROR):
+        assert "max_examples_per_class" in config_lib.fields_with(role), role
+    # At its default it leaves data keys as they were before it existed.
+    assert "max_examples_per_class" not in config_lib.key_values(Config())
+    assert config_lib.key_values(Config(max_examples_per_class=3))[
+        "max_examples_per_class"] == 3
+    assert parse("--max_examples_per_class=5").max_examples_per_class == 5
+    with pytest.raises(ConfigError, match=r"--max_examples_per_class=-1 must be in \[0, "):
+        Config(max_examples_per_class=-1)
+
+
+def test_max_examples_per_class_of_a_folder_is_seeded(tmp_path):
+    from PIL import Image
+
+    from input_pipeline import folders
+    for split, counts in (("train", (7, 3)), ("test", (4, 2))):
+        for name, count in zip(("a", "b"), counts, strict=True):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(np.full((8, 8, 3), i * 10, np.uint8)).save(
+                    tmp_path / split / name / f"{i}.png")
+
+    def load(**changes):
+        return folders.load(Config(data_dir=str(tmp_path), image_size=8, image_cache="off",
+                                   validation_split=0.2, **changes))
+    first, again = load(max_examples_per_class=2), load(max_examples_per_class=2)
+    assert first.ids == again.ids  # The same choice on every run.
+    assert _class_counts(first.train) == [2, 2] and _class_counts(first.test) == [2, 2]
+    both = load(max_examples_per_class=2, max_examples_per_split=3)
+    assert both.sizes["train"] == 3 and max(_class_counts(both.train)) <= 2
+    assert folders.data_fingerprint(Config(data_dir=str(tmp_path))) != \
+        folders.data_fingerprint(Config(data_dir=str(tmp_path), max_examples_per_class=2))
+
+
+def test_max_examples_per_class_of_synthetic_and_tfds_data(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    import input_pipeline
+    from input_pipeline import synthetic, tfds_source
+    splits = synthetic.load(Config(dataset="synthetic", image_size=8, max_examples_per_class=5))
+    assert splits.sizes == {"train": 10, "validation": 10, "test": 10}
+    assert _class_counts(splits.train) == [5, 5]
+    monkeypatch.setattr(tfds_source, "network_available", lambda hosts: True)
+    with tfds.testing.mock_data(num_examples=12):
+        splits = input_pipeline.load_splits(Config(
+            image_size=8, tfds_data_dir=str(tmp_path / "tfds"), image_cache="off",
+            max_examples_per_class=2))
+    for split in ("train", "validation", "test"):
+        counts = _class_counts(getattr(splits, split))
+        assert max(counts) <= 2 and sum(counts) == splits.sizes[split], (split, counts)
