@@ -1,13 +1,22 @@
-"""The frozen run configuration passed from entry points down to the library."""
+"""The frozen run configuration passed from entry points down to the library.
+
+Each `Config` field declares itself once (`_flag`): its default, --help text and
+heading, choices, numeric range and roles. `fields_with(ROLE)` lists the fields of
+a role (the network's, the data's, those a resumption may change, ...) for every
+part of the program that treats them alike; flags/definitions.py makes the absl
+flags from the same declarations. Run-directory names come from `layout.paths`.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import numbers
-import os
 import urllib.parse
 from typing import Optional
+
+from layout import paths
+from layout.atomic import json_text
 
 PHASES = ("head", "finetune", "evaluate")
 # Phases that train nothing that is kept (loops/lr_find.py); not part of a sweep's phases.
@@ -502,10 +511,10 @@ class Config:
 
     @property
     def run_dir(self) -> str:
-        return os.path.join(self.workdir, self.phase)
+        return paths.phase_dir(self.workdir, self.phase)
 
     def phase_dir(self, phase: str) -> str:
-        return os.path.join(self.workdir, phase)
+        return paths.phase_dir(self.workdir, phase)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -588,7 +597,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return json_text(self.to_dict())
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
