@@ -52,7 +52,6 @@ from loops import lr_find as finder
 from loops import predictions
 from loops import run_dir as run_dir_lib
 from loops.console import divergence_advice
-from loops.custom import make_loss, make_metrics
 from loops.hooks import logs_are_finite, weights_are_finite
 from loops.run_lock import RunLock, check_held
 from loops.runners import RUNNERS, CustomRunner
@@ -65,7 +64,6 @@ from loops.train_lib import (
     init_checkpoint,
     is_full_disk,
     load_trained,
-    make_optimizer,
     save_weights,
 )
 from loops.write_guard import guarded
@@ -295,12 +293,7 @@ def evaluate(cfg: Config) -> dict:
     with locked(plan):
         prepare(plan)
         ev, model = plan.evaluation, plan.model
-        if cfg.loop == "fit":
-            model.compile(loss=make_loss(), metrics=make_metrics(), jit_compile=cfg.jit_compile)
-            logs = model.evaluate(ev.batches, return_dict=True, verbose=0)
-        else:
-            from loops.custom import CustomLoop
-            logs = CustomLoop(model, make_optimizer(ev.trained)).evaluate(ev.batches)
+        logs = RUNNERS[cfg.loop].score(model, ev.batches, cfg, ev.trained)
         # Per-example predictions (predictions.npz), for paired comparisons of runs (sweep.py).
         per_example = predictions.predict(model, ev.batches) if plan.chief else None
         data = ev.data_cfg.data_dir or f"{ev.data_cfg.dataset}:{ev.data_cfg.test_split}"

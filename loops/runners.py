@@ -6,6 +6,9 @@
     logs = runner.fit(train_data, validation_data, hooks)
     runner.summary(logs)                             # what the phase did, for people
 
+and, for `--phase=evaluate`, `RUNNERS[cfg.loop].score(model, batches, cfg, trained)`:
+the loop's own evaluation of a trained model (no plan: nothing trains).
+
 `CustomRunner` trains with `loops.custom.CustomLoop` (and the frozen-prefix feature
 cache); `FitRunner` with `model.compile()` + `model.fit()` and `keras.callbacks`.
 """
@@ -233,6 +236,12 @@ class CustomRunner(Runner):
                                train_model=self.train_model, loss_fn=loss_fn, metrics=metrics)
         return self.loop
 
+    @staticmethod
+    def score(model, batches, cfg, trained) -> dict:
+        """The loss and metrics of `model` on `batches` (`trained`: the trained run's
+        config, whose optimizer the loop is built with)."""
+        return CustomLoop(model, make_optimizer(trained)).evaluate(batches)
+
     def fit(self, train_data, validation_data, hooks):
         plan, cfg = self.plan, self.cfg
         loop = self.make_loop()
@@ -265,6 +274,12 @@ class FitRunner(Runner):
             _keep_csv_rows(os.path.join(self.plan.run_dir, LOG_CSV), self.position.epoch)
         return self._batches(self.plan.splits.train, self.plan.splits.validation,
                              self.position)
+
+    @staticmethod
+    def score(model, batches, cfg, trained) -> dict:
+        """The loss and metrics of `model` on `batches`: `model.evaluate`."""
+        model.compile(loss=make_loss(), metrics=make_metrics(), jit_compile=cfg.jit_compile)
+        return model.evaluate(batches, return_dict=True, verbose=0)
 
     def fit(self, train_data, validation_data, hooks):
         plan, cfg, model = self.plan, self.cfg, self.plan.model

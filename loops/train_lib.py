@@ -34,6 +34,10 @@ ARCHITECTURE_FIELDS = fields_with(ARCHITECTURE)
 # Data flags `--phase=evaluate` takes from the command line when given (else the
 # trained run's): evaluate a trained model on other data.
 EVALUATION_DATA_FIELDS = fields_with(EVALUATION_DATA)
+# Of those, the ones that pick a subset of a source (its split, how many examples):
+# evaluating on another source, the trained run's subset of its own data does not apply.
+EVALUATION_SUBSET_FIELDS = tuple(f for f in EVALUATION_DATA_FIELDS
+                                 if f not in ("dataset", "data_dir", "tfds_data_dir"))
 
 loss_fn = make_loss  # The one loss of both loops.
 __all__ = ["build", "load_trained", "load_trained_model", "make_strategy", "make_optimizer",
@@ -222,5 +226,5 @@ def evaluation_data(cfg: Config, trained: Config) -> Config:
         given["data_dir"] = None
     if {"dataset", "data_dir"} & set(given):
         # Other data: the trained run's subset of its own data does not apply.
-        given.update({f: getattr(cfg, f) for f in ("test_split", "max_examples_per_split")})
+        given.update({f: getattr(cfg, f) for f in EVALUATION_SUBSET_FIELDS})
     return trained.replace(phase="evaluate", workdir=cfg.workdir, **given)
