@@ -25,7 +25,7 @@ from flags.config import Config  # noqa: E402
 
 
 def epoch_times(cfg: Config) -> list[float]:
-    from loops import train_lib
+    from loops import phases
 
     start = []
 
@@ -33,7 +33,7 @@ def epoch_times(cfg: Config) -> list[float]:
         return [module.LambdaCallback(
             on_epoch_begin=lambda epoch, logs: start.append(time.perf_counter()))]
 
-    train_lib.train_phase(cfg, extra_hooks=hooks)
+    phases.train(cfg, extra_hooks=hooks)
     # The loop saves its backup after on_epoch_end: time from one epoch start to the
     # next. Epoch 1 also fills the feature cache: left out.
     return [b - a for a, b in zip(start, start[1:])][1:]

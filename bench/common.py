@@ -120,7 +120,7 @@ def interleaved(variants, repeats):
 
 class EpochClock:
     """Epoch wall times of one run, from a LambdaCallback of `callbacks` (custom
-    loop) or `keras.callbacks` (fit), passed as train_phase's `extra_hooks`."""
+    loop) or `keras.callbacks` (fit), passed as phases.train's `extra_hooks`."""
 
     def __init__(self):
         self.train_begin = None
@@ -225,7 +225,7 @@ def log(message: str) -> None:
     sys.stderr.flush()
 
 
-# ---- whole phases through train_lib.train_phase (head_cache, finetune_cache) -----------
+# ---- whole phases through phases.train (head_cache, finetune_cache) ------------------
 
 def phase_config(args, variant: str, workdir: str, **changes):
     """The Config of one benchmark run: `variant` is custom (feature cache as
@@ -241,7 +241,7 @@ def phase_config(args, variant: str, workdir: str, **changes):
 
 
 def timed_phase(cfg) -> dict:
-    """Runs train_lib.train_phase(cfg) and returns its wall times.
+    """Runs phases.train(cfg) and returns its wall times.
 
     total_s: the whole call (data listing and checks, model build, the custom
     loop's one-time feature pass, every epoch with validation, checkpoints);
@@ -251,7 +251,7 @@ def timed_phase(cfg) -> dict:
     """
     import logging
 
-    from loops import train_lib
+    from loops import phases
 
     messages = []
 
@@ -264,7 +264,7 @@ def timed_phase(cfg) -> dict:
     root.setLevel(logging.INFO)
     clock = EpochClock()
     start, start_cpu = now(), time.process_time()
-    _, logs = train_lib.train_phase(cfg, extra_hooks=clock.hooks)
+    logs = phases.train(cfg, extra_hooks=clock.hooks).logs
     total, total_cpu = now() - start, time.process_time() - start_cpu
     return {"total_s": total, "total_cpu_s": total_cpu, "setup_s": clock.train_begin - start,
             "epoch_s": clock.epoch_seconds, "epoch_cpu_s": clock.epoch_cpu_seconds,

@@ -2,7 +2,7 @@
 
 Both runs start from the same head weights (written once by a child process:
 the head model as built, VGG16 weights=none) and unfreeze from
-`--unfreeze_from` (block5_conv1). Each run is one `train_lib.train_phase(cfg)`
+`--unfreeze_from` (block5_conv1). Each run is one `phases.train(cfg)`
 call in a fresh child process; runs alternate custom, fit, custom, fit, ...
 The figure of merit is the per-epoch wall time after epoch 1 (epoch 1 of the
 custom loop includes the one-time forward pass through the frozen prefix).

@@ -1,6 +1,6 @@
 """Head phase with `--augment=flip`: custom loop + flip feature cache vs Keras fit().
 
-As `head_cache.py` (one `train_lib.train_phase` call per run in a fresh child
+As `head_cache.py` (one `phases.train` call per run in a fresh child
 process, runs interleaved, whole-call wall time), with horizontal-flip
 augmentation: the custom loop caches both outcomes' features of every training
 photo (one frozen pass over the photo and its mirror image) and picks per example

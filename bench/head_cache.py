@@ -1,6 +1,6 @@
 """Head phase: custom loop with the frozen-prefix feature cache vs Keras fit().
 
-Each run is one `loops.train_lib.train_phase(cfg)` call in a fresh child
+Each run is one `loops.phases.train(cfg)` call in a fresh child
 process (a fresh run directory, nothing cached from an earlier run); runs
 alternate custom, fit, custom, fit, ... The custom time is the whole call, so
 it includes the one-time forward pass that fills the cache (epoch 1) as well

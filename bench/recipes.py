@@ -147,7 +147,7 @@ def run_pair(args, seed, loop, recipe="classic", flags=None, test=False) -> dict
     """head + finetune (+ evaluate on test/): val/test accuracy and wall time."""
     import keras
 
-    from loops import train_lib
+    from loops import phases
     workdir = fresh_workdir("recipes")
     if args.workdir:
         workdir = os.path.join(args.workdir, f"{recipe}-{loop}-s{seed}-{time.time_ns()}")
@@ -155,7 +155,7 @@ def run_pair(args, seed, loop, recipe="classic", flags=None, test=False) -> dict
     out = {}
     for phase in ("head", "finetune"):
         cfg = config(args, workdir, phase, seed, loop, recipe, flags)
-        summary = train_lib.run(cfg)
+        summary = phases.run(cfg)
         keras.backend.clear_session()
         history = _history(summary)
         out[f"{phase}_val_accuracy"] = max(h.get("val_accuracy", math.nan) for h in history)
@@ -168,7 +168,7 @@ def run_pair(args, seed, loop, recipe="classic", flags=None, test=False) -> dict
         out.update(validation_with_tta(args, workdir, config(args, workdir, "finetune", seed,
                                                               loop, recipe, flags)))
     if test:
-        result = train_lib.run(config(args, workdir, "evaluate", seed, loop))
+        result = phases.run(config(args, workdir, "evaluate", seed, loop))
         keras.backend.clear_session()
         out["test_accuracy"] = result["accuracy"]
         out["test_examples"] = result["test_examples"]

@@ -6,7 +6,7 @@ destroy the validation iterator every epoch and the training iterator at the end
 of the run. `input_pipeline.batching.AUTOTUNE_MODEL` switches the model thread for
 the batches we make (False since this benchmark; True was the old behaviour).
 
-Each run is one `train_lib.train_phase(cfg)` call in a fresh child process, runs
+Each run is one `phases.train(cfg)` call in a fresh child process, runs
 alternating on, off, on, off, ... Per run it records when each epoch, its last
 training batch and its validation pass began and ended, and reports:
 
@@ -15,7 +15,7 @@ training batch and its validation pass began and ended, and reports:
 * `epoch_end_hooks`, `between_epochs`: the hooks' epoch-end work (checkpoint,
   CSV, backup) and `on_epoch_end` → next `on_epoch_begin`;
 * `train_teardown`: `on_train_end` → `CustomLoop.fit` returned (the training
-  iterator is destroyed), `final_save`: → `train_phase` returned;
+  iterator is destroyed), `final_save`: → `phases.train` returned;
 * the longest teardown per run, and the whole run's wall time.
 
     python bench/stalls.py [--backbone mobilenet] [--epochs 10] [--examples 500]
@@ -97,7 +97,7 @@ def instrument(clock):
 def worker(args):
     from flags.config import Config
     from input_pipeline import batching
-    from loops import train_lib
+    from loops import phases
     batching.AUTOTUNE_MODEL = args.worker == "autotune_on"
     workdir = common.fresh_workdir("stalls")
     mobilenet = args.backbone == "mobilenet"
@@ -112,7 +112,7 @@ def worker(args):
     instrument(clock)
     start = time.perf_counter()
     try:
-        train_lib.train_phase(cfg, extra_hooks=clock.hooks)
+        phases.train(cfg, extra_hooks=clock.hooks)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     returned = time.perf_counter()
@@ -173,7 +173,7 @@ def main():
     text += ("\n\nval_teardown: on_test_end → CustomLoop.evaluate returned (its iterator "
              "destroyed); epoch_end_hooks: → on_epoch_end of the last hook (checkpoint, CSV, "
              "backup); train_teardown: on_train_end → CustomLoop.fit returned (the training "
-             "iterator destroyed); final_save: → train_phase returned.\n"
+             "iterator destroyed); final_save: → phases.train returned.\n"
              "target: no teardown over 1 s")
     common.report("stalls: iterator teardown, autotune model on vs off", text,
                   {"args": vars(args), "runs": runs}, args.json)

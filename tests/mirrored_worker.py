@@ -17,7 +17,7 @@ split_cpu(2)
 import numpy as np  # noqa: E402
 
 from flags.config import Config  # noqa: E402
-from loops import train_lib  # noqa: E402
+from loops import phases, train_lib  # noqa: E402
 
 
 def main(workdir, loop):
@@ -27,8 +27,9 @@ def main(workdir, loop):
                  feature_cache="off")
     results = {}
     for strategy in ("default", "mirrored"):
-        model, logs = train_lib.train_phase(
+        trained = phases.train(
             cfg.replace(strategy=strategy), run_dir=os.path.join(workdir, strategy))
+        model, logs = trained.model, trained.logs
         results[strategy] = (model.get_weights(), logs,
                              model.distribute_strategy.num_replicas_in_sync)
     (w1, logs1, _), (w2, logs2, replicas) = results["default"], results["mirrored"]

@@ -16,7 +16,7 @@ import input_pipeline
 from flags.config import Config
 from flags.errors import RunError
 from input_pipeline import data_fingerprint, folders, image_cache
-from loops import feature_cache, train_lib
+from loops import feature_cache, phases
 from tests.test_input_pipeline import encode, make_split, photo
 
 pytestmark = pytest.mark.usefixtures("no_network")  # From conftest.py.
@@ -271,7 +271,7 @@ def test_dangling_links_and_loops_are_skipped_and_listed_with_the_feature_cache(
                  weights="none", image_size=S, data_dir=str(data), batch_size=4, epochs=1,
                  verbose=0, unfreeze_from="conv_dw_13", tensorboard=False,
                  feature_cache="disk", validation_split=0.25, test_split_fraction=0.25)
-    train_lib.run(cfg)
+    phases.run(cfg)
     listed = open(os.path.join(cfg.run_dir, "skipped_files.txt"), encoding="utf-8").read()
     assert sorted(os.path.basename(p) for p in listed.split()) == ["gone.jpg", "loop.jpg"]
     assert os.listdir(os.path.join(cfg.workdir, feature_cache.CACHE_DIR))

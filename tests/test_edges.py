@@ -219,10 +219,10 @@ def test_predict_still_refuses_an_unreadable_file_it_is_given(trained):
 def test_evaluate_scores_the_ema_weights_and_says_which(tiny_config):
     """Before: --ema's average reached only final.weights.h5 while evaluate and predict
     read best.weights.h5 (the raw weights)."""
-    from loops import console, train_lib
+    from loops import console, phases, train_lib
     cfg = tiny_config.replace(ema=0.9, epochs=1, synthetic_examples=16, backup=False)
-    train_lib.run(cfg)
-    result = train_lib.run(cfg.replace(phase="evaluate"))
+    phases.run(cfg)
+    result = phases.run(cfg.replace(phase="evaluate"))
     assert result["weights"] == os.path.join(cfg.workdir, "head", "final.weights.h5")
     assert "EMA" in result["weights_note"]
     assert "EMA" in console.phase_summary(result)
@@ -242,12 +242,12 @@ def test_an_unfinished_phase_is_scored_with_a_warning(tiny_config, caplog):
     """Before: evaluate silently scored an unfinished finetune's best weights."""
     import logging
 
-    from loops import train_lib
+    from loops import phases
     cfg = tiny_config.replace(epochs=1, synthetic_examples=16, backup=False)
-    train_lib.run(cfg)
+    phases.run(cfg)
     os.remove(os.path.join(cfg.workdir, "head", "final.weights.h5"))  # As if killed.
     with caplog.at_level(logging.WARNING):
-        result = train_lib.run(cfg.replace(phase="evaluate"))
+        result = phases.run(cfg.replace(phase="evaluate"))
     assert result["weights"].endswith("best.weights.h5")
     assert result["weights_note"].startswith("unfinished")
     warned = [r.getMessage() for r in caplog.records if "unfinished" in r.getMessage()]
@@ -261,7 +261,7 @@ def test_nan_backbone_weights_are_refused_before_anything_is_written(tmp_path, t
     import keras
     import numpy as np
 
-    from loops import train_lib
+    from loops import phases
     backbone = keras.applications.MobileNet(weights=None, include_top=False, alpha=0.25,
                                             input_shape=(32, 32, 3))
     values = backbone.get_weights()
@@ -271,7 +271,7 @@ def test_nan_backbone_weights_are_refused_before_anything_is_written(tmp_path, t
     backbone.save_weights(path)
     cfg = tiny_config.replace(weights=path)
     with pytest.raises(ConfigError, match="holds NaN or infinite values") as error:
-        train_lib.run(cfg)
+        phases.run(cfg)
     assert "learning_rate" not in str(error.value)
     assert not os.path.exists(cfg.workdir)
 
@@ -279,9 +279,9 @@ def test_nan_backbone_weights_are_refused_before_anything_is_written(tmp_path, t
 def test_nan_checkpoint_is_refused_without_blaming_the_rate(tiny_config):
     import numpy as np
 
-    from loops import train_lib
+    from loops import phases, train_lib
     cfg = tiny_config.replace(epochs=1, synthetic_examples=16, backup=False)
-    train_lib.run(cfg)
+    phases.run(cfg)
     model, _, _, _ = train_lib.load_trained_model(cfg.workdir)
     values = model.get_weights()
     values[-1][:] = np.nan

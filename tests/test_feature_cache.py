@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from loops import feature_cache, train_lib
+from loops import feature_cache, phases
 from model import build_model, set_trainable
 
 # Cached features come from batches of another size than the training step's,
@@ -65,12 +65,13 @@ def test_training_on_cached_features_equals_training_on_images(cache_config, pha
                                                                tmp_path, caplog):
     cache_config = cache_config.replace(**changes)
     if phase == "finetune":
-        train_lib.train_phase(cache_config.replace(feature_cache="off"))
+        phases.train(cache_config.replace(feature_cache="off"))
     results = {}
     for mode in ("off", "memory"):
         cfg = cache_config.replace(phase=phase, feature_cache=mode)
         with caplog.at_level(logging.INFO):
-            model, logs = train_lib.train_phase(cfg, run_dir=str(tmp_path / f"{phase}-{mode}"))
+            trained = phases.train(cfg, run_dir=str(tmp_path / f"{phase}-{mode}"))
+            model, logs = trained.model, trained.logs
         results[mode] = (model.get_weights(), logs)
     expected_cut = {("head", "vgg16"): "avg_pool", ("finetune", "vgg16"): "block4_pool",
                     ("head", "mobilenet_v2"): "avg_pool",
@@ -162,16 +163,16 @@ def test_fingerprint_changes_with_every_input_of_the_features(cache_config):
 
 def test_disk_cache_is_reused_for_the_same_key_and_rebuilt_for_another(cache_config):
     cfg = cache_config.replace(feature_cache="disk", epochs=1)
-    train_lib.train_phase(cfg)
+    phases.train(cfg)
     cache_root = os.path.join(cfg.workdir, feature_cache.CACHE_DIR)
     first = sorted(os.listdir(cache_root))
     assert len(first) == 1
     stamp = {n: os.path.getmtime(os.path.join(cache_root, first[0], n))
              for n in os.listdir(os.path.join(cache_root, first[0]))}
-    train_lib.train_phase(cfg.replace(overwrite=True))
+    phases.train(cfg.replace(overwrite=True))
     assert sorted(os.listdir(cache_root)) == first  # Same key: reused, not rewritten.
     assert {n: os.path.getmtime(os.path.join(cache_root, first[0], n)) for n in stamp} == stamp
-    train_lib.train_phase(cfg.replace(overwrite=True, image_size=48))
+    phases.train(cfg.replace(overwrite=True, image_size=48))
     assert len(os.listdir(cache_root)) == 2  # Another image size: another cache.
 
 
@@ -228,6 +229,6 @@ def test_half_written_features_of_a_dead_run_are_removed(tmp_path):
 @pytest.mark.parametrize("mode,said", [("memory", True), ("auto", False)])
 def test_fit_loop_says_an_asked_for_cache_is_off(tiny_config, caplog, mode, said):
     with caplog.at_level(logging.INFO):
-        train_lib.run(tiny_config.replace(loop="fit", feature_cache=mode, epochs=1))
+        phases.run(tiny_config.replace(loop="fit", feature_cache=mode, epochs=1))
     assert ("feature cache off: --loop=fit" in caplog.text) == said
     assert "feature cache (" not in caplog.text  # fit() never engages it.

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from loops import feature_cache, feature_precision, train_lib
+from loops import feature_cache, feature_precision, phases
 from model import build_model, set_trainable
 
 
@@ -73,8 +73,8 @@ def test_a_head_phase_trains_on_bfloat16_features(tiny_config, tmp_path, caplog)
     weights = {}
     for precision in ("float32", "bfloat16"):
         with caplog.at_level(logging.INFO):
-            model, _ = train_lib.train_phase(cfg.replace(feature_precision=precision),
-                                             run_dir=str(tmp_path / precision))
+            model = phases.train(cfg.replace(feature_precision=precision),
+                                 run_dir=str(tmp_path / precision)).model
         weights[precision] = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
     assert "frozen forward pass in bfloat16" in caplog.text
     # Two feature caches: bfloat16 features never stand in for float32 ones.

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from loops import feature_cache, train_lib
+from loops import feature_cache, phases
 from loops.flip_features import PickFlip, both_outcomes, flip_images
 from model import build_model, set_trainable
 
@@ -105,7 +105,7 @@ def test_training_on_cached_flips_equals_flipping_the_images(flip_config, phase,
     same weights up to float rounding; and the flips matter (no augmentation gives
     other weights)."""
     if phase == "finetune":
-        train_lib.train_phase(flip_config.replace(feature_cache="off"))
+        phases.train(flip_config.replace(feature_cache="off"))
     weights, logs = {}, {}
     variants = {"cached": dict(feature_cache="memory"), "uncached": dict(feature_cache="off"),
                 "fit": dict(loop="fit"), "no_flip": dict(feature_cache="off", augment="")}
@@ -114,7 +114,8 @@ def test_training_on_cached_flips_equals_flipping_the_images(flip_config, phase,
         if name == "no_flip" and phase == "finetune":
             continue
         with caplog.at_level(logging.INFO):
-            model, logs[name] = train_lib.train_phase(cfg, run_dir=str(tmp_path / name))
+            trained = phases.train(cfg, run_dir=str(tmp_path / name))
+            model, logs[name] = trained.model, trained.logs
         weights[name] = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
         if name == "cached":
             assert "two outcomes cached" in caplog.text  # The flip cache engaged.

@@ -299,28 +299,28 @@ def test_flags_are_checked():
 
 
 def test_finetune_and_evaluate_reuse_the_head_runs_images(data, tmp_path, counted):
-    from loops import train_lib
+    from loops import phases
     cfg = Config(workdir=str(tmp_path / "run"), backbone="mobilenet", alpha=0.25,
                  weights="none", image_size=S, data_dir=str(data), batch_size=4, epochs=1,
                  verbose=0, unfreeze_from="conv_dw_13", tensorboard=False)
-    train_lib.run(cfg)
+    phases.run(cfg)
     assert image_cache.counters["published"] == 2  # train and validation.
     checked_by_head = len(counted)
     counted.clear()
     image_cache.counters.clear()
-    train_lib.run(cfg.replace(phase="finetune"))
+    phases.run(cfg.replace(phase="finetune"))
     test_dir = os.path.join(str(data), "test")
     # Only the test split, never read before, is checked (not decoded) again.
     assert checked_by_head == 16 and len(counted) == 4
     assert all(path.startswith(test_dir) for path in counted)
     assert image_cache.counters["write"] == 0 and image_cache.counters["hit"] >= 2
     counted.clear()
-    train_lib.run(cfg.replace(phase="evaluate"))
+    phases.run(cfg.replace(phase="evaluate"))
     assert len(counted) == 4 and all(path.startswith(test_dir) for path in counted)
     assert image_cache.counters["published"] == 1  # The test split, for later evaluations.
     counted.clear()
     image_cache.counters.clear()
-    train_lib.run(cfg.replace(phase="evaluate"))
+    phases.run(cfg.replace(phase="evaluate"))
     assert counted == [] and image_cache.counters["write"] == 0
 
 

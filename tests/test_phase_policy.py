@@ -22,7 +22,7 @@ from PIL import Image
 
 from flags.config import Config
 from flags.errors import ConfigError, TapefitError
-from loops import train_lib
+from loops import phases, train_lib
 from tests.conftest import ROOT
 from tests.conftest import h5_datasets as weights
 from tests.test_errors import TINY, assert_one_line_error, run_train
@@ -129,7 +129,7 @@ sys.path.insert(0, {root!r})
 from flags.quiet import silence_native_logs
 silence_native_logs()
 from flags.config import Config
-from loops import train_lib
+from loops import phases, train_lib
 cfg = Config.from_dict(json.loads(sys.argv[1]))
 kill_epoch, notes = int(sys.argv[2]), sys.argv[3]
 
@@ -140,7 +140,7 @@ def extra_hooks(module):
         on_epoch_end=lambda epoch, logs: os._exit(9) if epoch == kill_epoch else None)
     return [Notes(), kill]
 
-train_lib.train_phase(cfg, extra_hooks=extra_hooks)
+phases.train(cfg, extra_hooks=extra_hooks)
 sys.exit(3)  # Not killed: the test's premise is broken.
 """
 
@@ -189,7 +189,7 @@ def _fresh_session():
 def head_run(tmp_path_factory):
     """A finished head phase (1 epoch, 16 synthetic examples): a template, copied by tests."""
     workdir = tmp_path_factory.mktemp("head") / "w"
-    train_lib.run(tiny(workdir))
+    phases.run(tiny(workdir))
     assert os.path.isfile(workdir / "head" / "final.weights.h5")
     return workdir
 
@@ -205,7 +205,7 @@ def head_copy(head_run, tmp_path):
 def reference(tmp_path_factory):
     """An uninterrupted run of the resume tests' configuration: its head directory."""
     workdir = tmp_path_factory.mktemp("reference") / "w"
-    train_lib.run(tiny(workdir, **REFERENCE))
+    phases.run(tiny(workdir, **REFERENCE))
     return workdir / "head"
 
 
@@ -230,7 +230,7 @@ def resumed_after_kill(killed_at_epoch_2, tmp_path_factory):
     before = snapshot(workdir)
     notes_before = (notes.read_bytes(), os.stat(notes).st_mtime_ns)
     fresh_session()
-    train_lib.train_phase(tiny(workdir, **REFERENCE), extra_hooks=notes_hooks(notes))
+    phases.train(tiny(workdir, **REFERENCE), extra_hooks=notes_hooks(notes))
     return workdir / "head", before, notes, notes_before
 
 
@@ -267,7 +267,7 @@ def test_two_processes_on_one_workdir_one_refuses_and_the_winners_files_are_inta
     assert not [n for n in os.listdir(workdir) if n.endswith(".lock")]  # Released.
     # The final weights are the winner's run, bit for bit (--deterministic).
     alone = tmp_path / "alone"
-    train_lib.run(winner.replace(workdir=str(alone)))
+    phases.run(winner.replace(workdir=str(alone)))
     assert_same_weights(alone / "head" / "final.weights.h5", run_dir / "final.weights.h5")
 
 
@@ -275,10 +275,10 @@ def test_two_processes_on_one_workdir_one_refuses_and_the_winners_files_are_inta
 
 def test_evaluate_uses_the_data_dir_it_is_given(head_copy, tmp_path):
     """Before: it evaluated the training run's own test split whatever --data_dir said."""
-    own = train_lib.run(Config(phase="evaluate", workdir=str(head_copy), verbose=0))
+    own = phases.run(Config(phase="evaluate", workdir=str(head_copy), verbose=0))
     assert own["test_examples"] == 8  # 16 synthetic examples: test split of 8.
     other = png_folder(tmp_path / "other", {"cat": 3, "dog": 2})
-    result = train_lib.run(Config(phase="evaluate", workdir=str(head_copy),
+    result = phases.run(Config(phase="evaluate", workdir=str(head_copy),
                                   data_dir=str(other), verbose=0))
     evaluation = json.loads((head_copy / "evaluate" / "evaluation.json").read_text())
     assert result["test_examples"] == evaluation["test_examples"] == 5
@@ -300,7 +300,7 @@ def test_evaluate_on_a_missing_folder_is_one_line_and_writes_nothing(head_copy, 
     """Before: exit 0, evaluated on the training run's own test split."""
     before = snapshot(head_copy)
     with pytest.raises(ConfigError) as e:
-        train_lib.run(Config(phase="evaluate", workdir=str(head_copy),
+        phases.run(Config(phase="evaluate", workdir=str(head_copy),
                              data_dir=str(tmp_path / "nowhere"), verbose=0))
     assert_one_line(e, str(tmp_path / "nowhere"))
     assert snapshot(head_copy) == before
@@ -310,7 +310,7 @@ def test_evaluate_on_other_class_names_is_one_line_and_writes_nothing(head_copy,
     other = png_folder(tmp_path / "birds", {"bird": 2, "fish": 2})
     before = snapshot(head_copy)
     with pytest.raises(ConfigError) as e:
-        train_lib.run(Config(phase="evaluate", workdir=str(head_copy), data_dir=str(other),
+        phases.run(Config(phase="evaluate", workdir=str(head_copy), data_dir=str(other),
                              verbose=0))
     assert_one_line(e, "bird", "cat")
     assert snapshot(head_copy) == before
@@ -327,7 +327,7 @@ def test_kill_after_the_first_csv_row_before_any_backup_restarts_cleanly(referen
     run_dir = workdir / "head"
     assert csv_epochs(run_dir / "log.csv") == ["0"]  # The row is there...
     assert not os.path.exists(run_dir / "backup" / "state.json")  # ...its backup is not.
-    train_lib.run(cfg)
+    phases.run(cfg)
     assert (run_dir / "log.csv").read_bytes() == (reference / "log.csv").read_bytes()
     assert_same_weights(reference / "final.weights.h5", run_dir / "final.weights.h5")
     assert_same_weights(reference / "best.weights.h5", run_dir / "best.weights.h5")
@@ -374,7 +374,7 @@ def test_nan_in_the_first_epoch_writes_no_checkpoint(tmp_path, loop, terminate_o
     """Before: best.weights.h5 held NaN and predict printed `nan` with exit code 0."""
     workdir = tmp_path / "w"
     cfg = tiny(workdir, epochs=2, loop=loop, terminate_on_nan=terminate_on_nan)
-    train_lib.train_phase(cfg, extra_hooks=poison_at_first_step)
+    phases.train(cfg, extra_hooks=poison_at_first_step)
     run_dir = workdir / "head"
     assert not os.path.exists(run_dir / "best.weights.h5")
     assert not os.path.exists(run_dir / "final.weights.h5")
@@ -396,7 +396,7 @@ def test_nan_in_the_first_epoch_writes_no_checkpoint(tmp_path, loop, terminate_o
 def huge_learning_rate(tmp_path_factory):
     """`--optimizer=sgd --learning_rate=3e38`: the loss overflows in epoch 1."""
     workdir = tmp_path_factory.mktemp("huge_lr") / "w"
-    train_lib.run(tiny(workdir, synthetic_examples=40, epochs=2, optimizer="sgd",
+    phases.run(tiny(workdir, synthetic_examples=40, epochs=2, optimizer="sgd",
                        learning_rate=3e38))
     return workdir
 
@@ -459,7 +459,7 @@ def test_errors_leave_the_workdir_byte_identical(head_copy, changes, fragments):
     cfg = tiny(head_copy)
     before = snapshot(head_copy)
     with pytest.raises(TapefitError) as e:
-        train_lib.run(cfg.replace(**changes))
+        phases.run(cfg.replace(**changes))
     assert_one_line(e, *fragments)
     assert snapshot(head_copy) == before
 
@@ -469,7 +469,7 @@ def test_resume_with_other_flags_leaves_the_workdir_byte_identical(killed_at_epo
     shutil.copytree(killed_at_epoch_2[0], workdir)
     before = snapshot(workdir)
     with pytest.raises(ConfigError) as e:
-        train_lib.run(tiny(workdir, **REFERENCE, learning_rate=0.5))
+        phases.run(tiny(workdir, **REFERENCE, learning_rate=0.5))
     assert_one_line(e, "cannot resume", "--learning_rate=0.5")
     # The killed process's stale lock may be taken over; nothing else changes.
     after = snapshot(workdir)
@@ -484,7 +484,7 @@ def test_a_corrupt_backup_is_one_line_and_writes_nothing(killed_at_epoch_2, tmp_
     npz.write_bytes(npz.read_bytes()[:200])  # Starts like a zip file; cut short.
     before = snapshot(workdir)
     with pytest.raises(TapefitError) as e:
-        train_lib.run(tiny(workdir, **REFERENCE))
+        phases.run(tiny(workdir, **REFERENCE))
     assert_one_line(e, "backup", "--overwrite")
     assert without_locks(snapshot(workdir)) == without_locks(before)
 
@@ -492,7 +492,7 @@ def test_a_corrupt_backup_is_one_line_and_writes_nothing(killed_at_epoch_2, tmp_
 def test_zero_epochs_is_one_line_and_writes_nothing(tmp_path):
     """Before: --epochs=0 left a "finished" head phase without best.weights.h5."""
     with pytest.raises(ConfigError) as e:
-        train_lib.run(tiny(tmp_path / "w", epochs=0))
+        phases.run(tiny(tmp_path / "w", epochs=0))
     assert_one_line(e, "--epochs=0", "--epochs=1")
     assert not os.path.exists(tmp_path / "w")
 
@@ -500,17 +500,17 @@ def test_zero_epochs_is_one_line_and_writes_nothing(tmp_path):
 def test_a_run_that_finishes_while_another_plans_is_not_overwritten(tmp_path, monkeypatch):
     workdir = tmp_path / "w"
     first, second = tiny(workdir, epochs=1), tiny(workdir, epochs=2, learning_rate=0.01)
-    real_make_plan = train_lib.make_plan
+    real_make_plan = phases.make_plan
 
     def make_plan(cfg, *args, **kwargs):
         plan = real_make_plan(cfg, *args, **kwargs)
         if cfg == second:  # Another process runs the whole first phase meanwhile.
-            train_lib.run(first)
+            phases.run(first)
         return plan
 
-    monkeypatch.setattr(train_lib, "make_plan", make_plan)
+    monkeypatch.setattr(phases, "make_plan", make_plan)
     with pytest.raises(TapefitError):
-        train_lib.run(second)
+        phases.run(second)
     saved = json.loads((workdir / "head" / "config.json").read_text())
     assert Config.from_dict(saved) == first
 
@@ -623,7 +623,7 @@ def test_default_backups_resume_after_sigkill(reference, tmp_path, caplog):
     process.wait()
     assert not (workdir / "head" / "final.weights.h5").exists()
     with caplog.at_level(logging.INFO):
-        train_lib.run(cfg)
+        phases.run(cfg)
     assert "resuming from the backup" in caplog.text
     run_dir = workdir / "head"
     assert_same_weights(reference / "final.weights.h5", run_dir / "final.weights.h5")
@@ -639,14 +639,14 @@ def test_resume_refuses_changed_data_and_accepts_respelled_paths(tmp_path, monke
     workdir = tmp_path / "w"
     cfg = tiny(workdir, dataset="cats_vs_dogs", data_dir=str(data), epochs=3)
     with pytest.raises(Interrupted):  # Stopped after epoch 1 and its backup.
-        train_lib.train_phase(cfg, extra_hooks=interrupt_at_epoch_begin(1))
+        phases.train(cfg, extra_hooks=interrupt_at_epoch_begin(1))
     assert (workdir / "head" / "backup" / "state.json").exists()
 
     added = data / "train" / "cat" / "new.png"
     write_png(added, (1, 2, 3))
     before = snapshot(workdir)
     with pytest.raises(ConfigError) as e:
-        train_lib.run(cfg)
+        phases.run(cfg)
     assert_one_line(e, "changed", "--overwrite")
     assert snapshot(workdir) == before
     os.remove(added)
@@ -656,13 +656,13 @@ def test_resume_refuses_changed_data_and_accepts_respelled_paths(tmp_path, monke
     caplog.set_level(logging.INFO)
     fresh_session()
     with pytest.raises(Interrupted):
-        train_lib.train_phase(respelled, extra_hooks=interrupt_at_epoch_begin(2))
+        phases.train(respelled, extra_hooks=interrupt_at_epoch_begin(2))
     assert "resuming from the backup at epoch 2" in caplog.text
     caplog.clear()
     # Relative paths: resumes and finishes.
     monkeypatch.chdir(tmp_path)
     fresh_session()
-    train_lib.run(cfg.replace(workdir="w", data_dir="data"))
+    phases.run(cfg.replace(workdir="w", data_dir="data"))
     assert "resuming from the backup at epoch 3" in caplog.text
     assert csv_epochs(workdir / "head" / "log.csv") == ["0", "1", "2"]
     assert (workdir / "head" / "final.weights.h5").exists()
@@ -671,20 +671,20 @@ def test_resume_refuses_changed_data_and_accepts_respelled_paths(tmp_path, monke
 def test_the_fix_named_for_an_unfinished_nobackup_run_works(tmp_path):
     cfg = tiny(tmp_path / "w", epochs=2, backup=False)
     with pytest.raises(Interrupted):
-        train_lib.train_phase(cfg, extra_hooks=interrupt_at_epoch_begin(1))
+        phases.train(cfg, extra_hooks=interrupt_at_epoch_begin(1))
     with pytest.raises(ConfigError) as e:
-        train_lib.run(cfg)
+        phases.run(cfg)
     assert_one_line(e, "--nobackup")
     if "drop --nobackup" in str(e.value):  # Follow the advice.
         fresh_session()
-        train_lib.run(cfg.replace(backup=True))
+        phases.run(cfg.replace(backup=True))
         assert csv_epochs(tmp_path / "w" / "head" / "log.csv") == ["0", "1"]
 
 
 def test_evaluate_with_another_dataset_than_the_trained_folder(tmp_path):
     data = png_folder(tmp_path / "data" / "train", {"cat": 8, "dog": 8}).parent
     workdir = tmp_path / "w"
-    train_lib.run(tiny(workdir, dataset="cats_vs_dogs", data_dir=str(data)))
-    result = train_lib.run(Config(phase="evaluate", workdir=str(workdir), dataset="synthetic",
+    phases.run(tiny(workdir, dataset="cats_vs_dogs", data_dir=str(data)))
+    result = phases.run(Config(phase="evaluate", workdir=str(workdir), dataset="synthetic",
                                   verbose=0))
     assert str(data) not in result["data"]

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from flags.errors import RunError
-from loops import train_lib
+from loops import phases, train_lib
 from tests.conftest import ROOT
 
 
@@ -63,7 +63,7 @@ def test_nan_stops_at_once_and_the_best_checkpoint_predates_it(tiny_config):
             on_epoch_end=lambda epoch, logs: epoch_weights.append(hook.model.get_weights()))
         return [hook]
 
-    train_lib.train_phase(cfg, extra_hooks=recorder)
+    phases.train(cfg, extra_hooks=recorder)
     # Training stopped at the first non-finite loss, in the middle of an epoch.
     assert not np.isfinite(losses[-1]) and np.all(np.isfinite(losses[:-1]))
     steps_per_epoch = 8
@@ -79,7 +79,7 @@ def test_nan_stops_at_once_and_the_best_checkpoint_predates_it(tiny_config):
 
 
 def test_full_disk_while_saving_keeps_the_previous_file(tiny_config, monkeypatch):
-    model, _ = train_lib.train_phase(tiny_config.replace(epochs=1))
+    model = phases.train(tiny_config.replace(epochs=1)).model
     final = os.path.join(tiny_config.run_dir, "final.weights.h5")
     before = open(final, "rb").read()
 
@@ -111,7 +111,7 @@ atomic_save(slow_save, {target!r})
 
 
 def test_a_kill_during_a_save_leaves_the_previous_file_loadable(tiny_config):
-    model, _ = train_lib.train_phase(tiny_config.replace(epochs=1))
+    model = phases.train(tiny_config.replace(epochs=1)).model
     best = os.path.join(tiny_config.run_dir, "best.weights.h5")
     before = open(best, "rb").read()
     process = subprocess.Popen(

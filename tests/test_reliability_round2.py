@@ -21,7 +21,7 @@ import input_pipeline
 from flags.config import MODES, MONITORS, Config, ConfigError
 from flags.definitions import _CHOICES
 from input_pipeline import DataError, batching, data_fingerprint
-from loops import strategy, train_lib
+from loops import phases, strategy, train_lib
 from tests.conftest import ROOT
 from tests.test_errors import TINY, assert_one_line_error, run_train
 
@@ -32,7 +32,7 @@ def test_seeds_0_to_3_train_end_to_end(tiny_config, seed):
     """Before: --seed=0 raised OperatorNotAllowedInGraphError from Dataset.shuffle."""
     cfg = tiny_config.replace(seed=seed, epochs=1, synthetic_examples=16, backup=False,
                               workdir=f"{tiny_config.workdir}-{seed}")
-    result = train_lib.run(cfg)
+    result = phases.run(cfg)
     assert math.isfinite(result["last_epoch_logs"]["loss"])
     assert os.path.isfile(os.path.join(cfg.run_dir, "best.weights.h5"))
 
@@ -162,7 +162,7 @@ def test_non_utf8_file_names_are_read_and_listed_escaped(tmp_path, tiny_config):
     image = input_pipeline.read_image_file(os.fsdecode(cat + b"/caf\xe9.png"), 32)
     assert image.shape == (32, 32, 3)
     # The whole run, skipped_files.txt included.
-    train_lib.run(cfg)
+    phases.run(cfg)
     listed = open(os.path.join(cfg.run_dir, "skipped_files.txt"), encoding="utf-8").read()
     assert listed.strip().endswith("bad\\xff.jpg")
 
@@ -298,7 +298,7 @@ def trained(tmp_path_factory):
     cfg = Config(workdir=str(base / "run"), backbone="mobilenet", alpha=0.25, weights="none",
                  image_size=32, dataset="synthetic", synthetic_examples=16, batch_size=8,
                  epochs=1, verbose=0, seed=0, backup=False)
-    train_lib.run(cfg)
+    phases.run(cfg)
     image = os.fsencode(base) + b"/ph\xf6to.png"  # A Latin-1 file name.
     write_png(os.fsdecode(image), (120, 30, 60))
     return base / "run", image

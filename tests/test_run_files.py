@@ -149,10 +149,10 @@ def taken_over_at_first_epoch_end(run_dir):
 
 @pytest.mark.parametrize("loop", ["custom", "fit"])
 def test_a_run_taken_over_stops_and_leaves_the_new_holders_files(tiny_config, loop):
-    from loops import train_lib
+    from loops import phases
     cfg = tiny_config.replace(loop=loop, epochs=3)
     with pytest.raises(LockLost, match="lost the lock of run directory"):
-        train_lib.train_phase(cfg, extra_hooks=taken_over_at_first_epoch_end(cfg.run_dir))
+        phases.train(cfg, extra_hooks=taken_over_at_first_epoch_end(cfg.run_dir))
     for name in ("final.weights.h5", "summary.json", "best.weights.h5"):
         with open(os.path.join(cfg.run_dir, name)) as f:
             assert f.read() == "the new holder's", name
@@ -165,19 +165,19 @@ def test_a_sweep_trial_taken_over_is_left_to_the_new_holder(tiny_config, monkeyp
     """A sweep process paused in a trial past the lease: its trial is another's now.
     It writes nothing more there (not even status.json) and reports it as running
     elsewhere (a --parallel worker then exits EXIT_LOCKED: its parent writes nothing)."""
-    from loops import train_lib
+    from loops import phases
     from research import runner
     trial_dir = os.path.join(tiny_config.workdir, "trials", "t1")
     cfg = tiny_config.replace(workdir=trial_dir, epochs=1)
     status = os.path.join(trial_dir, runner.STATUS_JSON)
-    real_run = train_lib.run
+    real_run = phases.run
 
     def paused_and_taken_over(cfg):
         take_over(os.path.join(trial_dir, runner.LOCK_FILE))
         with open(status, "w") as f:
             f.write("the new holder's")
         return real_run(cfg)
-    monkeypatch.setattr(train_lib, "run", paused_and_taken_over)
+    monkeypatch.setattr(phases, "run", paused_and_taken_over)
     outcome = runner.run_trial(trial_dir, ["head"], {"head": cfg})
     assert outcome == runner.ELSEWHERE
     with open(status) as f:
@@ -205,13 +205,13 @@ def small_disk_once(path_that_fills, monkeypatch, free=100_000):
 @pytest.mark.parametrize("loop", ["custom", "fit"])
 def test_a_full_disk_is_one_line_and_the_previous_checkpoint_survives(tiny_config, loop,
                                                                       monkeypatch):
-    from loops import train_lib
+    from loops import phases
     from tests.conftest import h5_datasets
     cfg = tiny_config.replace(loop=loop, epochs=3, monitor="loss", mode="min")
     best = os.path.join(cfg.run_dir, "best.weights.h5")
     small_disk_once(best, monkeypatch)  # Full after the first checkpoint.
     with pytest.raises(RunError) as error:
-        train_lib.run(cfg)
+        phases.run(cfg)
     message = str(error.value)
     assert message.startswith("no space left on the device") and "--workdir" in message
     assert len(message.splitlines()) == 1
@@ -398,8 +398,8 @@ def test_a_write_that_fails_after_a_take_over_reports_the_lost_lock(tiny_config)
     """Paused inside Keras' own write (--loop=fit's hooks write straight to disk), taken
     over, and the new holder deleted the folder meanwhile: whatever that write raises
     next, the one line says why (the lock was lost), not a FileNotFoundError traceback."""
+    from loops import phases
     from loops import run_dir as run_dir_lib
-    from loops import train_lib
     cfg = tiny_config.replace(loop="fit", epochs=2)
 
     def hooks(module):
@@ -409,4 +409,4 @@ def test_a_write_that_fails_after_a_take_over_reports_the_lost_lock(tiny_config)
                                     os.path.join(cfg.run_dir, "backup", "training_metadata.json"))
         return [module.LambdaCallback(on_epoch_end=on_epoch_end)]
     with pytest.raises(LockLost, match="lost the lock of run directory"):
-        train_lib.train_phase(cfg, extra_hooks=hooks)
+        phases.train(cfg, extra_hooks=hooks)

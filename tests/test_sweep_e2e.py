@@ -24,15 +24,15 @@ TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size":
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Every train_lib.run call, as (trial id, phase)."""
-    from loops import train_lib
-    real, seen = train_lib.run, []
+    """Every phases.run call, as (trial id, phase)."""
+    from loops import phases
+    real, seen = phases.run, []
 
     def run(cfg):
         seen.append((os.path.basename(cfg.workdir), cfg.phase))
         return real(cfg)
 
-    monkeypatch.setattr(train_lib, "run", run)
+    monkeypatch.setattr(phases, "run", run)
     return seen
 
 

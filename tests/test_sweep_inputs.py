@@ -161,9 +161,9 @@ def test_phase_axes_of_different_phases_do_not_overlap(tmp_path):
 ])
 def test_values_that_can_only_fail_are_refused_up_front(tmp_path, monkeypatch, axes, flags,
                                                         phases, message):
-    from loops import train_lib
+    from loops import phases
     ran = []
-    monkeypatch.setattr(train_lib, "run", lambda cfg: ran.append(cfg) or {})
+    monkeypatch.setattr(phases, "run", lambda cfg: ran.append(cfg) or {})
     folder = str(tmp_path / "study")
     s = study.make(folder, dict(TINY, **flags), phases=phases, axes=axes, seeds="0")
     with pytest.raises(ConfigError) as e:
@@ -192,8 +192,8 @@ def fake_phase(cfg, log_text, final=True):
 
 
 def test_a_finished_phase_with_a_truncated_log_is_finished_not_diverged(tmp_path, monkeypatch):
-    from loops import train_lib
-    monkeypatch.setattr(train_lib, "run", lambda cfg: fake_phase(
+    from loops import phases
+    monkeypatch.setattr(phases, "run", lambda cfg: fake_phase(
         cfg, "epoch,accuracy,loss,learning_rate,val_accuracy,val_loss\n0,0.5,0.69,0.001,0.5,0.6"
              "\n1,0.5,0.6"))  # The last row cut mid-write.
     s = make(tmp_path, ["learning_rate=1e-3"])
@@ -204,8 +204,8 @@ def test_a_finished_phase_with_a_truncated_log_is_finished_not_diverged(tmp_path
 
 
 def test_a_phase_that_stopped_on_nan_is_diverged(tmp_path, monkeypatch):
-    from loops import train_lib
-    monkeypatch.setattr(train_lib, "run", lambda cfg: fake_phase(
+    from loops import phases
+    monkeypatch.setattr(phases, "run", lambda cfg: fake_phase(
         cfg, "epoch,accuracy,loss,learning_rate,val_accuracy,val_loss\n0,0.5,nan,1,0.5,nan\n",
         final=False))
     s = make(tmp_path, ["learning_rate=1e-3"])
@@ -219,13 +219,13 @@ def test_a_phase_that_stopped_on_nan_is_diverged(tmp_path, monkeypatch):
 KILLED_CHILD = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {root!r})
-    from loops import train_lib
+    from loops import phases, train_lib
     from research import runner
     from flags.config import Config
     def run(cfg):
         time.sleep(3.5)
         os._exit(9)  # Killed: no finally, no status written on the way out.
-    train_lib.run = run
+    phases.run = run
     cfg = Config(**{cfg!r})
     runner.run_trial({folder!r}, ["head"], {{"head": cfg}})
 """)
@@ -239,8 +239,8 @@ def test_a_resumed_trial_keeps_the_wall_time_before_the_kill(tmp_path, monkeypat
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 9, proc.stderr[-2000:]
-    from loops import train_lib
-    monkeypatch.setattr(train_lib, "run", lambda c: fake_phase(
+    from loops import phases
+    monkeypatch.setattr(phases, "run", lambda c: fake_phase(
         c, "epoch,accuracy,loss,learning_rate,val_accuracy,val_loss\n0,0.5,0.6,0.001,0.5,0.6\n"))
     assert runner.run_trial(trial.trial_dir, ["head"], {"head": cfg}) == "finished"
     wall = runner.read_status(trial.trial_dir)["wall_s"]["head"]

@@ -23,8 +23,8 @@ def accuracy(cfg, failing=()):
 
 @pytest.fixture
 def phases(monkeypatch):
-    """Stand-in train_lib.run; the list of (phase, learning rate, seed) it ran."""
-    from loops import train_lib
+    """Stand-in phases.run; the list of (phase, learning rate, seed) it ran."""
+    from loops import phases
     ran, failing = [], set()
 
     def run(cfg):
@@ -53,7 +53,7 @@ def phases(monkeypatch):
             open(os.path.join(folder, name), "w").close()
         return summary
 
-    monkeypatch.setattr(train_lib, "run", run)
+    monkeypatch.setattr(phases, "run", run)
     run.ran, run.failing = ran, failing
     return run
 

@@ -19,15 +19,15 @@ TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size":
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Every train_lib.run call, as (work directory, phase)."""
-    from loops import train_lib
-    real, seen = train_lib.run, []
+    """Every phases.run call, as (work directory, phase)."""
+    from loops import phases
+    real, seen = phases.run, []
 
     def run(cfg):
         seen.append((cfg.workdir, cfg.phase))
         return real(cfg)
 
-    monkeypatch.setattr(train_lib, "run", run)
+    monkeypatch.setattr(phases, "run", run)
     return seen
 
 
@@ -116,10 +116,10 @@ def fake_run(seen, pause=0.0):
 
 
 def test_a_shared_phase_held_elsewhere_is_deferred_or_waited_for(tmp_path, monkeypatch):
-    from loops import train_lib
+    from loops import phases
     from loops.run_lock import RunLock
     seen = []
-    monkeypatch.setattr(train_lib, "run", fake_run(seen))
+    monkeypatch.setattr(phases, "run", fake_run(seen))
     folder = str(tmp_path / "study")
     s = study.make(folder, TINY, phases="head,finetune",
                    axes=["finetune.learning_rate=1e-4,3e-4"], seeds="0")
@@ -157,9 +157,9 @@ def test_a_shared_phase_held_elsewhere_is_deferred_or_waited_for(tmp_path, monke
 def test_a_trial_run_without_sharing_keeps_its_own_phases(tmp_path, monkeypatch):
     """A trial whose head is a folder of its own (a study run with --noshare_phases, or
     before sharing existed) keeps its later phases in its own folder too."""
-    from loops import train_lib
+    from loops import phases
     seen = []
-    monkeypatch.setattr(train_lib, "run", fake_run(seen))
+    monkeypatch.setattr(phases, "run", fake_run(seen))
     folder = str(tmp_path / "study")
     s = study.make(folder, TINY, phases="head,finetune", axes=["learning_rate=1e-3"],
                    seeds="0")

@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from flags.config import ConfigError
-from loops import train_lib
+from loops import phases, train_lib
 from tests.conftest import ROOT
 
 RUN_FILES = ("config.json", "classes.json", "log.csv", "best.weights.h5", "final.weights.h5")
@@ -30,17 +30,17 @@ def assert_run_dir(run_dir, epochs):
 @pytest.mark.parametrize("loop", ["custom", "fit"])
 def test_head_finetune_evaluate_on_synthetic_images(tiny_config, loop):
     cfg = tiny_config.replace(loop=loop, epochs=3, learning_rate=1e-2)
-    head = train_lib.run(cfg)
+    head = phases.run(cfg)
     assert_run_dir(head["run_dir"], epochs=3)
     logs = head["last_epoch_logs"]
     assert 0 <= logs["accuracy"] <= 1 and np.isfinite(logs["loss"])
 
-    finetune = train_lib.run(cfg.replace(phase="finetune", epochs=1))
+    finetune = phases.run(cfg.replace(phase="finetune", epochs=1))
     assert_run_dir(finetune["run_dir"], epochs=1)
     saved = json.load(open(os.path.join(finetune["run_dir"], "config.json")))
     assert saved["phase"] == "finetune" and saved["loop"] == loop
 
-    result = train_lib.run(cfg.replace(phase="evaluate"))
+    result = phases.run(cfg.replace(phase="evaluate"))
     assert result["phase"] == "evaluate" and result["trained_phase"] == "finetune"
     assert set(result) >= {"loss", "accuracy", "test_examples"}
     on_disk = json.load(open(os.path.join(cfg.workdir, "evaluate", "evaluation.json")))
@@ -49,14 +49,14 @@ def test_head_finetune_evaluate_on_synthetic_images(tiny_config, loop):
 
 def test_head_learns_the_synthetic_task(tiny_config):
     """The synthetic classes are separable: a head on random VGG16 features beats chance."""
-    result = train_lib.run(tiny_config.replace(
+    result = phases.run(tiny_config.replace(
         backbone="vgg16", synthetic_examples=64, batch_size=16, epochs=8, learning_rate=1e-2,
         dropout=0.0))
     assert result["last_epoch_logs"]["val_accuracy"] > 0.6
 
 
 def test_finetune_starts_from_the_head_checkpoint_with_a_fresh_optimizer(tiny_config):
-    train_lib.run(tiny_config.replace(epochs=1))
+    phases.run(tiny_config.replace(epochs=1))
     head_best = os.path.join(tiny_config.workdir, "head", "best.weights.h5")
     finetune_cfg = tiny_config.replace(phase="finetune", epochs=0)
     model = train_lib.build(finetune_cfg, train_lib.make_strategy("default"), 2,
@@ -78,22 +78,22 @@ def test_head_finetune_evaluate_under_tfds_mock_data(tiny_config, monkeypatch, t
     cfg = tiny_config.replace(dataset="cats_vs_dogs", epochs=1,
                               tfds_data_dir=str(tmp_path / "tfds"))
     with tfds.testing.mock_data(num_examples=24):
-        train_lib.run(cfg)
-        train_lib.run(cfg.replace(phase="finetune"))
-        result = train_lib.run(cfg.replace(phase="evaluate"))
+        phases.run(cfg)
+        phases.run(cfg.replace(phase="finetune"))
+        result = phases.run(cfg.replace(phase="evaluate"))
     assert result["test_examples"] > 0 and 0 <= result["accuracy"] <= 1
     classes = json.load(open(os.path.join(cfg.workdir, "head", "classes.json")))
     assert classes == ["cat", "dog"]
 
 
 def test_finished_phase_is_not_trained_over(tiny_config):
-    train_lib.run(tiny_config.replace(epochs=1))
+    phases.run(tiny_config.replace(epochs=1))
     best = os.path.join(tiny_config.workdir, "head", "best.weights.h5")
     before = os.path.getmtime(best)
     with pytest.raises(ConfigError, match="--overwrite"):
-        train_lib.run(tiny_config.replace(epochs=1))
+        phases.run(tiny_config.replace(epochs=1))
     assert os.path.getmtime(best) == before
-    train_lib.run(tiny_config.replace(epochs=1, overwrite=True))
+    phases.run(tiny_config.replace(epochs=1, overwrite=True))
 
 
 def run_cli(*argv, cwd=ROOT):
