@@ -6,7 +6,11 @@ Every phase reads top to bottom, like Flax's `train_and_evaluate`, with the same
     with locked(plan):               # one process per run directory
         prepare(plan)                # the run-directory decision, config.json, classes.json
         ...                          # run: train, score, or ramp the rate
-        finish(plan, ...)            # the files that say the phase is done
+        ...                          # finish: the files that say the phase is done
+
+(evaluate's plan is `make_evaluation_plan`; training finishes with `finish` — final weights,
+never non-finite, then the backup goes — and summary.json; evaluate and the finder write all
+their files at the end, so `prepare` writes nothing for them.)
 
 - `train(cfg)`: `--phase=head|finetune` through `RUNNERS[cfg.loop]` (loops/runners.py);
   returns a `Trained` (its summary, model and last epoch logs).
