@@ -13,12 +13,7 @@ from keras import layers
 from flags.config import ConfigError
 from model import augment
 from model.backbones import BACKBONES, check_alpha, resolve_weights
-from model.freeze import (  # The first three: old homes, until callers switch (M_to_others.md).
-    backbone_layer_names,  # noqa: F401
-    backbone_of,  # noqa: F401
-    first_trainable_position,
-    set_trainable,  # noqa: F401
-)
+from model.freeze import first_trainable_position
 from model.graph import ordered_layers
 from model.names import AUGMENT_PREFIX, AVG_POOL, HEAD_DROPOUT, LOGITS, MODEL_PREFIX, PREPROCESS
 
