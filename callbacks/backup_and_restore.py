@@ -17,93 +17,22 @@ On-disk layout of `backup_dir` (format 1):
 
 A Keras backup (`latest.weights.h5` and a metadata without `"weights"`) is read too.
 
-**Exact mode** (tapefit's custom loop, `bind(loop, hooks)`): Keras' hook restarts at
-the beginning of an epoch and forgets the hooks, the RNG and the data position. Bound
-to a loop, the same hook saves, every `save_freq` steps and at each epoch end:
-- every variable of the model (Keras' dropout/augmentation seed-generator states
-  included), of the optimizer (slots, iterations, learning rate) and of the loop's
-  running metrics, bit for bit, in a NumPy `.npz` (no pickle);
-- the position: epoch, steps done in it, whether training had stopped;
-- every hook's `get_state()`, keyed by the hook's stable name (`state_key`, else its
-  class name), not by its place in the list; arrays in a state (EarlyStopping's best
-  weights) go to their own `.npz`.
-The loop drives it (`restore()` after `on_train_begin`, `save(position)` after the
-hooks saw a step or an epoch end) and positions the data stream from (epoch, step).
-The model's non-trainable variables (a frozen backbone) go once to a `base-*.npz`;
-each backup's `variables-*.npz` holds only the variables that differ from it.
-Layout: `state.json` is the commit point, replaced atomically after the files it
-names are fully written; older files are removed after it.
+The custom loop's exact, step-level resume (the hooks' states, the RNG, the data
+position) is not this hook's: the loop owns it (`loops/checkpointer.py`).
 """
 from __future__ import annotations
 
-import dataclasses
 import glob
-import io
 import os
-import re
 import shutil
-import zipfile
 
-import numpy as np
-
-from callbacks.atomic_io import (
-    atomic_save,
-    atomic_save_weights,
-    atomic_write_json,
-    atomic_write_text,
-    read_json,
-)
+from callbacks.atomic_io import atomic_save_weights
 from callbacks.base import Callback
+from layout.atomic import TEMP_PATTERN, atomic_write_json, atomic_write_text, read_json
+from layout.paths import KERAS_BACKUP_METADATA as METADATA
+from layout.paths import KERAS_BACKUP_WEIGHTS as KERAS_WEIGHTS
 
 FORMAT = 1
-METADATA = "training_metadata.json"
-KERAS_WEIGHTS = "latest.weights.h5"
-EXACT_FORMAT = 2
-STATE_JSON = "state.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class Position:
-    """Where a run stands: the epoch to continue, the batches of it already trained,
-    and whether a hook had stopped training (only on_train_end is left)."""
-
-    epoch: int = 0
-    step: int = 0
-    stopped: bool = False
-
-
-def state_key(hook) -> str:
-    """A hook's stable name in a backup: its `state_key` or its class name."""
-    return getattr(hook, "state_key", None) or type(hook).__name__
-
-
-def _unnumbered(path: str) -> str:
-    return re.sub(r"_\d+(?=/|$)", "", path)
-
-
-def _is_arrays(value) -> bool:
-    return isinstance(value, (list, tuple)) and bool(value) and all(
-        isinstance(a, np.ndarray) for a in value)
-
-
-def _save_arrays(path, arrays):
-    def write(tmp):
-        buffer = io.BytesIO()
-        np.savez(buffer, *arrays)
-        with open(tmp, "wb") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-    atomic_save(write, path)
-
-
-def _load_arrays(path):
-    with np.load(path, allow_pickle=False) as data:
-        return [data[f"arr_{i}"] for i in range(len(data.files))]
-
-
-class BackupError(ValueError):
-    """A backup that cannot be restored (another model, missing or corrupt files)."""
 
 
 class BackupAndRestore(Callback):
@@ -144,8 +73,7 @@ class BackupAndRestore(Callback):
 
     # ---- restore ------------------------------------------------------------
     def on_train_begin(self, logs=None):
-        if self.bound:  # Exact mode: the loop calls restore().
-            self._remove_stale_temporaries()
+        if self.bound:  # TRANSITIONAL: the loop's checkpointer restores.
             return
         if not self.model.built:
             raise ValueError(
@@ -184,7 +112,7 @@ class BackupAndRestore(Callback):
 
     # ---- backup -------------------------------------------------------------
     def on_epoch_end(self, epoch, logs=None):
-        if self.bound:  # Exact mode: the loop calls save() after every hook saw the epoch.
+        if self.bound:  # TRANSITIONAL: the loop's checkpointer saves.
             return
         self._current_epoch = epoch + 1
         self._last_batch_seen = 0
@@ -241,173 +169,37 @@ class BackupAndRestore(Callback):
 
     def _remove_stale_temporaries(self):
         """Temporary files left by a run killed in the middle of a backup."""
-        pattern = os.path.join(glob.escape(self.backup_dir), ".*.tmp-*")
+        pattern = os.path.join(glob.escape(self.backup_dir), TEMP_PATTERN)
         for path in glob.glob(pattern):
             os.remove(path)
 
     def on_train_end(self, logs=None):
-        if self.bound:  # Exact mode: deleted by the phase after its final save.
+        if self.bound:  # TRANSITIONAL: deleted by the phase after its final save.
             return
         if self.delete_checkpoint and os.path.exists(self.backup_dir):
             shutil.rmtree(self.backup_dir)
 
-    # ---- exact mode (bound to tapefit's custom loop) -----------------------------
+    # ---- TRANSITIONAL: until loops/runners.py passes `checkpointer=` to CustomLoop.fit
+    # (and tests/test_phase_policy.py uses loops.checkpointer); then delete this section.
+    checkpointer = None
+
     def bind(self, loop, hooks):
-        """Exact mode: back up `loop`'s whole state and `hooks`' states. The loop then
-        calls `restore()` and `save()`; the hook's own events do nothing."""
-        self._loop, self._hooks = loop, [h for h in hooks if h is not self]
-        self._exact_state = None
-        self._state_path = os.path.join(self.backup_dir, STATE_JSON)
-        if os.path.exists(self._state_path):
-            try:
-                self._exact_state = read_json(self._state_path)
-            except ValueError:
-                raise BackupError(f"the backup {self._state_path} is corrupt") from None
-        self._save_index = self._exact_state["index"] if self._exact_state else 0
-        self._base, self._base_indices, self._base_name = None, [], None
+        """Hands this folder to `loop`'s own exact checkpointer (loops/checkpointer.py);
+        the hook's events then do nothing."""
+        self.checkpointer = loop.checkpointer_class(self.backup_dir, self.save_freq)
+        self.checkpointer.attach(loop, [h for h in hooks if h is not self])
         return self
 
     @property
     def bound(self) -> bool:
-        return getattr(self, "_loop", None) is not None
-
-    @property
-    def position(self):
-        """The saved Position (exact mode), None when there is no backup."""
-        state = getattr(self, "_exact_state", None)
-        if state is None:
-            return None
-        return Position(state["epoch"], state["step"], state["stopped"])
-
-    @property
-    def last_logs(self):
-        state = getattr(self, "_exact_state", None)
-        return state.get("logs") if state else None
-
-    def due(self, global_step: int) -> bool:
-        return isinstance(self.save_freq, int) and self.save_freq > 0 and \
-            global_step % self.save_freq == 0
-
-    def _variables(self):
-        loop = self._loop
-        metric_variables = [v for metric in loop.metrics for v in metric.variables]
-        return list(loop.model.variables) + list(loop.optimizer.variables) + metric_variables
-
-    def _hook_keys(self):
-        keys, seen = [], {}
-        for hook in self._hooks:
-            if not hasattr(hook, "get_state"):
-                keys.append(None)
-                continue
-            key = state_key(hook)
-            seen[key] = seen.get(key, 0) + 1
-            keys.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
-        return keys
-
-    def save(self, position, logs=None):
-        """Writes a complete backup at `position` (exact mode)."""
-        import keras
-
-        os.makedirs(self.backup_dir, exist_ok=True)
-        self._save_index += 1
-        index = self._save_index
-        files = {"variables": f"variables-{index:06d}.npz"}
-        variables = self._variables()
-        values = [keras.ops.convert_to_numpy(v) for v in variables]
-        if self._base is None:
-            # The model's non-trainable variables (frozen layers: most of the backbone)
-            # rarely change: written once, then each backup holds only what differs.
-            frozen = {id(v) for v in self._loop.model.non_trainable_variables}
-            self._base_indices = [i for i, v in enumerate(variables) if id(v) in frozen]
-            self._base = {i: values[i] for i in self._base_indices}
-            self._base_name = f"base-{index:06d}.npz"
-            _save_arrays(os.path.join(self.backup_dir, self._base_name),
-                         [values[i] for i in self._base_indices])
-        files["base"] = self._base_name
-        changed = [i for i, value in enumerate(values)
-                   if i not in self._base or not np.array_equal(value, self._base[i])]
-        _save_arrays(os.path.join(self.backup_dir, files["variables"]),
-                     [values[i] for i in changed])
-        hook_states = {}
-        for n, (hook, key) in enumerate(zip(self._hooks, self._hook_keys())):
-            if key is None:
-                continue
-            state, arrays = {}, {}
-            for name, value in hook.get_state().items():
-                (arrays if _is_arrays(value) else state)[name] = value
-            for name, value in arrays.items():
-                files[f"{key}/{name}"] = f"hook{n}-{name}-{index:06d}.npz"
-                _save_arrays(os.path.join(self.backup_dir, files[f"{key}/{name}"]), value)
-            hook_states[key] = {"class": type(hook).__name__, "state": state,
-                                "arrays": sorted(arrays)}
-        self._exact_state = {
-            "format": EXACT_FORMAT, "index": index, "epoch": position.epoch,
-            "step": position.step, "stopped": position.stopped, "logs": logs,
-            "files": files, "variable_paths": [v.path for v in variables],
-            "base_indices": self._base_indices, "changed_indices": changed,
-            "hooks": hook_states,
-        }
-        atomic_write_json(self._state_path, self._exact_state)
-        keep = set(files.values()) | {STATE_JSON}
-        for path in glob.glob(os.path.join(glob.escape(self.backup_dir), "*")):
-            name = os.path.basename(path)
-            if name not in keep and not name.startswith("."):
-                os.remove(path)
+        return self.checkpointer is not None
 
     def restore(self):
-        """Assigns every saved variable and hook state; returns the Position, or None
-        when there is no backup (exact mode; call after on_train_begin)."""
-        state = self._exact_state
-        if state is None:
-            return None
-        if state.get("format") != EXACT_FORMAT:
-            raise BackupError(f"{self._state_path} has format {state.get('format')}, "
-                              f"not {EXACT_FORMAT}")
-        variables = self._variables()
-        # Names up to Keras' per-process numbering ("dense_3"): the same model built
-        # after others in one process (a sweep) still fits its backup.
-        if [_unnumbered(v.path) for v in variables] != [
-                _unnumbered(p) for p in state["variable_paths"]]:
-            raise BackupError(f"the backup in {self.backup_dir} is of another model or "
-                              "optimizer")
-        try:
-            base = _load_arrays(os.path.join(self.backup_dir, state["files"]["base"]))
-            changed = _load_arrays(os.path.join(self.backup_dir, state["files"]["variables"]))
-            self._base = dict(zip(state["base_indices"], base, strict=True))
-            self._base_indices, self._base_name = state["base_indices"], state["files"]["base"]
-            by_index = {**self._base, **dict(zip(state["changed_indices"], changed, strict=True))}
-            if sorted(by_index) != list(range(len(variables))):
-                raise BackupError(f"the backup in {self.backup_dir} does not fit this model")
-            values = [by_index[i] for i in range(len(variables))]
-            if len(values) != len(variables) or any(
-                    tuple(value.shape) != tuple(variable.shape)
-                    for value, variable in zip(values, variables)):
-                raise BackupError(f"the backup in {self.backup_dir} does not fit this model")
-            for variable, value in zip(variables, values):
-                variable.assign(value)
-            keys = self._hook_keys()
-            if sorted(k for k in keys if k) != sorted(state["hooks"]):
-                raise BackupError(
-                    f"the backup's hooks {sorted(state['hooks'])} differ from this run's "
-                    f"{sorted(k for k in keys if k)}")
-            for hook, key in zip(self._hooks, keys):
-                if key is None:
-                    continue
-                saved = state["hooks"][key]
-                if saved["class"] != type(hook).__name__:
-                    raise BackupError(f"the backup's hook {key} is a {saved['class']}, not a "
-                                      f"{type(hook).__name__}")
-                hook_state = dict(saved["state"])
-                for name in saved["arrays"]:
-                    hook_state[name] = _load_arrays(
-                        os.path.join(self.backup_dir, state["files"][f"{key}/{name}"]))
-                hook.set_state(hook_state)
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            if isinstance(e, BackupError):
-                raise
-            raise BackupError(f"the backup in {self.backup_dir} cannot be read "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-        return self.position
+        return self.checkpointer.restore()
 
-    def delete(self):
-        shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+def __getattr__(name):  # TRANSITIONAL: names that moved to loops/checkpointer.py.
+    if name in ("BackupError", "Position", "state_key"):
+        import importlib
+        return getattr(importlib.import_module("loops.checkpointer"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

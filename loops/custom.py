@@ -3,7 +3,9 @@
 `CustomLoop.fit` follows `keras/src/backend/tensorflow/trainer.py` step by step
 (same hook calls in the same order, same loss scaling, same batch-size-weighted
 running-mean metrics), so with the same data order and seeds it produces the
-same weights and logs as `model.compile(...); model.fit(...)`.
+same weights and logs as `model.compile(...); model.fit(...)`. Exact resume is the
+loop's own: `fit(..., checkpointer=)` takes a `loops.checkpointer.Checkpointer`
+(as Orbit's Controller owns its CheckpointManager), not a hook.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from callbacks import CallbackList
-from callbacks.backup_and_restore import Position
+from loops.checkpointer import Checkpointer, Position
 
 
 def make_loss(cfg=None):
@@ -92,6 +94,8 @@ class CustomLoop:
       metrics: the compiled metrics (default `make_metrics()`; runners pass
         `make_metrics(cfg)`).
     """
+
+    checkpointer_class = Checkpointer  # TRANSITIONAL: for BackupAndRestore.bind().
 
     def __init__(self, model, optimizer, strategy=None, jit_compile=False,
                  steps_per_execution=1, train_model=None, loss_fn=None, metrics=None):
@@ -187,31 +191,36 @@ class CustomLoop:
 
     # ---- fit / evaluate ----------------------------------------------------------
     def fit(self, train_data, *, epochs, steps_per_epoch, validation_data=None,
-            callbacks=(), initial_epoch=0, verbose=0):
+            callbacks=(), initial_epoch=0, verbose=0, checkpointer=None):
         """Runs epochs [initial_epoch, epochs) over one iterator of `train_data`.
 
         `train_data` yields batches forever; each epoch takes `steps_per_epoch`
-        of them (the data pipeline fixes the order of every epoch). A
-        `BackupAndRestore` hook bound to this loop (`hook.bind(loop, hooks)`) makes
-        the run resumable exactly: training continues where its backup was saved, and
-        `train_data` must then start at the backup's `position`.
+        of them (the data pipeline fixes the order of every epoch). A `checkpointer`
+        (`loops.checkpointer.Checkpointer`, attached here to this loop and the hooks)
+        makes the run resumable exactly: training continues where its backup was
+        saved, and `train_data` must then start at the backup's `position`.
         Returns the last epoch's logs (None if no epoch ran).
         """
         model = self.model
+        if checkpointer is None:  # TRANSITIONAL: a hook bound by BackupAndRestore.bind().
+            checkpointer = next((hook.checkpointer for hook in callbacks
+                                 if getattr(hook, "checkpointer", None) is not None), None)
+        if checkpointer is not None:
+            checkpointer.attach(self, [hook for hook in callbacks
+                                       if getattr(hook, "checkpointer", None) is None])
         if not isinstance(callbacks, CallbackList):
             callbacks = CallbackList(callbacks, model=model, verbose=verbose,
                                      epochs=epochs, steps=steps_per_epoch)
-        backup = next((hook for hook in callbacks if getattr(hook, "bound", False)), None)
         # Attributes, not locals: a hook may switch them at an epoch start (switch_data).
         self._train_iterator = iter(self.strategy.experimental_distribute_dataset(train_data))
         self._validation_data = validation_data
         model.stop_training = False
         callbacks.on_train_begin()
         training_logs, first_step = None, 0
-        position = backup.restore() if backup is not None else None
+        position = checkpointer.restore() if checkpointer is not None else None
         if position is not None:
             initial_epoch, first_step = position.epoch, position.step
-            training_logs = backup.last_logs
+            training_logs = checkpointer.last_logs
             if position.stopped:
                 initial_epoch = epochs
         global_step = initial_epoch * steps_per_epoch + first_step
@@ -229,8 +238,9 @@ class CustomLoop:
                 global_step += end - begin + 1
                 if model.stop_training:
                     break
-                if backup is not None and backup.due(global_step) and end + 1 < steps_per_epoch:
-                    backup.save(Position(epoch, end + 1), training_logs)
+                if (checkpointer is not None and checkpointer.due(global_step)
+                        and end + 1 < steps_per_epoch):
+                    checkpointer.save(Position(epoch, end + 1), training_logs)
             first_step = 0
             epoch_logs = dict(logs)
             if self._validation_data is not None:
@@ -238,8 +248,9 @@ class CustomLoop:
                 epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
             callbacks.on_epoch_end(epoch, epoch_logs)
             training_logs = epoch_logs
-            if backup is not None:
-                backup.save(Position(epoch + 1, 0, bool(model.stop_training)), training_logs)
+            if checkpointer is not None:
+                checkpointer.save(Position(epoch + 1, 0, bool(model.stop_training)),
+                                  training_logs)
             if model.stop_training:
                 break
         if epochs > 0:  # As fit(): e.g. swaps in EMA weights when the optimizer uses them.

@@ -26,12 +26,8 @@ import json
 import os
 import shutil
 import tempfile
-import zipfile
 import zlib
 
-import numpy as np
-
-from callbacks.backup_and_restore import METADATA, STATE_JSON, Position
 from flags.config import PATH, RESUMABLE, Config, fields_with
 from flags.errors import ConfigError
 from layout.atomic import TEMP_PATTERN, check_writes, read_json
@@ -45,6 +41,7 @@ from layout.paths import (  # noqa: F401  (re-exported: the names callers know f
     SKIPPED_FILES,
     lock_path,
 )
+from loops.checkpointer import BackupError, Position, backup_position
 
 # Flags that may change between a run and its resumption.
 RESUMABLE_CHANGES = fields_with(RESUMABLE)
@@ -127,22 +124,11 @@ def config_differences(cfg: Config, saved: dict) -> list[str]:
 
 def _check_backup(backup_dir: str) -> Position | None:
     """The position of a readable backup, None without one; one line when corrupt."""
-    state_path = os.path.join(backup_dir, STATE_JSON)
-    keras_path = os.path.join(backup_dir, METADATA)
     try:
-        if os.path.exists(state_path):  # The custom loop's exact backup.
-            state = read_json(state_path)
-            for name in state["files"].values():
-                with np.load(os.path.join(backup_dir, name), allow_pickle=False) as data:
-                    for key in data.files:
-                        data[key]  # Reads every array: a cut file fails here.
-            return Position(state["epoch"], state["step"], state["stopped"])
-        if os.path.exists(keras_path):  # Keras' BackupAndRestore (fit loop).
-            return Position(int(read_json(keras_path)["epoch"]), 0)
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        return backup_position(backup_dir)
+    except BackupError as e:
         raise ConfigError(f"the backup in {backup_dir} is corrupt ({str(e)[:100]}); pass "
                           "--overwrite to start the phase over") from None
-    return None
 
 
 def _meaningful_files(run_dir: str) -> list[str]:
