@@ -77,9 +77,6 @@ flags.DEFINE_string("run_trial", None, "Internal: run the trial in this folder (
 # The flags defined above (--help's "sweep" heading), but the internal --run_trial.
 SWEEP_FLAGS = tuple(name for name in flags.FLAGS
                     if name not in _TRAIN_FLAGS and name != "run_trial")
-# Its numeric flags, each checked against its range in flags/config.py RANGES.
-SWEEP_NUMBERS = {"parallel": "int", "min_seeds": "int", "max_seeds": "int",
-                 "race_alpha": "float"}
 define_help_flags({"sweep": SWEEP_FLAGS})
 FLAGS = flags.FLAGS
 
@@ -99,12 +96,13 @@ def cli_flags() -> dict:
 
 
 def check_sweep_numbers() -> None:
-    """sweep.py's numeric flags in their ranges (`flags.config.check_number`): one line
-    naming the fix, before anything is written. An unset --max_seeds is every seed."""
-    from flags.config import check_number
-    for name, kind in SWEEP_NUMBERS.items():
-        if FLAGS[name].value is not None:
-            check_number(name, FLAGS[name].value, kind)
+    """sweep.py's numeric flags (those with a range in flags/config.py `RANGES`) in
+    their ranges (`check_number`): one line naming the fix, before anything is
+    written. An unset --max_seeds is every seed."""
+    from flags.config import RANGES, check_number
+    for name in SWEEP_FLAGS:
+        if name in RANGES and FLAGS[name].value is not None:
+            check_number(name, FLAGS[name].value, FLAGS[name].flag_type())
 
 
 def sweep(cfg):
