@@ -31,9 +31,6 @@ OPTIMIZERS = {
     "sgd": keras.optimizers.SGD,
     "rmsprop": keras.optimizers.RMSprop,
 }
-# Per-step schedules (keras LearningRateSchedule objects inside the optimizer): declared
-# once in flags/config.py, which checks them against --reduce_lr_on_plateau.
-STEP_SCHEDULES = STEP_LR_SCHEDULES
 # fastai's fit_one_cycle defaults.
 ONE_CYCLE_PCT_START = 0.25
 ONE_CYCLE_DIV = 25.0
@@ -43,7 +40,9 @@ NO_WEIGHT_DECAY = ("bias", "gamma", "beta")
 
 
 def is_step_schedule(cfg) -> bool:
-    return cfg.lr_schedule in STEP_SCHEDULES
+    """Per-step schedules (keras LearningRateSchedule objects inside the optimizer),
+    declared in flags/config.py (`STEP_LR_SCHEDULES`)."""
+    return cfg.lr_schedule in STEP_LR_SCHEDULES
 
 
 def make_optimizer(cfg, steps_per_epoch: int | None = None, model=None
