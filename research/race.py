@@ -17,7 +17,7 @@ The race ends when one configuration is left or the last seed has run.
 Everything is recomputed from what is on disk, in a fixed order: any process, any
 shard, a resumed sweep or `--report_only` gets the same rounds. A round's trials are
 ordinary trials (their ids do not depend on the race). `race.json` in the study
-records the state; `section()` renders it for results.md.
+records the state; `research.report.race_section()` renders it for results.md.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import os
 
 from layout import paths
 from layout.atomic import atomic_write_json
-from research import grid, runner, stats
+from research import grid, report, runner, stats
 
 RACE_JSON = paths.RACE_JSON
 
@@ -58,7 +58,6 @@ def compute(study: grid.Study, study_dir: str, metric: str = "val_accuracy",
     `metrics(trial_dir, phases) -> {metric: value}` reads a trial's metrics
     (default: research.report.trial_metrics)."""
     if metrics is None:
-        from research import report
         metrics = report.trial_metrics
     race = study.race
     labels = [_label(a, study) for a in grid.configurations(study)]
@@ -134,7 +133,6 @@ def _mean(values) -> float:
 
 
 def _label(assignment, study) -> str:
-    from research import report
     return report.label(assignment, study)
 
 
@@ -174,53 +172,5 @@ def _plain(content):
     return json.loads(json.dumps(content, sort_keys=True, default=str))
 
 
-def section(study_dir: str) -> str:
-    """The race's part of results.md from race.json ("" when the study is no race)."""
-    content = runner.read_json(os.path.join(study_dir, RACE_JSON))
-    if not isinstance(content, dict) or "rounds" not in content:
-        return ""
-    try:
-        return _section(content)
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return f"## Race\n\n{os.path.join(study_dir, RACE_JSON)} is damaged; rerun the sweep.\n"
-
-
-def _section(c: dict) -> str:
-    epochs = c["trial_epochs"]
-    lines = ["## Race", "",
-             f"Seeds added in rounds ({c['min_seeds']} first, then one per round, at most "
-             f"{c['max_seeds']}: {', '.join(map(str, c['seeds']))}); after each round every "
-             f"configuration significantly worse than the round's best on **{c['metric']}** "
-             f"(validation; paired over the round's seeds, Holm-adjusted, α = {c['alpha']}) "
-             "is dropped.", ""]
-    if c["finished"]:
-        outcome = (f"**Winner: {c['winner']}**" if c["winner"] else
-                   f"Ended after the last seed with {len(c['alive'])} configurations left: "
-                   + "; ".join(c["alive"]) + " (these seeds do not separate them)"
-                   if c["alive"] else "Ended with no configuration left (all failed)")
-        lines += [f"{outcome} after round {c['round']}.", ""]
-    else:
-        lines += [f"Running: round {c['round']} (seeds {', '.join(map(str, c['round_seeds']))}), "
-                  f"{len(c['alive'])} configurations left, {len(c['pending'])} trials to go.", ""]
-    lines += [f"Trial-epochs: {epochs['race']} spent of the full grid's {epochs['full_grid']} "
-              f"({_percent(epochs['ratio'])}); trials: {c['trials']['scheduled']} of "
-              f"{c['trials']['full_grid']}.", ""]
-    rows = [[str(r["round"]), ", ".join(map(str, r["seeds"])), str(r["configurations"]),
-             r.get("best") or "–", "; ".join(r["dropped"]) or "–"] for r in c["rounds"]]
-    if rows:
-        lines += [_table(["round", "seeds", "configurations", "best", "dropped"], rows), ""]
-    if c["dropped"]:
-        lines += [_table(["dropped", "round", "seeds", "why"],
-                         [[d["configuration"], str(d["round"]), str(d["seeds"]), d["reason"]]
-                          for d in c["dropped"]]), ""]
-    return "\n".join(lines)
-
-
-def _percent(x) -> str:
-    return f"{100 * x:.0f} %" if isinstance(x, (int, float)) and math.isfinite(x) else "–"
-
-
-def _table(header, rows) -> str:
-    esc = [[str(x).replace("|", "\\|") for x in r] for r in [header] + rows]
-    out = ["| " + " | ".join(esc[0]) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in esc[1:]])
+# The race section of results.md (from race.json): research.report renders it.
+section = report.race_section

@@ -537,9 +537,55 @@ def markdown(study: grid.Study, study_dir: str, rows, entries,
     if other:
         lines += [f"Not finished yet: {', '.join(r['trial_id'] for r in other)}.", ""]
     if study.race is not None:  # research/race.py: rounds, drops, trial-epochs (race.json).
-        from research import race
-        lines += [race.section(study_dir)]
+        lines += [race_section(study_dir)]
     return "\n".join(lines)
+
+
+def race_section(study_dir: str) -> str:
+    """The race's part of results.md from race.json ("" when the study is no race)."""
+    path = os.path.join(study_dir, paths.RACE_JSON)
+    content = runner.read_json(path)
+    if not isinstance(content, dict) or "rounds" not in content:
+        return ""
+    try:
+        return _race_section(content)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return f"## Race\n\n{path} is damaged; rerun the sweep.\n"
+
+
+def _race_section(c: dict) -> str:
+    epochs = c["trial_epochs"]
+    lines = ["## Race", "",
+             f"Seeds added in rounds ({c['min_seeds']} first, then one per round, at most "
+             f"{c['max_seeds']}: {', '.join(map(str, c['seeds']))}); after each round every "
+             f"configuration significantly worse than the round's best on **{c['metric']}** "
+             f"(validation; paired over the round's seeds, Holm-adjusted, α = {c['alpha']}) "
+             "is dropped.", ""]
+    if c["finished"]:
+        outcome = (f"**Winner: {c['winner']}**" if c["winner"] else
+                   f"Ended after the last seed with {len(c['alive'])} configurations left: "
+                   + "; ".join(c["alive"]) + " (these seeds do not separate them)"
+                   if c["alive"] else "Ended with no configuration left (all failed)")
+        lines += [f"{outcome} after round {c['round']}.", ""]
+    else:
+        lines += [f"Running: round {c['round']} (seeds {', '.join(map(str, c['round_seeds']))}), "
+                  f"{len(c['alive'])} configurations left, {len(c['pending'])} trials to go.", ""]
+    lines += [f"Trial-epochs: {epochs['race']} spent of the full grid's {epochs['full_grid']} "
+              f"({_percent(epochs['ratio'])}); trials: {c['trials']['scheduled']} of "
+              f"{c['trials']['full_grid']}.", ""]
+    rows = [[str(r["round"]), ", ".join(map(str, r["seeds"])), str(r["configurations"]),
+             r.get("best") or "–", "; ".join(r["dropped"]) or "–"] for r in c["rounds"]]
+    if rows:
+        lines += [_md_table(["round", "seeds", "configurations", "best", "dropped"], rows), ""]
+    if c["dropped"]:
+        lines += [_md_table(["dropped", "round", "seeds", "why"],
+                            [[d["configuration"], str(d["round"]), str(d["seeds"]), d["reason"]]
+                             for d in c["dropped"]]), ""]
+    return "\n".join(lines)
+
+
+def _percent(x) -> str:
+    return f"{100 * x:.0f} %" if isinstance(x, (int, float)) and math.isfinite(x) else "–"
 
 
 def _selection_prose(entries, top, select_name) -> list[str]:
