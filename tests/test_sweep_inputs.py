@@ -161,9 +161,9 @@ def test_phase_axes_of_different_phases_do_not_overlap(tmp_path):
 ])
 def test_values_that_can_only_fail_are_refused_up_front(tmp_path, monkeypatch, axes, flags,
                                                         phases, message):
-    from loops import phases
+    from loops import phases as phase_layer
     ran = []
-    monkeypatch.setattr(phases, "run", lambda cfg: ran.append(cfg) or {})
+    monkeypatch.setattr(phase_layer, "run", lambda cfg: ran.append(cfg) or {})
     folder = str(tmp_path / "study")
     s = study.make(folder, dict(TINY, **flags), phases=phases, axes=axes, seeds="0")
     with pytest.raises(ConfigError) as e:
