@@ -111,7 +111,23 @@ def run_variant(args, variant: str) -> dict:
         result["cpu_s"] *= trials / len(commands)
     result["trials"] = trials
     result["val_loss"] = final_val_losses(workdir, variant)
+    if variant == "sweep":
+        result["trial_wall_s"] = trial_walls(workdir)
     return result
+
+
+def trial_walls(workdir) -> list[float]:
+    """Each sweep trial's head-phase seconds (its status.json), slowest first: the trial
+    that computed the frozen features first, then those that loaded them."""
+    walls = []
+    trials = os.path.join(workdir, "trials")
+    for name in os.listdir(trials):
+        try:
+            with open(os.path.join(trials, name, "status.json")) as f:
+                walls.append(float(json.load(f)["wall_s"]["head"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sorted(walls, reverse=True)
 
 
 def final_val_losses(workdir, variant):
@@ -150,6 +166,15 @@ def main():
                      ", ".join(f"{v:.4f}" for v in runs[variant][-1]["val_loss"])])
     text = common.table(["variant", "runs", "total wall s (median)", "range", "wall s / trial",
                          "CPU s", "final val_loss of the trials (sorted)"], rows)
+    walls = runs["sweep"][-1].get("trial_wall_s") if "sweep" in runs else None
+    if walls:
+        total = common.median([r["wall_s"] for r in runs["sweep"]])
+        text += (f"\n\nWhere the study's {total:.0f} s went: its slowest trial "
+                 f"{walls[0]:.0f} s (the one that computed the frozen features), the other "
+                 f"{len(walls) - 1} trials {sum(walls[1:]):.0f} s together (median "
+                 f"{common.median(walls[1:]) if len(walls) > 1 else 0:.1f} s), and "
+                 f"{total - sum(walls):.0f} s outside the trials (start-up, fingerprint "
+                 f"and image cache, report).")
     if "sweep" in runs and "fit" in runs:
         wall = common.median([r["wall_s"] for r in runs["fit"]]) / common.median(
             [r["wall_s"] for r in runs["sweep"]])
