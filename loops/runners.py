@@ -23,11 +23,11 @@ import keras
 
 import callbacks as our_callbacks
 import input_pipeline
-from callbacks.backup_and_restore import BackupError
 from flags.errors import ConfigError
 from layout.atomic import atomic_write_text
 from layout.paths import BACKUP_DIR, BEST_WEIGHTS, FINAL_WEIGHTS, LOG_CSV, TENSORBOARD_DIR
 from loops import feature_cache, feature_precision
+from loops.checkpointer import BackupError, Checkpointer, Position
 from loops.console import command_flags, keras_verbose, progress_hook
 from loops.custom import CustomLoop, make_loss, make_metrics
 from loops.hooks import hook_specs, instantiate
@@ -215,8 +215,11 @@ class CustomRunner(Runner):
         if self.cache_mode == "off":
             self.loop.retrace()
             return
-        from callbacks.backup_and_restore import Position
         self.loop.switch_data(*self._data(Position(epoch, 0)), train_model=self.train_model)
+
+    def _specs(self):
+        # Exact resume is the loop's own (loops/checkpointer.py, given to fit), not a hook.
+        return [spec for spec in super()._specs() if spec[0] != "BackupAndRestore"]
 
     def hooks(self):
         hooks = super().hooks()
@@ -248,13 +251,13 @@ class CustomRunner(Runner):
         if self.unfreeze is not None:  # Gradual unfreezing: first at every epoch start.
             hooks = [self.unfreeze, *hooks]
         try:
-            for hook in hooks:
-                if isinstance(hook, our_callbacks.BackupAndRestore):
-                    hook.bind(loop, hooks)
+            checkpointer = Checkpointer(
+                os.path.join(plan.run_dir, BACKUP_DIR),
+                save_freq=cfg.backup_every_steps or "epoch") if cfg.backup else None
             return loop.fit(train_data, epochs=cfg.epochs,
                             steps_per_epoch=plan.steps_per_epoch,
                             validation_data=validation_data, callbacks=hooks,
-                            verbose=keras_verbose(cfg.verbose))
+                            verbose=keras_verbose(cfg.verbose), checkpointer=checkpointer)
         except BackupError as e:
             raise ConfigError(f"{e}; pass --overwrite to start the phase over") from None
 
