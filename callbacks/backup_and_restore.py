@@ -73,8 +73,6 @@ class BackupAndRestore(Callback):
 
     # ---- restore ------------------------------------------------------------
     def on_train_begin(self, logs=None):
-        if self.bound:  # TRANSITIONAL: the loop's checkpointer restores.
-            return
         if not self.model.built:
             raise ValueError(
                 "To use the BackupAndRestore callback, you model must be built before "
@@ -112,16 +110,12 @@ class BackupAndRestore(Callback):
 
     # ---- backup -------------------------------------------------------------
     def on_epoch_end(self, epoch, logs=None):
-        if self.bound:  # TRANSITIONAL: the loop's checkpointer saves.
-            return
         self._current_epoch = epoch + 1
         self._last_batch_seen = 0
         if self.save_freq == "epoch":
             self._save_model()
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.bound:
-            return
         if self._should_save_on_batch(batch):
             self._save_model()
 
@@ -174,32 +168,5 @@ class BackupAndRestore(Callback):
             os.remove(path)
 
     def on_train_end(self, logs=None):
-        if self.bound:  # TRANSITIONAL: deleted by the phase after its final save.
-            return
         if self.delete_checkpoint and os.path.exists(self.backup_dir):
             shutil.rmtree(self.backup_dir)
-
-    # ---- TRANSITIONAL: until loops/runners.py passes `checkpointer=` to CustomLoop.fit
-    # (and tests/test_phase_policy.py uses loops.checkpointer); then delete this section.
-    checkpointer = None
-
-    def bind(self, loop, hooks):
-        """Hands this folder to `loop`'s own exact checkpointer (loops/checkpointer.py);
-        the hook's events then do nothing."""
-        self.checkpointer = loop.checkpointer_class(self.backup_dir, self.save_freq)
-        self.checkpointer.attach(loop, [h for h in hooks if h is not self])
-        return self
-
-    @property
-    def bound(self) -> bool:
-        return self.checkpointer is not None
-
-    def restore(self):
-        return self.checkpointer.restore()
-
-
-def __getattr__(name):  # TRANSITIONAL: names that moved to loops/checkpointer.py.
-    if name in ("BackupError", "Position", "state_key"):
-        import importlib
-        return getattr(importlib.import_module("loops.checkpointer"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

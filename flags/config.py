@@ -636,11 +636,18 @@ def key_values(cfg, role: str = DATA) -> dict:
     keys made before it existed stay the same."""
     values = {}
     for name in fields_with(role):
-        field = _FIELDS[name]
         value = getattr(cfg, name, None)
-        if field.metadata.get("keyed_at_default", True) or value != field.default:
+        if keyed(name, value):
             values[name] = value
     return values
+
+
+def keyed(name: str, value) -> bool:
+    """Whether field `name` at `value` goes into a key: always, except a field declared
+    `keyed_at_default=False` at its default (so keys made before it existed stay)."""
+    field = _FIELDS.get(name)
+    return (field is None or field.metadata.get("keyed_at_default", True)
+            or value != field.default)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}

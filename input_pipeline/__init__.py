@@ -13,25 +13,10 @@ from __future__ import annotations
 from input_pipeline.batching import CACHE_BUDGET_BYTES, eval_batches, train_batches
 from input_pipeline.common import DataError, Splits
 from input_pipeline.folders import IMAGE_EXTENSIONS, data_fingerprint, printable, read_image_file
+from input_pipeline.sources import load_splits
 
 __all__ = ["CACHE_BUDGET_BYTES", "DataError", "IMAGE_EXTENSIONS", "Splits", "data_fingerprint",
            "eval_batches", "load_splits", "printable", "read_image_file", "train_batches"]
-
-
-def load_splits(cfg) -> Splits:
-    """The train, validation and test splits `cfg` names.
-
-    `cfg.data_dir` set: an image folder; `cfg.dataset == "synthetic"`: offline
-    generated images; otherwise `cfg.dataset` is a tfds dataset name.
-    """
-    if cfg.data_dir:
-        from input_pipeline import folders
-        return folders.load(cfg)
-    if cfg.dataset == "synthetic":
-        from input_pipeline import synthetic
-        return synthetic.load(cfg)
-    from input_pipeline import tfds_source
-    return tfds_source.load(cfg)
 
 
 def load_test_split(cfg):

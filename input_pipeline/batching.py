@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline.common import AUTOTUNE, DataError
+from layout import paths
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def _cache(ds: tf.data.Dataset, num_examples: int, cache_dir: str | None,
         folder = tempfile.mkdtemp(prefix="tapefit-cache-", dir=cache_dir)
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         log.info("caching %.1f GiB of decoded images in %s", size / 2**30, folder)
-        return ds.cache(os.path.join(folder, "images"))
+        return ds.cache(os.path.join(folder, paths.IMAGE_CACHE_PREFIX))
     log.info("not caching %.1f GiB of decoded images (over %.1f GiB; pass cache_dir)",
              size / 2**30, CACHE_BUDGET_BYTES / 2**30)
     return ds

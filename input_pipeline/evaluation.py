@@ -32,7 +32,7 @@ def load_test_split_with_ids(cfg):
             return _whole_folder(root, cfg, root)
         if "test" in names:
             return _whole_folder(os.path.join(root, "test"), cfg, root)
-    from input_pipeline import load_splits
+    from input_pipeline.sources import load_splits
     splits = load_splits(cfg)
     return (splits.test, splits.sizes["test"], tuple(splits.class_names),
             splits.ids.get("test"))

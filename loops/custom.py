@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from callbacks import CallbackList
-from loops.checkpointer import Checkpointer, Position
+from loops.checkpointer import Position
 
 
 def make_loss(cfg=None):
@@ -94,8 +94,6 @@ class CustomLoop:
       metrics: the compiled metrics (default `make_metrics()`; runners pass
         `make_metrics(cfg)`).
     """
-
-    checkpointer_class = Checkpointer  # TRANSITIONAL: for BackupAndRestore.bind().
 
     def __init__(self, model, optimizer, strategy=None, jit_compile=False,
                  steps_per_execution=1, train_model=None, loss_fn=None, metrics=None):
@@ -202,12 +200,8 @@ class CustomLoop:
         Returns the last epoch's logs (None if no epoch ran).
         """
         model = self.model
-        if checkpointer is None:  # TRANSITIONAL: a hook bound by BackupAndRestore.bind().
-            checkpointer = next((hook.checkpointer for hook in callbacks
-                                 if getattr(hook, "checkpointer", None) is not None), None)
         if checkpointer is not None:
-            checkpointer.attach(self, [hook for hook in callbacks
-                                       if getattr(hook, "checkpointer", None) is None])
+            checkpointer.attach(self, list(callbacks))
         if not isinstance(callbacks, CallbackList):
             callbacks = CallbackList(callbacks, model=model, verbose=verbose,
                                      epochs=epochs, steps=steps_per_epoch)

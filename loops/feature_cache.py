@@ -59,7 +59,7 @@ class Cut:
 
 def is_random(layer) -> bool:
     """Whether the layer draws random numbers in training mode (a frozen backbone's
-    dropout has rate 0: model.build.set_trainable)."""
+    dropout has rate 0: model.freeze.set_trainable)."""
     return isinstance(layer, RANDOM_LAYERS) and getattr(layer, "rate", None) != 0
 
 

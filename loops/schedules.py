@@ -226,10 +226,8 @@ class UnfreezeSchedule(Callback):
         if self.history and unfreeze_from == self.current:
             return False
         from model import set_trainable
-        from model.augment import unfreeze_batch_norm
-        set_trainable(self.net, "finetune" if unfreeze_from else "head", unfreeze_from)
-        if self.cfg.train_bn and unfreeze_from:
-            unfreeze_batch_norm(self.net, "finetune", unfreeze_from)
+        set_trainable(self.net, "finetune" if unfreeze_from else "head", unfreeze_from,
+                      train_bn=self.cfg.train_bn)
         self.current = unfreeze_from
         self.history.append((epoch, unfreeze_from))
         return True

@@ -1,6 +1,6 @@
 """Augmentation: test-time augmentation (`--tta=flip`), and `--augment`'s in-model layers
 (`model_layers`, which `model/build.py` adds) and batch mixing (`mix_batches`: mixup, cutmix).
-Imports nothing of model/ but the layer names (and `unfreeze_batch_norm`'s old home, an alias).
+Imports nothing of model/ but the layer names.
 """
 from __future__ import annotations
 
@@ -28,13 +28,6 @@ def with_tta(model, tta: str):
     b = keras.ops.log_softmax(model(mirrored), axis=-1)
     logits = keras.ops.logaddexp(a, b) - math.log(2.0)
     return keras.Model(inputs, logits, name=f"{model.name}_tta_{tta}")
-
-
-def unfreeze_batch_norm(model, phase: str, unfreeze_from: str | None) -> int:
-    """Old home of `model.freeze.unfreeze_batch_norm`, kept until its callers pass
-    `train_bn=` to `model.freeze.set_trainable` instead (M_to_others.md)."""
-    from model.freeze import unfreeze_batch_norm
-    return unfreeze_batch_norm(model, phase, unfreeze_from)
 
 
 # ---- --augment: the spec -------------------------------------------------------------------

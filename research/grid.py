@@ -31,6 +31,7 @@ from flags.config import (
     Config,
     apply_recipe,
     fields_with,
+    keyed,
 )
 from flags.config import NOT_IN_ID as _NOT_IN_ID_ROLE
 from flags.errors import ConfigError
@@ -522,7 +523,8 @@ class Trial:
         chain = []
         for p in self.phases[:self.phases.index(phase) + 1]:
             flags = self.config(p).to_dict()
-            chain.append({k: v for k, v in flags.items() if k not in RESUMABLE_CHANGES})
+            chain.append({k: v for k, v in flags.items()
+                          if k not in RESUMABLE_CHANGES and keyed(k, v)})
         text = json.dumps(chain, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -170,3 +170,20 @@ def test_a_trial_run_without_sharing_keeps_its_own_phases(tmp_path, monkeypatch)
     assert runner.run_trial(trial.trial_dir, s.phases, configs, shared=shared) == "finished"
     assert seen == [(trial.trial_dir, "finetune")]
     assert not os.path.islink(os.path.join(trial.trial_dir, "finetune"))
+
+
+def test_a_flag_added_later_keeps_the_shared_keys_of_older_studies(tmp_path):
+    """--max_examples_per_class came after studies were made: at its default (0) it stays
+    out of the shared-phase key, so an older study's shared runs are found again; set, it
+    is a different head."""
+    import hashlib
+    folder = str(tmp_path / "study")
+    s = study.make(folder, TINY, phases="head", axes=["max_examples_per_class=0,5"], seeds="0")
+    every, five = grid.expand(s, folder)
+    assert (every.config("head").max_examples_per_class,
+            five.config("head").max_examples_per_class) == (0, 5)
+    flags = {k: v for k, v in every.config("head").to_dict().items()
+             if k not in grid.RESUMABLE_CHANGES and k != "max_examples_per_class"}
+    before = hashlib.sha256(json.dumps([flags], sort_keys=True, default=str).encode())
+    assert every.shared_dir("head").endswith(before.hexdigest()[:12])
+    assert five.shared_dir("head") != every.shared_dir("head")

@@ -1,0 +1,20 @@
+"""Which source a run's data comes from: an image folder, synthetic images or tfds."""
+from __future__ import annotations
+
+from input_pipeline.common import Splits
+
+
+def load_splits(cfg) -> Splits:
+    """The train, validation and test splits `cfg` names.
+
+    `cfg.data_dir` set: an image folder; `cfg.dataset == "synthetic"`: offline
+    generated images; otherwise `cfg.dataset` is a tfds dataset name.
+    """
+    if cfg.data_dir:
+        from input_pipeline import folders
+        return folders.load(cfg)
+    if cfg.dataset == "synthetic":
+        from input_pipeline import synthetic
+        return synthetic.load(cfg)
+    from input_pipeline import tfds_source
+    return tfds_source.load(cfg)
