@@ -140,7 +140,7 @@ def sweep(cfg):
         result = study_lib._write_report(study, workdir, trials, select_by)
         print(result["markdown"])
         return 0
-    from loops.run_dir import check_cache_dirs, check_writable
+    from loops.rundir.run_dir import check_cache_dirs, check_writable
     check_writable(workdir)  # Before a trial folder is written.
     check_cache_dirs(study.base)
     extra = [f"--logical_cpus={FLAGS.logical_cpus}"] if FLAGS.logical_cpus else []

@@ -2,10 +2,10 @@
 
 * forward: the head phase's frozen prefix (everything up to the pooled features,
   what the feature cache runs once per image) in float32 vs the bfloat16 copy
-  `--feature_precision=bfloat16` runs (`loops.feature_precision.forward`); also
+  `--feature_precision=bfloat16` runs (`loops.caches.feature_precision.forward`); also
   the relative difference of the features;
 * train step: a finetune step (from `--unfreeze_from`, default the backbone's last
-  block) of `loops.custom.CustomLoop` in float32 vs under the `mixed_bfloat16`
+  block) of `loops.training.custom.CustomLoop` in float32 vs under the `mixed_bfloat16`
   policy (`--mixed_precision=mixed_bfloat16`).
 
 Random images (weights none, except MobileNet's real file when given), batch 32;
@@ -58,7 +58,7 @@ def forward(args, backbone, images):
     import keras
     import numpy as np
 
-    from loops import feature_cache, feature_precision
+    from loops.caches import feature_cache, feature_precision
     from model import build_model, set_trainable
     cfg = config(args, backbone)
     keras.utils.set_random_seed(0)
@@ -79,8 +79,8 @@ def train_step(args, backbone, images, labels):
     import keras
     import tensorflow as tf
 
-    from loops.custom import CustomLoop
-    from loops.schedules import make_optimizer
+    from loops.optim.schedules import make_optimizer
+    from loops.training.custom import CustomLoop
     from model import build_model, set_trainable
     seconds = {}
     for policy in ("float32", "mixed_bfloat16"):
@@ -109,7 +109,7 @@ def main():
     common.quiet_tf()
     import numpy as np
 
-    from loops import feature_precision
+    from loops.caches import feature_precision
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (args.batch_size, args.image_size, args.image_size, 3)
                          ).astype("float32")

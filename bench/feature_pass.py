@@ -1,6 +1,6 @@
 """The frozen feature pass inside a tf.data map vs as a plain call in the main thread.
 
-Why `loops/feature_cache.py` runs the frozen prefix in the main thread: a function
+Why `loops/caches/feature_cache.py` runs the frozen prefix in the main thread: a function
 given to `Dataset.map` (or run by `from_generator`'s thread) runs its ops on one
 intra-op thread (tf.data's default) and without grappler's fusions, and on this
 2-core VM its wall time also jumps between ~1x and ~4x of the main-thread time

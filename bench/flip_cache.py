@@ -4,7 +4,7 @@ As `head_cache.py` (one `phases.train` call per run in a fresh child
 process, runs interleaved, whole-call wall time), with horizontal-flip
 augmentation: the custom loop caches both outcomes' features of every training
 photo (one frozen pass over the photo and its mirror image) and picks per example
-and step what the RandomFlip layer draws (loops/flip_features.py); fit() runs the
+and step what the RandomFlip layer draws (loops/caches/flip_features.py); fit() runs the
 flip and the whole network on the images every step.
 
     python bench/flip_cache.py [--backbone vgg16] [--epochs 10] [--examples 500]

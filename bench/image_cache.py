@@ -12,7 +12,7 @@ Three ways to feed the same training batches (same photos, order and values):
   (`bench/pipeline.py`'s reference; nothing to compute but the step).
 
 Every timed run builds a fresh pipeline (`input_pipeline.load_splits` +
-`train_batches`) and trains `--epochs` epochs with `loops.custom.CustomLoop`,
+`train_batches`) and trains `--epochs` epochs with `loops.training.custom.CustomLoop`,
 runs interleaved after one warm-up run each. "load s" is the `load_splits` call.
 
     python bench/image_cache.py [--backbone mobilenet] [--image_size 128]

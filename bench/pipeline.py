@@ -9,7 +9,7 @@ preloaded: the very same batch sequence (same photos, order and values),
 materialised once as float32 tensors and fed by
 `tf.data.Dataset.from_tensor_slices` (nothing left to compute but the step).
 
-Both are trained by the same `loops.custom.CustomLoop` (or `--loop fit`,
+Both are trained by the same `loops.training.custom.CustomLoop` (or `--loop fit`,
 `model.fit`) for `--epochs` epochs per run, no validation; runs alternate
 real, preloaded, real, preloaded, ... after one untimed warm-up run each.
 
@@ -85,9 +85,9 @@ class Trainer:
 
     def __init__(self, cfg, num_classes):
         from loops import train_lib
-        from loops.custom import CustomLoop
-        from loops.schedules import make_optimizer
-        from loops.strategy import make_strategy
+        from loops.optim.schedules import make_optimizer
+        from loops.training.custom import CustomLoop
+        from loops.training.strategy import make_strategy
         strategy = make_strategy(cfg.strategy)
         self.cfg = cfg
         self.model = train_lib.build(cfg, strategy, num_classes)

@@ -183,8 +183,8 @@ def validation_with_tta(args, workdir, cfg) -> dict:
 
     import input_pipeline
     from loops import train_lib
-    from loops.custom import CustomLoop
-    from loops.schedules import make_optimizer
+    from loops.optim.schedules import make_optimizer
+    from loops.training.custom import CustomLoop
     from model.augment import with_tta
     model, trained, _, _ = train_lib.load_trained_model(workdir)
     batches = input_pipeline.eval_batches(input_pipeline.load_splits(cfg).validation,

@@ -82,7 +82,7 @@ def gaps(events):
 
 def instrument(clock):
     """Marks the returns of CustomLoop.evaluate (its iterator is gone) and .fit."""
-    from loops.custom import CustomLoop
+    from loops.training.custom import CustomLoop
     for name in ("evaluate", "fit"):
         original = getattr(CustomLoop, name)
 

@@ -94,9 +94,9 @@ def measure(args, backbone, phase, loops):
     import callbacks as callbacks_module
     import input_pipeline
     from loops import train_lib
-    from loops.custom import CustomLoop
-    from loops.schedules import make_optimizer
-    from loops.strategy import make_strategy
+    from loops.optim.schedules import make_optimizer
+    from loops.training.custom import CustomLoop
+    from loops.training.strategy import make_strategy
 
     cfg = make_config(args, backbone, phase, common.fresh_workdir("step"))
     ds, n, num_classes = load_photos(cfg)

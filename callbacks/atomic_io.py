@@ -4,7 +4,7 @@ atomic writes; the rest lives in `layout.atomic`, re-exported here).
 `atomic_save_weights` serialises a Keras weights file in memory first, then checks
 that the folder has room for it (`layout.atomic.check_space`) and writes it with plain
 Python I/O through `layout.atomic.atomic_save` (so the write checks of
-`loops.run_lock` guard it too): a full disk is an `OSError(ENOSPC)` before anything
+`loops.rundir.run_lock` guard it too): a full disk is an `OSError(ENOSPC)` before anything
 is replaced, and HDF5 never sees a failed write (on a full disk h5py prints hundreds
 of lines and the interpreter then crashes with a segmentation fault at exit).
 """

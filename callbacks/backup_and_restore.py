@@ -18,7 +18,7 @@ On-disk layout of `backup_dir` (format 1):
 A Keras backup (`latest.weights.h5` and a metadata without `"weights"`) is read too.
 
 The custom loop's exact, step-level resume (the hooks' states, the RNG, the data
-position) is not this hook's: the loop owns it (`loops/checkpointer.py`).
+position) is not this hook's: the loop owns it (`loops/training/checkpointer.py`).
 """
 from __future__ import annotations
 

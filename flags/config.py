@@ -38,7 +38,7 @@ BACKBONES = ("vgg16", "vgg19", "resnet50", "resnet50v2", "mobilenet", "mobilenet
              "densenet121", "inception_v3", "xception")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 LR_SCHEDULES = ("constant", "step", "exponential", "cosine", "one_cycle", "warmup_cosine")
-# Per-step schedules (loops/schedules.py, which imports this): a keras
+# Per-step schedules (loops/optim/schedules.py, which imports this): a keras
 # LearningRateSchedule in the optimizer.
 STEP_LR_SCHEDULES = ("one_cycle", "warmup_cosine")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -46,7 +46,7 @@ FEATURE_CACHE = ("auto", "off", "memory", "disk")
 IMAGE_CACHE = ("auto", "off", "memory", "disk")
 FEATURE_PRECISIONS = ("float32", "bfloat16", "auto")
 MODES = ("auto", "min", "max")
-# What --monitor can name: the logs of both loops (loops/custom.py make_metrics).
+# What --monitor can name: the logs of both loops (loops/training/custom.py make_metrics).
 MONITORS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # Seeds are 32-bit (numpy, TF): [0, SEED_LIMIT).
 SEED_LIMIT = 2**32
@@ -197,10 +197,10 @@ EVALUATION_DATA = "evaluation_data"  # --phase=evaluate takes it from its comman
 #                                      when given, else the trained run's (train_lib).
 SPLIT = "split"  # Decides the test split's examples and their order (loops/predictions.py).
 DATA_ERROR = "data_error"  # Out of range: a DataError (fixed along with the data).
-PATH = "path"  # Holds a path: compared as a real path (loops/run_dir.py).
-RESUMABLE = "resumable"  # May change between a run and its resumption (loops/run_dir.py,
+PATH = "path"  # Holds a path: compared as a real path (loops/rundir/run_dir.py).
+RESUMABLE = "resumable"  # May change between a run and its resumption (loops/rundir/run_dir.py,
 #                          research/grid.py): changes no result.
-REPEATED = "repeated"  # Repeated in a later phase's printed command (loops/runners.py).
+REPEATED = "repeated"  # Repeated in a later phase's printed command (loops/training/runners.py).
 FINDER = "finder"  # The learning-rate finder's curve depends on it (loops/lr_find.py).
 NOT_IN_ID = "not_in_id"  # Changes no trial's result: never in a trial id, never an axis
 #                          (research/grid.py).
@@ -367,7 +367,7 @@ class Config:
         (REPEATED, FINDER))
     steps_per_execution: int = _flag(
         1, G_SPEED, "Train steps per compiled call (both loops).", range=Range(1, _MANY, 1))
-    # Fine-tuning tools (issue 13; loops/schedules.py, loops/optimizers.py).
+    # Fine-tuning tools (issue 13; loops/optim/schedules.py, loops/optim/optimizers.py).
     label_smoothing: float = _flag(
         0.0, G_REGULARISATION, "Label smoothing of the cross-entropy (0: off), in both loops.",
         (FINDER,), range=Range(0.0, 1.0, 0.1, high_open=True))

@@ -4,7 +4,7 @@
 - `layout.paths`: every file and folder name of a run directory, a study and the
   caches, and the functions that join them (`phase_dir`, `lock_path`, `trial_dir`, ...);
 - `layout.atomic`: the one atomic write (temporary file, then rename; the write checks
-  of `loops.run_lock`) and the one JSON format tapefit writes and reads.
+  of `loops.rundir.run_lock`) and the one JSON format tapefit writes and reads.
 
 This `__init__` re-exports nothing: import `layout.paths` or `layout.atomic`.
 """

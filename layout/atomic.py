@@ -7,10 +7,10 @@ exception, a kill, a preempted machine). Files are not fsync'ed: like Keras' own
 writes, a power loss may still lose the newest one.
 
 The write checks (`add_write_check`: tapefit's run lock registers
-`loops.run_lock.check_held`) run before the file is written and again before the
+`loops.rundir.run_lock.check_held`) run before the file is written and again before the
 rename that commits it, so a process that lost its run's lock writes nothing more.
 `check_space` is the free-space check `callbacks.atomic_io.atomic_save_weights` and
-`loops.write_guard` use before large writes.
+`loops.rundir.write_guard` use before large writes.
 
 JSON: `atomic_write_json` writes sorted keys, indent 2; `read_json` reads a file that
 must exist; `read_json_file` reads one that may be missing or damaged and says why,

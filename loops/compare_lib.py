@@ -16,7 +16,7 @@ from flags.errors import ConfigError
 from layout.atomic import atomic_write_json
 from layout.paths import BEST_WEIGHTS, CURVES_PNG, REPORT_JSON, REPORT_MD, phase_dir
 from loops import phases
-from loops.strategy import is_chief
+from loops.training.strategy import is_chief
 
 TRAINED_PHASES = ("head", "finetune")
 

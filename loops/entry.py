@@ -103,7 +103,7 @@ def run_command(argv, command, flag_values=flags.FLAGS):
     """
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from loops.strategy import split_cpu
+    from loops.training.strategy import split_cpu
 
     debug = flag_values["debug"].value if "debug" in flag_values else False
     try:

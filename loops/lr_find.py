@@ -21,7 +21,7 @@ summary.json}` with `write_csv`, `plot` and `suggestions`; its console summary i
 `loops.console.summary_text`. A later `--learning_rate=auto` (see
 `resolve_learning_rate`) trains that phase at the suggestion `--lr_suggestion` names.
 
-This module is the algorithm and its files: of loops/ it imports only `loops.run_dir`
+This module is the algorithm and its files: of loops/ it imports only `loops.rundir.run_dir`
 (which imports nothing of the phases).
 """
 from __future__ import annotations
@@ -240,7 +240,7 @@ FINDER_FIELDS = fields_with(FINDER)  # Role FINDER, flags/config.py.
 def finder_differences(cfg, config_path: str) -> list[str]:
     """The flags of `cfg` (the phase to train) that the finder's run (its config.json)
     had otherwise: `--flag=now (was then)`; the unfreeze point compared as resolved."""
-    from loops.run_dir import _normalised
+    from loops.rundir.run_dir import _normalised
     try:
         found = Config.from_dict(read_json(config_path))
     except FileNotFoundError:

@@ -12,7 +12,7 @@ Every phase reads top to bottom, like Flax's `train_and_evaluate`, with the same
 never non-finite, then the backup goes — and summary.json; evaluate and the finder write all
 their files at the end, so `prepare` writes nothing for them.)
 
-- `train(cfg)`: `--phase=head|finetune` through `RUNNERS[cfg.loop]` (loops/runners.py);
+- `train(cfg)`: `--phase=head|finetune` through `RUNNERS[cfg.loop]` (loops/training/runners.py);
   returns a `Trained` (its summary, model and last epoch logs).
 - `evaluate(cfg)`: `--phase=evaluate`, the newest trained phase on the test split.
 - `lr_find(cfg)`: `--phase=lr_find`, the learning-rate finder (loops/lr_find.py) on the
@@ -54,12 +54,10 @@ from layout.paths import (
 )
 from loops import lr_find as finder
 from loops import predictions
-from loops import run_dir as run_dir_lib
 from loops.console import divergence_advice
-from loops.hooks import logs_are_finite, weights_are_finite
-from loops.run_lock import RunLock, check_held
-from loops.runners import RUNNERS, CustomRunner
-from loops.strategy import barrier, check_supported, is_chief, make_strategy, task
+from loops.rundir import run_dir as run_dir_lib
+from loops.rundir.run_lock import RunLock, check_held
+from loops.rundir.write_guard import guarded
 from loops.train_lib import (
     build,
     check_matches_head,
@@ -70,7 +68,9 @@ from loops.train_lib import (
     load_trained,
     save_weights,
 )
-from loops.write_guard import guarded
+from loops.training.hooks import logs_are_finite, weights_are_finite
+from loops.training.runners import RUNNERS, CustomRunner
+from loops.training.strategy import barrier, check_supported, is_chief, make_strategy, task
 
 __all__ = ["run", "train", "evaluate", "lr_find", "Plan", "Trained", "make_plan", "locked",
            "prepare", "finish"]
@@ -148,7 +148,7 @@ def make_plan(cfg: Config, run_dir: str | None = None, extra_hooks=None,
             f"{steps_per_epoch} steps of an epoch; pass a divisor of {steps_per_epoch}")
     model = build(cfg, strategy, len(splits.class_names), checkpoint)
     if cfg.unfreeze_schedule:  # The blocks' order needs the model; checked before writing.
-        from loops.schedules import check_unfreeze_schedule
+        from loops.optim.schedules import check_unfreeze_schedule
         check_unfreeze_schedule(model, cfg)
     return Plan(cfg, run_dir, chief, model, kind=kind, state=state,
                 data_fingerprint=fingerprint, strategy=strategy, splits=splits,

@@ -17,12 +17,12 @@ from flags.config import ARCHITECTURE, EVALUATION_DATA, Config, fields_with
 from flags.errors import ConfigError, RunError
 from layout.atomic import add_write_check, read_json
 from layout.paths import BEST_WEIGHTS, CLASSES_JSON, CONFIG_JSON, FINAL_WEIGHTS, phase_dir, run_file
-from loops.custom import make_loss
-from loops.hooks import weights_are_finite
-from loops.keras_saving import memoize_skipsets
-from loops.run_lock import check_held
-from loops.schedules import make_optimizer
-from loops.strategy import is_chief, make_strategy
+from loops.optim.schedules import make_optimizer
+from loops.rundir.run_lock import check_held
+from loops.training.custom import make_loss
+from loops.training.hooks import weights_are_finite
+from loops.training.keras_saving import memoize_skipsets
+from loops.training.strategy import is_chief, make_strategy
 from model import build_model, set_trainable
 
 # Every atomic write (and the guard before each writing hook) first checks that this
@@ -133,7 +133,8 @@ def build(cfg: Config, strategy, num_classes: int, checkpoint: str | None = None
         elif cfg.weights != "none":
             check_backbone_finite(model, cfg)
         set_trainable(model, cfg.phase, cfg.resolved_unfreeze_from, train_bn=cfg.train_bn)
-    memoize_skipsets()  # Every checkpoint of either loop saves faster (loops/keras_saving.py).
+    # Every checkpoint of either loop saves faster (loops/training/keras_saving.py).
+    memoize_skipsets()
     return model
 
 

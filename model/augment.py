@@ -52,7 +52,7 @@ def mixes(spec: str) -> tuple[str, ...]:
 def uncacheable(spec: str) -> bool:
     """Whether `spec` rules out the frozen-prefix feature cache on its own: mixing
     changes the images fed to the prefix, and RandAugment is a random layer that
-    `loops.feature_cache.RANDOM_LAYERS` does not list (flip and rotate it does)."""
+    `loops.caches.feature_cache.RANDOM_LAYERS` does not list (flip and rotate it does)."""
     return bool(mixes(spec)) or "randaugment" in parse(spec)
 
 

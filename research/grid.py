@@ -52,7 +52,7 @@ ABBREVIATIONS = {"learning_rate": "lr", "unfreeze_from": "unfreeze", "epochs": "
                  "lr_schedule": "sched", "alpha": "alpha", "augment": "aug", "backbone": "",
                  "weight_decay": "wd", "head": "h", "finetune": "ft", "evaluate": "ev"}
 MAX_READABLE = 80
-# Flags a run may change and still resume (role RESUMABLE, as loops.run_dir): they do not
+# Flags a run may change and still resume (role RESUMABLE, as loops.rundir.run_dir): they do not
 # change a phase's result, so two phase runs that differ only in them are one run.
 RESUMABLE_CHANGES = fields_with(RESUMABLE)
 # The flags a --recipe sets (flags.config.RECIPES): a base flag given explicitly wins.

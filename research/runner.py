@@ -36,7 +36,7 @@ from flags.config import Config
 from flags.errors import RunError, TapefitError
 from layout import paths
 from layout.atomic import atomic_write_json, read_json_file
-from loops.run_lock import LockLost, RunLock, check_held
+from loops.rundir.run_lock import LockLost, RunLock, check_held
 
 # The names of a trial's files (layout.paths), short here: this module uses them everywhere.
 TRIAL_JSON, STATUS_JSON, TRIAL_LOG = paths.TRIAL_JSON, paths.STATUS_JSON, paths.TRIAL_LOG

@@ -10,7 +10,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from loops.strategy import split_cpu  # noqa: E402
+from loops.training.strategy import split_cpu  # noqa: E402
 
 split_cpu(2)
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from flags import config as config_lib
 from flags.config import Config, ConfigError
-from loops.custom import CustomLoop
+from loops.training.custom import CustomLoop
 from model import (
     backbone_layer_names,
     backbones,

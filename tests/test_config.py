@@ -75,7 +75,7 @@ def test_flagfile_and_helpfull_work(tmp_path):
 
 # ---- one declaration per flag (issue 23): each role is the list it replaced -------------
 # The lists as they were hand-kept before the roles (loops/train_lib.py, research/grid.py,
-# input_pipeline/folders.py, loops/run_dir.py, loops/runners.py, loops/lr_find.py,
+# input_pipeline/folders.py, loops/rundir/run_dir.py, loops/training/runners.py, loops/lr_find.py,
 # loops/predictions.py, flags/config.py). A flag's role changes only with a change here.
 ROLE_MEMBERS = {
     "ARCHITECTURE": ("backbone", "alpha", "image_size", "dropout", "augment"),

@@ -16,7 +16,8 @@ import input_pipeline
 from flags.config import Config
 from flags.errors import RunError
 from input_pipeline import data_fingerprint, folders, image_cache
-from loops import feature_cache, phases
+from loops import phases
+from loops.caches import feature_cache
 from tests.test_input_pipeline import encode, make_split, photo
 
 pytestmark = pytest.mark.usefixtures("no_network")  # From conftest.py.

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from keras import layers
 
-from loops import feature_cache, phases
+from loops import phases
+from loops.caches import feature_cache
 from model import build_model, set_trainable
 
 # Cached features come from batches of another size than the training step's,

@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from loops import feature_cache, feature_precision, phases
+from loops import phases
+from loops.caches import feature_cache, feature_precision
 from model import build_model, set_trainable
 
 

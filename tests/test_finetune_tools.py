@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from flags.config import Config, ConfigError
-from loops import optimizers as optimizers_lib
-from loops import schedules
-from loops.custom import SmoothedCrossentropy, make_loss
+from loops.optim import optimizers as optimizers_lib
+from loops.optim import schedules
+from loops.training.custom import SmoothedCrossentropy, make_loss
 
 
 def lr_at(optimizer_or_schedule, step):
@@ -54,7 +54,7 @@ def test_epoch_schedules_keep_a_plain_rate_and_step_schedules_need_the_phase_len
 
 def test_runners_make_no_learning_rate_scheduler_for_a_step_schedule(tiny_config):
     from loops import phases
-    from loops.runners import CustomRunner
+    from loops.training.runners import CustomRunner
     for kind, expected in (("step", True), ("one_cycle", False)):
         plan = phases.make_plan(tiny_config.replace(lr_schedule=kind))
         names = [name for name, _ in CustomRunner(plan)._specs()]
@@ -239,8 +239,8 @@ def test_suggestions_skip_the_first_tenth_and_the_last_five_points():
 
 def test_finder_restores_weights_and_optimizer_exactly(tiny_config):
     from loops import phases
-    from loops.custom import CustomLoop
-    from loops.runners import CustomRunner
+    from loops.training.custom import CustomLoop
+    from loops.training.runners import CustomRunner
     plan = phases.make_plan(tiny_config.replace(feature_cache="off"))
     runner = CustomRunner(plan)
     train_data, _ = runner.data()
@@ -392,7 +392,7 @@ def test_cutmix_label_weights_are_the_pasted_area():
 
 
 def test_mixing_makes_soft_label_loss_and_accuracy():
-    from loops.custom import SoftLabelAccuracy, make_metrics
+    from loops.training.custom import SoftLabelAccuracy, make_metrics
     cfg = Config(augment="mixup")
     assert type(make_loss(cfg)) is SmoothedCrossentropy
     assert type(make_metrics(cfg)[0]) is SoftLabelAccuracy

@@ -1,4 +1,4 @@
-"""loops.run_lock: one process per run directory, stale locks taken over safely.
+"""loops.rundir.run_lock: one process per run directory, stale locks taken over safely.
 
 The races run in real subprocesses (they import only the lock, not TensorFlow).
 """
@@ -13,7 +13,7 @@ import time
 import pytest
 
 from flags.errors import RunError
-from loops.run_lock import RunLock
+from loops.rundir.run_lock import RunLock
 from tests.conftest import ROOT
 
 # A child: waits for GO, races for LOCK, prints WON or LOST <message>; a winner
@@ -22,7 +22,7 @@ CHILD = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {root!r})
     from flags.errors import RunError
-    from loops.run_lock import RunLock
+    from loops.rundir.run_lock import RunLock
     lock_path, go, release = sys.argv[1:4]
     while not os.path.exists(go):
         time.sleep(0.001)

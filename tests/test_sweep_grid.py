@@ -318,7 +318,7 @@ def test_divergence_is_read_from_the_phase_summary_not_its_log(tmp_path):
 
 
 def test_a_trial_locked_elsewhere_is_skipped(tmp_path):
-    from loops.run_lock import RunLock
+    from loops.rundir.run_lock import RunLock
     folder = tmp_path / "trial"
     folder.mkdir()
     with RunLock(str(folder / runner.LOCK_FILE), what="sweep trial"):

@@ -117,7 +117,7 @@ def fake_run(seen, pause=0.0):
 
 def test_a_shared_phase_held_elsewhere_is_deferred_or_waited_for(tmp_path, monkeypatch):
     from loops import phases
-    from loops.run_lock import RunLock
+    from loops.rundir.run_lock import RunLock
     seen = []
     monkeypatch.setattr(phases, "run", fake_run(seen))
     folder = str(tmp_path / "study")

@@ -250,7 +250,7 @@ def test_piped_run_prints_one_line_per_epoch_no_noise_and_the_summary(tmp_path):
 
 def test_next_command_repeats_seed_recipe_and_determinism():
     from flags.config import Config
-    from loops.runners import command_flags
+    from loops.training.runners import command_flags
     cfg = Config(workdir="runs/x", seed=0, recipe="tuned", deterministic=True,
                  image_cache_dir="/cache/images")
     flags = command_flags(cfg)

@@ -1,5 +1,6 @@
-"""The custom loop's own exact backups (loops/checkpointer.py), next to the Keras-conformant
-`BackupAndRestore` hook (test_conformance_backup.py): the loop owns them, no hook does.
+"""The custom loop's own exact backups (loops/training/checkpointer.py), next to the
+Keras-conformant `BackupAndRestore` hook (test_conformance_backup.py): the loop owns them,
+no hook does.
 
 - `CustomLoop.fit(checkpointer=)` interrupted mid-epoch and resumed by a fresh loop ends
   bit for bit as an uninterrupted run (weights, optimizer, hook states, logs);
@@ -15,8 +16,8 @@ import pytest
 import tensorflow as tf
 
 import callbacks
-from loops.checkpointer import BackupError, Checkpointer, Position, backup_position
-from loops.custom import CustomLoop
+from loops.training.checkpointer import BackupError, Checkpointer, Position, backup_position
+from loops.training.custom import CustomLoop
 
 STEPS, EPOCHS = 4, 3
 

@@ -24,7 +24,7 @@ import keras
 
 from callbacks.base import Callback
 from flags.config import STEP_LR_SCHEDULES
-from loops import optimizers as optimizers_lib
+from loops.optim import optimizers as optimizers_lib
 
 OPTIMIZERS = {
     "adam": keras.optimizers.Adam,

@@ -5,7 +5,7 @@ ours append `log.csv` rows and TensorBoard events outside `callbacks.atomic_io`.
 `guarded(hooks, module)` puts a `WriteGuard` first and right before each writing hook
 (ModelCheckpoint, CSVLogger, TensorBoard, BackupAndRestore). At each event where
 those write (train begin and end, epoch begin and end), the guard
-- checks that this process still holds its locks (`loops.run_lock.check_held`):
+- checks that this process still holds its locks (`loops.rundir.run_lock.check_held`):
   a process paused past its lease and taken over stops here with one line
   (`LockLost`), before the next hook writes anything;
 - before a hook that writes a weights file, checks that the folder has room for one
@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from layout.atomic import check_space
-from loops.run_lock import check_held
+from loops.rundir.run_lock import check_held
 
 # Hooks that write files in the run directory, and those of them that write weights.
 WRITERS = ("ModelCheckpoint", "CSVLogger", "TensorBoard", "BackupAndRestore")

@@ -17,8 +17,8 @@ import time
 import pytest
 
 from flags.errors import ConfigError, RunError
-from loops import run_lock
-from loops.run_lock import LockLost, RunLock
+from loops.rundir import run_lock
+from loops.rundir.run_lock import LockLost, RunLock
 from tests.conftest import ROOT
 
 
@@ -38,7 +38,7 @@ HOLDER = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {root!r})
     from flags.errors import RunError
-    from loops.run_lock import RunLock, check_held
+    from loops.rundir.run_lock import RunLock, check_held
     lock_path, go = sys.argv[1:3]
     lock = RunLock(lock_path, lease_s=0.4).acquire()
     print("HELD", flush=True)
@@ -134,7 +134,7 @@ def test_an_atomic_write_after_losing_the_lock_leaves_the_file_alone(tmp_path):
 def taken_over_at_first_epoch_end(run_dir):
     """extra_hooks: at the end of the first epoch, another host takes the run's lock
     and writes its own final weights and summary."""
-    from loops import run_dir as run_dir_lib
+    from loops.rundir import run_dir as run_dir_lib
 
     def hooks(module):
         def on_epoch_end(epoch, logs=None):
@@ -271,7 +271,7 @@ def test_train_py_on_a_3mb_tmpfs_is_one_line_exit_1_no_crash(tmp_path):
 # ---- 5. deleting never follows a link --------------------------------------------------------
 
 def test_removing_partial_files_does_not_follow_links(tmp_path):
-    from loops.run_dir import remove_partial_files
+    from loops.rundir.run_dir import remove_partial_files
     run_dir, outside = tmp_path / "run" / "head", tmp_path / "outside"
     (run_dir / "backup").mkdir(parents=True)
     outside.mkdir()
@@ -293,7 +293,7 @@ def test_a_linked_phase_directory_is_never_deleted_through_the_link(tmp_path, ov
     """--overwrite (or a restart) would delete the phase directory: refused in one line
     when it is a link, and nothing is deleted."""
     from flags.config import Config
-    from loops import run_dir as run_dir_lib
+    from loops.rundir import run_dir as run_dir_lib
     workdir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     workdir.mkdir()
     elsewhere.mkdir()
@@ -319,7 +319,7 @@ ACQUIRE = textwrap.dedent("""
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
     sys.path.insert(0, {root!r})
     from flags.errors import RunError
-    from loops.run_lock import RunLock
+    from loops.rundir.run_lock import RunLock
     try:
         RunLock(sys.argv[1]).acquire().release()
         print("ACQUIRED")
@@ -387,7 +387,7 @@ def test_a_lock_file_of_garbage_is_damaged(tmp_path, content):
 
 
 def test_the_plan_refuses_a_fifo_in_the_lock_s_place_before_building_anything(tmp_path):
-    from loops import run_dir as run_dir_lib
+    from loops.rundir import run_dir as run_dir_lib
     run_dir = str(tmp_path / "head")
     os.mkfifo(run_dir_lib.lock_path(run_dir))
     with pytest.raises(RunError, match="is a FIFO, not a lock file; remove it"):
@@ -399,7 +399,7 @@ def test_a_write_that_fails_after_a_take_over_reports_the_lost_lock(tiny_config)
     over, and the new holder deleted the folder meanwhile: whatever that write raises
     next, the one line says why (the lock was lost), not a FileNotFoundError traceback."""
     from loops import phases
-    from loops import run_dir as run_dir_lib
+    from loops.rundir import run_dir as run_dir_lib
     cfg = tiny_config.replace(loop="fit", epochs=2)
 
     def hooks(module):

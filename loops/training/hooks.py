@@ -13,7 +13,7 @@ import numpy as np
 
 from layout import paths
 from layout.paths import BACKUP_DIR, LOG_CSV, TENSORBOARD_DIR  # noqa: F401  (runners' import)
-from loops.schedules import make_schedule
+from loops.optim.schedules import make_schedule
 
 
 def hook_specs(cfg, run_dir: str, resuming: bool = False) -> list[tuple[str, dict]]:

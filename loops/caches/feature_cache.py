@@ -10,7 +10,7 @@ with the full model, which hooks, checkpoints, evaluation and prediction keep us
 
 A horizontal flip on the input (`--augment=flip`) does not turn the cache off: both
 outcomes' features are cached and the suffix picks, per example and step, the one
-the flip layer's own random draw selects (loops/flip_features.py): exact as well.
+the flip layer's own random draw selects (loops/caches/flip_features.py): exact as well.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from flags.errors import RunError
 from layout import paths
-from loops import flip_features
-from loops.run_lock import pid_alive
+from loops.caches import flip_features
+from loops.rundir.run_lock import pid_alive
 from model import graph
 
 # Layers whose output depends on an RNG in training mode: they cannot be cached.
@@ -50,7 +50,7 @@ class Cut:
     layer: str  # First layer of the suffix.
     after: str = ""  # The layer whose output is cached (the prefix's last layer).
     # A RandomFlip("horizontal") on the input, in the prefix: both outcomes' features
-    # are cached and the suffix picks per example and step (loops/flip_features.py).
+    # are cached and the suffix picks per example and step (loops/caches/flip_features.py).
     flip: object = None
     # The compiled prefix forward, traced once for every split (a large backbone's
     # graph takes seconds to trace).

@@ -1,4 +1,4 @@
-"""Exact feature cache under horizontal-flip augmentation (loops/feature_cache.py).
+"""Exact feature cache under horizontal-flip augmentation (loops/caches/feature_cache.py).
 
 A `RandomFlip("horizontal")` layer right after the input has two outcomes per
 image: the image or its mirror image. Both outcomes' frozen-prefix features are

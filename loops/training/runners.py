@@ -9,7 +9,7 @@
 and, for `--phase=evaluate`, `RUNNERS[cfg.loop].score(model, batches, cfg, trained)`:
 the loop's own evaluation of a trained model (no plan: nothing trains).
 
-`CustomRunner` trains with `loops.custom.CustomLoop` (and the frozen-prefix feature
+`CustomRunner` trains with `loops.training.custom.CustomLoop` (and the frozen-prefix feature
 cache); `FitRunner` with `model.compile()` + `model.fit()` and `keras.callbacks`.
 """
 from __future__ import annotations
@@ -26,13 +26,13 @@ import input_pipeline
 from flags.errors import ConfigError
 from layout.atomic import atomic_write_text
 from layout.paths import BACKUP_DIR, BEST_WEIGHTS, FINAL_WEIGHTS, LOG_CSV, TENSORBOARD_DIR
-from loops import feature_cache, feature_precision
-from loops.checkpointer import BackupError, Checkpointer, Position
+from loops.caches import feature_cache, feature_precision
 from loops.console import command_flags, keras_verbose, progress_hook
-from loops.custom import CustomLoop, make_loss, make_metrics
-from loops.hooks import hook_specs, instantiate
-from loops.schedules import is_step_schedule, make_optimizer
-from loops.strategy import prepare_fit
+from loops.optim.schedules import is_step_schedule, make_optimizer
+from loops.training.checkpointer import BackupError, Checkpointer, Position
+from loops.training.custom import CustomLoop, make_loss, make_metrics
+from loops.training.hooks import hook_specs, instantiate
+from loops.training.strategy import prepare_fit
 from model.augment import mix_batches, mixes, uncacheable
 
 
@@ -144,7 +144,8 @@ def _mode(mode, monitor):
 
 
 class CustomRunner(Runner):
-    """tf.function + GradientTape (loops/custom.py), on cached frozen features when it can."""
+    """tf.function + GradientTape (loops/training/custom.py), on cached frozen features
+    when it can."""
 
     module = our_callbacks
 
@@ -160,7 +161,7 @@ class CustomRunner(Runner):
         engages. With gradual unfreezing the model is first put in the stage of the
         epoch the phase starts (or resumes) at, and the cache is cut for that stage."""
         if self.cfg.unfreeze_schedule:
-            from loops.schedules import UnfreezeSchedule
+            from loops.optim.schedules import UnfreezeSchedule
             model = self.plan.model
             with self.plan.strategy.scope():  # Slots for every weight of every stage.
                 self.optimizer.build(model.trainable_variables)
@@ -184,7 +185,7 @@ class CustomRunner(Runner):
         if mode != "off":
             self.train_model = cut.suffix
             key = feature_cache.data_key(cfg)
-            if cfg.feature_precision != "float32":  # loops/feature_precision.py
+            if cfg.feature_precision != "float32":  # loops/caches/feature_precision.py
                 precision, why = feature_precision.resolve(
                     cfg.feature_precision, cut.prefix,
                     lambda: next(iter(splits.train.batch(cfg.batch_size)))[0])
@@ -218,7 +219,7 @@ class CustomRunner(Runner):
         self.loop.switch_data(*self._data(Position(epoch, 0)), train_model=self.train_model)
 
     def _specs(self):
-        # Exact resume is the loop's own (loops/checkpointer.py, given to fit), not a hook.
+        # Exact resume is the loop's own (loops/training/checkpointer.py, given to fit), not a hook.
         return [spec for spec in super()._specs() if spec[0] != "BackupAndRestore"]
 
     def hooks(self):

@@ -522,9 +522,9 @@ def test_resume_restores_every_hook_state_whatever_the_hook_order(tmp_path):
     import tensorflow as tf
 
     import callbacks
-    from loops.checkpointer import Checkpointer, Position, state_key
-    from loops.custom import CustomLoop
-    from loops.hooks import hook_specs, instantiate
+    from loops.training.checkpointer import Checkpointer, Position, state_key
+    from loops.training.custom import CustomLoop
+    from loops.training.hooks import hook_specs, instantiate
 
     cfg = tiny(tmp_path / "w", early_stopping=True, early_stopping_patience=10,
                restore_best_weights=True, reduce_lr_on_plateau=True, reduce_lr_patience=10,

@@ -4,7 +4,7 @@
 (same hook calls in the same order, same loss scaling, same batch-size-weighted
 running-mean metrics), so with the same data order and seeds it produces the
 same weights and logs as `model.compile(...); model.fit(...)`. Exact resume is the
-loop's own: `fit(..., checkpointer=)` takes a `loops.checkpointer.Checkpointer`
+loop's own: `fit(..., checkpointer=)` takes a `loops.training.checkpointer.Checkpointer`
 (as Orbit's Controller owns its CheckpointManager), not a hook.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from callbacks import CallbackList
-from loops.checkpointer import Position
+from loops.training.checkpointer import Position
 
 
 def make_loss(cfg=None):
@@ -88,7 +88,7 @@ class CustomLoop:
       jit_compile: compile the per-replica step with XLA (fit's `jit_compile`).
       steps_per_execution: train steps per tf.function call (fit's argument).
       train_model: what the steps run, when not `model` itself: the trainable
-        suffix of `model` fed with cached features (loops/feature_cache.py).
+        suffix of `model` fed with cached features (loops/caches/feature_cache.py).
         It shares its layers with `model`, which hooks keep seeing.
       loss_fn: the loss (default `make_loss()`; runners pass `make_loss(cfg)`).
       metrics: the compiled metrics (default `make_metrics()`; runners pass
@@ -194,7 +194,7 @@ class CustomLoop:
 
         `train_data` yields batches forever; each epoch takes `steps_per_epoch`
         of them (the data pipeline fixes the order of every epoch). A `checkpointer`
-        (`loops.checkpointer.Checkpointer`, attached here to this loop and the hooks)
+        (`loops.training.checkpointer.Checkpointer`, attached here to this loop and the hooks)
         makes the run resumable exactly: training continues where its backup was
         saved, and `train_data` must then start at the backup's `position`.
         Returns the last epoch's logs (None if no epoch ran).

@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from loops import feature_cache, phases
-from loops.flip_features import PickFlip, both_outcomes, flip_images
+from loops import phases
+from loops.caches import feature_cache
+from loops.caches.flip_features import PickFlip, both_outcomes, flip_images
 from model import build_model, set_trainable
 
 STEPS = 6

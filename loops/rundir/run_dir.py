@@ -8,7 +8,7 @@
 - `overwrite`: `--overwrite` over whatever is there.
 Everything else is a one-line error: a finished phase, another run's flags, data that
 changed since the run started, a corrupt backup, a directory that is not writable, or
-a directory another process is running in (`loops.run_lock`).
+a directory another process is running in (`loops.rundir.run_lock`).
 
 `prepare()` then applies the decision; it runs under the directory's lock.
 Deleting never follows a link: a phase directory that is a symbolic link is never
@@ -41,7 +41,7 @@ from layout.paths import (  # noqa: F401  (re-exported: the names callers know f
     SKIPPED_FILES,
     lock_path,
 )
-from loops.checkpointer import BackupError, Position, backup_position
+from loops.training.checkpointer import BackupError, Position, backup_position
 
 # Flags that may change between a run and its resumption.
 RESUMABLE_CHANGES = fields_with(RESUMABLE)
@@ -216,7 +216,7 @@ def remove_partial_files(run_dir: str) -> list[str]:
 
 def prepare(run_dir: str, state: RunDirState) -> None:
     """Applies `inspect()`'s decision (under the directory's lock)."""
-    check_writes()  # This process still holds the lock (loops.run_lock).
+    check_writes()  # This process still holds the lock (loops.rundir.run_lock).
     if state.mode in ("overwrite", "restart") and os.path.isdir(run_dir):
         shutil.rmtree(run_dir)
     os.makedirs(run_dir, exist_ok=True)
@@ -249,6 +249,6 @@ def backup_token(cfg: Config, run_dir: str) -> int:
 def check_not_running(run_dir: str) -> None:
     """One line when another live process holds `run_dir`'s lock. `acquire()` decides
     whether a holder is alive (a stale lock is taken over), so try it and let go."""
-    from loops.run_lock import RunLock
+    from loops.rundir.run_lock import RunLock
     if os.path.lexists(lock_path(run_dir)):  # Also a FIFO or folder there: one line.
         RunLock(lock_path(run_dir), what="run directory", subject=run_dir).acquire().release()

@@ -52,7 +52,7 @@ def bfloat16_copy(prefix: keras.Model) -> keras.Model:
 
 def forward(prefix: keras.Model, precision: str):
     """`x -> float32 features` of `prefix` in `precision` ("float32" or "bfloat16")."""
-    from loops.feature_cache import forward_function
+    from loops.caches.feature_cache import forward_function
     if precision == "float32":
         return forward_function(prefix)
     copy = bfloat16_copy(prefix)

@@ -1,0 +1,2 @@
+"""Optimizers and learning-rate schedules shared by both loops (schedules.py), and
+discriminative learning rates inside the optimizer (optimizers.py)."""
