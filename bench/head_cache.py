@@ -64,9 +64,24 @@ def summarize(runs):
         "epochs_sum": common.median([sum(r["epoch_s"]) for r in runs]),
         "after": common.median([r["after_s"] for r in runs]),
         "cpu_total": common.median([r["total_cpu_s"] for r in runs]),
+        "cores": common.median([r["total_cpu_s"] / r["total_s"] for r in runs]),
+        "pass_cores": pass_cores(runs),
         "rss": common.median([r["max_rss_mib"] for r in runs]),
         "val_loss": common.median([(r["last_logs"] or {}).get("val_loss") for r in runs]),
     }
+
+
+def pass_cores(runs) -> str:
+    """The cores the frozen pass kept busy (its log line: CPU s / wall s of the process
+    during the pass), per split, median over runs; "–" without a feature cache."""
+    import re
+    per_split = {}
+    for r in runs:
+        for i, message in enumerate(m for m in r["feature_cache"] if "computed" in m):
+            found = re.search(r"([0-9.]+) cores", message)
+            if found:
+                per_split.setdefault(i, []).append(float(found.group(1)))
+    return ", ".join(f"{common.median(v):.2f}" for _, v in sorted(per_split.items())) or "–"
 
 
 def main():
@@ -91,7 +106,8 @@ def main():
     stats = {v: summarize(runs[v]) for v in variants}
     rows = [[v, len(runs[v]), f"{s['total']:.1f}", s["total_range"], f"{s['setup']:.1f}",
              f"{s['epoch1']:.1f}", f"{s['later']:.2f}", f"{s['epochs_sum']:.1f}",
-             f"{s['after']:.1f}", f"{s['cpu_total']:.0f}",
+             f"{s['after']:.1f}", f"{s['cpu_total']:.0f}", f"{s['cores']:.2f}",
+             s["pass_cores"],
              f"{s['rss']:.0f}", f"{s['val_loss']:.4f}"] for v, s in stats.items()]
     text = (f"{args.backbone} (weights=none) at {args.image_size}², head phase, "
             f"{args.epochs} epochs, batch {args.batch_size}, max {args.examples} photos per "
@@ -101,7 +117,8 @@ def main():
             f"interleaved, {args.repeats} run(s) per variant.\n\n")
     text += common.table(
         ["variant", "runs", "total s (median)", "total range", "setup s", "epoch 1 s",
-         "epochs 2+ s (median)", "sum of epochs s", "after s", "CPU s total", "max RSS MiB",
+         "epochs 2+ s (median)", "sum of epochs s", "after s", "CPU s total",
+         "cores (CPU/wall)", "frozen pass cores (train, val)", "max RSS MiB",
          "final val_loss"], rows)
     if "custom" in stats and "fit" in stats:
         paired = [f["total_s"] / c["total_s"] for c, f in zip(runs["custom"], runs["fit"])]
@@ -123,6 +140,9 @@ def main():
                    for f in runs["fit"]]
         text += (f"\nceiling fit/custom, were the custom run only fit's setup + one later "
                  f"fit epoch: {common.median(ceiling):.2f}x (median over fit runs)")
+        text += (f"\nratio / ceiling: {common.median(paired) / common.median(ceiling):.2f} "
+                 f"(target >= 0.85); frozen pass cores {stats['custom']['pass_cores']} "
+                 f"(target >= 1.7 of 2)")
     common.report("head_cache: custom loop + feature cache vs fit()", text,
                   {"args": vars(args), "runs": runs}, args.json)
 

@@ -167,11 +167,15 @@ def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
     both = cut.flip is not None and training
     arrays = _load(path, num_examples) if path else None
     if arrays is None:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         arrays = _compute(cut, images, num_examples, batch_size, both, path,
                           "training" if training else "validation")
-        logging.info("feature cache: computed the features of %d examples in %.1f s (%s)",
-                     num_examples, time.perf_counter() - start,
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        # The cores the pass kept busy (CPU seconds of the whole process over wall
+        # seconds): on 2 cores a healthy pass shows ~1.9 (bench/README.md, issue 24).
+        logging.info("feature cache: computed the features of %d examples in %.1f s, "
+                     "%.1f CPU s: %.2f cores (%s)", num_examples, seconds, cpu,
+                     cpu / max(seconds, 1e-9),
                      f"saved to {path}{FEATURES}" if path else "kept in memory")
     else:
         logging.info("feature cache: loaded the features of %d examples from %s%s (computed "
