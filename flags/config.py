@@ -416,7 +416,7 @@ class Config:
     image_cache: str = _flag(
         "auto", G_SPEED, "Decoded-image cache: disk keeps each split's decoded, resized "
         "images under --image_cache_dir for later phases, evaluation and sweep trials "
-        "(written atomically, keyed by every file's path, size and time); memory caches "
+        "(written atomically, keyed by every file's path and content); memory caches "
         "within one process only; off decodes every epoch; auto is disk except for "
         "synthetic data.", (RESUMABLE, NOT_IN_ID), choices=IMAGE_CACHE)
     image_cache_dir: Optional[str] = _flag(
