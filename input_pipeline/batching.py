@@ -142,6 +142,19 @@ def _shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
+def without_autotune_model(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds` with tf.data's autotuning model thread as `AUTOTUNE_MODEL` says (off).
+
+    `load_splits` applies it to every split, so every stream made from a split
+    inherits it (options pass through batch, map, prefetch, cache, ...): the feature
+    cache's frozen pass, the precision probe, evaluation. The frozen pass's iterator
+    lived ~25 s and its teardown blocked 14-19 s in 2 of 4 real runs with the model
+    thread on (1.1 of 2 cores over the pass; bench/README.md, issue 24)."""
+    options = tf.data.Options()
+    options.autotune.enabled = AUTOTUNE_MODEL
+    return ds.with_options(options)
+
+
 def _is_cache(ds: tf.data.Dataset) -> bool:
     return type(ds).__name__.endswith("CacheDataset")
 

@@ -1,15 +1,25 @@
 """Which source a run's data comes from: an image folder, synthetic images or tfds."""
 from __future__ import annotations
 
-from input_pipeline.common import Splits
+import dataclasses
+
+from input_pipeline.batching import without_autotune_model
+from input_pipeline.common import SPLITS, Splits
 
 
 def load_splits(cfg) -> Splits:
     """The train, validation and test splits `cfg` names.
 
     `cfg.data_dir` set: an image folder; `cfg.dataset == "synthetic"`: offline
-    generated images; otherwise `cfg.dataset` is a tfds dataset name.
+    generated images; otherwise `cfg.dataset` is a tfds dataset name. Every split
+    comes without tf.data's autotuning model thread (`without_autotune_model`).
     """
+    splits = _load(cfg)
+    return dataclasses.replace(splits, **{split: without_autotune_model(getattr(splits, split))
+                                          for split in SPLITS})
+
+
+def _load(cfg) -> Splits:
     if cfg.data_dir:
         from input_pipeline import folders
         return folders.load(cfg)
