@@ -52,23 +52,20 @@ def main():
     stats = {v: head_cache.summarize(runs[v]) for v in variants}
     rows = [[v, len(runs[v]), f"{s['total']:.1f}", s["total_range"], f"{s['setup']:.1f}",
              f"{s['epoch1']:.1f}", f"{s['later']:.2f}", f"{s['after']:.1f}",
-             f"{s['cpu_total']:.0f}", f"{s['rss']:.0f}", f"{s['val_loss']:.4f}"]
-            for v, s in stats.items()]
+             f"{s['cpu_total']:.0f}", f"{s['cores']:.2f}", s["pass_cores"],
+             f"{s['rss']:.0f}", f"{s['val_loss']:.4f}"] for v, s in stats.items()]
     text = (f"{args.backbone} (weights=none) at {args.image_size}², head phase, "
             f"--augment=flip, {args.epochs} epochs, batch {args.batch_size}, max "
             f"{args.examples} photos per split, feature_cache={args.feature_cache} for "
-            "custom, TensorBoard off; one child process per run, runs interleaved.\n\n")
+            "custom, TensorBoard off; one child process per run, runs interleaved, "
+            f"{args.repeats} run(s) per variant.\n\n")
     text += common.table(
         ["variant", "runs", "total s (median)", "total range", "setup s", "epoch 1 s",
-         "epochs 2+ s (median)", "after s", "CPU s total", "max RSS MiB",
-         "final val_loss"], rows)
+         "epochs 2+ s (median)", "after s", "CPU s total", "cores (CPU/wall)",
+         "frozen pass cores (train, val)", "max RSS MiB", "final val_loss"], rows)
     if "custom" in stats and "fit" in stats:
-        paired = [f["total_s"] / c["total_s"] for c, f in zip(runs["custom"], runs["fit"])]
-        text += (f"\n\nratio fit/custom, total wall time: "
-                 f"{stats['fit']['total'] / stats['custom']['total']:.2f}x (medians), "
-                 f"{common.median(paired):.2f}x (median of pairs); target >= 5x"
-                 f"\nratio fit/custom, total CPU time: "
-                 f"{stats['fit']['cpu_total'] / stats['custom']['cpu_total']:.2f}x")
+        # The training photos pass twice (each and its mirror image): set-up + two passes.
+        text += "\n\n" + head_cache.ratios(runs, stats, passes=2, target=5)
     common.report("flip_cache: head phase with --augment=flip, custom + cache vs fit()", text,
                   {"args": vars(args), "runs": runs}, args.json)
 
