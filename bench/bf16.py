@@ -1,9 +1,11 @@
 """bfloat16 vs float32 on this CPU: the frozen forward pass and a finetune train step.
 
 * forward: the head phase's frozen prefix (everything up to the pooled features,
-  what the feature cache runs once per image) in float32 vs the bfloat16 copy
-  `--feature_precision=bfloat16` runs (`loops.caches.feature_precision.forward`); also
-  the relative difference of the features;
+  what the feature cache runs once per image) in float32 vs the two bfloat16 copies
+  `--feature_precision=bfloat16` can run (`loops.caches.feature_precision.forward`):
+  every layer's dtype bfloat16 ("copy") and Keras' `mixed_bfloat16` policy ("policy",
+  float32 weights cast per call; `BF16_HOW` says which the flag uses); also the
+  relative difference of the features;
 * train step: a finetune step (from `--unfreeze_from`, default the backbone's last
   block) of `loops.training.custom.CustomLoop` in float32 vs under the `mixed_bfloat16`
   policy (`--mixed_precision=mixed_bfloat16`).
@@ -65,10 +67,13 @@ def forward(args, backbone, images):
     model = build_model(cfg, 2)
     set_trainable(model, "head")
     cut, _ = feature_cache.find_cut(model)
-    fns = {p: feature_precision.forward(cut.prefix, p) for p in ("float32", "bfloat16")}
+    fns = {"float32": feature_precision.forward(cut.prefix, "float32"),
+           "bfloat16 copy": feature_precision.forward(cut.prefix, "bfloat16", "copy"),
+           "mixed_bfloat16 policy": feature_precision.forward(cut.prefix, "bfloat16",
+                                                              "policy")}
     out = {p: fn(images).numpy() for p, fn in fns.items()}  # Warm-up (tracing).
-    difference = float(np.linalg.norm(out["bfloat16"] - out["float32"])
-                       / np.linalg.norm(out["float32"]))
+    difference = {p: float(np.linalg.norm(out[p] - out["float32"])
+                           / np.linalg.norm(out["float32"])) for p in fns}
     seconds = {p: [] for p in fns}
     for _, p in common.interleaved(list(fns), args.repeats):
         seconds[p].append(timed(lambda p=p: fns[p](images).numpy(), args.calls))
@@ -104,6 +109,19 @@ def train_step(args, backbone, images, labels):
     return seconds
 
 
+def rows_of(backbone, what, seconds, n, difference=None):
+    """One row per precision: its rate, its rate over float32's, CPU per image."""
+    rate = {p: n / common.median([s for s, _ in v]) for p, v in seconds.items()}
+    rows = []
+    for p, v in seconds.items():
+        cpu = common.median([c for _, c in v])
+        wall = common.median([s for s, _ in v])
+        rows.append([backbone, what, p, f"{rate[p]:.1f}", f"{rate[p] / rate['float32']:.2f}",
+                     f"{1e3 * cpu / n:.2f}", f"{cpu / wall:.2f}",
+                     f"{difference[p]:.1e}" if difference and p != "float32" else ""])
+    return rows
+
+
 def main():
     args = parse_args()
     common.quiet_tf()
@@ -121,28 +139,21 @@ def main():
         if "forward" in parts:
             seconds, difference = forward(args, backbone, images)
             raw[f"{backbone} forward"] = {"seconds": seconds, "difference": difference}
-            rate = {p: n / common.median([s for s, _ in v]) for p, v in seconds.items()}
-            cpu = {p: 1e3 * common.median([c for _, c in v]) / n for p, v in seconds.items()}
-            rows.append([backbone, "frozen forward (head prefix)", f"{rate['float32']:.1f}",
-                         f"{rate['bfloat16']:.1f}", f"{rate['bfloat16'] / rate['float32']:.2f}",
-                         f"{cpu['float32']:.2f} / {cpu['bfloat16']:.2f}",
-                         f"{difference:.1e}"])
-            common.log(f"{backbone} forward: {rows[-1]}")
+            rows += rows_of(backbone, "frozen forward (head prefix)", seconds, n, difference)
+            common.log(f"{backbone} forward: {rows[-3:]}")
         if "train" in parts:
             seconds = train_step(args, backbone, images, labels)
             raw[f"{backbone} train"] = seconds
-            rate = {p: n / common.median([s for s, _ in v]) for p, v in seconds.items()}
-            cpu = {p: 1e3 * common.median([c for _, c in v]) / n for p, v in seconds.items()}
-            rows.append([backbone, "finetune train step", f"{rate['float32']:.1f}",
-                         f"{rate['mixed_bfloat16']:.1f}",
-                         f"{rate['mixed_bfloat16'] / rate['float32']:.2f}",
-                         f"{cpu['float32']:.2f} / {cpu['mixed_bfloat16']:.2f}", ""])
-            common.log(f"{backbone} train: {rows[-1]}")
+            rows += rows_of(backbone, "finetune train step", seconds, n)
+            common.log(f"{backbone} train: {rows[-2:]}")
     native, why = feature_precision.native_bf16()
+    why += ("; --feature_precision=auto probes here" if native
+            else "; --feature_precision=auto is float32 here without probing")
+    why += f"; --feature_precision=bfloat16 runs the {feature_precision.BF16_HOW}"
     text = (f"{args.image_size}², batch {n}, random images, {args.repeats} chunks of "
             f"{args.calls} batches per variant after a warm-up; {why}.\n\n")
-    text += common.table(["backbone", "what", "float32 img/s", "bfloat16 img/s",
-                          "bf16/f32", "CPU ms/img f32 / bf16", "features rel. diff"], rows)
+    text += common.table(["backbone", "what", "precision", "img/s", "vs float32",
+                          "CPU ms/img", "cores (CPU/wall)", "features rel. diff"], rows)
     common.report("bf16: bfloat16 vs float32", text, {"args": vars(args), "raw": raw},
                   args.json)
 

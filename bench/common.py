@@ -196,8 +196,27 @@ def machine_line() -> str:
         versions = "TF ?"
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (f"{datetime.date.today().isoformat()}, {platform.node() or 'host'}: "
-            f"{os.cpu_count()} cores ({model}), {mem:.0f} GiB, CPU only; {versions}; "
-            f"Python {platform.python_version()}")
+            f"{os.cpu_count()} cores ({model}; {vector_units()}), {mem:.0f} GiB, CPU only; "
+            f"{versions}; Python {platform.python_version()}")
+
+
+def vector_units(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """What decides the speed of float32 and bfloat16 here: the widest vector unit and
+    native bfloat16 (machines of one name differ: AVX2-only, AVX-512 with avx512_bf16,
+    AMX)."""
+    flags = set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return "flags unknown"
+    width = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{width}, {' + '.join(bf16) if bf16 else 'no native bf16'}" + (
+        "" if "amx_bf16" in flags else ", no AMX")
 
 
 def table(header, rows) -> str:
@@ -227,9 +246,13 @@ def log(message: str) -> None:
 
 # ---- whole phases through phases.train (head_cache, finetune_cache) ------------------
 
+VARIANT_PRECISION = {"custom_auto": "auto", "custom_bf16": "bfloat16"}
+
+
 def phase_config(args, variant: str, workdir: str, **changes):
     """The Config of one benchmark run: `variant` is custom (feature cache as
-    --feature_cache), custom_nocache (cache off) or fit."""
+    --feature_cache), custom_nocache (cache off), custom_auto / custom_bf16 (the
+    cache with --feature_precision=auto / bfloat16) or fit."""
     from flags.config import Config
     loop = "fit" if variant == "fit" else "custom"
     feature_cache = "off" if variant == "custom_nocache" else args.feature_cache
@@ -237,7 +260,7 @@ def phase_config(args, variant: str, workdir: str, **changes):
                   weights="none", image_size=args.image_size, data_dir=args.data_dir,
                   max_examples_per_split=args.examples, batch_size=args.batch_size,
                   feature_cache=feature_cache, tensorboard=args.tensorboard, verbose=0,
-                  **changes)
+                  feature_precision=VARIANT_PRECISION.get(variant, "float32"), **changes)
 
 
 def timed_phase(cfg) -> dict:

@@ -33,7 +33,8 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--variants", default="custom,fit",
-                        help="custom (cache), custom_nocache, fit")
+                        help="custom (cache), custom_nocache, custom_auto and custom_bf16 "
+                        "(the cache with --feature_precision=auto, bfloat16), fit")
     parser.add_argument("--feature_cache", default="auto")
     parser.add_argument("--tensorboard", action="store_true",
                         help="keep the TensorBoard hook on (off: pure compute)")
@@ -156,6 +157,13 @@ def main():
          "final val_loss"], rows)
     if "custom" in stats and "fit" in stats:
         text += "\n\n" + ratios(runs, stats, passes=1, target=8)
+    for other in (v for v in variants if v in common.VARIANT_PRECISION and "custom" in stats):
+        paired = [o["total_s"] / c["total_s"] for c, o in zip(runs["custom"], runs[other])]
+        text += (f"\n{other}/custom, total wall time: {common.median(paired):.3f} (median of "
+                 "pairs: " + ", ".join(f"{r:.3f}" for r in paired) + "); the choice: "
+                 + "; ".join(sorted({m.split("(", 1)[0].split(": ", 1)[1].strip()
+                                     for r in runs[other] for m in r["feature_cache"]
+                                     if "forward pass in" in m})))
     common.report("head_cache: custom loop + feature cache vs fit()", text,
                   {"args": vars(args), "runs": runs}, args.json)
 

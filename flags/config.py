@@ -409,9 +409,10 @@ class Config:
         "runs that share it share their frozen features.", _CACHE_DIR)
     feature_precision: str = _flag(
         "float32", G_SPEED, "Precision of the feature cache's frozen forward pass (features "
-        "are stored as float32): float32 (exact), bfloat16 (approximate; fast only on CPUs "
-        "with native bf16, e.g. AVX512-BF16/AMX), or auto (bfloat16 only where the CPU has "
-        "native bf16 and a one-batch probe shows it faster for this backbone).",
+        "are stored as float32): float32 (exact), bfloat16 (approximate; faster only on some "
+        "CPUs with native bf16, AVX512-BF16/AMX, and not for every backbone), or auto "
+        "(bfloat16 only where the CPU has native bf16 and a small probe runs it at least "
+        "1.1x as fast for this backbone).",
         choices=FEATURE_PRECISIONS)
     image_cache: str = _flag(
         "auto", G_SPEED, "Decoded-image cache: disk keeps each split's decoded, resized "

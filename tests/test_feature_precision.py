@@ -1,6 +1,7 @@
 """--feature_precision: the feature cache's frozen pass in bfloat16 (approximate), and
 `auto` choosing it only with native bfloat16 and a faster probe."""
 import logging
+import time
 
 import keras
 import numpy as np
@@ -33,27 +34,78 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     assert feature_precision.native_bf16(str(tmp_path / "missing"))[0] is False
 
 
-def test_auto_is_float32_without_native_bf16_and_probes_nothing(tmp_path, prefix):
-    def no_probe():
+def test_auto_is_float32_without_native_bf16_and_probes_nothing(tmp_path, prefix,
+                                                                 monkeypatch):
+    def no_probe(*args, **kwargs):
         raise AssertionError("probed without native bfloat16")
-    choice, why = feature_precision.resolve("auto", prefix, no_probe, cpuinfo(tmp_path, ""))
-    assert choice == "float32" and "no native bfloat16" in why
+    monkeypatch.setattr(feature_precision, "probe", no_probe)
+    monkeypatch.setattr(feature_precision, "forward", no_probe)
+    choice = feature_precision.resolve("auto", prefix, probe_batch=no_probe,
+                                       cpuinfo=cpuinfo(tmp_path, "avx512f"))
+    assert choice.precision == "float32" and "no native bfloat16" in choice.reason
+    assert choice.forward is None
 
 
-@pytest.mark.parametrize("faster", ["float32", "bfloat16"])
-def test_auto_with_native_bf16_takes_the_faster_in_a_probe(tmp_path, prefix, monkeypatch,
-                                                           faster):
+@pytest.mark.parametrize("flags", ["avx512f avx512_bf16", "amx_tile amx_bf16"])
+@pytest.mark.parametrize("seconds, chosen", [
+    ((1.0, 2.0), "float32"),
+    ((1.0, 0.95), "float32"),  # Within MARGIN: approximate features must pay off.
+    ((1.0, 0.5), "bfloat16")])
+def test_auto_with_native_bf16_probes_random_pixels_and_keeps_the_traced_choice(
+        tmp_path, prefix, monkeypatch, flags, seconds, chosen):
     calls = []
 
-    def timed(fn, batch, calls_=1):
-        calls.append(fn)
-        return 1.0 if (len(calls) == 1) == (faster == "float32") else 2.0
+    def timed(fn, batch, calls_=2):
+        calls.append((fn, batch))
+        return seconds[len(calls) - 1]
 
     monkeypatch.setattr(feature_precision, "probe", timed)
-    batch = np.zeros((2, 32, 32, 3), "uint8")
-    choice, why = feature_precision.resolve("auto", prefix, lambda: batch,
-                                            cpuinfo(tmp_path, "avx512_bf16"))
-    assert choice == faster and len(calls) == 2 and "one batch took" in why
+    choice = feature_precision.resolve("auto", prefix, 32, cpuinfo=cpuinfo(tmp_path, flags))
+    assert choice.precision == chosen and len(calls) == 2 and "float32" in choice.reason
+    # The probe's batch: a few random images of the prefix's input, not the data.
+    batch = calls[0][1].numpy()
+    assert batch.shape == (feature_precision.PROBE_EXAMPLES, *prefix.input.shape[1:])
+    assert batch.std() > 10
+    # The chosen precision's probed, traced function is handed on for the pass.
+    assert choice.forward is calls[0 if chosen == "float32" else 1][0]
+    x = np.random.default_rng(1).uniform(0, 255, (2, *prefix.input.shape[1:]))
+    exact = prefix(x.astype("float32"), training=False).numpy()
+    got = choice.forward(x.astype("float32")).numpy()
+    tolerance = 1e-5 if chosen == "float32" else 0.1
+    assert np.linalg.norm(got - exact) / np.linalg.norm(exact) < tolerance
+
+
+def test_probe_times_the_best_call_after_a_warm_up():
+    durations = iter([0.5, 0.3, 0.2])  # The warm-up (tracing) is left out.
+
+    class Fake:
+        def numpy(self):
+            time.sleep(next(durations))
+
+    assert 0.2 <= feature_precision.probe(lambda batch: Fake(), None) < 0.3
+
+
+def test_a_probed_run_traces_the_chosen_pass_once(tiny_config, tmp_path, monkeypatch,
+                                                  caplog):
+    """The probe's float32 function is the pass's: no second forward function (a VGG16
+    trace costs seconds) is made for either split."""
+    monkeypatch.setattr(feature_precision, "native_bf16",
+                        lambda cpuinfo=None: (True, "the CPU has avx512_bf16 (test)"))
+    monkeypatch.setattr(feature_precision, "probe", lambda fn, batch, calls=2: 1.0)
+    made = []
+    original = feature_cache.forward_function
+
+    def counted(prefix, fn=None):
+        made.append(fn)
+        return original(prefix, fn)
+
+    monkeypatch.setattr(feature_cache, "forward_function", counted)
+    cfg = tiny_config.replace(feature_cache="memory", epochs=1, feature_precision="auto")
+    with caplog.at_level(logging.INFO):
+        phases.train(cfg, run_dir=str(tmp_path / "run"))
+    assert "frozen forward pass in float32 (the CPU has avx512_bf16 (test); a batch" in \
+        caplog.text
+    assert len(made) == 2  # The probe's float32 and bfloat16 functions, nothing more.
 
 
 def test_bfloat16_forward_is_close_and_float32(prefix):

@@ -2,26 +2,46 @@
 
 The cached features are always stored as float32; only the one-time pass through
 the frozen prefix changes. `bfloat16` runs a copy of the prefix whose layers
-compute (and hold their weights) in bfloat16: approximate (8 bits of mantissa:
-features differ by ~1e-2 relative) and fast only where the CPU multiplies
-bfloat16 natively (AVX512-BF16, AMX); elsewhere TensorFlow converts every operand
-and it is slower than float32. `auto` picks bfloat16 only where /proc/cpuinfo
-lists native bfloat16 and a one-batch probe runs it faster than float32 for
-this backbone; otherwise float32, with the reason logged.
+compute in bfloat16 (`BF16_HOW`: every layer's dtype bfloat16, "copy"; Keras'
+`mixed_bfloat16` policy, "policy", casts float32 weights at every call and measured
+0.85-0.97x of the copy's speed): approximate (8 bits of mantissa: features differ by
+~4e-3 (VGG16, ResNet50) to 2e-2 (MobileNet) relative) and fast only where the CPU
+multiplies bfloat16 natively, and not even everywhere there: on an AMD EPYC with
+avx512_bf16 the copy ran VGG16 2.0x, ResNet50 1.4x and MobileNet 0.97x as fast as
+float32; on an Intel Xeon with avx512_bf16 and no AMX, VGG16 0.63x and MobileNet
+0.68x (bench/README.md, issue 24). So `auto` decides by a probe, where /proc/cpuinfo
+lists native bfloat16: a small batch of random pixels (the data pipeline is not
+touched; speed does not depend on the pixels) in each precision, one warm-up call
+then the best of two, and bfloat16 only when it is at least `MARGIN` times as fast
+(approximate features must pay for themselves). The chosen precision's traced
+function is reused for the pass, so the probe's cost is the other precision's
+copy, trace and three small calls, plus three small float32 calls.
+Without native bfloat16, `auto` is float32 at no cost.
 """
 from __future__ import annotations
 
 import logging
 import time
+from typing import NamedTuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+BF16_HOW = "copy"  # "copy" (bfloat16 layers) or "policy" (mixed_bfloat16): bench/bf16.py
+PROBE_EXAMPLES = 8  # The probe's batch (at most the run's batch size).
+MARGIN = 1.1  # bfloat16 must be this many times as fast as float32 in the probe.
 
 
-def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, str]:
-    """Whether the CPU has native bfloat16 arithmetic, and what says so."""
+class Choice(NamedTuple):
+    precision: str  # "float32" or "bfloat16"
+    reason: str
+    forward: object = None  # The probed, traced forward function of `precision`, if any.
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set | None:
+    """The CPU's feature flags from `cpuinfo`, None where it cannot be read."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             flags = set()
@@ -29,6 +49,14 @@ def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, str]:
                 if line.startswith("flags"):
                     flags.update(line.split(":", 1)[1].split())
     except OSError:
+        return None
+    return flags
+
+
+def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, str]:
+    """Whether the CPU has native bfloat16 arithmetic, and what says so."""
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
         return False, f"{cpuinfo} is unreadable"
     found = [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
     if found:
@@ -50,45 +78,70 @@ def bfloat16_copy(prefix: keras.Model) -> keras.Model:
     return copy
 
 
-def forward(prefix: keras.Model, precision: str):
-    """`x -> float32 features` of `prefix` in `precision` ("float32" or "bfloat16")."""
+def mixed_bfloat16_copy(prefix: keras.Model) -> keras.Model:
+    """A copy of `prefix` under Keras' `mixed_bfloat16` policy: float32 weights (the
+    prefix's values) cast to bfloat16 at each call, computations in bfloat16 (Keras
+    keeps normalization statistics in float32)."""
+    def clone(layer):
+        config = layer.get_config()
+        config["dtype"] = "mixed_bfloat16"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(prefix, clone_function=clone)
+    for source, target in zip(prefix.weights, copy.weights, strict=True):
+        target.assign(source)
+    return copy
+
+
+def forward(prefix: keras.Model, precision: str, how: str | None = None):
+    """`x -> float32 features` of `prefix` in `precision` ("float32" or "bfloat16";
+    `how` a bfloat16 copy is made, default `BF16_HOW`)."""
     from loops.caches.feature_cache import forward_function
     if precision == "float32":
         return forward_function(prefix)
-    copy = bfloat16_copy(prefix)
+    how = how or BF16_HOW
+    copy = mixed_bfloat16_copy(prefix) if how == "policy" else bfloat16_copy(prefix)
     return forward_function(prefix, lambda x: tf.cast(copy(x, training=False), tf.float32))
 
 
-def resolve(mode: str, prefix: keras.Model, probe_batch=None, cpuinfo: str = "/proc/cpuinfo"
-            ) -> tuple[str, str]:
-    """(precision, reason): float32 or bfloat16 for `--feature_precision=mode`.
+def resolve(mode: str, prefix: keras.Model, batch_size: int = 32, probe_batch=None,
+            cpuinfo: str = "/proc/cpuinfo") -> Choice:
+    """The precision of the frozen pass for `--feature_precision=mode`.
 
-    `auto` is float32 without native bfloat16; with it, bfloat16 when one batch
-    (`probe_batch()`, called only then; after a warm-up call each) runs faster in
-    bfloat16.
-    """
+    `auto` is float32 without probing unless the CPU has native bfloat16; with it, one
+    batch (`probe_batch()`, default min(`batch_size`, `PROBE_EXAMPLES`) images of
+    random pixels) runs in each precision, and bfloat16 is chosen when it is `MARGIN`
+    times as fast, with its traced function (`Choice.forward`; float32's otherwise)."""
     if mode != "auto":
-        return mode, f"--feature_precision={mode}"
+        return Choice(mode, f"--feature_precision={mode}")
     native, why = native_bf16(cpuinfo)
     if not native:
-        return "float32", why
-    batch = probe_batch() if probe_batch is not None else None
-    if batch is None:
-        return "float32", f"{why}, but no batch to probe"
+        return Choice("float32", why)
+    if probe_batch is not None:
+        batch = probe_batch()
+    else:
+        shape = (min(batch_size, PROBE_EXAMPLES), *prefix.input.shape[1:])
+        batch = np.random.default_rng(0).uniform(0, 255, shape).astype("float32")
     batch = tf.cast(batch, tf.float32)
-    seconds = {p: probe(forward(prefix, p), batch) for p in ("float32", "bfloat16")}
-    choice = min(seconds, key=seconds.get)
-    return choice, (f"{why}; one batch took {seconds['float32'] * 1e3:.0f} ms in float32, "
-                    f"{seconds['bfloat16'] * 1e3:.0f} ms in bfloat16")
+    functions = {p: forward(prefix, p) for p in ("float32", "bfloat16")}
+    seconds = {p: probe(fn, batch) for p, fn in functions.items()}
+    choice = "bfloat16" if seconds["bfloat16"] * MARGIN <= seconds["float32"] else "float32"
+    return Choice(choice, f"{why}; a batch of {int(batch.shape[0])} took "
+                  f"{seconds['float32'] * 1e3:.0f} ms in float32, "
+                  f"{seconds['bfloat16'] * 1e3:.0f} ms in bfloat16 (bfloat16 when "
+                  f"{MARGIN:g}x as fast)", functions[choice])
 
 
-def probe(fn, batch, calls: int = 1) -> float:
-    """Seconds per call of `fn(batch)` after one warm-up call (tracing, kernels)."""
+def probe(fn, batch, calls: int = 2) -> float:
+    """Seconds of the fastest of `calls` calls of `fn(batch)`, after one warm-up call
+    (tracing, kernels)."""
     fn(batch).numpy()
-    start = time.perf_counter()
+    best = float("inf")
     for _ in range(calls):
+        start = time.perf_counter()
         fn(batch).numpy()
-    return (time.perf_counter() - start) / calls
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def log_choice(precision: str, reason: str) -> None:

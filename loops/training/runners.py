@@ -186,13 +186,16 @@ class CustomRunner(Runner):
             self.train_model = cut.suffix
             key = feature_cache.data_key(cfg)
             if cfg.feature_precision != "float32":  # loops/caches/feature_precision.py
-                precision, why = feature_precision.resolve(
-                    cfg.feature_precision, cut.prefix,
-                    lambda: next(iter(splits.train.batch(cfg.batch_size)))[0])
-                feature_precision.log_choice(precision, why)
-                if precision != "float32":
-                    cut.forward = feature_precision.forward(cut.prefix, precision)
-                    key = dict(key, feature_precision=precision)
+                choice = feature_precision.resolve(cfg.feature_precision, cut.prefix,
+                                                   cfg.batch_size)
+                feature_precision.log_choice(choice.precision, choice.reason)
+                if choice.forward is not None:  # Probed, so traced already: reused.
+                    cut.forward = choice.forward
+                elif choice.precision != "float32":
+                    cut.forward = feature_precision.forward(cut.prefix, choice.precision)
+                if choice.precision != "float32":  # Other features: another cache.
+                    key = dict(key, feature_precision=choice.precision,
+                               bfloat16=feature_precision.BF16_HOW)
             folder = None
             if mode == "disk":
                 root = (cfg.feature_cache_dir
