@@ -40,7 +40,7 @@ def test_auto_is_float32_without_native_bf16_and_probes_nothing(tmp_path, prefix
         raise AssertionError("probed without native bfloat16")
     monkeypatch.setattr(feature_precision, "probe", no_probe)
     monkeypatch.setattr(feature_precision, "forward", no_probe)
-    choice = feature_precision.resolve("auto", prefix, probe_batch=no_probe,
+    choice = feature_precision.resolve("auto", prefix, 32, 1000, probe_batch=no_probe,
                                        cpuinfo=cpuinfo(tmp_path, "avx512f"))
     assert choice.precision == "float32" and "no native bfloat16" in choice.reason
     assert choice.forward is None
@@ -75,6 +75,25 @@ def test_auto_with_native_bf16_probes_random_pixels_and_keeps_the_traced_choice(
     assert np.linalg.norm(got - exact) / np.linalg.norm(exact) < tolerance
 
 
+def test_auto_does_not_probe_bfloat16_for_a_pass_too_short_to_repay_it(tmp_path, prefix,
+                                                                       monkeypatch):
+    calls = []
+
+    def timed(fn, batch, calls_=2):
+        calls.append(fn)
+        # 10 ms per batch of 8: a bfloat16 probe costs ~3 * 10 / 0.63 = 48 ms; 100 images
+        # take ~0.13 s (< 5 * 48 ms), 100 000 images ~125 s.
+        return 0.01
+
+    monkeypatch.setattr(feature_precision, "probe", timed)
+    flags = cpuinfo(tmp_path, "avx512_bf16")
+    short = feature_precision.resolve("auto", prefix, 32, 100, cpuinfo=flags)
+    assert short.precision == "float32" and "too short for a bfloat16 probe" in short.reason
+    assert calls == [short.forward]  # Only float32 ran; its function goes on to the pass.
+    long = feature_precision.resolve("auto", prefix, 32, 100_000, cpuinfo=flags)
+    assert len(calls) == 3 and "ms in bfloat16" in long.reason
+
+
 def test_probe_times_the_best_call_after_a_warm_up():
     durations = iter([0.5, 0.3, 0.2])  # The warm-up (tracing) is left out.
 
@@ -92,6 +111,7 @@ def test_a_probed_run_traces_the_chosen_pass_once(tiny_config, tmp_path, monkeyp
     monkeypatch.setattr(feature_precision, "native_bf16",
                         lambda cpuinfo=None: (True, "the CPU has avx512_bf16 (test)"))
     monkeypatch.setattr(feature_precision, "probe", lambda fn, batch, calls=2: 1.0)
+    monkeypatch.setattr(feature_precision, "PAYBACK", 0)  # Probe even this tiny pass.
     made = []
     original = feature_cache.forward_function
 

@@ -15,7 +15,8 @@ touched; speed does not depend on the pixels) in each precision, one warm-up cal
 then the best of two, and bfloat16 only when it is at least `MARGIN` times as fast
 (approximate features must pay for themselves). The chosen precision's traced
 function is reused for the pass, so the probe's cost is the other precision's
-copy, trace and three small calls, plus three small float32 calls.
+copy, trace and three small calls, plus three small float32 calls; bfloat16 is not
+probed at all when the float32 pass is too short for that to pay (`PAYBACK`).
 Without native bfloat16, `auto` is float32 at no cost.
 """
 from __future__ import annotations
@@ -32,6 +33,10 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 BF16_HOW = "copy"  # "copy" (bfloat16 layers) or "policy" (mixed_bfloat16): bench/bf16.py
 PROBE_EXAMPLES = 8  # The probe's batch (at most the run's batch size).
 MARGIN = 1.1  # bfloat16 must be this many times as fast as float32 in the probe.
+# bfloat16 is probed only when the float32 pass is estimated to take this many times
+# what the bfloat16 probe costs: where float32 wins, the probe then costs at most
+# 1/PAYBACK of the pass (and a short pass, e.g. MobileNet's, is not probed at all).
+PAYBACK = 5
 
 
 class Choice(NamedTuple):
@@ -104,14 +109,16 @@ def forward(prefix: keras.Model, precision: str, how: str | None = None):
     return forward_function(prefix, lambda x: tf.cast(copy(x, training=False), tf.float32))
 
 
-def resolve(mode: str, prefix: keras.Model, batch_size: int = 32, probe_batch=None,
-            cpuinfo: str = "/proc/cpuinfo") -> Choice:
-    """The precision of the frozen pass for `--feature_precision=mode`.
+def resolve(mode: str, prefix: keras.Model, batch_size: int = 32, num_examples: int = 0,
+            probe_batch=None, cpuinfo: str = "/proc/cpuinfo") -> Choice:
+    """The precision of the frozen pass over `num_examples` images (0: unknown) for
+    `--feature_precision=mode`.
 
     `auto` is float32 without probing unless the CPU has native bfloat16; with it, one
     batch (`probe_batch()`, default min(`batch_size`, `PROBE_EXAMPLES`) images of
-    random pixels) runs in each precision, and bfloat16 is chosen when it is `MARGIN`
-    times as fast, with its traced function (`Choice.forward`; float32's otherwise)."""
+    random pixels) runs in float32, then, unless the pass is too short for a bfloat16
+    probe to pay (`PAYBACK`), in bfloat16, which is chosen when it is `MARGIN` times as
+    fast. `Choice.forward` is the chosen precision's traced function."""
     if mode != "auto":
         return Choice(mode, f"--feature_precision={mode}")
     native, why = native_bf16(cpuinfo)
@@ -123,10 +130,24 @@ def resolve(mode: str, prefix: keras.Model, batch_size: int = 32, probe_batch=No
         shape = (min(batch_size, PROBE_EXAMPLES), *prefix.input.shape[1:])
         batch = np.random.default_rng(0).uniform(0, 255, shape).astype("float32")
     batch = tf.cast(batch, tf.float32)
-    functions = {p: forward(prefix, p) for p in ("float32", "bfloat16")}
-    seconds = {p: probe(fn, batch) for p, fn in functions.items()}
+    size = int(batch.shape[0])
+    functions = {"float32": forward(prefix, "float32")}
+    start = time.perf_counter()
+    seconds = {"float32": probe(functions["float32"], batch)}
+    spent = time.perf_counter() - start  # Tracing and three calls.
+    if num_examples:
+        # The bfloat16 probe costs a copy and a trace (as float32's warm-up did) and
+        # three calls, up to 1/0.63 as slow as float32's (an Intel CPU without AMX).
+        cost = max(spent - 2 * seconds["float32"], 0) + 3 * seconds["float32"] / 0.63
+        pass_seconds = seconds["float32"] / size * num_examples
+        if pass_seconds < PAYBACK * cost:
+            return Choice("float32", f"{why}; the pass takes ~{pass_seconds:.1f} s in "
+                          f"float32, too short for a bfloat16 probe (~{cost:.1f} s) to pay",
+                          functions["float32"])
+    functions["bfloat16"] = forward(prefix, "bfloat16")
+    seconds["bfloat16"] = probe(functions["bfloat16"], batch)
     choice = "bfloat16" if seconds["bfloat16"] * MARGIN <= seconds["float32"] else "float32"
-    return Choice(choice, f"{why}; a batch of {int(batch.shape[0])} took "
+    return Choice(choice, f"{why}; a batch of {size} took "
                   f"{seconds['float32'] * 1e3:.0f} ms in float32, "
                   f"{seconds['bfloat16'] * 1e3:.0f} ms in bfloat16 (bfloat16 when "
                   f"{MARGIN:g}x as fast)", functions[choice])

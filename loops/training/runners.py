@@ -186,8 +186,10 @@ class CustomRunner(Runner):
             self.train_model = cut.suffix
             key = feature_cache.data_key(cfg)
             if cfg.feature_precision != "float32":  # loops/caches/feature_precision.py
-                choice = feature_precision.resolve(cfg.feature_precision, cut.prefix,
-                                                   cfg.batch_size)
+                passes = 2 if cut.flip is not None else 1  # Flips: each photo twice.
+                choice = feature_precision.resolve(
+                        cfg.feature_precision, cut.prefix, cfg.batch_size,
+                        passes * splits.sizes["train"] + splits.sizes["validation"])
                 feature_precision.log_choice(choice.precision, choice.reason)
                 if choice.forward is not None:  # Probed, so traced already: reused.
                     cut.forward = choice.forward
