@@ -155,3 +155,31 @@ def test_a_head_phase_trains_on_bfloat16_features(tiny_config, tmp_path, caplog)
     a, b = np.concatenate([w.ravel() for w in weights["float32"]]), \
         np.concatenate([w.ravel() for w in weights["bfloat16"]])
     assert 0 < np.linalg.norm(a - b) / np.linalg.norm(a) < 0.1
+
+
+@pytest.mark.parametrize("faster", ["float32", "bfloat16"])
+def test_auto_reuses_the_features_an_earlier_run_left_on_disk_without_probing(
+        tiny_config, tmp_path, monkeypatch, caplog, faster):
+    """A sweep's trials (and a re-run) share a disk feature cache: under `auto` the
+    precision whose features are there already is taken, and nothing is probed."""
+    monkeypatch.setattr(feature_precision, "native_bf16",
+                        lambda cpuinfo=None: (True, "the CPU has avx512_bf16 (test)"))
+    monkeypatch.setattr(feature_precision, "PAYBACK", 0)
+    probes = []
+
+    def timed(fn, batch, calls=2):
+        probes.append(fn)
+        return 1.0 if (len(probes) == 1) == (faster == "float32") else 3.0
+
+    monkeypatch.setattr(feature_precision, "probe", timed)
+    cfg = tiny_config.replace(feature_cache="disk", epochs=1, feature_precision="auto",
+                              feature_cache_dir=str(tmp_path / "features"))
+    phases.train(cfg, run_dir=str(tmp_path / "first"))
+    assert len(probes) == 2
+    with caplog.at_level(logging.INFO):
+        phases.train(cfg, run_dir=str(tmp_path / "second"))
+    assert len(probes) == 2  # Not probed again.
+    assert f"frozen forward pass in {faster} (the features in {faster} are on disk" \
+        in caplog.text
+    assert "loaded the features" in caplog.text and "computed the features" not in caplog.text
+    assert len(list((tmp_path / "features").iterdir())) == 1

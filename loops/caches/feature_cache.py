@@ -272,6 +272,20 @@ def _pad_is_cheaper(padding: int, batch_size: int, seconds: list, layers: int) -
     return padding * per_example < NEW_SHAPE_SECONDS_PER_LAYER * layers
 
 
+def on_disk(folder: str, sizes: dict) -> bool:
+    """Whether complete features of both splits (`sizes`: examples per split) are in
+    `folder` (their values are checked when they are read)."""
+    for split in ("train", "validation"):
+        path = os.path.join(folder, split)
+        try:
+            rows = [len(np.load(path + suffix, mmap_mode="r")) for suffix in (FEATURES, LABELS)]
+        except (OSError, ValueError):
+            return False
+        if rows != [sizes[split]] * 2:
+            return False
+    return True
+
+
 def _load(path, num_examples):
     """The arrays at `path` (features memory-mapped), or None if absent or not of
     `num_examples` rows. Features that are not all finite (a damaged cache: they were

@@ -143,6 +143,14 @@ def _mode(mode, monitor):
     return "max" if "acc" in monitor else "min"
 
 
+def precision_key(key: dict, precision: str) -> dict:
+    """The feature cache key of features computed in `precision`: bfloat16 features
+    (and each way of computing them) never stand in for float32 ones."""
+    if precision == "float32":
+        return key
+    return dict(key, feature_precision=precision, bfloat16=feature_precision.BF16_HOW)
+
+
 class CustomRunner(Runner):
     """tf.function + GradientTape (loops/training/custom.py), on cached frozen features
     when it can."""
@@ -185,25 +193,20 @@ class CustomRunner(Runner):
         if mode != "off":
             self.train_model = cut.suffix
             key = feature_cache.data_key(cfg)
+            root = None
+            if mode == "disk":
+                root = (cfg.feature_cache_dir
+                        or os.path.join(cfg.workdir if plan.chief else plan.run_dir,
+                                        feature_cache.CACHE_DIR))
             if cfg.feature_precision != "float32":  # loops/caches/feature_precision.py
-                passes = 2 if cut.flip is not None else 1  # Flips: each photo twice.
-                choice = feature_precision.resolve(
-                        cfg.feature_precision, cut.prefix, cfg.batch_size,
-                        passes * splits.sizes["train"] + splits.sizes["validation"])
+                choice = self._precision(cut, key, root)
                 feature_precision.log_choice(choice.precision, choice.reason)
                 if choice.forward is not None:  # Probed, so traced already: reused.
                     cut.forward = choice.forward
                 elif choice.precision != "float32":
                     cut.forward = feature_precision.forward(cut.prefix, choice.precision)
-                if choice.precision != "float32":  # Other features: another cache.
-                    key = dict(key, feature_precision=choice.precision,
-                               bfloat16=feature_precision.BF16_HOW)
-            folder = None
-            if mode == "disk":
-                root = (cfg.feature_cache_dir
-                        or os.path.join(cfg.workdir if plan.chief else plan.run_dir,
-                                        feature_cache.CACHE_DIR))
-                folder = os.path.join(root, feature_cache.fingerprint(cut, key))
+                key = precision_key(key, choice.precision)
+            folder = root and os.path.join(root, feature_cache.fingerprint(cut, key))
             train_examples, validation_examples = (
                 feature_cache.cached_features(cut, images, splits.sizes[split],
                                               folder and os.path.join(folder, split),
@@ -212,6 +215,23 @@ class CustomRunner(Runner):
                                       ("validation", splits.validation)))
         return self._batches(train_examples, validation_examples, position,
                              features=mode != "off")
+
+    def _precision(self, cut, key, root) -> "feature_precision.Choice":
+        """The frozen pass's precision: under `auto` with a disk cache, the precision
+        whose features an earlier run left there (no probe to pay), else
+        `feature_precision.resolve`'s."""
+        cfg, sizes = self.cfg, self.plan.splits.sizes
+        if cfg.feature_precision == "auto" and root:
+            for precision in ("float32", "bfloat16"):
+                folder = os.path.join(root, feature_cache.fingerprint(
+                        cut, precision_key(key, precision)))
+                if feature_cache.on_disk(folder, sizes):
+                    return feature_precision.Choice(
+                            precision, f"the features in {precision} are on disk already, "
+                            f"computed by an earlier run ({folder})")
+        passes = 2 if cut.flip is not None else 1  # Flips: each photo twice.
+        return feature_precision.resolve(cfg.feature_precision, cut.prefix, cfg.batch_size,
+                                         passes * sizes["train"] + sizes["validation"])
 
     def _new_stage(self, epoch):
         """Gradual unfreezing moved to a new stage at the start of `epoch`: re-cut the
