@@ -6,6 +6,7 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from loops import phases
 from loops.caches import feature_cache, feature_precision
@@ -34,98 +35,94 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     assert feature_precision.native_bf16(str(tmp_path / "missing"))[0] is False
 
 
-def test_auto_is_float32_without_native_bf16_and_probes_nothing(tmp_path, prefix,
-                                                                 monkeypatch):
-    def no_probe(*args, **kwargs):
-        raise AssertionError("probed without native bfloat16")
-    monkeypatch.setattr(feature_precision, "probe", no_probe)
-    monkeypatch.setattr(feature_precision, "forward", no_probe)
-    choice = feature_precision.resolve("auto", prefix, 32, 1000, probe_batch=no_probe,
-                                       cpuinfo=cpuinfo(tmp_path, "avx512f"))
-    assert choice.precision == "float32" and "no native bfloat16" in choice.reason
-    assert choice.forward is None
+def test_resolve_names_a_precision_or_asks_for_the_probe(tmp_path):
+    assert feature_precision.resolve("bfloat16").precision == "bfloat16"
+    assert feature_precision.resolve("float32").precision == "float32"
+    without = feature_precision.resolve("auto", cpuinfo(tmp_path, "avx512f"))
+    assert without.precision == "float32" and "no native bfloat16" in without.reason
+    for flags in ("avx512f avx512_bf16", "amx_tile amx_bf16"):
+        assert feature_precision.resolve("auto", cpuinfo(tmp_path, flags)).precision == "auto"
 
 
-@pytest.mark.parametrize("flags", ["avx512f avx512_bf16", "amx_tile amx_bf16"])
-@pytest.mark.parametrize("seconds, chosen", [
-    ((1.0, 2.0), "float32"),
-    ((1.0, 0.95), "float32"),  # Within MARGIN: approximate features must pay off.
-    ((1.0, 0.5), "bfloat16")])
-def test_auto_with_native_bf16_probes_random_pixels_and_keeps_the_traced_choice(
-        tmp_path, prefix, monkeypatch, flags, seconds, chosen):
-    calls = []
+class Slow:
+    """A stand-in batch function: its result after `seconds`."""
 
-    def timed(fn, batch, calls_=2):
-        calls.append((fn, batch))
-        return seconds[len(calls) - 1]
+    def __init__(self, seconds, value):
+        self.seconds, self.value = seconds, value
 
-    monkeypatch.setattr(feature_precision, "probe", timed)
-    choice = feature_precision.resolve("auto", prefix, 32, cpuinfo=cpuinfo(tmp_path, flags))
-    assert choice.precision == chosen and len(calls) == 2 and "float32" in choice.reason
-    # The probe's batch: a few random images of the prefix's input, not the data.
-    batch = calls[0][1].numpy()
-    assert batch.shape == (feature_precision.PROBE_EXAMPLES, *prefix.input.shape[1:])
-    assert batch.std() > 10
-    # The chosen precision's probed, traced function is handed on for the pass.
-    assert choice.forward is calls[0 if chosen == "float32" else 1][0]
-    x = np.random.default_rng(1).uniform(0, 255, (2, *prefix.input.shape[1:]))
-    exact = prefix(x.astype("float32"), training=False).numpy()
-    got = choice.forward(x.astype("float32")).numpy()
-    tolerance = 1e-5 if chosen == "float32" else 0.1
-    assert np.linalg.norm(got - exact) / np.linalg.norm(exact) < tolerance
+    def __call__(self, x):
+        time.sleep(self.seconds)
+        return self.value
 
 
-def test_auto_does_not_probe_bfloat16_for_a_pass_too_short_to_repay_it(tmp_path, prefix,
-                                                                       monkeypatch):
-    calls = []
-
-    def timed(fn, batch, calls_=2):
-        calls.append(fn)
-        # 10 ms per batch of 8: a bfloat16 probe costs ~3 * 10 / 0.63 = 48 ms; 100 images
-        # take ~0.13 s (< 5 * 48 ms), 100 000 images ~125 s.
-        return 0.01
-
-    monkeypatch.setattr(feature_precision, "probe", timed)
-    flags = cpuinfo(tmp_path, "avx512_bf16")
-    short = feature_precision.resolve("auto", prefix, 32, 100, cpuinfo=flags)
-    assert short.precision == "float32" and "too short for a bfloat16 probe" in short.reason
-    assert calls == [short.forward]  # Only float32 ran; its function goes on to the pass.
-    long = feature_precision.resolve("auto", prefix, 32, 100_000, cpuinfo=flags)
-    assert len(calls) == 3 and "ms in bfloat16" in long.reason
+@pytest.mark.parametrize("t16, chosen", [(0.05, "bfloat16"), (0.095, "float32"),
+                                         (0.2, "float32")])
+def test_in_pass_probe_takes_bfloat16_at_the_margin_with_its_features(monkeypatch, t16,
+                                                                      chosen):
+    monkeypatch.setattr(feature_precision, "forward", lambda prefix, p: Slow(t16, "bf16"))
+    chooser = feature_precision.InPass(None, "the CPU has avx512_bf16", batches=100)
+    float32_fn = object()
+    batches = [np.zeros((8, 4)), np.ones((8, 4))]
+    outputs = chooser.decide(lambda fn, x: fn(x), batches, [0.15, 0.1], float32_fn)
+    assert chooser.precision == chosen and "a batch of 8 took 100 ms in float32" in \
+        chooser.reason and "probed in the pass" in chooser.reason
+    if chosen == "bfloat16":  # The two probed batches, in bfloat16, replace float32's.
+        assert outputs == ["bf16", "bf16"] and isinstance(chooser.forward, Slow)
+    else:
+        assert outputs is None and chooser.forward is float32_fn
 
 
-def test_probe_times_the_best_call_after_a_warm_up():
-    durations = iter([0.5, 0.3, 0.2])  # The warm-up (tracing) is left out.
+def test_in_pass_probe_skips_bfloat16_when_the_rest_of_the_pass_cannot_repay_it(
+        monkeypatch):
+    def no_copy(*args):
+        raise AssertionError("a bfloat16 copy was made for a pass too short to repay it")
+    monkeypatch.setattr(feature_precision, "forward", no_copy)
+    chooser = feature_precision.InPass(None, "the CPU has avx512_bf16", batches=5)
+    float32_fn = object()
+    # 3 batches left at 0.1 s save at most 0.15 s at 2x; the probe: 0.5 s + 2 batches.
+    assert chooser.decide(None, ["x0", "x1"], [0.6, 0.1], float32_fn) is None
+    assert chooser.precision == "float32" and chooser.forward is float32_fn
+    assert "too short for a bfloat16 probe" in chooser.reason
 
-    class Fake:
-        def numpy(self):
-            time.sleep(next(durations))
 
-    assert 0.2 <= feature_precision.probe(lambda batch: Fake(), None) < 0.3
-
-
-def test_a_probed_run_traces_the_chosen_pass_once(tiny_config, tmp_path, monkeypatch,
-                                                  caplog):
-    """The probe's float32 function is the pass's: no second forward function (a VGG16
-    trace costs seconds) is made for either split."""
+@pytest.mark.parametrize("wins", ["bfloat16", "float32"])
+def test_a_probed_pass_caches_one_precision_only(tiny_config, tmp_path, monkeypatch, caplog,
+                                                 wins):
+    """The probe runs in the training split's pass: its first two batches in both
+    precisions. Every cached row, those two batches' too, is the chosen precision's
+    (bfloat16 rows never mix with float32 ones), and the validation split follows."""
     monkeypatch.setattr(feature_precision, "native_bf16",
                         lambda cpuinfo=None: (True, "the CPU has avx512_bf16 (test)"))
-    monkeypatch.setattr(feature_precision, "probe", lambda fn, batch, calls=2: 1.0)
     monkeypatch.setattr(feature_precision, "PAYBACK", 0)  # Probe even this tiny pass.
-    made = []
-    original = feature_cache.forward_function
+    monkeypatch.setattr(feature_precision, "MARGIN", 0 if wins == "bfloat16" else 1e9)
+    seen = {}
+    original = feature_cache.cached_features
 
-    def counted(prefix, fn=None):
-        made.append(fn)
-        return original(prefix, fn)
+    def capture(cut, images, num_examples, path, batch_size, training=True, chooser=None):
+        out = original(cut, images, num_examples, path, batch_size, training, chooser)
+        seen["train" if training else "validation"] = (cut, images, out, path)
+        return out
 
-    monkeypatch.setattr(feature_cache, "forward_function", counted)
-    cfg = tiny_config.replace(feature_cache="memory", epochs=1, feature_precision="auto")
+    monkeypatch.setattr(feature_cache, "cached_features", capture)
+    cfg = tiny_config.replace(feature_cache="disk", epochs=1, feature_precision="auto",
+                              synthetic_examples=80, feature_cache_dir=str(tmp_path / "f"))
     with caplog.at_level(logging.INFO):
         phases.train(cfg, run_dir=str(tmp_path / "run"))
-    assert "frozen forward pass in float32 (the CPU has avx512_bf16 (test); a batch" in \
-        caplog.text
-    assert len(made) == 2  # The probe's float32 and bfloat16 functions, nothing more.
+    assert f"frozen forward pass in {wins} (the CPU has avx512_bf16 (test); a batch of 8" \
+        in caplog.text
+    for split in ("train", "validation"):
+        cut, images, out, _ = seen[split]
+        got = np.stack([f for f, _ in out.as_numpy_iterator()])
+        expected, other = (
+            np.concatenate([feature_precision.forward(cut.prefix, p)(
+                tf.cast(x, tf.float32)).numpy() for x, _ in images.batch(8)])
+            for p in (wins, "float32" if wins == "bfloat16" else "bfloat16"))
+        assert len(got) == len(expected) > 16  # The two probed batches and more.
+        scale = np.linalg.norm(expected[:16])
+        assert np.linalg.norm(got - expected) <= 1e-6 * np.linalg.norm(expected)
+        assert np.linalg.norm(got[:16] - other[:16]) > 1e-4 * scale
+    # On disk under the chosen precision's key: one folder, both splits.
+    assert len(list((tmp_path / "f").iterdir())) == 1
 
 
 def test_bfloat16_forward_is_close_and_float32(prefix):
@@ -157,29 +154,24 @@ def test_a_head_phase_trains_on_bfloat16_features(tiny_config, tmp_path, caplog)
     assert 0 < np.linalg.norm(a - b) / np.linalg.norm(a) < 0.1
 
 
-@pytest.mark.parametrize("faster", ["float32", "bfloat16"])
+@pytest.mark.parametrize("wins", ["float32", "bfloat16"])
 def test_auto_reuses_the_features_an_earlier_run_left_on_disk_without_probing(
-        tiny_config, tmp_path, monkeypatch, caplog, faster):
+        tiny_config, tmp_path, monkeypatch, caplog, wins):
     """A sweep's trials (and a re-run) share a disk feature cache: under `auto` the
     precision whose features are there already is taken, and nothing is probed."""
     monkeypatch.setattr(feature_precision, "native_bf16",
                         lambda cpuinfo=None: (True, "the CPU has avx512_bf16 (test)"))
     monkeypatch.setattr(feature_precision, "PAYBACK", 0)
-    probes = []
-
-    def timed(fn, batch, calls=2):
-        probes.append(fn)
-        return 1.0 if (len(probes) == 1) == (faster == "float32") else 3.0
-
-    monkeypatch.setattr(feature_precision, "probe", timed)
+    monkeypatch.setattr(feature_precision, "MARGIN", 0 if wins == "bfloat16" else 1e9)
     cfg = tiny_config.replace(feature_cache="disk", epochs=1, feature_precision="auto",
                               feature_cache_dir=str(tmp_path / "features"))
     phases.train(cfg, run_dir=str(tmp_path / "first"))
-    assert len(probes) == 2
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("probed again")
+    monkeypatch.setattr(feature_precision.InPass, "decide", no_probe)
     with caplog.at_level(logging.INFO):
         phases.train(cfg, run_dir=str(tmp_path / "second"))
-    assert len(probes) == 2  # Not probed again.
-    assert f"frozen forward pass in {faster} (the features in {faster} are on disk" \
-        in caplog.text
+    assert f"frozen forward pass in {wins} (the features in {wins} are on disk" in caplog.text
     assert "loaded the features" in caplog.text and "computed the features" not in caplog.text
     assert len(list((tmp_path / "features").iterdir())) == 1

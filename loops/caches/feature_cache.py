@@ -153,7 +153,7 @@ READ_ROWS = 256  # Rows per read from the arrays (tf.data then unbatches them).
 
 
 def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
-                    path: str | None, batch_size: int, training: bool = True
+                    path, batch_size: int, training: bool = True, chooser=None
                     ) -> tf.data.Dataset:
     """(features, label) in the order of `images` (unbatched): the frozen pass runs
     now, in this thread, into arrays in memory (path None) or into two .npy files
@@ -163,13 +163,19 @@ def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
 
     With a flip in the prefix (`cut.flip`) the features are `[features(x),
     features(mirror x)]` for the training split (`training`), and the image's
-    features twice for the others (stacked when read)."""
+    features twice for the others (stacked when read).
+
+    `chooser` (a `feature_precision.InPass`): `--feature_precision=auto`'s probe, made
+    in this pass; `path` is then None or `path(precision)`, the place for the features
+    of the precision chosen."""
     both = cut.flip is not None and training
-    arrays = _load(path, num_examples) if path else None
+    arrays = _load(path, num_examples) if path and not callable(path) else None
     if arrays is None:
         start, cpu = time.perf_counter(), time.process_time()
         arrays = _compute(cut, images, num_examples, batch_size, both, path,
-                          "training" if training else "validation")
+                          "training" if training else "validation", chooser)
+        if callable(path):
+            path = path(chooser.precision)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         # The cores the pass kept busy (CPU seconds of the whole process over wall
         # seconds): on 2 cores a healthy pass shows ~1.9 (bench/README.md, issue 24).
@@ -186,7 +192,8 @@ def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
     return features
 
 
-def _compute(cut, images, num_examples, batch_size, both, path, split="training"):
+def _compute(cut, images, num_examples, batch_size, both, path, split="training",
+             chooser=None):
     """The frozen pass over `images`, batch by batch, as an ordinary call of the
     traced prefix in this thread, not inside a tf.data map: tf.data runs a map
     function's ops on one intra-op thread and without grappler's fusions, 2-4x
@@ -196,7 +203,9 @@ def _compute(cut, images, num_examples, batch_size, both, path, split="training"
     for every layer (5 s for EfficientNet-B0's 238 layers here): `_pad_is_cheaper`.
     In inference mode each example's features do not depend on the others in its
     batch. Features that are not finite (NaN, inf) are an error, never cached: the
-    frozen weights or the images are broken, and training on them cannot work."""
+    frozen weights or the images are broken, and training on them cannot work.
+    With a `chooser` its probe runs after the first two full batches (see
+    `feature_precision.InPass`); `path` may then be `path(precision)`."""
     if cut.forward is None:
         cut.forward = forward_function(cut.prefix)
     prefix = cut.forward
@@ -205,18 +214,34 @@ def _compute(cut, images, num_examples, batch_size, both, path, split="training"
     shape = (num_examples, *((2,) if both else ()), *cut.prefix.output.shape[1:])
     labels = np.empty((num_examples, *label_spec.shape), label_spec.dtype.as_numpy_dtype)
     if path:
+        # A `path(precision)`'s folder is known once the precision is chosen: until
+        # then the features go to a temporary in the cache's root.
+        folder = (os.path.dirname(os.path.dirname(path("float32"))) if callable(path)
+                  else os.path.dirname(path))
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
         except OSError as e:
-            raise RunError(f"cannot create the feature cache folder {os.path.dirname(path)} "
+            raise RunError(f"cannot create the feature cache folder {folder} "
                            f"({e.strerror}); pass a writable --feature_cache_dir") from None
-        _remove_dead_temporaries(path)
-        temporary = f"{path}.{os.getpid()}.tmp"
+        if callable(path):
+            temporary = os.path.join(folder, f".{split}-{os.getpid()}.tmp")
+        else:
+            _remove_dead_temporaries(path)
+            temporary = f"{path}.{os.getpid()}.tmp"
         features = np.lib.format.open_memmap(temporary + FEATURES, "w+", dtype.as_numpy_dtype,
                                              shape)
     else:
         features = np.empty(shape, dtype.as_numpy_dtype)
-    done, seconds, non_finite = 0, [], 0  # Seconds per full batch.
+    done, seconds, non_finite = 0, [], []  # Seconds and non-finite rows per full batch.
+    probe = []  # (images, rows) of the first two full batches, for `chooser`.
+
+    def run(fn, x, n):
+        f = flip_features.both_outcomes(fn, x) if both else fn(x)
+        return tf.cast(f[:n], dtype).numpy()
+
+    def bad_rows(f, n):
+        return n - int(np.isfinite(f.reshape(n, -1)).all(axis=1).sum())
+
     for x, y in images.batch(batch_size).prefetch(1):
         n = int(tf.shape(y)[0])
         if done + n > num_examples:
@@ -226,13 +251,24 @@ def _compute(cut, images, num_examples, batch_size, both, path, split="training"
                                               len(cut.prefix.layers)):
             x = tf.pad(x, [[0, batch_size - n]] + [[0, 0]] * (len(x.shape) - 1))
         start = time.perf_counter()
-        f = flip_features.both_outcomes(prefix, x) if both else prefix(x)
-        features[done:done + n] = f = tf.cast(f[:n], dtype).numpy()
-        non_finite += n - int(np.isfinite(f.reshape(n, -1)).all(axis=1).sum())
+        features[done:done + n] = f = run(prefix, x, n)
+        non_finite.append(bad_rows(f, n))
         if n == batch_size:
             seconds.append(time.perf_counter() - start)
+            if chooser is not None and chooser.precision is None:
+                probe.append((x, slice(done, done + n), len(non_finite) - 1))
+                if len(probe) == 2:
+                    outputs = chooser.decide(lambda fn, x, n=n: run(fn, x, n),
+                                             [x for x, _, _ in probe], seconds[-2:], prefix)
+                    for (_, rows, index), f in zip(probe, outputs or (), strict=False):
+                        features[rows] = f  # One precision in the cache.
+                        non_finite[index] = bad_rows(f, n)
+                    prefix, probe = chooser.forward, []
         labels[done:done + n] = y.numpy()
         done += n
+    if chooser is not None and chooser.precision is None:
+        chooser.settle(prefix)  # Fewer than two full batches: nothing to probe on.
+    non_finite = sum(non_finite)
     if done != num_examples:
         raise RuntimeError(f"the split has {done} examples, not {num_examples}: its files "
                            "changed during the run; run again")
@@ -249,6 +285,10 @@ def _compute(cut, images, num_examples, batch_size, both, path, split="training"
         return features, labels
     features.flush()
     del features
+    if callable(path):
+        path = path(chooser.precision)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _remove_dead_temporaries(path)
     np.save(temporary + LABELS, labels)
     os.replace(temporary + LABELS, path + LABELS)
     os.replace(temporary + FEATURES, path + FEATURES)  # Last: its presence means complete.

@@ -9,15 +9,11 @@ compute in bfloat16 (`BF16_HOW`: every layer's dtype bfloat16, "copy"; Keras'
 multiplies bfloat16 natively, and not even everywhere there: on an AMD EPYC with
 avx512_bf16 the copy ran VGG16 2.0x, ResNet50 1.4x and MobileNet 0.97x as fast as
 float32; on an Intel Xeon with avx512_bf16 and no AMX, VGG16 0.63x and MobileNet
-0.68x (bench/README.md, issue 24). So `auto` decides by a probe, where /proc/cpuinfo
-lists native bfloat16: a small batch of random pixels (the data pipeline is not
-touched; speed does not depend on the pixels) in each precision, one warm-up call
-then the best of two, and bfloat16 only when it is at least `MARGIN` times as fast
-(approximate features must pay for themselves). The chosen precision's traced
-function is reused for the pass, so the probe's cost is the other precision's
-copy, trace and three small calls, plus three small float32 calls; bfloat16 is not
-probed at all when the float32 pass is too short for that to pay (`PAYBACK`).
-Without native bfloat16, `auto` is float32 at no cost.
+0.68x (bench/README.md, issue 24). So `auto` decides by a probe where /proc/cpuinfo
+lists native bfloat16, made inside the training split's pass (`InPass`): its float32
+side is the pass's own first batches, and bfloat16 is probed only when the rest of
+the pass is long enough to repay it. Without native bfloat16, `auto` is float32 at no
+cost.
 """
 from __future__ import annotations
 
@@ -26,23 +22,20 @@ import time
 from typing import NamedTuple
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 BF16_HOW = "copy"  # "copy" (bfloat16 layers) or "policy" (mixed_bfloat16): bench/bf16.py
-PROBE_EXAMPLES = 8  # The probe's batch (at most the run's batch size).
 MARGIN = 1.1  # bfloat16 must be this many times as fast as float32 in the probe.
-# bfloat16 is probed only when the float32 pass is estimated to take this many times
-# what the bfloat16 probe costs: where float32 wins, the probe then costs at most
-# 1/PAYBACK of the pass (and a short pass, e.g. MobileNet's, is not probed at all).
-PAYBACK = 5
+# bfloat16 is probed only when, were it 2x as fast, the rest of the pass would save
+# PAYBACK times what its probe costs (a short pass, e.g. MobileNet's, is not probed).
+PAYBACK = 2
 
 
 class Choice(NamedTuple):
     precision: str  # "float32" or "bfloat16"
     reason: str
-    forward: object = None  # The probed, traced forward function of `precision`, if any.
+    forward: object = None  # The chosen precision's traced forward function, if made.
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set | None:
@@ -109,60 +102,63 @@ def forward(prefix: keras.Model, precision: str, how: str | None = None):
     return forward_function(prefix, lambda x: tf.cast(copy(x, training=False), tf.float32))
 
 
-def resolve(mode: str, prefix: keras.Model, batch_size: int = 32, num_examples: int = 0,
-            probe_batch=None, cpuinfo: str = "/proc/cpuinfo") -> Choice:
-    """The precision of the frozen pass over `num_examples` images (0: unknown) for
-    `--feature_precision=mode`.
-
-    `auto` is float32 without probing unless the CPU has native bfloat16; with it, one
-    batch (`probe_batch()`, default min(`batch_size`, `PROBE_EXAMPLES`) images of
-    random pixels) runs in float32, then, unless the pass is too short for a bfloat16
-    probe to pay (`PAYBACK`), in bfloat16, which is chosen when it is `MARGIN` times as
-    fast. `Choice.forward` is the chosen precision's traced function."""
+def resolve(mode: str, cpuinfo: str = "/proc/cpuinfo") -> Choice:
+    """The precision of the frozen pass for `--feature_precision=mode`, or, for `auto`
+    on a CPU with native bfloat16, `Choice("auto", why)`: probe it in the pass
+    (`InPass`). Without native bfloat16, `auto` is float32 and costs nothing."""
     if mode != "auto":
         return Choice(mode, f"--feature_precision={mode}")
     native, why = native_bf16(cpuinfo)
-    if not native:
-        return Choice("float32", why)
-    if probe_batch is not None:
-        batch = probe_batch()
-    else:
-        shape = (min(batch_size, PROBE_EXAMPLES), *prefix.input.shape[1:])
-        batch = np.random.default_rng(0).uniform(0, 255, shape).astype("float32")
-    batch = tf.cast(batch, tf.float32)
-    size = int(batch.shape[0])
-    functions = {"float32": forward(prefix, "float32")}
-    start = time.perf_counter()
-    seconds = {"float32": probe(functions["float32"], batch)}
-    spent = time.perf_counter() - start  # Tracing and three calls.
-    if num_examples:
-        # The bfloat16 probe costs a copy and a trace (as float32's warm-up did) and
-        # three calls, up to 1/0.63 as slow as float32's (an Intel CPU without AMX).
-        cost = max(spent - 2 * seconds["float32"], 0) + 3 * seconds["float32"] / 0.63
-        pass_seconds = seconds["float32"] / size * num_examples
-        if pass_seconds < PAYBACK * cost:
-            return Choice("float32", f"{why}; the pass takes ~{pass_seconds:.1f} s in "
-                          f"float32, too short for a bfloat16 probe (~{cost:.1f} s) to pay",
-                          functions["float32"])
-    functions["bfloat16"] = forward(prefix, "bfloat16")
-    seconds["bfloat16"] = probe(functions["bfloat16"], batch)
-    choice = "bfloat16" if seconds["bfloat16"] * MARGIN <= seconds["float32"] else "float32"
-    return Choice(choice, f"{why}; a batch of {size} took "
-                  f"{seconds['float32'] * 1e3:.0f} ms in float32, "
-                  f"{seconds['bfloat16'] * 1e3:.0f} ms in bfloat16 (bfloat16 when "
-                  f"{MARGIN:g}x as fast)", functions[choice])
+    return Choice("auto" if native else "float32", why)
 
 
-def probe(fn, batch, calls: int = 2) -> float:
-    """Seconds of the fastest of `calls` calls of `fn(batch)`, after one warm-up call
-    (tracing, kernels)."""
-    fn(batch).numpy()
-    best = float("inf")
-    for _ in range(calls):
+class InPass:
+    """`auto`'s probe inside the training split's frozen pass, so that the probe's
+    float32 side costs nothing: the pass's first two full batches run in float32 (the
+    first traces and creates the kernels the pass needs anyway, the second is timed);
+    then, only when the rest of the pass is long enough for bfloat16 to repay its probe
+    (at 2x, `PAYBACK`), the same two batches run in bfloat16 (a copy, its trace, a
+    warm-up, the second timed); bfloat16 wins at `MARGIN`x, and then its features of
+    those two batches replace float32's (the cache holds one precision) and the pass
+    goes on in bfloat16. Where float32 wins, the probe's cost is the bfloat16 copy,
+    trace and two batches; where the pass is short, nothing."""
+
+    def __init__(self, prefix: keras.Model, why: str, batches: int):
+        self.prefix, self.why, self.batches = prefix, why, batches
+        self.precision, self.reason, self.forward = None, "", None  # Until decided.
+
+    def decide(self, run, images: list, seconds: list, float32_fn):
+        """After the first two full batches (`images`, each run's `seconds`, float32):
+        the bfloat16 features of those batches when bfloat16 wins, else None. `run(fn, x)`
+        computes a batch's features as stored (flips included)."""
+        first, t32 = seconds
+        remaining = self.batches - 2
+        # The bfloat16 probe: a copy and trace and new kernels (as float32's first batch
+        # cost beyond its compute) and two batches, up to 1/0.63 as slow as float32's.
+        cost = max(first - t32, 0) + 2 * t32 / 0.63
+        gain = remaining * t32 / 2  # Were bfloat16 2x as fast.
+        self.precision, self.forward = "float32", float32_fn
+        if gain < PAYBACK * cost:
+            self.reason = (f"{self.why}; the rest of the pass (~{remaining * t32:.1f} s in "
+                           f"float32) is too short for a bfloat16 probe (~{cost:.1f} s) to pay")
+            return None
+        fn = forward(self.prefix, "bfloat16")
+        outputs = [run(fn, images[0])]
         start = time.perf_counter()
-        fn(batch).numpy()
-        best = min(best, time.perf_counter() - start)
-    return best
+        outputs.append(run(fn, images[1]))
+        t16 = time.perf_counter() - start
+        self.reason = (f"{self.why}; a batch of {int(images[1].shape[0])} took "
+                       f"{t32 * 1e3:.0f} ms in float32, {t16 * 1e3:.0f} ms in bfloat16 "
+                       f"(bfloat16 when {MARGIN:g}x as fast), probed in the pass")
+        if t16 * MARGIN > t32:
+            return None
+        self.precision, self.forward = "bfloat16", fn
+        return outputs
+
+    def settle(self, float32_fn) -> None:
+        """A pass of fewer than two full batches: float32, nothing probed."""
+        self.precision, self.forward = "float32", float32_fn
+        self.reason = f"{self.why}; the pass is too short to probe"
 
 
 def log_choice(precision: str, reason: str) -> None:

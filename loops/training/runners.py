@@ -198,30 +198,52 @@ class CustomRunner(Runner):
                 root = (cfg.feature_cache_dir
                         or os.path.join(cfg.workdir if plan.chief else plan.run_dir,
                                         feature_cache.CACHE_DIR))
+            chooser, precision = None, "float32"
             if cfg.feature_precision != "float32":  # loops/caches/feature_precision.py
                 choice = self._precision(cut, key, root)
-                feature_precision.log_choice(choice.precision, choice.reason)
-                if choice.forward is not None:  # Probed, so traced already: reused.
-                    cut.forward = choice.forward
-                elif choice.precision != "float32":
-                    cut.forward = feature_precision.forward(cut.prefix, choice.precision)
-                key = precision_key(key, choice.precision)
-            folder = root and os.path.join(root, feature_cache.fingerprint(cut, key))
-            train_examples, validation_examples = (
-                feature_cache.cached_features(cut, images, splits.sizes[split],
-                                              folder and os.path.join(folder, split),
-                                              cfg.batch_size, training=split == "train")
-                for split, images in (("train", splits.train),
-                                      ("validation", splits.validation)))
+                precision = choice.precision
+                if precision == "auto":  # Probed in the training split's pass.
+                    passes = 2 if cut.flip is not None else 1  # Flips: each photo twice.
+                    batches = sum(math.ceil(passes * splits.sizes[split] / cfg.batch_size)
+                                  for split in ("train", "validation"))
+                    chooser = feature_precision.InPass(cut.prefix, choice.reason, batches)
+                else:
+                    feature_precision.log_choice(precision, choice.reason)
+                    if precision != "float32":
+                        cut.forward = feature_precision.forward(cut.prefix, precision)
+            folders = {}
+
+            def place(split, precision):
+                """Where `split`'s features in `precision` live (None: in memory; a
+                function of the precision while `auto` has not chosen it)."""
+                if root is None:
+                    return None
+                if precision == "auto":
+                    return lambda chosen: place(split, chosen)
+                if precision not in folders:
+                    folders[precision] = os.path.join(root, feature_cache.fingerprint(
+                            cut, precision_key(key, precision)))
+                return os.path.join(folders[precision], split)
+
+            train_examples = feature_cache.cached_features(
+                    cut, splits.train, splits.sizes["train"], place("train", precision),
+                    cfg.batch_size, training=True, chooser=chooser)
+            if chooser is not None:
+                feature_precision.log_choice(chooser.precision, chooser.reason)
+                cut.forward, precision = chooser.forward, chooser.precision
+            validation_examples = feature_cache.cached_features(
+                    cut, splits.validation, splits.sizes["validation"],
+                    place("validation", precision), cfg.batch_size, training=False)
         return self._batches(train_examples, validation_examples, position,
                              features=mode != "off")
 
     def _precision(self, cut, key, root) -> "feature_precision.Choice":
         """The frozen pass's precision: under `auto` with a disk cache, the precision
         whose features an earlier run left there (no probe to pay), else
-        `feature_precision.resolve`'s."""
+        `feature_precision.resolve`'s ("auto": probe it in the pass)."""
         cfg, sizes = self.cfg, self.plan.splits.sizes
-        if cfg.feature_precision == "auto" and root:
+        choice = feature_precision.resolve(cfg.feature_precision)
+        if choice.precision == "auto" and root:
             for precision in ("float32", "bfloat16"):
                 folder = os.path.join(root, feature_cache.fingerprint(
                         cut, precision_key(key, precision)))
@@ -229,9 +251,7 @@ class CustomRunner(Runner):
                     return feature_precision.Choice(
                             precision, f"the features in {precision} are on disk already, "
                             f"computed by an earlier run ({folder})")
-        passes = 2 if cut.flip is not None else 1  # Flips: each photo twice.
-        return feature_precision.resolve(cfg.feature_precision, cut.prefix, cfg.batch_size,
-                                         passes * sizes["train"] + sizes["validation"])
+        return choice
 
     def _new_stage(self, epoch):
         """Gradual unfreezing moved to a new stage at the start of `epoch`: re-cut the
