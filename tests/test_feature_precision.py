@@ -106,6 +106,10 @@ def test_a_probed_pass_caches_one_precision_only(tiny_config, tmp_path, monkeypa
     monkeypatch.setattr(feature_cache, "cached_features", capture)
     cfg = tiny_config.replace(feature_cache="disk", epochs=1, feature_precision="auto",
                               synthetic_examples=80, feature_cache_dir=str(tmp_path / "f"))
+    # What a killed probed run leaves in the cache's root (its pid no longer runs).
+    (tmp_path / "f").mkdir()
+    stale = tmp_path / "f" / f".auto-training.{2**22 + 12345}.tmp{feature_cache.FEATURES}"
+    stale.write_bytes(b"half")
     with caplog.at_level(logging.INFO):
         phases.train(cfg, run_dir=str(tmp_path / "run"))
     assert f"frozen forward pass in {wins} (the CPU has avx512_bf16 (test); a batch of 8" \
@@ -121,8 +125,8 @@ def test_a_probed_pass_caches_one_precision_only(tiny_config, tmp_path, monkeypa
         scale = np.linalg.norm(expected[:16])
         assert np.linalg.norm(got - expected) <= 1e-6 * np.linalg.norm(expected)
         assert np.linalg.norm(got[:16] - other[:16]) > 1e-4 * scale
-    # On disk under the chosen precision's key: one folder, both splits.
-    assert len(list((tmp_path / "f").iterdir())) == 1
+    # On disk under the chosen precision's key: one folder, both splits; no temporary.
+    assert len(list((tmp_path / "f").iterdir())) == 1 and not stale.exists()
 
 
 def test_bfloat16_forward_is_close_and_float32(prefix):

@@ -83,12 +83,20 @@ def assert_same_run(reference, resumed):
 
 def test_killed_and_resumed_runs_equal_an_uninterrupted_run(tmp_path):
     rng = random.Random(20261128)
-    reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
-    all_points = {}
-    for phase in ("head", "finetune"):
-        run_to_completion(reference, phase)
-        all_points[phase] = run_with_kills(killed, phase, rng, KILLS_PER_PHASE)
-        assert_same_run(os.path.join(reference, phase), os.path.join(killed, phase))
+    reference = str(tmp_path / "reference")
+    all_points = {"head": [], "finetune": []}
+    for round_ in range(3):
+        # A loaded machine can let a run finish before its kills land (the suite's
+        # other worker): then another round of kills in a fresh folder, each round
+        # checked against the same uninterrupted run.
+        killed = str(tmp_path / f"killed{round_}")
+        for phase in ("head", "finetune"):
+            if round_ == 0:
+                run_to_completion(reference, phase)
+            all_points[phase] += run_with_kills(killed, phase, rng, KILLS_PER_PHASE)
+            assert_same_run(os.path.join(reference, phase), os.path.join(killed, phase))
+        if sum(len(points) for points in all_points.values()) >= 6:
+            break
     assert sum(len(points) for points in all_points.values()) >= 6, all_points
     print("killed after backups number:", all_points)
 

@@ -223,11 +223,9 @@ def _compute(cut, images, num_examples, batch_size, both, path, split="training"
         except OSError as e:
             raise RunError(f"cannot create the feature cache folder {folder} "
                            f"({e.strerror}); pass a writable --feature_cache_dir") from None
-        if callable(path):
-            temporary = os.path.join(folder, f".{split}-{os.getpid()}.tmp")
-        else:
-            _remove_dead_temporaries(path)
-            temporary = f"{path}.{os.getpid()}.tmp"
+        base = os.path.join(folder, f".auto-{split}") if callable(path) else path
+        _remove_dead_temporaries(base)  # Also the root's `.auto-*` of killed runs.
+        temporary = f"{base}.{os.getpid()}.tmp"
         features = np.lib.format.open_memmap(temporary + FEATURES, "w+", dtype.as_numpy_dtype,
                                              shape)
     else:
