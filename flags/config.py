@@ -411,8 +411,8 @@ class Config:
         "float32", G_SPEED, "Precision of the feature cache's frozen forward pass (features "
         "are stored as float32): float32 (exact), bfloat16 (approximate; faster only on some "
         "CPUs with native bf16, AVX512-BF16/AMX, and not for every backbone), or auto "
-        "(bfloat16 only where the CPU has native bf16 and a small probe runs it at least "
-        "1.1x as fast for this backbone).",
+        "(bfloat16 only where the CPU has native bf16 and a probe in the training split's "
+        "pass runs it at least 1.1x as fast for this backbone).",
         choices=FEATURE_PRECISIONS)
     image_cache: str = _flag(
         "auto", G_SPEED, "Decoded-image cache: disk keeps each split's decoded, resized "
