@@ -203,9 +203,11 @@ class CustomRunner(Runner):
                 choice = self._precision(cut, key, root)
                 precision = choice.precision
                 if precision == "auto":  # Probed in the training split's pass.
-                    passes = 2 if cut.flip is not None else 1  # Flips: each photo twice.
-                    batches = sum(math.ceil(passes * splits.sizes[split] / cfg.batch_size)
-                                  for split in ("train", "validation"))
+                    # In training-batch units: with flips a training batch runs each
+                    # photo twice, a validation batch once.
+                    passes = 2 if cut.flip is not None else 1
+                    batches = (math.ceil(splits.sizes["train"] / cfg.batch_size)
+                               + math.ceil(splits.sizes["validation"] / cfg.batch_size) / passes)
                     chooser = feature_precision.InPass(cut.prefix, choice.reason, batches)
                 else:
                     feature_precision.log_choice(precision, choice.reason)
