@@ -204,17 +204,12 @@ def vector_units(cpuinfo: str = "/proc/cpuinfo") -> str:
     """What decides the speed of float32 and bfloat16 here: the widest vector unit and
     native bfloat16 (machines of one name differ: AVX2-only, AVX-512 with avx512_bf16,
     AMX)."""
-    flags = set()
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags.update(line.split(":", 1)[1].split())
-                    break
-    except OSError:
+    from loops.caches.feature_precision import NATIVE_BF16_FLAGS, cpu_flags
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
         return "flags unknown"
     width = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    bf16 = [f for f in NATIVE_BF16_FLAGS if f in flags]
     return f"{width}, {' + '.join(bf16) if bf16 else 'no native bf16'}" + (
         "" if "amx_bf16" in flags else ", no AMX")
 

@@ -62,32 +62,21 @@ def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, str]:
     return False, f"the CPU has no native bfloat16 ({' or '.join(NATIVE_BF16_FLAGS)})"
 
 
-def bfloat16_copy(prefix: keras.Model) -> keras.Model:
-    """A copy of `prefix` computing in bfloat16 (its own bfloat16 weights), taking and
-    returning float32."""
+def bfloat16_copy(prefix: keras.Model, how: str = BF16_HOW) -> keras.Model:
+    """A copy of `prefix` computing in bfloat16, taking float32: "copy", every layer's
+    dtype bfloat16 (its own bfloat16 weights); "policy", Keras' `mixed_bfloat16` policy
+    (float32 weights, the prefix's values, cast to bfloat16 at each call; Keras keeps
+    normalization statistics in float32)."""
+    dtype = "mixed_bfloat16" if how == "policy" else "bfloat16"
+
     def clone(layer):
         config = layer.get_config()
-        config["dtype"] = "bfloat16"
+        config["dtype"] = dtype
         return layer.__class__.from_config(config)
 
     copy = keras.models.clone_model(prefix, clone_function=clone)
     for source, target in zip(prefix.weights, copy.weights, strict=True):
         target.assign(tf.cast(source, target.dtype))
-    return copy
-
-
-def mixed_bfloat16_copy(prefix: keras.Model) -> keras.Model:
-    """A copy of `prefix` under Keras' `mixed_bfloat16` policy: float32 weights (the
-    prefix's values) cast to bfloat16 at each call, computations in bfloat16 (Keras
-    keeps normalization statistics in float32)."""
-    def clone(layer):
-        config = layer.get_config()
-        config["dtype"] = "mixed_bfloat16"
-        return layer.__class__.from_config(config)
-
-    copy = keras.models.clone_model(prefix, clone_function=clone)
-    for source, target in zip(prefix.weights, copy.weights, strict=True):
-        target.assign(source)
     return copy
 
 
@@ -97,8 +86,7 @@ def forward(prefix: keras.Model, precision: str, how: str | None = None):
     from loops.caches.feature_cache import forward_function
     if precision == "float32":
         return forward_function(prefix)
-    how = how or BF16_HOW
-    copy = mixed_bfloat16_copy(prefix) if how == "policy" else bfloat16_copy(prefix)
+    copy = bfloat16_copy(prefix, how or BF16_HOW)
     return forward_function(prefix, lambda x: tf.cast(copy(x, training=False), tf.float32))
 
 

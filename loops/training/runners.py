@@ -198,9 +198,18 @@ class CustomRunner(Runner):
                 root = (cfg.feature_cache_dir
                         or os.path.join(cfg.workdir if plan.chief else plan.run_dir,
                                         feature_cache.CACHE_DIR))
+            folders = {}
+
+            def folder_of(precision):
+                """The disk cache folder of the features in `precision` (hashed once)."""
+                if precision not in folders:
+                    folders[precision] = os.path.join(root, feature_cache.fingerprint(
+                            cut, precision_key(key, precision)))
+                return folders[precision]
+
             chooser, precision = None, "float32"
             if cfg.feature_precision != "float32":  # loops/caches/feature_precision.py
-                choice = self._precision(cut, key, root)
+                choice = self._precision(folder_of if root else None)
                 precision = choice.precision
                 if precision == "auto":  # Probed in the training split's pass.
                     # In training-batch units: with flips a training batch runs each
@@ -213,7 +222,6 @@ class CustomRunner(Runner):
                     feature_precision.log_choice(precision, choice.reason)
                     if precision != "float32":
                         cut.forward = feature_precision.forward(cut.prefix, precision)
-            folders = {}
 
             def place(split, precision):
                 """Where `split`'s features in `precision` live (None: in memory; a
@@ -222,10 +230,7 @@ class CustomRunner(Runner):
                     return None
                 if precision == "auto":
                     return lambda chosen: place(split, chosen)
-                if precision not in folders:
-                    folders[precision] = os.path.join(root, feature_cache.fingerprint(
-                            cut, precision_key(key, precision)))
-                return os.path.join(folders[precision], split)
+                return os.path.join(folder_of(precision), split)
 
             train_examples = feature_cache.cached_features(
                     cut, splits.train, splits.sizes["train"], place("train", precision),
@@ -239,17 +244,16 @@ class CustomRunner(Runner):
         return self._batches(train_examples, validation_examples, position,
                              features=mode != "off")
 
-    def _precision(self, cut, key, root) -> "feature_precision.Choice":
-        """The frozen pass's precision: under `auto` with a disk cache, the precision
-        whose features an earlier run left there (no probe to pay), else
-        `feature_precision.resolve`'s ("auto": probe it in the pass)."""
-        cfg, sizes = self.cfg, self.plan.splits.sizes
-        choice = feature_precision.resolve(cfg.feature_precision)
-        if choice.precision == "auto" and root:
+    def _precision(self, folder_of) -> "feature_precision.Choice":
+        """The frozen pass's precision: under `auto` with a disk cache (`folder_of`, the
+        folder of a precision's features), the precision whose features an earlier run
+        left there (no probe to pay), else `feature_precision.resolve`'s ("auto": probe
+        it in the pass)."""
+        choice = feature_precision.resolve(self.cfg.feature_precision)
+        if choice.precision == "auto" and folder_of:
             for precision in ("float32", "bfloat16"):
-                folder = os.path.join(root, feature_cache.fingerprint(
-                        cut, precision_key(key, precision)))
-                if feature_cache.on_disk(folder, sizes):
+                folder = folder_of(precision)
+                if feature_cache.on_disk(folder, self.plan.splits.sizes):
                     return feature_precision.Choice(
                             precision, f"the features in {precision} are on disk already, "
                             f"computed by an earlier run ({folder})")
