@@ -10,14 +10,17 @@ control and format characters as `\\xNN` / `\\uNNNN`, bytes that are not UTF-8 a
 """
 import sys
 
-from flags.quiet import silence_native_logs
+if __name__ == "__main__" and not __package__:  # `python predict.py` in a checkout:
+    import _checkout  # noqa: F401  (its own tapefit, installed, or one line)
+
+from tapefit.flags.quiet import silence_native_logs
 
 if __name__ == "__main__":
     silence_native_logs()  # Before anything imports TensorFlow.
 
 from absl import app, flags  # noqa: E402
 
-from flags.definitions import define_help_flags  # noqa: E402
+from tapefit.flags.definitions import define_help_flags  # noqa: E402
 
 flags.DEFINE_string("workdir", "runs/default", "Run directory written by train.py.")
 define_help_flags()
@@ -28,7 +31,7 @@ BATCH = 32  # Images per model call (a folder may hold thousands).
 def escaped(name) -> str:
     """`name` (a str or a file name) safe to print as one field of one line: see the
     module docstring. Distinct names stay distinct."""
-    from flags.errors import escape_controls
+    from tapefit.flags.errors import escape_controls
     return escape_controls(name, backslash=True)
 
 
@@ -37,8 +40,8 @@ def image_paths(args):
     it (sorted), with the entries under folders that are no regular files."""
     import os
 
-    from flags.errors import DataError
-    from input_pipeline.folders import image_files
+    from tapefit.flags.errors import DataError
+    from tapefit.input_pipeline.folders import image_files
     paths, others = [], []
     for arg in args:
         if os.path.isdir(arg):
@@ -53,18 +56,18 @@ def image_paths(args):
     return paths, others
 
 
-def main(argv):
+def predict(argv):
     if not argv[1:]:
         raise app.UsageError("pass one or more image files or folders: "
-                             "predict.py --workdir=W IMAGE_OR_FOLDER...")
+                             "tapefit predict --workdir=W IMAGE_OR_FOLDER...")
     import logging
 
     import keras
     import numpy as np
 
-    from flags.errors import DataError, RunError, TapefitError, escape_controls
-    from input_pipeline import read_image_file
-    from loops import train_lib
+    from tapefit.flags.errors import DataError, RunError, TapefitError, escape_controls
+    from tapefit.input_pipeline import read_image_file
+    from tapefit.loops import train_lib
     try:
         paths, skipped = image_paths(argv[1:])
         # Missing or corrupt config.json / classes.json / weights, weights with NaN or
@@ -101,6 +104,11 @@ def main(argv):
               f"{escaped(skipped[0])}", file=sys.stderr)
 
 
+def main(argv=None):
+    """The `tapefit predict` command (absl's `app.run`; `argv` defaults to `sys.argv`)."""
+    from tapefit.loops.entry import app_run
+    app_run(predict, argv)
+
+
 if __name__ == "__main__":
-    from loops.entry import app_run
-    app_run(main)
+    main()

@@ -24,15 +24,18 @@ Flags are read here only.
 import os
 import sys
 
-from flags.quiet import silence_native_logs
+if __name__ == "__main__" and not __package__:  # `python sweep.py` in a checkout:
+    import _checkout  # noqa: F401  (its own tapefit, installed, or one line)
+
+from tapefit.flags.quiet import silence_native_logs
 
 if __name__ == "__main__":
     silence_native_logs()  # Before anything imports TensorFlow.
 
 from absl import flags  # noqa: E402
 
-from flags.definitions import define_flags, define_help_flags  # noqa: E402
-from loops.entry import app_run, run_command  # noqa: E402
+from tapefit.flags.definitions import define_flags, define_help_flags  # noqa: E402
+from tapefit.loops.entry import app_run, run_command  # noqa: E402
 
 define_flags()
 _TRAIN_FLAGS = set(flags.FLAGS)
@@ -85,8 +88,8 @@ def cli_flags() -> dict:
     """The train.py flags given on the command line (the base configuration)."""
     import dataclasses
 
-    from flags.config import Config
-    from flags.errors import ConfigError
+    from tapefit.flags.config import Config
+    from tapefit.flags.errors import ConfigError
     for name, use in (("phase", "--phases"), ("seed", "--seeds"), ("overwrite", None)):
         if FLAGS[name].present:
             fix = f"pass {use}" if use else "delete <workdir>/trials/<id> to run a trial again"
@@ -99,19 +102,19 @@ def check_sweep_numbers() -> None:
     """sweep.py's numeric flags (those with a range in flags/config.py `RANGES`) in
     their ranges (`check_number`): one line naming the fix, before anything is
     written. An unset --max_seeds is every seed."""
-    from flags.config import RANGES, check_number
+    from tapefit.flags.config import RANGES, check_number
     for name in SWEEP_FLAGS:
         if name in RANGES and FLAGS[name].value is not None:
             check_number(name, FLAGS[name].value, FLAGS[name].flag_type())
 
 
 def sweep(cfg):
-    from flags.errors import ConfigError
-    from research import study as study_lib
+    from tapefit.flags.errors import ConfigError
+    from tapefit.research import study as study_lib
 
     if FLAGS.run_trial:  # A worker of --parallel: one trial, described by its trial.json.
         outcome = study_lib.run_one(FLAGS.run_trial, debug=FLAGS.debug)
-        from research import runner
+        from tapefit.research import runner
         return runner.EXIT_LOCKED if outcome == runner.ELSEWHERE else 0
     if not FLAGS["workdir"].present:
         raise ConfigError("pass --workdir=DIR: the study's folder (trials, report)")
@@ -140,7 +143,7 @@ def sweep(cfg):
         result = study_lib._write_report(study, workdir, trials, select_by)
         print(result["markdown"])
         return 0
-    from loops.rundir.run_dir import check_cache_dirs, check_writable
+    from tapefit.loops.rundir.run_dir import check_cache_dirs, check_writable
     check_writable(workdir)  # Before a trial folder is written.
     check_cache_dirs(study.base)
     extra = [f"--logical_cpus={FLAGS.logical_cpus}"] if FLAGS.logical_cpus else []
@@ -156,7 +159,7 @@ def sweep(cfg):
         counts[outcome] = counts.get(outcome, 0) + 1
     race_line = ""
     if study.race is not None:
-        from research import race as race_lib
+        from tapefit.research import race as race_lib
         content = study_lib.runner.read_json(os.path.join(workdir, race_lib.RACE_JSON)) or {}
         epochs = content.get("trial_epochs", {})
         left = (f"winner {content['winner']}" if content.get("winner")
@@ -170,5 +173,10 @@ def sweep(cfg):
     return 0
 
 
+def main(argv=None):
+    """The `tapefit sweep` command (absl's `app.run`; `argv` defaults to `sys.argv`)."""
+    app_run(lambda argv: run_command(argv, sweep), argv)
+
+
 if __name__ == "__main__":
-    app_run(lambda argv: run_command(argv, sweep))
+    main()

@@ -8,13 +8,16 @@ Flags are read here only; the library receives a frozen `Config`.
 """
 import json
 
-from flags.quiet import silence_native_logs
+if __name__ == "__main__" and not __package__:  # `python train.py` in a checkout:
+    import _checkout  # noqa: F401  (its own tapefit, installed, or one line)
+
+from tapefit.flags.quiet import silence_native_logs
 
 if __name__ == "__main__":
     silence_native_logs()  # Before anything imports TensorFlow.
 
-from flags.definitions import define_flags, define_help_flags, define_output_flags  # noqa: E402
-from loops.entry import app_run, run_command  # noqa: E402
+from tapefit.flags.definitions import define_flags, define_help_flags, define_output_flags  # noqa: E402
+from tapefit.loops.entry import app_run, run_command  # noqa: E402
 
 define_flags()
 define_output_flags()
@@ -24,7 +27,7 @@ define_help_flags()
 def train(cfg):
     from absl import flags
 
-    from loops import console, phases
+    from tapefit.loops import console, phases
     result = phases.run(cfg)
     if flags.FLAGS["json"].value:
         print(json.dumps(result, indent=2, sort_keys=True))
@@ -32,5 +35,10 @@ def train(cfg):
         print(console.phase_summary(result))
 
 
+def main(argv=None):
+    """The `tapefit train` command (absl's `app.run`; `argv` defaults to `sys.argv`)."""
+    app_run(lambda argv: run_command(argv, train), argv)
+
+
 if __name__ == "__main__":
-    app_run(lambda argv: run_command(argv, train))
+    main()

@@ -21,11 +21,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from flags.config import Config  # noqa: E402
+from tapefit.flags.config import Config  # noqa: E402
 
 
 def epoch_times(cfg: Config) -> list[float]:
-    from loops import phases
+    from tapefit.loops import phases
 
     start = []
 

@@ -39,7 +39,7 @@ def parse_args(argv=None):
 
 
 def config(args, backbone, **changes):
-    from flags.config import Config
+    from tapefit.flags.config import Config
     mobilenet = backbone == "mobilenet"
     weights = "none"
     if mobilenet and os.path.isfile(args.mobilenet_weights):
@@ -60,8 +60,8 @@ def forward(args, backbone, images):
     import keras
     import numpy as np
 
-    from loops.caches import feature_cache, feature_precision
-    from model import build_model, set_trainable
+    from tapefit.loops.caches import feature_cache, feature_precision
+    from tapefit.model import build_model, set_trainable
     cfg = config(args, backbone)
     keras.utils.set_random_seed(0)
     model = build_model(cfg, 2)
@@ -84,9 +84,9 @@ def train_step(args, backbone, images, labels):
     import keras
     import tensorflow as tf
 
-    from loops.optim.schedules import make_optimizer
-    from loops.training.custom import CustomLoop
-    from model import build_model, set_trainable
+    from tapefit.loops.optim.schedules import make_optimizer
+    from tapefit.loops.training.custom import CustomLoop
+    from tapefit.model import build_model, set_trainable
     seconds = {}
     for policy in ("float32", "mixed_bfloat16"):
         keras.mixed_precision.set_global_policy(policy)
@@ -127,7 +127,7 @@ def main():
     common.quiet_tf()
     import numpy as np
 
-    from loops.caches import feature_precision
+    from tapefit.loops.caches import feature_precision
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (args.batch_size, args.image_size, args.image_size, 3)
                          ).astype("float32")

@@ -204,7 +204,7 @@ def vector_units(cpuinfo: str = "/proc/cpuinfo") -> str:
     """What decides the speed of float32 and bfloat16 here: the widest vector unit and
     native bfloat16 (machines of one name differ: AVX2-only, AVX-512 with avx512_bf16,
     AMX)."""
-    from loops.caches.feature_precision import NATIVE_BF16_FLAGS, cpu_flags
+    from tapefit.loops.caches.feature_precision import NATIVE_BF16_FLAGS, cpu_flags
     flags = cpu_flags(cpuinfo)
     if flags is None:
         return "flags unknown"
@@ -248,7 +248,7 @@ def phase_config(args, variant: str, workdir: str, **changes):
     """The Config of one benchmark run: `variant` is custom (feature cache as
     --feature_cache), custom_nocache (cache off), custom_auto / custom_bf16 (the
     cache with --feature_precision=auto / bfloat16) or fit."""
-    from flags.config import Config
+    from tapefit.flags.config import Config
     loop = "fit" if variant == "fit" else "custom"
     feature_cache = "off" if variant == "custom_nocache" else args.feature_cache
     return Config(loop=loop, workdir=workdir, overwrite=True, backbone=args.backbone,
@@ -269,7 +269,7 @@ def timed_phase(cfg) -> dict:
     """
     import logging
 
-    from loops import phases
+    from tapefit.loops import phases
 
     messages = []
 

@@ -42,8 +42,8 @@ def parse_args(argv=None):
 
 def write_head_weights(args, path):
     """The head-phase model as built (seeded), saved as the finetune starting point."""
-    from loops import train_lib
-    from loops.training.strategy import make_strategy
+    from tapefit.loops import train_lib
+    from tapefit.loops.training.strategy import make_strategy
     classes = [e.name for e in os.scandir(os.path.join(args.data_dir, "train")) if e.is_dir()]
     cfg = common.phase_config(args, "custom", os.path.dirname(path), phase="head")
     model = train_lib.build(cfg, make_strategy(cfg.strategy), len(classes))

@@ -48,7 +48,7 @@ def parse_args(argv=None):
 
 
 def measure(args):
-    import input_pipeline
+    from tapefit import input_pipeline
     base = pipeline.make_config(args, common.fresh_workdir("image-cache"))
     configs = {"decode": base.replace(image_cache="memory"),
                "cached": base.replace(image_cache="disk",

@@ -47,7 +47,7 @@ def parse_args(argv=None):
 
 
 def make_config(args, workdir):
-    from flags.config import Config
+    from tapefit.flags.config import Config
     mobilenet = args.backbone == "mobilenet"
     return Config(phase=args.phase, loop=args.loop, workdir=workdir, overwrite=True,
                   backbone=args.backbone, alpha=0.25 if mobilenet else 1.0,
@@ -59,7 +59,7 @@ def make_config(args, workdir):
 
 def real_batches(cfg):
     """A fresh real pipeline: (batches, steps_per_epoch, num_examples, num_classes)."""
-    import input_pipeline
+    from tapefit import input_pipeline
     splits = input_pipeline.load_splits(cfg)
     n = splits.sizes["train"]
     data, steps = input_pipeline.train_batches(splits.train, n, cfg.batch_size, cfg.seed)
@@ -84,10 +84,10 @@ class Trainer:
     """One model trained by one loop; `run(data)` returns epoch wall times."""
 
     def __init__(self, cfg, num_classes):
-        from loops import train_lib
-        from loops.optim.schedules import make_optimizer
-        from loops.training.custom import CustomLoop
-        from loops.training.strategy import make_strategy
+        from tapefit.loops import train_lib
+        from tapefit.loops.optim.schedules import make_optimizer
+        from tapefit.loops.training.custom import CustomLoop
+        from tapefit.loops.training.strategy import make_strategy
         strategy = make_strategy(cfg.strategy)
         self.cfg = cfg
         self.model = train_lib.build(cfg, strategy, num_classes)
@@ -103,7 +103,7 @@ class Trainer:
     def run(self, data, epochs, steps):
         clock = common.EpochClock()
         if self.cfg.loop == "custom":
-            import callbacks
+            from tapefit import callbacks
             self.loop.fit(data, epochs=epochs, steps_per_epoch=steps,
                           callbacks=clock.hooks(callbacks))
         else:

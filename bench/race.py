@@ -23,7 +23,7 @@ import tempfile
 
 from _sweep_common import data_flags, run_sweep
 
-from research import grid, race, report, study
+from tapefit.research import grid, race, report, study
 
 
 def parse_args():

@@ -131,7 +131,7 @@ def parse_args():
 
 def config(args, workdir, phase, seed, loop, recipe="classic", flags=None):
     """The Config the command line would give: bench flags explicit, the recipe the rest."""
-    from flags.config import Config, apply_recipe
+    from tapefit.flags.config import Config, apply_recipe
     epochs = args.head_epochs if phase == "head" else args.finetune_epochs
     explicit = dict(phase=phase, loop=loop, workdir=workdir, backbone="mobilenet", alpha=0.25,
                     weights=args.weights, image_size=args.image_size,
@@ -147,7 +147,7 @@ def run_pair(args, seed, loop, recipe="classic", flags=None, test=False) -> dict
     """head + finetune (+ evaluate on test/): val/test accuracy and wall time."""
     import keras
 
-    from loops import phases
+    from tapefit.loops import phases
     workdir = fresh_workdir("recipes")
     if args.workdir:
         workdir = os.path.join(args.workdir, f"{recipe}-{loop}-s{seed}-{time.time_ns()}")
@@ -181,11 +181,11 @@ def validation_with_tta(args, workdir, cfg) -> dict:
     trained and with `--tta=flip` (the test photos stay unseen)."""
     import keras
 
-    import input_pipeline
-    from loops import train_lib
-    from loops.optim.schedules import make_optimizer
-    from loops.training.custom import CustomLoop
-    from model.augment import with_tta
+    from tapefit import input_pipeline
+    from tapefit.loops import train_lib
+    from tapefit.loops.optim.schedules import make_optimizer
+    from tapefit.loops.training.custom import CustomLoop
+    from tapefit.model.augment import with_tta
     model, trained, _, _ = train_lib.load_trained_model(workdir)
     batches = input_pipeline.eval_batches(input_pipeline.load_splits(cfg).validation,
                                           cfg.batch_size)

@@ -82,7 +82,7 @@ def gaps(events):
 
 def instrument(clock):
     """Marks the returns of CustomLoop.evaluate (its iterator is gone) and .fit."""
-    from loops.training.custom import CustomLoop
+    from tapefit.loops.training.custom import CustomLoop
     for name in ("evaluate", "fit"):
         original = getattr(CustomLoop, name)
 
@@ -95,9 +95,9 @@ def instrument(clock):
 
 
 def worker(args):
-    from flags.config import Config
-    from input_pipeline import batching
-    from loops import phases
+    from tapefit.flags.config import Config
+    from tapefit.input_pipeline import batching
+    from tapefit.loops import phases
     batching.AUTOTUNE_MODEL = args.worker == "autotune_on"
     workdir = common.fresh_workdir("stalls")
     mobilenet = args.backbone == "mobilenet"

@@ -46,7 +46,7 @@ def parse_args(argv=None):
 
 
 def make_config(args, backbone, phase, workdir):
-    from flags.config import Config
+    from tapefit.flags.config import Config
     weights = args.mobilenet_weights if backbone == "mobilenet" else "none"
     return Config(phase=phase, loop="custom", workdir=workdir, overwrite=True,
                   backbone=backbone, alpha=0.25 if backbone == "mobilenet" else 1.0,
@@ -60,7 +60,7 @@ def load_photos(cfg):
     import numpy as np
     import tensorflow as tf
 
-    import input_pipeline
+    from tapefit import input_pipeline
     splits = input_pipeline.load_splits(cfg)
     xs, ys = [], []
     for x, y in splits.train.batch(256):
@@ -91,12 +91,12 @@ def measure(args, backbone, phase, loops):
     """
     import keras
 
-    import callbacks as callbacks_module
-    import input_pipeline
-    from loops import train_lib
-    from loops.optim.schedules import make_optimizer
-    from loops.training.custom import CustomLoop
-    from loops.training.strategy import make_strategy
+    from tapefit import callbacks as callbacks_module
+    from tapefit import input_pipeline
+    from tapefit.loops import train_lib
+    from tapefit.loops.optim.schedules import make_optimizer
+    from tapefit.loops.training.custom import CustomLoop
+    from tapefit.loops.training.strategy import make_strategy
 
     cfg = make_config(args, backbone, phase, common.fresh_workdir("step"))
     ds, n, num_classes = load_photos(cfg)

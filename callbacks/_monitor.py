@@ -12,7 +12,7 @@ import warnings
 import keras
 from keras import ops
 
-from callbacks.base import Callback
+from tapefit.callbacks.base import Callback
 
 try:  # Where Keras 3 keeps the containers of compiled metrics.
     from keras.src.trainers.compile_utils import CompileMetrics, MetricsList

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import os
 
-from layout.atomic import (  # noqa: F401  (re-exported: the hooks' one import)
+from tapefit.layout.atomic import (  # noqa: F401  (re-exported: the hooks' one import)
     add_write_check,
     atomic_save,
     atomic_write_json,

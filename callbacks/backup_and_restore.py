@@ -26,11 +26,11 @@ import glob
 import os
 import shutil
 
-from callbacks.atomic_io import atomic_save_weights
-from callbacks.base import Callback
-from layout.atomic import TEMP_PATTERN, atomic_write_json, atomic_write_text, read_json
-from layout.paths import KERAS_BACKUP_METADATA as METADATA
-from layout.paths import KERAS_BACKUP_WEIGHTS as KERAS_WEIGHTS
+from tapefit.callbacks.atomic_io import atomic_save_weights
+from tapefit.callbacks.base import Callback
+from tapefit.layout.atomic import TEMP_PATTERN, atomic_write_json, atomic_write_text, read_json
+from tapefit.layout.paths import KERAS_BACKUP_METADATA as METADATA
+from tapefit.layout.paths import KERAS_BACKUP_WEIGHTS as KERAS_WEIGHTS
 
 FORMAT = 1
 

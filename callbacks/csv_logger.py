@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 
-from callbacks.base import Callback
-from layout.atomic import atomic_save, is_remote
+from tapefit.callbacks.base import Callback
+from tapefit.layout.atomic import atomic_save, is_remote
 
 
 def _open(path, mode):

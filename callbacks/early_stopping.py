@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import warnings
 
-from callbacks._monitor import MonitorCallback, to_json_number
+from tapefit.callbacks._monitor import MonitorCallback, to_json_number
 
 
 class EarlyStopping(MonitorCallback):

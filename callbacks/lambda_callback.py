@@ -1,7 +1,7 @@
 """`LambdaCallback`: a hook built from plain functions."""
 from __future__ import annotations
 
-from callbacks.base import Callback
+from tapefit.callbacks.base import Callback
 
 
 class LambdaCallback(Callback):

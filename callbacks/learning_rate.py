@@ -6,8 +6,8 @@ import warnings
 import numpy as np
 from keras import ops
 
-from callbacks._monitor import MonitorCallback, to_json_number
-from callbacks.base import Callback
+from tapefit.callbacks._monitor import MonitorCallback, to_json_number
+from tapefit.callbacks.base import Callback
 
 
 def _current_lr(optimizer):

@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 from keras import ops
 
-from callbacks._monitor import MonitorCallback, to_json_number
-from callbacks.atomic_io import atomic_save_weights
-from layout.atomic import atomic_save
+from tapefit.callbacks._monitor import MonitorCallback, to_json_number
+from tapefit.callbacks.atomic_io import atomic_save_weights
+from tapefit.layout.atomic import atomic_save
 
 
 class ModelCheckpoint(MonitorCallback):

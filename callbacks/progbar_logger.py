@@ -8,7 +8,7 @@ import time
 
 from tqdm import tqdm
 
-from callbacks.base import Callback
+from tapefit.callbacks.base import Callback
 
 # tqdm's default without the rate (room for the metrics); known and unknown length.
 BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"

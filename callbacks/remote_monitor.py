@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from callbacks.base import Callback
+from tapefit.callbacks.base import Callback
 
 
 class RemoteMonitor(Callback):

@@ -19,8 +19,8 @@ import warnings
 import keras
 from keras import ops
 
-from callbacks.base import Callback
-from layout import paths
+from tapefit.callbacks.base import Callback
+from tapefit.layout import paths
 
 
 def keras_model_summary(name, data, step=None):

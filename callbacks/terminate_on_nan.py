@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from callbacks.base import Callback
+from tapefit.callbacks.base import Callback
 
 
 class TerminateOnNaN(Callback):

@@ -3,6 +3,6 @@
 Only entry points (train.py, predict.py, compare.py) call `define_flags()` and
 `config_from_flags()`; everything else receives a `Config`.
 """
-from flags.config import PHASES, Config, ConfigError
+from tapefit.flags.config import PHASES, Config, ConfigError
 
 __all__ = ["Config", "ConfigError", "PHASES"]

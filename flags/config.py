@@ -15,8 +15,8 @@ import numbers
 import urllib.parse
 from typing import Optional
 
-from layout import paths
-from layout.atomic import json_text
+from tapefit.layout import paths
+from tapefit.layout.atomic import json_text
 
 PHASES = ("head", "finetune", "evaluate")
 # Phases that train nothing that is kept (loops/lr_find.py); not part of a sweep's phases.
@@ -125,7 +125,7 @@ def check_number(name: str, value, kind: str = "float") -> None:
                and isinstance(value, numbers.Integral if whole else numbers.Real))
     ok = kind_ok and math.isfinite(value) and spec.contains(value)
     if not ok:
-        from flags.errors import DataError
+        from tapefit.flags.errors import DataError
         error = DataError if name in fields_with(DATA_ERROR) else ConfigError
         what = "a whole number " if whole and not kind_ok else ""
         note = f" ({spec.note})" if spec.note else ""
@@ -166,7 +166,7 @@ DEFAULT_UNFREEZE_FROM = {
     "densenet121": "conv5", "inception_v3": "mixed9", "xception": "block14"}
 
 
-from flags.errors import ConfigError  # noqa: E402,F401  (re-exported)
+from tapefit.flags.errors import ConfigError  # noqa: E402,F401  (re-exported)
 
 # --recipe: named settings of the fine-tuning flags, per phase (`apply_recipe`). A flag
 # given explicitly overrides its recipe value; config.json records the resolved values.

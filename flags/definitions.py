@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from flags import config as config_lib
+from tapefit.flags import config as config_lib
 
 _FIELDS = dataclasses.fields(config_lib.Config)
 # Each flag's help, `--help` heading and choices are declared on its `Config` field

@@ -10,10 +10,15 @@ batches hold float32 images in 0..255 (the model does its own preprocessing).
 """
 from __future__ import annotations
 
-from input_pipeline.batching import CACHE_BUDGET_BYTES, eval_batches, train_batches
-from input_pipeline.common import DataError, Splits
-from input_pipeline.folders import IMAGE_EXTENSIONS, data_fingerprint, printable, read_image_file
-from input_pipeline.sources import load_splits
+from tapefit.input_pipeline.batching import CACHE_BUDGET_BYTES, eval_batches, train_batches
+from tapefit.input_pipeline.common import DataError, Splits
+from tapefit.input_pipeline.folders import (
+    IMAGE_EXTENSIONS,
+    data_fingerprint,
+    printable,
+    read_image_file,
+)
+from tapefit.input_pipeline.sources import load_splits
 
 __all__ = ["CACHE_BUDGET_BYTES", "DataError", "IMAGE_EXTENSIONS", "Splits", "data_fingerprint",
            "eval_batches", "load_splits", "printable", "read_image_file", "train_batches"]
@@ -21,5 +26,5 @@ __all__ = ["CACHE_BUDGET_BYTES", "DataError", "IMAGE_EXTENSIONS", "Splits", "dat
 
 def load_test_split(cfg):
     """What `--phase=evaluate` tests on: (dataset, size, class names); see evaluation.py."""
-    from input_pipeline.evaluation import load_test_split as load
+    from tapefit.input_pipeline.evaluation import load_test_split as load
     return load(cfg)

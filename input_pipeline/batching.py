@@ -11,8 +11,8 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline.common import AUTOTUNE, DataError
-from layout import paths
+from tapefit.input_pipeline.common import AUTOTUNE, DataError
+from tapefit.layout import paths
 
 log = logging.getLogger(__name__)
 

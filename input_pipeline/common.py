@@ -12,7 +12,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 SPLITS = ("train", "validation", "test")
 
 
-from flags.errors import DataError  # noqa: E402,F401  (re-exported)
+from tapefit.flags.errors import DataError  # noqa: E402,F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import concurrent.futures
 import os
 
-from input_pipeline import folders
-from input_pipeline.common import DataError
+from tapefit.input_pipeline import folders
+from tapefit.input_pipeline.common import DataError
 
 
 def load_test_split(cfg):
@@ -32,7 +32,7 @@ def load_test_split_with_ids(cfg):
             return _whole_folder(root, cfg, root)
         if "test" in names:
             return _whole_folder(os.path.join(root, "test"), cfg, root)
-    from input_pipeline.sources import load_splits
+    from tapefit.input_pipeline.sources import load_splits
     splits = load_splits(cfg)
     return (splits.test, splits.sizes["test"], tuple(splits.class_names),
             splits.ids.get("test"))

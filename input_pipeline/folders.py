@@ -39,8 +39,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from flags.config import DATA, key_values
-from input_pipeline.common import (
+from tapefit.flags.config import DATA, key_values
+from tapefit.input_pipeline.common import (
     SPLITS,
     DataError,
     Splits,
@@ -143,7 +143,7 @@ def example_ids(split: str, manifest: dict, size: int) -> dict:
 
 def _image_caches(cfg, root: str, splits=SPLITS) -> dict | None:
     """{split: its `image_cache.SplitCache`} under `--image_cache=disk`, else None."""
-    from input_pipeline import image_cache
+    from tapefit.input_pipeline import image_cache
     if image_cache.resolve(cfg, "folder") != "disk":
         return None
     fingerprint = data_fingerprint(cfg)

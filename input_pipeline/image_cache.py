@@ -47,10 +47,10 @@ import threading
 
 import tensorflow as tf
 
-from input_pipeline.batching import read_to_end
-from input_pipeline.common import content_digest
-from layout import paths
-from layout.atomic import json_text
+from tapefit.input_pipeline.batching import read_to_end
+from tapefit.input_pipeline.common import content_digest
+from tapefit.layout import paths
+from tapefit.layout.atomic import json_text
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from input_pipeline.batching import without_autotune_model
-from input_pipeline.common import SPLITS, Splits
+from tapefit.input_pipeline.batching import without_autotune_model
+from tapefit.input_pipeline.common import SPLITS, Splits
 
 
 def load_splits(cfg) -> Splits:
@@ -21,10 +21,10 @@ def load_splits(cfg) -> Splits:
 
 def _load(cfg) -> Splits:
     if cfg.data_dir:
-        from input_pipeline import folders
+        from tapefit.input_pipeline import folders
         return folders.load(cfg)
     if cfg.dataset == "synthetic":
-        from input_pipeline import synthetic
+        from tapefit.input_pipeline import synthetic
         return synthetic.load(cfg)
-    from input_pipeline import tfds_source
+    from tapefit.input_pipeline import tfds_source
     return tfds_source.load(cfg)

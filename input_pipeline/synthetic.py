@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline.common import SPLITS, DataError, Splits
+from tapefit.input_pipeline.common import SPLITS, DataError, Splits
 
 CLASS_NAMES = ("cat", "dog")
 # Per-class offset added to every pixel (R, G, B): cats redder and brighter.

@@ -18,8 +18,15 @@ import urllib.request
 
 import tensorflow as tf
 
-from input_pipeline.common import SPLITS, DataError, Splits, map_examples, resize_uint8, to_rgb
-from input_pipeline.network import PROBE_TIMEOUT_S, network_available  # noqa: F401
+from tapefit.input_pipeline.common import (
+    SPLITS,
+    DataError,
+    Splits,
+    map_examples,
+    resize_uint8,
+    to_rgb,
+)
+from tapefit.input_pipeline.network import PROBE_TIMEOUT_S, network_available  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +115,8 @@ def _image_caches(cfg, builder) -> dict | None:
     by the data flags, the dataset's name, version and config, and its prepared files
     (name, size, time). Without prepared files to fingerprint (e.g. under
     `tfds.testing.mock_data`) nothing is cached on disk."""
-    from input_pipeline import image_cache
-    from input_pipeline.folders import data_fingerprint
+    from tapefit.input_pipeline import image_cache
+    from tapefit.input_pipeline.folders import data_fingerprint
     if image_cache.resolve(cfg, "tfds") != "disk":
         return None
     try:

@@ -11,12 +11,12 @@ import time
 
 import numpy as np
 
-from flags.config import DEFAULT_TOLERANCE, LOOPS, Config, check_number
-from flags.errors import ConfigError
-from layout.atomic import atomic_write_json
-from layout.paths import BEST_WEIGHTS, CURVES_PNG, REPORT_JSON, REPORT_MD, phase_dir
-from loops import phases
-from loops.training.strategy import is_chief
+from tapefit.flags.config import DEFAULT_TOLERANCE, LOOPS, Config, check_number
+from tapefit.flags.errors import ConfigError
+from tapefit.layout.atomic import atomic_write_json
+from tapefit.layout.paths import BEST_WEIGHTS, CURVES_PNG, REPORT_JSON, REPORT_MD, phase_dir
+from tapefit.loops import phases
+from tapefit.loops.training.strategy import is_chief
 
 TRAINED_PHASES = ("head", "finetune")
 

@@ -15,8 +15,8 @@ import os
 import shlex
 import sys
 
-from flags.config import REPEATED, Config, fields_with
-from layout.paths import SUMMARY_JSON
+from tapefit.flags.config import REPEATED, Config, fields_with
+from tapefit.layout.paths import SUMMARY_JSON
 
 
 def is_interactive(stream=None) -> bool:
@@ -107,8 +107,9 @@ def _number(value) -> str:
     return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.4e}"
 
 
-def _command(program: str, *args: str) -> str:
-    return " ".join(["python", program, *(shlex.quote(a) for a in args)])
+def _command(command: str, *args: str) -> str:
+    """`tapefit COMMAND ARGS...`: the installed command runs from any folder."""
+    return " ".join(["tapefit", command, *(shlex.quote(a) for a in args)])
 
 
 def _without(flags, *names):
@@ -130,11 +131,11 @@ def next_command(result: dict) -> str:
     flags = _without(list(result.get("command_flags") or []), "phase", "overwrite")
     if phase == "evaluate":
         workdir = result.get("workdir")
-        return _command("predict.py", f"--workdir={workdir}") + " IMAGE..."
+        return _command("predict", f"--workdir={workdir}") + " IMAGE..."
     if result.get("stop_reason") == "nan":
-        return _command("train.py", f"--phase={phase}", *flags, "--overwrite")
+        return _command("train", f"--phase={phase}", *flags, "--overwrite")
     following = {"head": "finetune", "finetune": "evaluate"}.get(phase, "evaluate")
-    return _command("train.py", f"--phase={following}", *flags)
+    return _command("train", f"--phase={following}", *flags)
 
 
 def _stop_text(result: dict) -> str:
@@ -235,6 +236,6 @@ def summary_text(result: dict) -> str:
     lines.append("files:")
     lines += [f"  {path}" for path in result["files"].values()]
     lines.append("next:")
-    lines.append(f"  python train.py --phase={result['for_phase']} --learning_rate=auto "
+    lines.append(f"  tapefit train --phase={result['for_phase']} --learning_rate=auto "
                  f"--workdir={os.path.dirname(result['run_dir'])} [the same flags]")
     return "\n".join(lines)

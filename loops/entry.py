@@ -8,9 +8,9 @@ import sys
 
 from absl import app, flags
 
-from flags.config import check_number
-from flags.definitions import config_from_flags
-from flags.errors import ConfigError, TapefitError, escape_controls
+from tapefit.flags.config import check_number
+from tapefit.flags.definitions import config_from_flags
+from tapefit.flags.errors import ConfigError, TapefitError, escape_controls
 
 # A flag file is a few lines of flags; more is not one (and absl reads it whole).
 MAX_FLAGFILE_BYTES = 1 << 20
@@ -103,7 +103,7 @@ def run_command(argv, command, flag_values=flags.FLAGS):
     """
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from loops.training.strategy import split_cpu
+    from tapefit.loops.training.strategy import split_cpu
 
     debug = flag_values["debug"].value if "debug" in flag_values else False
     try:

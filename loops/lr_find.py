@@ -35,10 +35,16 @@ import os
 
 import numpy as np
 
-from flags.config import FINDER, LR_SUGGESTIONS, Config, fields_with
-from flags.errors import ConfigError, RunError
-from layout.atomic import atomic_save, atomic_write_json, atomic_write_text, read_json
-from layout.paths import CONFIG_JSON, LR_FIND_CSV, LR_FIND_PNG, SUGGESTIONS_JSON, lr_find_dir
+from tapefit.flags.config import FINDER, LR_SUGGESTIONS, Config, fields_with
+from tapefit.flags.errors import ConfigError, RunError
+from tapefit.layout.atomic import atomic_save, atomic_write_json, atomic_write_text, read_json
+from tapefit.layout.paths import (
+    CONFIG_JSON,
+    LR_FIND_CSV,
+    LR_FIND_PNG,
+    SUGGESTIONS_JSON,
+    lr_find_dir,
+)
 
 START_LR = 1e-7
 END_LR = 10.0
@@ -240,7 +246,7 @@ FINDER_FIELDS = fields_with(FINDER)  # Role FINDER, flags/config.py.
 def finder_differences(cfg, config_path: str) -> list[str]:
     """The flags of `cfg` (the phase to train) that the finder's run (its config.json)
     had otherwise: `--flag=now (was then)`; the unfreeze point compared as resolved."""
-    from loops.rundir.run_dir import _normalised
+    from tapefit.loops.rundir.run_dir import _normalised
     try:
         found = Config.from_dict(read_json(config_path))
     except FileNotFoundError:
@@ -262,7 +268,7 @@ def resolve_learning_rate(cfg):
     if cfg.learning_rate != "auto":
         return cfg
     path = os.path.join(lr_find_dir(cfg.workdir, cfg.phase), SUGGESTIONS_JSON)
-    fix = (f"run `train.py --phase=lr_find --for_phase={cfg.phase} --workdir={cfg.workdir}` "
+    fix = (f"run `tapefit train --phase=lr_find --for_phase={cfg.phase} --workdir={cfg.workdir}` "
            "first, or pass --learning_rate=NUMBER")
     try:
         found = read_json(path)["suggestions"]

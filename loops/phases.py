@@ -36,11 +36,11 @@ import shutil
 
 import keras
 
-import input_pipeline
-from flags.config import Config
-from flags.errors import ConfigError, RunError
-from layout.atomic import atomic_write_json, atomic_write_text, check_writes
-from layout.paths import (
+from tapefit import input_pipeline
+from tapefit.flags.config import Config
+from tapefit.flags.errors import ConfigError, RunError
+from tapefit.layout.atomic import atomic_write_json, atomic_write_text, check_writes
+from tapefit.layout.paths import (
     BEST_WEIGHTS,
     CLASSES_JSON,
     CONFIG_JSON,
@@ -52,13 +52,13 @@ from layout.paths import (
     SUMMARY_JSON,
     lr_find_dir,
 )
-from loops import lr_find as finder
-from loops import predictions
-from loops.console import divergence_advice
-from loops.rundir import run_dir as run_dir_lib
-from loops.rundir.run_lock import RunLock, check_held
-from loops.rundir.write_guard import guarded
-from loops.train_lib import (
+from tapefit.loops import lr_find as finder
+from tapefit.loops import predictions
+from tapefit.loops.console import divergence_advice
+from tapefit.loops.rundir import run_dir as run_dir_lib
+from tapefit.loops.rundir.run_lock import RunLock, check_held
+from tapefit.loops.rundir.write_guard import guarded
+from tapefit.loops.train_lib import (
     build,
     check_matches_head,
     configure_determinism,
@@ -68,9 +68,9 @@ from loops.train_lib import (
     load_trained,
     save_weights,
 )
-from loops.training.hooks import logs_are_finite, weights_are_finite
-from loops.training.runners import RUNNERS, CustomRunner
-from loops.training.strategy import barrier, check_supported, is_chief, make_strategy, task
+from tapefit.loops.training.hooks import logs_are_finite, weights_are_finite
+from tapefit.loops.training.runners import RUNNERS, CustomRunner
+from tapefit.loops.training.strategy import barrier, check_supported, is_chief, make_strategy, task
 
 __all__ = ["run", "train", "evaluate", "lr_find", "Plan", "Trained", "make_plan", "locked",
            "prepare", "finish"]
@@ -148,7 +148,7 @@ def make_plan(cfg: Config, run_dir: str | None = None, extra_hooks=None,
             f"{steps_per_epoch} steps of an epoch; pass a divisor of {steps_per_epoch}")
     model = build(cfg, strategy, len(splits.class_names), checkpoint)
     if cfg.unfreeze_schedule:  # The blocks' order needs the model; checked before writing.
-        from loops.optim.schedules import check_unfreeze_schedule
+        from tapefit.loops.optim.schedules import check_unfreeze_schedule
         check_unfreeze_schedule(model, cfg)
     return Plan(cfg, run_dir, chief, model, kind=kind, state=state,
                 data_fingerprint=fingerprint, strategy=strategy, splits=splits,
@@ -168,7 +168,7 @@ def make_evaluation_plan(cfg: Config) -> Plan:
     configure_determinism(cfg)
     model, trained, class_names, phase, weights, weights_note = load_trained(cfg.workdir)
     data_cfg = evaluation_data(cfg, trained)
-    from input_pipeline.evaluation import load_test_split_with_ids
+    from tapefit.input_pipeline.evaluation import load_test_split_with_ids
     test, size, data_classes, example_ids = load_test_split_with_ids(data_cfg)
     if tuple(data_classes) != tuple(class_names):
         raise ConfigError(
@@ -176,7 +176,7 @@ def make_evaluation_plan(cfg: Config) -> Plan:
             f"{class_names}; pass data with one folder per trained class")
     batches = input_pipeline.eval_batches(test, cfg.batch_size)
     if cfg.tta:  # --tta=flip: the averaged predictions of each image and its mirror.
-        from model.augment import with_tta
+        from tapefit.model.augment import with_tta
         model = with_tta(model, cfg.tta)
     return Plan(cfg, cfg.run_dir, chief, model, kind="evaluate", evaluation=Evaluation(
         trained, data_cfg, class_names, phase, weights, weights_note, batches, size,

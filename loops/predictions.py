@@ -24,9 +24,9 @@ import json
 
 import numpy as np
 
-from flags.config import SPLIT, key_values
-from layout.atomic import atomic_save
-from layout.paths import PREDICTIONS_NPZ  # noqa: F401  (the name callers know from here)
+from tapefit.flags.config import SPLIT, key_values
+from tapefit.layout.atomic import atomic_save
+from tapefit.layout.paths import PREDICTIONS_NPZ  # noqa: F401  (the name callers know from here)
 
 
 def split_description(data_cfg) -> str:

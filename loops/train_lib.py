@@ -12,18 +12,25 @@ import os
 
 import keras
 
-from callbacks.atomic_io import atomic_save_weights
-from flags.config import ARCHITECTURE, EVALUATION_DATA, Config, fields_with
-from flags.errors import ConfigError, RunError
-from layout.atomic import add_write_check, read_json
-from layout.paths import BEST_WEIGHTS, CLASSES_JSON, CONFIG_JSON, FINAL_WEIGHTS, phase_dir, run_file
-from loops.optim.schedules import make_optimizer
-from loops.rundir.run_lock import check_held
-from loops.training.custom import make_loss
-from loops.training.hooks import weights_are_finite
-from loops.training.keras_saving import memoize_skipsets
-from loops.training.strategy import is_chief, make_strategy
-from model import build_model, set_trainable
+from tapefit.callbacks.atomic_io import atomic_save_weights
+from tapefit.flags.config import ARCHITECTURE, EVALUATION_DATA, Config, fields_with
+from tapefit.flags.errors import ConfigError, RunError
+from tapefit.layout.atomic import add_write_check, read_json
+from tapefit.layout.paths import (
+    BEST_WEIGHTS,
+    CLASSES_JSON,
+    CONFIG_JSON,
+    FINAL_WEIGHTS,
+    phase_dir,
+    run_file,
+)
+from tapefit.loops.optim.schedules import make_optimizer
+from tapefit.loops.rundir.run_lock import check_held
+from tapefit.loops.training.custom import make_loss
+from tapefit.loops.training.hooks import weights_are_finite
+from tapefit.loops.training.keras_saving import memoize_skipsets
+from tapefit.loops.training.strategy import is_chief, make_strategy
+from tapefit.model import build_model, set_trainable
 
 # Every atomic write (and the guard before each writing hook) first checks that this
 # process still holds its run's lock: a holder taken over after a pause stops writing.
@@ -70,7 +77,7 @@ def init_checkpoint(cfg: Config) -> str:
     if not os.path.isfile(path):
         raise ConfigError(
             f"finetune needs head weights, but {path} does not exist: run "
-            f"`train.py --phase=head --workdir={cfg.workdir}` first or pass --init_checkpoint=PATH")
+            f"`tapefit train --phase=head --workdir={cfg.workdir}` first or pass --init_checkpoint=PATH")
     return path
 
 
@@ -79,7 +86,7 @@ def check_matches_head(cfg: Config) -> None:
     if cfg.init_checkpoint or not os.path.isfile(head_config):
         return
     head = _read_run_json(head_config, "pass --init_checkpoint=PATH instead")
-    from flags.config import normalise_augment  # Old config.json files hold a boolean.
+    from tapefit.flags.config import normalise_augment  # Old config.json files hold a boolean.
     head = {**head, "augment": normalise_augment(head.get("augment"))}
     diffs = [f"--{k}={getattr(cfg, k)} (head: {head.get(k)})"
              for k in ARCHITECTURE_FIELDS if head.get(k) != getattr(cfg, k)]
@@ -162,12 +169,12 @@ def newest_phase(workdir: str) -> str:
         if os.path.isfile(run_file(workdir, phase, BEST_WEIGHTS)):
             return phase
     raise ConfigError(
-        f"no trained weights in {workdir}: run `train.py --phase=head --workdir={workdir}` first")
+        f"no trained weights in {workdir}: run `tapefit train --phase=head --workdir={workdir}` first")
 
 
 def trained_config(workdir: str, phase: str) -> tuple[Config, list[str]]:
     run_dir = phase_dir(workdir, phase)
-    fix = f"retrain with `train.py --phase={phase} --workdir={workdir} --overwrite`"
+    fix = f"retrain with `tapefit train --phase={phase} --workdir={workdir} --overwrite`"
     try:
         cfg = Config.from_dict(_read_run_json(os.path.join(run_dir, CONFIG_JSON), fix))
     except (TypeError, AttributeError, ConfigError) as e:
@@ -208,7 +215,7 @@ def load_trained(workdir: str):
     model = build_model(cfg, len(class_names), weights=None)
     weights, note = scored_weights(workdir, phase, cfg)
     load_weights(model, weights)
-    check_finite(model, weights, f"train the {phase} phase again: `train.py --phase={phase} "
+    check_finite(model, weights, f"train the {phase} phase again: `tapefit train --phase={phase} "
                  f"--workdir={workdir} --overwrite`")
     return model, cfg, class_names, phase, weights, note
 

@@ -1,13 +1,13 @@
 """Model construction (build.py) and freezing (freeze.py) for the two transfer-learning
 phases."""
-from model.backbones import BACKBONES, resolve_weights
-from model.build import (
+from tapefit.model.backbones import BACKBONES, resolve_weights
+from tapefit.model.build import (
     BackbonePreprocess,
     build_model,
     check_unfreeze_from,
     preprocessing_output,
 )
-from model.freeze import (
+from tapefit.model.freeze import (
     backbone_layer_names,
     describe_blocks,
     first_trainable_position,

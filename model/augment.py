@@ -8,7 +8,7 @@ import math
 
 import keras
 
-from model.names import AUGMENT_PREFIX
+from tapefit.model.names import AUGMENT_PREFIX
 
 TTA_CHOICES = ("", "flip")
 

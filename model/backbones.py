@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import keras
 
-from flags.config import DEFAULT_UNFREEZE_FROM, ConfigError
+from tapefit.flags.config import DEFAULT_UNFREEZE_FROM, ConfigError
 
 # Where keras.applications downloads ImageNet weights from.
 WEIGHTS_HOST = ("storage.googleapis.com", 443)
@@ -185,7 +185,7 @@ def keras_weights_cache(file_name: str) -> str:
 
 def network_reachable(host=WEIGHTS_HOST, timeout=NETWORK_PROBE_TIMEOUT_S) -> bool:
     """Whether Keras' weights host answers (input_pipeline.network, the one probe)."""
-    from input_pipeline.network import network_available
+    from tapefit.input_pipeline.network import network_available
     return network_available([host[0]], timeout=timeout)
 
 

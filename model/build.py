@@ -10,12 +10,19 @@ import warnings
 import keras
 from keras import layers
 
-from flags.config import ConfigError
-from model import augment
-from model.backbones import BACKBONES, check_alpha, resolve_weights
-from model.freeze import first_trainable_position
-from model.graph import ordered_layers
-from model.names import AUGMENT_PREFIX, AVG_POOL, HEAD_DROPOUT, LOGITS, MODEL_PREFIX, PREPROCESS
+from tapefit.flags.config import ConfigError
+from tapefit.model import augment
+from tapefit.model.backbones import BACKBONES, check_alpha, resolve_weights
+from tapefit.model.freeze import first_trainable_position
+from tapefit.model.graph import ordered_layers
+from tapefit.model.names import (
+    AUGMENT_PREFIX,
+    AVG_POOL,
+    HEAD_DROPOUT,
+    LOGITS,
+    MODEL_PREFIX,
+    PREPROCESS,
+)
 
 AUGMENTATION_ROTATION = augment.ROTATION  # fraction of a full turn (model/augment.py)
 # Layers that only rescale or normalize pixels (ours, or the application's own).

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import keras
 
-from flags.errors import ConfigError
-from model.backbones import BACKBONES
-from model.graph import last_boundary_before, ordered_layers, topological_nodes
-from model.names import AUGMENT_PREFIX, HEAD_LAYERS, MODEL_PREFIX, PREPROCESS
+from tapefit.flags.errors import ConfigError
+from tapefit.model.backbones import BACKBONES
+from tapefit.model.graph import last_boundary_before, ordered_layers, topological_nodes
+from tapefit.model.names import AUGMENT_PREFIX, HEAD_LAYERS, MODEL_PREFIX, PREPROCESS
 
 
 def backbone_of(model):

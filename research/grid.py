@@ -23,7 +23,7 @@ import os
 import re
 from typing import Any, Optional
 
-from flags.config import (
+from tapefit.flags.config import (
     ARCHITECTURE,
     PHASES,
     RECIPES,
@@ -33,9 +33,9 @@ from flags.config import (
     fields_with,
     keyed,
 )
-from flags.config import NOT_IN_ID as _NOT_IN_ID_ROLE
-from flags.errors import ConfigError
-from layout import paths
+from tapefit.flags.config import NOT_IN_ID as _NOT_IN_ID_ROLE
+from tapefit.flags.errors import ConfigError
+from tapefit.layout import paths
 
 # A trial runs in <study>/trials/<id>/ (layout.paths.trial_dir). Phase runs that trials
 # share (identical flags up to that phase, and the seed):

@@ -13,8 +13,8 @@ import glob
 import math
 import os
 
-from layout import paths
-from research import grid
+from tapefit.layout import paths
+from tapefit.research import grid
 
 HPARAMS_DIR = paths.HPARAMS_DIR
 # (summary tag, display name); the values come from research.report.collect.

@@ -25,9 +25,9 @@ import dataclasses
 import math
 import os
 
-from layout import paths
-from layout.atomic import atomic_write_json
-from research import grid, report, runner, stats
+from tapefit.layout import paths
+from tapefit.layout.atomic import atomic_write_json
+from tapefit.research import grid, report, runner, stats
 
 RACE_JSON = paths.RACE_JSON
 

@@ -31,10 +31,10 @@ import zlib
 
 import numpy as np
 
-from layout import atomic as files
-from layout import paths
-from layout.atomic import atomic_save, atomic_write_text
-from research import grid, runner, stats
+from tapefit.layout import atomic as files
+from tapefit.layout import paths
+from tapefit.layout.atomic import atomic_save, atomic_write_text
+from tapefit.research import grid, runner, stats
 
 RESULTS_CSV, RESULTS_MD, RESULTS_PNG = paths.RESULTS_CSV, paths.RESULTS_MD, paths.RESULTS_PNG
 TRAINED = ("head", "finetune")

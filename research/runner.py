@@ -32,11 +32,11 @@ import sys
 import threading
 import time
 
-from flags.config import Config
-from flags.errors import RunError, TapefitError
-from layout import paths
-from layout.atomic import atomic_write_json, read_json_file
-from loops.rundir.run_lock import LockLost, RunLock, check_held
+from tapefit.flags.config import Config
+from tapefit.flags.errors import RunError, TapefitError
+from tapefit.layout import paths
+from tapefit.layout.atomic import atomic_write_json, read_json_file
+from tapefit.loops.rundir.run_lock import LockLost, RunLock, check_held
 
 # The names of a trial's files (layout.paths), short here: this module uses them everywhere.
 TRIAL_JSON, STATUS_JSON, TRIAL_LOG = paths.TRIAL_JSON, paths.STATUS_JSON, paths.TRIAL_LOG
@@ -324,7 +324,7 @@ def _run_timed(trial_dir, phase, cfg, wall) -> None:
     """phases.run(cfg); its wall time is added to wall[phase], and while it runs
     status.json says so (touched every HEARTBEAT_S: a killed run's time is recovered
     from it when the trial resumes)."""
-    from loops import phases  # TensorFlow: only when something runs.
+    from tapefit.loops import phases  # TensorFlow: only when something runs.
 
     log.info("trial %s: phase %s%s", os.path.basename(trial_dir), phase,
              "" if cfg.workdir == trial_dir else f" (shared: {cfg.workdir})")

@@ -12,11 +12,11 @@ import os
 import sys
 import time
 
-from flags.config import Config
-from flags.errors import ConfigError
-from layout import paths
-from layout.atomic import atomic_write_text
-from research import grid, report, runner
+from tapefit.flags.config import Config
+from tapefit.flags.errors import ConfigError
+from tapefit.layout import paths
+from tapefit.layout.atomic import atomic_write_text
+from tapefit.research import grid, report, runner
 
 SWEEP_JSON = paths.SWEEP_JSON
 
@@ -93,7 +93,7 @@ def check_trials(study: grid.Study, trials, pending=()) -> None:
     not a failure per trial. `pending`: the trials that will run (their input files —
     a finder run for --learning_rate=auto, head weights for a finetune without head —
     must be there)."""
-    from model.backbones import BACKBONES
+    from tapefit.model.backbones import BACKBONES
     seen = set()
     for trial in trials:
         where = f"trial {trial.trial_id}" if trial.assignment else "the base flags"
@@ -111,7 +111,7 @@ def check_trials(study: grid.Study, trials, pending=()) -> None:
                 key = (cfg.backbone, cfg.alpha, cfg.image_size, cfg.resolved_unfreeze_from)
                 if key not in seen:
                     seen.add(key)
-                    from model.build import check_unfreeze_from
+                    from tapefit.model.build import check_unfreeze_from
                     check_unfreeze_from(cfg)
     for trial in pending:
         for index, phase in enumerate(study.phases):
@@ -119,7 +119,7 @@ def check_trials(study: grid.Study, trials, pending=()) -> None:
                 continue
             cfg = trial.config(phase)
             if cfg.learning_rate == "auto" and phase in ("head", "finetune"):
-                from loops.lr_find import resolve_learning_rate
+                from tapefit.loops.lr_find import resolve_learning_rate
                 try:
                     resolve_learning_rate(cfg)
                 except ConfigError:
@@ -147,7 +147,7 @@ def check_trials(study: grid.Study, trials, pending=()) -> None:
 def hparams_on_finished(study: grid.Study | None):
     """on_finished for runner.run_trial: the trial's HParams session (and the experiment)."""
     def write(trial_dir):
-        from research import hparams
+        from tapefit.research import hparams
         content = runner.read_json(os.path.join(trial_dir, paths.TRIAL_JSON)) or {}
         if study is not None:
             hparams.write_experiment(study, os.path.dirname(os.path.dirname(trial_dir)))
@@ -267,7 +267,7 @@ def _run_race(study, study_dir, trials, shard, parallel, debug, worker_command, 
     """Round after round: this shard's trials of the round first, then any other trial of
     the round no process holds (so one shard alone finishes the race), then, while
     other processes run the rest, waits; the state is recomputed from disk each time."""
-    from research import race as race_lib
+    from tapefit.research import race as race_lib
     higher = _higher_is_better(select_by)
 
     def compute():
@@ -330,7 +330,7 @@ def _write_report(study, study_dir, trials, select_by):
 def race_state(study: grid.Study, study_dir: str, select_by: str = "val_accuracy"):
     """For --report_only: the race recomputed from disk, race.json rewritten; the trials
     it scheduled (the report's rows)."""
-    from research import race as race_lib
+    from tapefit.research import race as race_lib
     state = race_lib.compute(study, study_dir, select_by, _higher_is_better(select_by))
     race_lib.write(study, study_dir, state)
     return state.scheduled

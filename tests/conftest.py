@@ -15,7 +15,7 @@ import socket  # noqa: E402
 
 import pytest  # noqa: E402
 
-from flags.config import Config  # noqa: E402
+from tapefit.flags.config import Config  # noqa: E402
 
 
 def h5_datasets(path) -> dict:

@@ -10,14 +10,14 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from loops.training.strategy import split_cpu  # noqa: E402
+from tapefit.loops.training.strategy import split_cpu  # noqa: E402
 
 split_cpu(2)
 
 import numpy as np  # noqa: E402
 
-from flags.config import Config  # noqa: E402
-from loops import phases, train_lib  # noqa: E402
+from tapefit.flags.config import Config  # noqa: E402
+from tapefit.loops import phases, train_lib  # noqa: E402
 
 
 def main(workdir, loop):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from flags import config as config_lib
-from flags.config import Config, ConfigError
-from loops.training.custom import CustomLoop
-from model import (
+from tapefit.flags import config as config_lib
+from tapefit.flags.config import Config, ConfigError
+from tapefit.loops.training.custom import CustomLoop
+from tapefit.model import (
     backbone_layer_names,
     backbones,
     build_model,
@@ -21,7 +21,7 @@ from model import (
     set_trainable,
     unfreeze_blocks,
 )
-from model.graph import ordered_layers
+from tapefit.model.graph import ordered_layers
 
 ALL = list(backbones.BACKBONES)
 A = keras.applications

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-from flags.config import Config, ConfigError
-from flags.definitions import config_from_flags, define_flags
+from tapefit.flags.config import Config, ConfigError
+from tapefit.flags.definitions import config_from_flags, define_flags
 from tests.conftest import ROOT
 
 
@@ -118,7 +118,7 @@ ADDED_SINCE = {
 
 @pytest.mark.parametrize("role", sorted(ROLE_MEMBERS))
 def test_each_role_is_the_list_it_replaced(role):
-    from flags import config as config_lib
+    from tapefit.flags import config as config_lib
     members = config_lib.fields_with(getattr(config_lib, role))
     assert len(set(members)) == len(members)
     expected = set(ROLE_MEMBERS[role]) | {name for name, roles in ADDED_SINCE.items()
@@ -130,14 +130,14 @@ def test_each_role_is_the_list_it_replaced(role):
 
 
 def test_every_role_is_pinned_and_an_unknown_role_is_refused():
-    from flags import config as config_lib
+    from tapefit.flags import config as config_lib
     assert {getattr(config_lib, name) for name in ROLE_MEMBERS} == set(config_lib.ROLES)
     with pytest.raises(ValueError, match="unknown role 'nope'"):
         config_lib.fields_with("nope")
 
 
 def test_every_field_declares_help_and_group():
-    from flags import config as config_lib
+    from tapefit.flags import config as config_lib
     for field in dataclasses.fields(Config):
         assert field.metadata["help"].strip(), field.name
         assert field.metadata["group"] in config_lib.GROUP_HEADINGS, field.name
@@ -151,7 +151,7 @@ def _class_counts(ds, num_classes=2):
 
 
 def test_max_examples_per_class_is_declared_once():
-    from flags import config as config_lib
+    from tapefit.flags import config as config_lib
     for role in (config_lib.DATA, config_lib.EVALUATION_DATA, config_lib.SPLIT,
                  config_lib.REPEATED, config_lib.FINDER, config_lib.DATA_ERROR):
         assert "max_examples_per_class" in config_lib.fields_with(role), role
@@ -167,7 +167,7 @@ def test_max_examples_per_class_is_declared_once():
 def test_max_examples_per_class_of_a_folder_is_seeded(tmp_path):
     from PIL import Image
 
-    from input_pipeline import folders
+    from tapefit.input_pipeline import folders
     for split, counts in (("train", (7, 3)), ("test", (4, 2))):
         for name, count in zip(("a", "b"), counts, strict=True):
             (tmp_path / split / name).mkdir(parents=True)
@@ -190,8 +190,8 @@ def test_max_examples_per_class_of_a_folder_is_seeded(tmp_path):
 def test_max_examples_per_class_of_synthetic_and_tfds_data(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
-    import input_pipeline
-    from input_pipeline import synthetic, tfds_source
+    from tapefit import input_pipeline
+    from tapefit.input_pipeline import synthetic, tfds_source
     splits = synthetic.load(Config(dataset="synthetic", image_size=8, max_examples_per_class=5))
     assert splits.sizes == {"train": 10, "validation": 10, "test": 10}
     assert _class_counts(splits.train) == [5, 5]

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from flags import config as config_lib
-from flags.config import MODES, MONITORS, RANGES, Config, ConfigError, check_number
-from flags.definitions import _CHOICES
+from tapefit.flags import config as config_lib
+from tapefit.flags.config import MODES, MONITORS, RANGES, Config, ConfigError, check_number
+from tapefit.flags.definitions import _CHOICES
 from tests.conftest import ROOT
 from tests.test_errors import TINY, assert_one_line_error, run_train
 

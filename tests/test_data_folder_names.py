@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import input_pipeline
-from flags.config import Config
-from input_pipeline import DataError, data_fingerprint
-from loops import phases
+from tapefit import input_pipeline
+from tapefit.flags.config import Config
+from tapefit.input_pipeline import DataError, data_fingerprint
+from tapefit.loops import phases
 
 # ---- special files and non-UTF-8 names in a data folder ----------------------------------------
 

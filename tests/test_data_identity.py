@@ -12,12 +12,12 @@ import keras
 import numpy as np
 import pytest
 
-import input_pipeline
-from flags.config import Config
-from flags.errors import RunError
-from input_pipeline import data_fingerprint, folders, image_cache
-from loops import phases
-from loops.caches import feature_cache
+from tapefit import input_pipeline
+from tapefit.flags.config import Config
+from tapefit.flags.errors import RunError
+from tapefit.input_pipeline import data_fingerprint, folders, image_cache
+from tapefit.loops import phases
+from tapefit.loops.caches import feature_cache
 from tests.test_input_pipeline import encode, make_split, photo
 
 pytestmark = pytest.mark.usefixtures("no_network")  # From conftest.py.

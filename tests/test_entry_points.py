@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from flags.config import ConfigError
+from tapefit.flags.config import ConfigError
 from tests.conftest import ROOT
 from tests.test_errors import TINY, assert_one_line_error
 
@@ -72,7 +72,7 @@ def test_flagfile_is_a_bounded_regular_file(tmp_path, script, kind):
 
 
 def test_flagfile_that_is_a_regular_file_still_works(tmp_path):
-    from loops.entry import check_flagfiles
+    from tapefit.loops.entry import check_flagfiles
     inner = tmp_path / "inner.flags"
     inner.write_text("--batch_size=8\n")
     outer = tmp_path / "outer.flags"

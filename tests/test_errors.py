@@ -114,8 +114,8 @@ def test_sweep_checks_its_cache_dir_before_writing(tmp_path):
 
 
 def test_read_only_file_system_is_refused_even_for_root(tmp_path, monkeypatch):
-    from flags.errors import ConfigError
-    from loops.rundir import run_dir
+    from tapefit.flags.errors import ConfigError
+    from tapefit.loops.rundir import run_dir
 
     class ReadOnly:
         f_flag = os.ST_RDONLY

@@ -6,14 +6,14 @@ import os
 
 import pytest
 
-from flags.config import Config, ConfigError
+from tapefit.flags.config import Config, ConfigError
 
 # ---- which weights evaluate and predict score --------------------------------------------------
 
 def test_evaluate_scores_the_ema_weights_and_says_which(tiny_config):
     """Before: --ema's average reached only final.weights.h5 while evaluate and predict
     read best.weights.h5 (the raw weights)."""
-    from loops import console, phases, train_lib
+    from tapefit.loops import console, phases, train_lib
     cfg = tiny_config.replace(ema=0.9, epochs=1, synthetic_examples=16, backup=False)
     phases.run(cfg)
     result = phases.run(cfg.replace(phase="evaluate"))
@@ -22,7 +22,7 @@ def test_evaluate_scores_the_ema_weights_and_says_which(tiny_config):
     assert "EMA" in console.phase_summary(result)
     import numpy as np
 
-    from model import build_model
+    from tapefit.model import build_model
     scored, trained, classes, _ = train_lib.load_trained_model(cfg.workdir)
     for name, differs in (("final.weights.h5", False), ("best.weights.h5", True)):
         other = build_model(trained, len(classes), weights=None)
@@ -36,7 +36,7 @@ def test_an_unfinished_phase_is_scored_with_a_warning(tiny_config, caplog):
     """Before: evaluate silently scored an unfinished finetune's best weights."""
     import logging
 
-    from loops import phases
+    from tapefit.loops import phases
     cfg = tiny_config.replace(epochs=1, synthetic_examples=16, backup=False)
     phases.run(cfg)
     os.remove(os.path.join(cfg.workdir, "head", "final.weights.h5"))  # As if killed.
@@ -55,7 +55,7 @@ def test_nan_backbone_weights_are_refused_before_anything_is_written(tmp_path, t
     import keras
     import numpy as np
 
-    from loops import phases
+    from tapefit.loops import phases
     backbone = keras.applications.MobileNet(weights=None, include_top=False, alpha=0.25,
                                             input_shape=(32, 32, 3))
     values = backbone.get_weights()
@@ -73,7 +73,7 @@ def test_nan_backbone_weights_are_refused_before_anything_is_written(tmp_path, t
 def test_nan_checkpoint_is_refused_without_blaming_the_rate(tiny_config):
     import numpy as np
 
-    from loops import phases, train_lib
+    from tapefit.loops import phases, train_lib
     cfg = tiny_config.replace(epochs=1, synthetic_examples=16, backup=False)
     phases.run(cfg)
     model, _, _, _ = train_lib.load_trained_model(cfg.workdir)
@@ -87,7 +87,7 @@ def test_nan_checkpoint_is_refused_without_blaming_the_rate(tiny_config):
 
 
 def test_divergence_advice_blames_the_rate_only_when_plausible():
-    from loops.console import divergence_advice, phase_summary
+    from tapefit.loops.console import divergence_advice, phase_summary
     assert "lower --learning_rate (now 0.1" in divergence_advice(Config(learning_rate=0.1))
     tiny = divergence_advice(Config(learning_rate=1e-7))
     assert "lower --learning_rate" not in tiny and "too small to be the cause" in tiny

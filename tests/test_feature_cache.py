@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from keras import layers
 
-from loops import phases
-from loops.caches import feature_cache
-from model import build_model, set_trainable
+from tapefit.loops import phases
+from tapefit.loops.caches import feature_cache
+from tapefit.model import build_model, set_trainable
 
 # Cached features come from batches of another size than the training step's,
 # so they agree up to float rounding of the prefix forward.

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from loops import phases
-from loops.caches import feature_cache, feature_precision
-from model import build_model, set_trainable
+from tapefit.loops import phases
+from tapefit.loops.caches import feature_cache, feature_precision
+from tapefit.model import build_model, set_trainable
 
 
 def cpuinfo(tmp_path, flags):

@@ -5,10 +5,10 @@ import keras
 import numpy as np
 import pytest
 
-from flags.config import Config, ConfigError
-from loops.optim import optimizers as optimizers_lib
-from loops.optim import schedules
-from loops.training.custom import SmoothedCrossentropy, make_loss
+from tapefit.flags.config import Config, ConfigError
+from tapefit.loops.optim import optimizers as optimizers_lib
+from tapefit.loops.optim import schedules
+from tapefit.loops.training.custom import SmoothedCrossentropy, make_loss
 
 
 def lr_at(optimizer_or_schedule, step):
@@ -53,8 +53,8 @@ def test_epoch_schedules_keep_a_plain_rate_and_step_schedules_need_the_phase_len
 
 
 def test_runners_make_no_learning_rate_scheduler_for_a_step_schedule(tiny_config):
-    from loops import phases
-    from loops.training.runners import CustomRunner
+    from tapefit.loops import phases
+    from tapefit.loops.training.runners import CustomRunner
     for kind, expected in (("step", True), ("one_cycle", False)):
         plan = phases.make_plan(tiny_config.replace(lr_schedule=kind))
         names = [name for name, _ in CustomRunner(plan)._specs()]
@@ -130,7 +130,7 @@ def test_weight_decay_spares_biases_and_batch_norm():
 # ---- (3) discriminative learning rates ------------------------------------------------------
 @pytest.fixture
 def mobilenet(tiny_config):
-    from model import build_model, set_trainable
+    from tapefit.model import build_model, set_trainable
     cfg = tiny_config.replace(phase="finetune")
     keras.utils.set_random_seed(0)
     model = build_model(cfg, 3, weights=None)
@@ -180,7 +180,7 @@ def test_layer_lr_decay_of_one_is_the_plain_optimizer(mobilenet):
 
 
 # ---- (4) the learning-rate finder ---------------------------------------------------------
-from loops import lr_find  # noqa: E402
+from tapefit.loops import lr_find  # noqa: E402
 
 
 def test_finder_ramp_is_fastais_exponential_schedule():
@@ -238,9 +238,9 @@ def test_suggestions_skip_the_first_tenth_and_the_last_five_points():
 
 
 def test_finder_restores_weights_and_optimizer_exactly(tiny_config):
-    from loops import phases
-    from loops.training.custom import CustomLoop
-    from loops.training.runners import CustomRunner
+    from tapefit.loops import phases
+    from tapefit.loops.training.custom import CustomLoop
+    from tapefit.loops.training.runners import CustomRunner
     plan = phases.make_plan(tiny_config.replace(feature_cache="off"))
     runner = CustomRunner(plan)
     train_data, _ = runner.data()
@@ -270,7 +270,7 @@ def test_lr_find_phase_then_learning_rate_auto(tiny_config):
     import json
     import os
 
-    from loops import phases
+    from tapefit.loops import phases
     cfg = tiny_config.replace(epochs=1)
     with pytest.raises(ConfigError, match="--phase=lr_find --for_phase=head"):
         phases.run(cfg.replace(learning_rate="auto"))
@@ -307,7 +307,7 @@ def test_learning_rate_flag_takes_numbers_and_auto():
 def _parsed(*argv):
     from absl import flags as absl_flags
 
-    from flags.definitions import config_from_flags, define_flags
+    from tapefit.flags.definitions import config_from_flags, define_flags
     flag_values = absl_flags.FlagValues()
     define_flags(flag_values)
     flag_values(["train.py", *argv])
@@ -315,7 +315,7 @@ def _parsed(*argv):
 
 
 def test_recipe_sets_flags_that_are_not_given_and_explicit_flags_win():
-    from flags.config import RECIPES
+    from tapefit.flags.config import RECIPES
     tuned = RECIPES["tuned"]
     head = _parsed("--recipe=tuned")
     assert head.recipe == "tuned"
@@ -354,7 +354,7 @@ def test_unknown_augmentation_is_a_one_line_error():
 def _mixed(spec, first_step=0, steps=4):
     import tensorflow as tf
 
-    from model.augment import mix_batches
+    from tapefit.model.augment import mix_batches
     images = np.arange(6 * 8 * 8 * 3, dtype=np.float32).reshape(6, 8, 8, 3) % 255
     labels = np.array([0, 1, 2, 0, 1, 2])
     batches = tf.data.Dataset.from_tensors((images, labels)).repeat().skip(first_step)
@@ -392,7 +392,7 @@ def test_cutmix_label_weights_are_the_pasted_area():
 
 
 def test_mixing_makes_soft_label_loss_and_accuracy():
-    from loops.training.custom import SoftLabelAccuracy, make_metrics
+    from tapefit.loops.training.custom import SoftLabelAccuracy, make_metrics
     cfg = Config(augment="mixup")
     assert type(make_loss(cfg)) is SmoothedCrossentropy
     assert type(make_metrics(cfg)[0]) is SoftLabelAccuracy
@@ -404,7 +404,7 @@ def test_mixing_makes_soft_label_loss_and_accuracy():
 
 
 def test_model_augmentation_layers_follow_the_spec():
-    from model.augment import model_layers
+    from tapefit.model.augment import model_layers
     names = [layer.name for layer in model_layers("flip,rotate,randaugment,mixup", 1)]
     assert names == ["augment_flip", "augment_rotate", "augment_randaugment"]
     assert model_layers("mixup,cutmix", 1) == []
@@ -412,7 +412,7 @@ def test_model_augmentation_layers_follow_the_spec():
 
 # ---- (5) --tta=flip, --train_bn ---------------------------------------------------------------
 def test_flip_tta_averages_the_probabilities_of_an_image_and_its_mirror():
-    from model.augment import with_tta
+    from tapefit.model.augment import with_tta
     inputs = keras.Input((2, 3, 1))
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
     model.set_weights([np.random.default_rng(1).normal(size=(6, 2)).astype(np.float32),
@@ -427,7 +427,7 @@ def test_flip_tta_averages_the_probabilities_of_an_image_and_its_mirror():
 
 
 def test_train_bn_unfreezes_batch_norm_of_the_unfrozen_blocks_only(mobilenet):
-    from model.freeze import unfreeze_batch_norm
+    from tapefit.model.freeze import unfreeze_batch_norm
     assert not mobilenet.get_layer("conv_pw_13_bn").trainable  # The default: frozen.
     assert unfreeze_batch_norm(mobilenet, "finetune", "block_12") == 4
     assert mobilenet.get_layer("conv_pw_13_bn").trainable
@@ -438,7 +438,7 @@ def test_train_bn_unfreezes_batch_norm_of_the_unfrozen_blocks_only(mobilenet):
 
 # ---- (6) gradual unfreezing -----------------------------------------------------------------
 def _unfreezing_run(cfg):
-    from loops import phases
+    from tapefit.loops import phases
     seen = []
 
     def hooks(module):
@@ -454,7 +454,7 @@ def _unfreezing_run(cfg):
 
 
 def test_gradual_unfreezing_trains_the_scheduled_blocks_per_epoch(tiny_config, caplog):
-    from loops import phases
+    from tapefit.loops import phases
     head = tiny_config.replace(backbone="vgg16", unfreeze_from=None, synthetic_examples=32,
                                batch_size=16, epochs=1, learning_rate=5e-3)
     phases.run(head)
@@ -507,7 +507,7 @@ def test_unfreeze_schedule_errors(changes, message):
 def test_a_bottom_up_schedule_is_refused_before_anything_is_written(tiny_config):
     import os
 
-    from loops import phases
+    from tapefit.loops import phases
     head = tiny_config.replace(epochs=1)
     phases.run(head)
     cfg = head.replace(phase="finetune", unfreeze_from=None,
@@ -529,7 +529,7 @@ def test_lr_find_for_the_finetune_phase_leaves_the_head_run_alone(tiny_config):
     import os
     import shutil
 
-    from loops import phases
+    from tapefit.loops import phases
     cfg = tiny_config.replace(epochs=1)
     phases.run(cfg)
     best = os.path.join(cfg.workdir, "head", "best.weights.h5")
@@ -554,7 +554,7 @@ def test_exact_resume_continues_the_step_schedule_and_the_mixing(tiny_config):
     interrupted mid-epoch and resumed from its backup ends bit-identical."""
     import os
 
-    from loops import phases
+    from tapefit.loops import phases
     cfg = tiny_config.replace(backbone="vgg16", unfreeze_from=None, synthetic_examples=32,
                               batch_size=8, epochs=3, learning_rate=3e-3, dropout=0.0,
                               lr_schedule="one_cycle", augment="mixup", backup=True,
@@ -584,7 +584,7 @@ def test_recipe_end_to_end_through_train_py(tmp_path):
     import subprocess
     import sys
 
-    from flags.config import RECIPES
+    from tapefit.flags.config import RECIPES
     from tests.conftest import ROOT
     common = ["--recipe=tuned", f"--workdir={tmp_path}", "--dataset=synthetic",
               "--weights=none", "--backbone=mobilenet", "--alpha=0.25", "--image_size=32",
@@ -599,7 +599,7 @@ def test_recipe_end_to_end_through_train_py(tmp_path):
 
 
 def test_the_model_holds_the_in_model_augmentations_of_the_spec(tiny_config):
-    from model import build_model
+    from tapefit.model import build_model
     for spec, names in (("", []), ("flip,rotate", ["augment_flip", "augment_rotate"]),
                         ("flip,mixup", ["augment_flip"]), ("cutmix", []),
                         ("randaugment", ["augment_randaugment"])):

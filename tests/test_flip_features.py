@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from loops import phases
-from loops.caches import feature_cache
-from loops.caches.flip_features import PickFlip, both_outcomes, flip_images
-from model import build_model, set_trainable
+from tapefit.loops import phases
+from tapefit.loops.caches import feature_cache
+from tapefit.loops.caches.flip_features import PickFlip, both_outcomes, flip_images
+from tapefit.model import build_model, set_trainable
 
 STEPS = 6
 

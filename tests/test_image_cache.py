@@ -7,9 +7,9 @@ import subprocess
 import numpy as np
 import pytest
 
-import input_pipeline
-from flags.config import Config, ConfigError
-from input_pipeline import folders, image_cache
+from tapefit import input_pipeline
+from tapefit.flags.config import Config, ConfigError
+from tapefit.input_pipeline import folders, image_cache
 from tests.test_input_pipeline import encode, make_split, photo
 
 pytestmark = pytest.mark.usefixtures("no_network")  # From conftest.py.
@@ -239,7 +239,7 @@ def test_a_half_written_cache_is_ignored_and_rebuilt(data, tmp_path, counted):
 
 def test_an_iteration_stopped_half_way_publishes_nothing(data, tmp_path, counted,
                                                           monkeypatch):
-    from input_pipeline import batching
+    from tapefit.input_pipeline import batching
     monkeypatch.setattr(batching, "READ_AHEAD", 2)  # Else it reads the 10 images at once.
     cfg = config(data, tmp_path)
     loaded = input_pipeline.load_splits(cfg)
@@ -253,7 +253,7 @@ def test_an_iteration_stopped_half_way_publishes_nothing(data, tmp_path, counted
 
 
 def test_concurrent_writers_publish_one_complete_cache(data, tmp_path, counted, monkeypatch):
-    from input_pipeline import batching
+    from tapefit.input_pipeline import batching
     monkeypatch.setattr(batching, "READ_AHEAD", 2)  # Both start before either ends.
     cfg = config(data, tmp_path)
     a = iter(input_pipeline.load_splits(cfg).train)
@@ -299,7 +299,7 @@ def test_flags_are_checked():
 
 
 def test_finetune_and_evaluate_reuse_the_head_runs_images(data, tmp_path, counted):
-    from loops import phases
+    from tapefit.loops import phases
     cfg = Config(workdir=str(tmp_path / "run"), backbone="mobilenet", alpha=0.25,
                  weights="none", image_size=S, data_dir=str(data), batch_size=4, epochs=1,
                  verbose=0, unfreeze_from="conv_dw_13", tensorboard=False)

@@ -24,8 +24,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP_DIRS = {".git", "runs", "build", "dist", "__pycache__", ".ruff_cache", ".pytest_cache"}
 
 
-def project_modules(root: str = ROOT) -> dict[str, str]:
-    """Module name -> file path for every project .py file (a package by its name)."""
+# The repository root is the package `tapefit` (setup.cfg's package_dir); tests/ and bench/
+# are not part of it and keep their own names.
+PACKAGE, OUTSIDE_THE_PACKAGE = "tapefit", ("tests", "bench")
+
+
+def project_modules(root: str = ROOT, package: str | None = None) -> dict[str, str]:
+    """Module name -> file path for every project .py file (a package by its name);
+    with `package`, `root` is that package: its files are named `package.<path>`, but for
+    those under `OUTSIDE_THE_PACKAGE`."""
     modules = {}
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")
@@ -37,6 +44,8 @@ def project_modules(root: str = ROOT) -> dict[str, str]:
             parts = os.path.relpath(path, root)[:-3].split(os.sep)
             if parts[-1] == "__init__":
                 parts = parts[:-1]
+            if package and (not parts or parts[0] not in OUTSIDE_THE_PACKAGE):
+                parts = [package, *parts]
             if parts:
                 modules[".".join(parts)] = path
     return modules
@@ -82,8 +91,8 @@ def _targets(module: str, node: ast.AST, modules: dict[str, str]) -> set[str]:
     return targets
 
 
-def import_graph(root: str = ROOT) -> dict[str, set[str]]:
-    modules = project_modules(root)
+def import_graph(root: str = ROOT, package: str | None = PACKAGE) -> dict[str, set[str]]:
+    modules = project_modules(root, package)
     graph = {}
     for module, path in modules.items():
         with open(path, encoding="utf-8") as f:
@@ -146,10 +155,32 @@ def _one_cycle(graph, component) -> list[str]:
 
 def test_the_graph_sees_the_project():
     graph = import_graph()
-    assert "loops.phases" in graph and "train" in graph and "callbacks" in graph
-    assert "loops.phases" in graph["train"]
+    assert {"tapefit.loops.phases", "tapefit.train", "tapefit.callbacks", "tests.conftest",
+            "bench.common"} <= set(graph)
+    assert "tapefit.loops.phases" in graph["tapefit.train"]
     # A function-local import counts (predict.py imports train_lib inside main()).
-    assert "loops.train_lib" in graph["predict"]
+    assert "tapefit.loops.train_lib" in graph["tapefit.predict"]
+
+
+def test_every_import_of_the_project_names_tapefit():
+    """One import name (issue 29): `import model` or `from flags.config import ...` would
+    import whatever `model` the user's folder holds (a notebook's model.py)."""
+    own = {name.split(".")[1] for name in project_modules(ROOT, PACKAGE)
+           if name.startswith(PACKAGE + ".")}
+    # The one exception: a script run by its path checks which tapefit it would import
+    # with the `_checkout` beside it, before importing tapefit.
+    own.discard("_checkout")
+    bare = []
+    for path in project_modules(ROOT, PACKAGE).values():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [])
+            bare += [f"{path}:{node.lineno}: {name}" for name in names
+                     if name.split(".")[0] in own]
+    assert not bare, "imports that do not name tapefit:\n" + "\n".join(bare)
 
 
 def test_a_circle_is_found(tmp_path):
@@ -162,7 +193,7 @@ def test_a_circle_is_found(tmp_path):
     (tmp_path / "pkg" / "m.py").write_text("from pkg import n\nimport c\n")
     (tmp_path / "pkg" / "n.py").write_text("")
     (tmp_path / "c.py").write_text("from pkg.n import z\n")
-    found = sorted(" -> ".join(c) for c in cycles(import_graph(str(tmp_path))))
+    found = sorted(" -> ".join(c) for c in cycles(import_graph(str(tmp_path), None)))
     assert found == ["a -> b -> a", "c -> pkg -> pkg.m -> c"], found
 
 

@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import input_pipeline
-from flags.config import Config
-from input_pipeline import DataError, batching, synthetic
+from tapefit import input_pipeline
+from tapefit.flags.config import Config
+from tapefit.input_pipeline import DataError, batching, synthetic
 
 S = 32
 

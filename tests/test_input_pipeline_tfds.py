@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-import input_pipeline
-from flags.config import Config
-from input_pipeline import DataError, tfds_source
+from tapefit import input_pipeline
+from tapefit.flags.config import Config
+from tapefit.input_pipeline import DataError, tfds_source
 
 S = 40
 

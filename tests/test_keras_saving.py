@@ -8,7 +8,7 @@ from keras.src.backend.common import global_state
 from keras.src.layers import layer as layer_module
 from keras.src.saving import saving_lib
 
-from loops.training import keras_saving
+from tapefit.loops.training import keras_saving
 from tests.conftest import h5_datasets
 
 
@@ -78,9 +78,9 @@ def test_clear_session_drops_the_memo_and_build_fills_it_again(tmp_path):
     keras.backend.clear_session()
     assert global_state.get_global_attribute(key) is None
 
-    from flags.config import Config
-    from loops import train_lib
-    from loops.training import strategy as strategy_lib
+    from tapefit.flags.config import Config
+    from tapefit.loops import train_lib
+    from tapefit.loops.training import strategy as strategy_lib
     cfg = Config(phase="head", backbone="mobilenet", alpha=0.25, weights="none", image_size=32,
                  workdir=str(tmp_path))
     train_lib.build(cfg, strategy_lib.make_strategy(cfg.strategy), 2)

@@ -3,15 +3,16 @@ import os
 import subprocess
 import sys
 
-from layout import atomic, paths
+from tapefit.layout import atomic, paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_layout_imports_no_tensorflow_and_nothing_of_tapefit():
-    code = ("import sys, layout.paths, layout.atomic; "
+    code = ("import sys, tapefit.layout.paths, tapefit.layout.atomic; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', "
-            "'numpy', 'flags', 'loops', 'callbacks', 'research', 'model', 'input_pipeline')); "
+            "'numpy') or m.split('.')[:2] in (['tapefit', n] for n in ('flags', 'loops', "
+            "'callbacks', 'research', 'model', 'input_pipeline'))); "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True)

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from flags.config import Config, ConfigError
-from model import backbone_layer_names, backbones, build_model, set_trainable
+from tapefit.flags.config import Config, ConfigError
+from tapefit.model import backbone_layer_names, backbones, build_model, set_trainable
 
 VGG_BLOCK5 = ["block5_conv1/kernel", "block5_conv1/bias", "block5_conv2/kernel",
               "block5_conv2/bias", "block5_conv3/kernel", "block5_conv3/bias"]

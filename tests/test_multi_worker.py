@@ -26,7 +26,7 @@ import time
 import numpy as np
 import pytest
 
-from flags.config import Config, ConfigError
+from tapefit.flags.config import Config, ConfigError
 from tests.conftest import ROOT
 from tests.conftest import h5_datasets as weights
 
@@ -285,7 +285,7 @@ def test_killed_worker_resumes_from_the_chief_backup(runs, tmp_path):
     (dict(loop="fit", steps_per_execution=3), "--loop=fit cannot run --steps_per_execution"),
 ])
 def test_what_cannot_run_across_workers_is_a_one_line_error(changes, message):
-    from loops.training.strategy import check_supported
+    from tapefit.loops.training.strategy import check_supported
     check_supported(Config(strategy="multi_worker", loop="custom", steps_per_execution=3))
     with pytest.raises(ConfigError, match=message):
         check_supported(Config(strategy="multi_worker", **changes))

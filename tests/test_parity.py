@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from loops import compare_lib, phases, train_lib
+from tapefit.loops import compare_lib, phases, train_lib
 from tests.conftest import ROOT
 
 
@@ -118,7 +118,7 @@ def test_parity_with_xla_and_several_steps_per_execution(tmp_path):
 
 
 def test_steps_per_execution_must_divide_an_epoch(parity_config):
-    from flags.config import ConfigError
+    from tapefit.flags.config import ConfigError
     with pytest.raises(ConfigError, match="does not divide the 3 steps"):
         phases.train(parity_config.replace(steps_per_execution=2))
 
@@ -187,7 +187,7 @@ def test_finetune_parity_with_train_bn_and_flip_tta_evaluation(tiny_config):
     and --tta=flip at evaluate, in both loops."""
     import keras
 
-    from model.freeze import unfreeze_batch_norm
+    from tapefit.model.freeze import unfreeze_batch_norm
     tiny = tiny_config.replace(unfreeze_from="block_12", epochs=1, learning_rate=5e-3)
     phases.run(tiny)
     cfg = tiny.replace(phase="finetune", epochs=2, train_bn=True)

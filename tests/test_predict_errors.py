@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import input_pipeline
-from flags.config import Config
-from input_pipeline import DataError
-from loops import phases, train_lib
+from tapefit import input_pipeline
+from tapefit.flags.config import Config
+from tapefit.input_pipeline import DataError
+from tapefit.loops import phases, train_lib
 from tests.conftest import ROOT
 
 

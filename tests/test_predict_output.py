@@ -18,7 +18,7 @@ def run_script(script, *argv, timeout=300):
 # ---- predict.py: escaped names, folders --------------------------------------------------------
 
 def test_escape_controls_keeps_one_line_and_distinct_names():
-    from flags.errors import escape_controls
+    from tapefit.flags.errors import escape_controls
     assert escape_controls("a\tb\nc\rd") == "a\\tb\\nc\\rd"
     assert escape_controls("x\x1b[2Jy\u202ez\u2028") == "x\\x1b[2Jy\\u202ez\\u2028"
     assert escape_controls(b"caf\xff.png") == "caf\\xff.png"

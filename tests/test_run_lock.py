@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from flags.errors import RunError
-from loops.rundir.run_lock import RunLock
+from tapefit.flags.errors import RunError
+from tapefit.loops.rundir.run_lock import RunLock
 from tests.conftest import ROOT
 
 # A child: waits for GO, races for LOCK, prints WON or LOST <message>; a winner
@@ -21,8 +21,8 @@ from tests.conftest import ROOT
 CHILD = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {root!r})
-    from flags.errors import RunError
-    from loops.rundir.run_lock import RunLock
+    from tapefit.flags.errors import RunError
+    from tapefit.loops.rundir.run_lock import RunLock
     lock_path, go, release = sys.argv[1:4]
     while not os.path.exists(go):
         time.sleep(0.001)

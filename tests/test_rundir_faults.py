@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from flags.errors import ConfigError, RunError
-from loops.rundir import run_lock
-from loops.rundir.run_lock import LockLost, RunLock
+from tapefit.flags.errors import ConfigError, RunError
+from tapefit.loops.rundir import run_lock
+from tapefit.loops.rundir.run_lock import LockLost, RunLock
 from tests.conftest import ROOT
 
 
@@ -37,8 +37,8 @@ def take_over(path, host="another-host.example", pid=4242):
 HOLDER = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {root!r})
-    from flags.errors import RunError
-    from loops.rundir.run_lock import RunLock, check_held
+    from tapefit.flags.errors import RunError
+    from tapefit.loops.rundir.run_lock import RunLock, check_held
     lock_path, go = sys.argv[1:3]
     lock = RunLock(lock_path, lease_s=0.4).acquire()
     print("HELD", flush=True)
@@ -105,7 +105,7 @@ def test_check_held_raises_after_a_take_over_and_release_leaves_the_new_lock(tmp
 
 
 def test_an_atomic_write_after_losing_the_lock_leaves_the_file_alone(tmp_path):
-    from callbacks import atomic_io
+    from tapefit.callbacks import atomic_io
     atomic_io.add_write_check(run_lock.check_held)  # As loops.train_lib does.
     target = tmp_path / "summary.json"
     target.write_text("theirs")
@@ -134,7 +134,7 @@ def test_an_atomic_write_after_losing_the_lock_leaves_the_file_alone(tmp_path):
 def taken_over_at_first_epoch_end(run_dir):
     """extra_hooks: at the end of the first epoch, another host takes the run's lock
     and writes its own final weights and summary."""
-    from loops.rundir import run_dir as run_dir_lib
+    from tapefit.loops.rundir import run_dir as run_dir_lib
 
     def hooks(module):
         def on_epoch_end(epoch, logs=None):
@@ -149,7 +149,7 @@ def taken_over_at_first_epoch_end(run_dir):
 
 @pytest.mark.parametrize("loop", ["custom", "fit"])
 def test_a_run_taken_over_stops_and_leaves_the_new_holders_files(tiny_config, loop):
-    from loops import phases
+    from tapefit.loops import phases
     cfg = tiny_config.replace(loop=loop, epochs=3)
     with pytest.raises(LockLost, match="lost the lock of run directory"):
         phases.train(cfg, extra_hooks=taken_over_at_first_epoch_end(cfg.run_dir))
@@ -165,8 +165,8 @@ def test_a_sweep_trial_taken_over_is_left_to_the_new_holder(tiny_config, monkeyp
     """A sweep process paused in a trial past the lease: its trial is another's now.
     It writes nothing more there (not even status.json) and reports it as running
     elsewhere (a --parallel worker then exits EXIT_LOCKED: its parent writes nothing)."""
-    from loops import phases
-    from research import runner
+    from tapefit.loops import phases
+    from tapefit.research import runner
     trial_dir = os.path.join(tiny_config.workdir, "trials", "t1")
     cfg = tiny_config.replace(workdir=trial_dir, epochs=1)
     status = os.path.join(trial_dir, runner.STATUS_JSON)
@@ -205,7 +205,7 @@ def small_disk_once(path_that_fills, monkeypatch, free=100_000):
 @pytest.mark.parametrize("loop", ["custom", "fit"])
 def test_a_full_disk_is_one_line_and_the_previous_checkpoint_survives(tiny_config, loop,
                                                                       monkeypatch):
-    from loops import phases
+    from tapefit.loops import phases
     from tests.conftest import h5_datasets
     cfg = tiny_config.replace(loop=loop, epochs=3, monitor="loss", mode="min")
     best = os.path.join(cfg.run_dir, "best.weights.h5")
@@ -225,7 +225,7 @@ def test_weights_are_written_from_memory_and_load_back(tmp_path):
     import keras
     import numpy as np
 
-    from callbacks.atomic_io import atomic_save_weights
+    from tapefit.callbacks.atomic_io import atomic_save_weights
     from tests.conftest import h5_datasets
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     atomic_save_weights(model, str(tmp_path / "a.weights.h5"))
@@ -271,7 +271,7 @@ def test_train_py_on_a_3mb_tmpfs_is_one_line_exit_1_no_crash(tmp_path):
 # ---- 5. deleting never follows a link --------------------------------------------------------
 
 def test_removing_partial_files_does_not_follow_links(tmp_path):
-    from loops.rundir.run_dir import remove_partial_files
+    from tapefit.loops.rundir.run_dir import remove_partial_files
     run_dir, outside = tmp_path / "run" / "head", tmp_path / "outside"
     (run_dir / "backup").mkdir(parents=True)
     outside.mkdir()
@@ -292,8 +292,8 @@ def test_removing_partial_files_does_not_follow_links(tmp_path):
 def test_a_linked_phase_directory_is_never_deleted_through_the_link(tmp_path, overwrite):
     """--overwrite (or a restart) would delete the phase directory: refused in one line
     when it is a link, and nothing is deleted."""
-    from flags.config import Config
-    from loops.rundir import run_dir as run_dir_lib
+    from tapefit.flags.config import Config
+    from tapefit.loops.rundir import run_dir as run_dir_lib
     workdir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     workdir.mkdir()
     elsewhere.mkdir()
@@ -318,8 +318,8 @@ ACQUIRE = textwrap.dedent("""
     import resource, sys
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
     sys.path.insert(0, {root!r})
-    from flags.errors import RunError
-    from loops.rundir.run_lock import RunLock
+    from tapefit.flags.errors import RunError
+    from tapefit.loops.rundir.run_lock import RunLock
     try:
         RunLock(sys.argv[1]).acquire().release()
         print("ACQUIRED")
@@ -387,7 +387,7 @@ def test_a_lock_file_of_garbage_is_damaged(tmp_path, content):
 
 
 def test_the_plan_refuses_a_fifo_in_the_lock_s_place_before_building_anything(tmp_path):
-    from loops.rundir import run_dir as run_dir_lib
+    from tapefit.loops.rundir import run_dir as run_dir_lib
     run_dir = str(tmp_path / "head")
     os.mkfifo(run_dir_lib.lock_path(run_dir))
     with pytest.raises(RunError, match="is a FIFO, not a lock file; remove it"):
@@ -398,8 +398,8 @@ def test_a_write_that_fails_after_a_take_over_reports_the_lost_lock(tiny_config)
     """Paused inside Keras' own write (--loop=fit's hooks write straight to disk), taken
     over, and the new holder deleted the folder meanwhile: whatever that write raises
     next, the one line says why (the lock was lost), not a FileNotFoundError traceback."""
-    from loops import phases
-    from loops.rundir import run_dir as run_dir_lib
+    from tapefit.loops import phases
+    from tapefit.loops.rundir import run_dir as run_dir_lib
     cfg = tiny_config.replace(loop="fit", epochs=2)
 
     def hooks(module):

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flags.config import Config
-from flags.errors import ConfigError, TapefitError
-from loops import phases, train_lib
+from tapefit.flags.config import Config
+from tapefit.flags.errors import ConfigError, TapefitError
+from tapefit.loops import phases, train_lib
 from tests.conftest import ROOT
 from tests.conftest import h5_datasets as weights
 from tests.test_errors import TINY, assert_one_line_error, run_train
@@ -126,10 +126,10 @@ def png_folder(root, counts: dict):
 KILLER = """
 import json, os, sys
 sys.path.insert(0, {root!r})
-from flags.quiet import silence_native_logs
+from tapefit.flags.quiet import silence_native_logs
 silence_native_logs()
-from flags.config import Config
-from loops import phases, train_lib
+from tapefit.flags.config import Config
+from tapefit.loops import phases, train_lib
 cfg = Config.from_dict(json.loads(sys.argv[1]))
 kill_epoch, notes = int(sys.argv[2]), sys.argv[3]
 
@@ -521,10 +521,10 @@ def test_resume_restores_every_hook_state_whatever_the_hook_order(tmp_path):
     import keras
     import tensorflow as tf
 
-    import callbacks
-    from loops.training.checkpointer import Checkpointer, Position, state_key
-    from loops.training.custom import CustomLoop
-    from loops.training.hooks import hook_specs, instantiate
+    from tapefit import callbacks
+    from tapefit.loops.training.checkpointer import Checkpointer, Position, state_key
+    from tapefit.loops.training.custom import CustomLoop
+    from tapefit.loops.training.hooks import hook_specs, instantiate
 
     cfg = tiny(tmp_path / "w", early_stopping=True, early_stopping_patience=10,
                restore_best_weights=True, reduce_lr_on_plateau=True, reduce_lr_patience=10,

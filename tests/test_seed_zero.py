@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import input_pipeline
-from input_pipeline import batching
-from loops import phases
+from tapefit import input_pipeline
+from tapefit.input_pipeline import batching
+from tapefit.loops import phases
 
 # ---- --seed=0 (and 1..3) -----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
-from research import grid, report, runner, stats, study
+from tapefit.research import grid, report, runner, stats, study
 
 TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": 32,
         "dataset": "synthetic", "epochs": 2}
@@ -360,8 +360,8 @@ def test_a_damaged_predictions_file_is_named(tmp_path):
 def test_folder_examples_are_identified_by_their_path(tmp_path, layout, no_network):
     """predictions.npz ids of an image folder: the path relative to the data folder, the
     same when the split comes from the image cache (complete.json keeps them)."""
-    from flags.config import Config
-    from input_pipeline.evaluation import load_test_split_with_ids
+    from tapefit.flags.config import Config
+    from tapefit.input_pipeline.evaluation import load_test_split_with_ids
     from tests.test_input_pipeline import make_split
 
     root = tmp_path / "data"

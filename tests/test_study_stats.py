@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from research import stats
+from tapefit.research import stats
 
 
 def test_a_tie_is_a_tie_not_a_winner():

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from research import grid, report, runner, study
+from tapefit.research import grid, report, runner, study
 from tests.conftest import h5_datasets as weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +25,7 @@ TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size":
 @pytest.fixture
 def calls(monkeypatch):
     """Every phases.run call, as (trial id, phase)."""
-    from loops import phases
+    from tapefit.loops import phases
     real, seen = phases.run, []
 
     def run(cfg):

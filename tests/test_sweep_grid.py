@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from flags.config import Config
-from flags.errors import ConfigError
-from research import grid, report, runner, stats, study
+from tapefit.flags.config import Config
+from tapefit.flags.errors import ConfigError
+from tapefit.research import grid, report, runner, stats, study
 
 TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": 32,
         "dataset": "synthetic", "epochs": 2}
@@ -318,7 +318,7 @@ def test_divergence_is_read_from_the_phase_summary_not_its_log(tmp_path):
 
 
 def test_a_trial_locked_elsewhere_is_skipped(tmp_path):
-    from loops.rundir.run_lock import RunLock
+    from tapefit.loops.rundir.run_lock import RunLock
     folder = tmp_path / "trial"
     folder.mkdir()
     with RunLock(str(folder / runner.LOCK_FILE), what="sweep trial"):
@@ -346,7 +346,7 @@ def test_parallel_workers_run_each_trial_once(tmp_path):
 
 def test_architecture_fields_match_train_lib():
     """grid keeps a TensorFlow-free copy of train_lib's list."""
-    from loops import train_lib
+    from tapefit.loops import train_lib
     assert set(grid.ARCHITECTURE_FIELDS) == set(train_lib.ARCHITECTURE_FIELDS)
 
 

@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from flags.errors import ConfigError
-from research import grid, runner, study
+from tapefit.flags.errors import ConfigError
+from tapefit.research import grid, runner, study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": 32,
@@ -161,7 +161,7 @@ def test_phase_axes_of_different_phases_do_not_overlap(tmp_path):
 ])
 def test_values_that_can_only_fail_are_refused_up_front(tmp_path, monkeypatch, axes, flags,
                                                         phases, message):
-    from loops import phases as phase_layer
+    from tapefit.loops import phases as phase_layer
     ran = []
     monkeypatch.setattr(phase_layer, "run", lambda cfg: ran.append(cfg) or {})
     folder = str(tmp_path / "study")
@@ -192,7 +192,7 @@ def fake_phase(cfg, log_text, final=True):
 
 
 def test_a_finished_phase_with_a_truncated_log_is_finished_not_diverged(tmp_path, monkeypatch):
-    from loops import phases
+    from tapefit.loops import phases
     monkeypatch.setattr(phases, "run", lambda cfg: fake_phase(
         cfg, "epoch,accuracy,loss,learning_rate,val_accuracy,val_loss\n0,0.5,0.69,0.001,0.5,0.6"
              "\n1,0.5,0.6"))  # The last row cut mid-write.
@@ -204,7 +204,7 @@ def test_a_finished_phase_with_a_truncated_log_is_finished_not_diverged(tmp_path
 
 
 def test_a_phase_that_stopped_on_nan_is_diverged(tmp_path, monkeypatch):
-    from loops import phases
+    from tapefit.loops import phases
     monkeypatch.setattr(phases, "run", lambda cfg: fake_phase(
         cfg, "epoch,accuracy,loss,learning_rate,val_accuracy,val_loss\n0,0.5,nan,1,0.5,nan\n",
         final=False))
@@ -219,9 +219,9 @@ def test_a_phase_that_stopped_on_nan_is_diverged(tmp_path, monkeypatch):
 KILLED_CHILD = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {root!r})
-    from loops import phases, train_lib
-    from research import runner
-    from flags.config import Config
+    from tapefit.loops import phases, train_lib
+    from tapefit.research import runner
+    from tapefit.flags.config import Config
     def run(cfg):
         time.sleep(3.5)
         os._exit(9)  # Killed: no finally, no status written on the way out.
@@ -239,7 +239,7 @@ def test_a_resumed_trial_keeps_the_wall_time_before_the_kill(tmp_path, monkeypat
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 9, proc.stderr[-2000:]
-    from loops import phases
+    from tapefit.loops import phases
     monkeypatch.setattr(phases, "run", lambda c: fake_phase(
         c, "epoch,accuracy,loss,learning_rate,val_accuracy,val_loss\n0,0.5,0.6,0.001,0.5,0.6\n"))
     assert runner.run_trial(trial.trial_dir, ["head"], {"head": cfg}) == "finished"
@@ -254,7 +254,7 @@ def test_hparams_experiment_is_rewritten_when_the_grid_grows(tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    from research import hparams
+    from tapefit.research import hparams
     folder = str(tmp_path / "study")
     hparams.write_experiment(make(tmp_path, ["learning_rate=1e-3,3e-3"]), folder)
     hparams.write_experiment(make(tmp_path, ["learning_rate=1e-3,3e-3,1e-2"]), folder)
@@ -280,7 +280,7 @@ def test_help_points_to_files_that_exist():
 
 def test_the_recipes_study_compares_classic_with_the_tuned_recipe(tmp_path):
     """studies/recipes.json: the README's quality setup, the paths on the command line."""
-    from flags.config import RECIPES
+    from tapefit.flags.config import RECIPES
     s = study.make(str(tmp_path / "study"), {"data_dir": "/data", "weights": "w.h5"},
                    sweep_file=os.path.join(ROOT, "studies", "recipes.json"))
     trials = grid.expand(s, "s")

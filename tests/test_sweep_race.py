@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from flags.errors import ConfigError
-from research import grid, race, runner, study
+from tapefit.flags.errors import ConfigError
+from tapefit.research import grid, race, runner, study
 
 TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": 32,
         "dataset": "synthetic", "synthetic_examples": 24, "batch_size": 8, "epochs": 2,
@@ -24,7 +24,7 @@ def accuracy(cfg, failing=()):
 @pytest.fixture
 def phases(monkeypatch):
     """Stand-in phases.run; the list of (phase, learning rate, seed) it ran."""
-    from loops import phases
+    from tapefit.loops import phases
     ran, failing = [], set()
 
     def run(cfg):
@@ -32,7 +32,7 @@ def phases(monkeypatch):
         folder = os.path.join(cfg.workdir, cfg.phase)
         os.makedirs(folder, exist_ok=True)
         if (cfg.learning_rate, cfg.seed) in failing:
-            from flags.errors import RunError
+            from tapefit.flags.errors import RunError
             raise RunError("the data went away")
         if cfg.phase == "evaluate":
             with open(os.path.join(folder, "evaluation.json"), "w") as f:

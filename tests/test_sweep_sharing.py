@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from research import grid, runner, study
+from tapefit.research import grid, runner, study
 
 TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": 32,
         "dataset": "synthetic", "synthetic_examples": 24, "batch_size": 8, "epochs": 1,
@@ -20,7 +20,7 @@ TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size":
 @pytest.fixture
 def calls(monkeypatch):
     """Every phases.run call, as (work directory, phase)."""
-    from loops import phases
+    from tapefit.loops import phases
     real, seen = phases.run, []
 
     def run(cfg):
@@ -47,7 +47,7 @@ def test_a_finetune_axis_trains_one_head_per_seed(tmp_path, calls):
         assert os.path.realpath(head) == os.path.realpath(os.path.join(t.shared_dir("head"),
                                                                        "head"))
         # The trial folder is a whole run: the newest weights are its finetune's.
-        from loops.train_lib import load_trained_model
+        from tapefit.loops.train_lib import load_trained_model
         _, cfg, classes, phase = load_trained_model(t.trial_dir)
         assert phase == "finetune" and cfg.learning_rate == t.config("finetune").learning_rate
         # Its finetune started from the shared head's weights.
@@ -116,8 +116,8 @@ def fake_run(seen, pause=0.0):
 
 
 def test_a_shared_phase_held_elsewhere_is_deferred_or_waited_for(tmp_path, monkeypatch):
-    from loops import phases
-    from loops.rundir.run_lock import RunLock
+    from tapefit.loops import phases
+    from tapefit.loops.rundir.run_lock import RunLock
     seen = []
     monkeypatch.setattr(phases, "run", fake_run(seen))
     folder = str(tmp_path / "study")
@@ -157,7 +157,7 @@ def test_a_shared_phase_held_elsewhere_is_deferred_or_waited_for(tmp_path, monke
 def test_a_trial_run_without_sharing_keeps_its_own_phases(tmp_path, monkeypatch):
     """A trial whose head is a folder of its own (a study run with --noshare_phases, or
     before sharing existed) keeps its later phases in its own folder too."""
-    from loops import phases
+    from tapefit.loops import phases
     seen = []
     monkeypatch.setattr(phases, "run", fake_run(seen))
     folder = str(tmp_path / "study")

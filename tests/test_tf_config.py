@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from flags.config import ConfigError
-from loops.training import strategy
+from tapefit.flags.config import ConfigError
+from tapefit.loops.training import strategy
 
 # ---- TF_CONFIG ---------------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from flags.config import ConfigError
-from loops import phases, train_lib
+from tapefit.flags.config import ConfigError
+from tapefit.loops import phases, train_lib
 from tests.conftest import ROOT
 
 RUN_FILES = ("config.json", "classes.json", "log.csv", "best.weights.h5", "final.weights.h5")
@@ -71,7 +71,7 @@ def test_finetune_starts_from_the_head_checkpoint_with_a_fresh_optimizer(tiny_co
 
 def test_head_finetune_evaluate_under_tfds_mock_data(tiny_config, monkeypatch, tmp_path):
     """The real tfds loading path (cats_vs_dogs), with tfds' generated fake examples."""
-    from input_pipeline import tfds_source
+    from tapefit.input_pipeline import tfds_source
     # mock_data's builder never counts as prepared: let the network probe pass (the
     # mocked download does nothing, nothing reaches the network).
     monkeypatch.setattr(tfds_source, "network_available", lambda hosts: True)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flags.errors import RunError
-from loops import phases, train_lib
+from tapefit.flags.errors import RunError
+from tapefit.loops import phases, train_lib
 from tests.conftest import ROOT
 
 
@@ -99,7 +99,7 @@ def test_full_disk_while_saving_keeps_the_previous_file(tiny_config, monkeypatch
 KILL_DURING_SAVE = """
 import sys, time
 sys.path.insert(0, {root!r})
-from callbacks.atomic_io import atomic_save
+from tapefit.callbacks.atomic_io import atomic_save
 def slow_save(path):
     with open(path, "wb") as f:
         f.write(b"half a checkpoint")

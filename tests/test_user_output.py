@@ -11,10 +11,10 @@ import sys
 import pytest
 from absl import flags
 
-from flags import definitions
-from flags.config import Config
-from flags.quiet import NoiseFilter, keep_native_logs
-from loops import console
+from tapefit.flags import definitions
+from tapefit.flags.config import Config
+from tapefit.flags.quiet import NoiseFilter, keep_native_logs
+from tapefit.loops import console
 from tests.conftest import ROOT
 
 TINY = ["--backbone=mobilenet", "--alpha=0.25", "--weights=none", "--image_size=32",
@@ -139,7 +139,7 @@ def drive_epochs(hook, epochs=3, steps=4, validation=True):
 
 
 def test_not_a_terminal_gets_one_plain_line_per_epoch():
-    import callbacks
+    from tapefit import callbacks
     stream = io.StringIO()
     drive_epochs(callbacks.ProgbarLogger(lines_when_not_tty=True, file=stream))
     text = stream.getvalue()
@@ -159,7 +159,7 @@ def test_not_a_terminal_gets_one_plain_line_per_epoch():
 
 
 def test_bar_fits_the_terminal_and_validation_goes_below():
-    import callbacks
+    from tapefit import callbacks
     stream = Terminal()
     hook = callbacks.ProgbarLogger(file=stream, lines_when_not_tty=True)
     hook._width = lambda: 80
@@ -205,16 +205,16 @@ def test_summary_names_the_stop_the_best_epoch_the_files_and_the_next_command():
     assert "best val_loss: 0.3990 at epoch 4" in text
     for path in HEAD["files"].values():
         assert path in text
-    assert text.splitlines()[-1] == ("  python train.py --phase=finetune --workdir=runs/x "
+    assert text.splitlines()[-1] == ("  tapefit train --phase=finetune --workdir=runs/x "
                                      "--backbone=mobilenet --alpha=0.25 '--data_dir=my photos'")
     finetune = dict(HEAD, phase="finetune", stop_reason="finished", stopped_epoch=None,
                     epochs_run=10)
     text = console.phase_summary(finetune)
     assert "10/10 epochs, finished" in text
-    assert console.next_command(finetune).startswith("python train.py --phase=evaluate ")
+    assert console.next_command(finetune).startswith("tapefit train --phase=evaluate ")
     nan = dict(HEAD, stop_reason="nan", stopped_epoch=3, best_value=None, best_epoch=None)
     assert "stopped at epoch 3: the loss became NaN" in console.phase_summary(nan)
-    assert console.next_command(nan).startswith("python train.py --phase=head ")
+    assert console.next_command(nan).startswith("tapefit train --phase=head ")
     assert console.next_command(nan).endswith(" --overwrite")
 
 
@@ -227,7 +227,7 @@ def test_evaluate_summary_points_to_predict():
     text = console.phase_summary(result)
     assert "accuracy 0.9125 on 400 test examples" in text
     assert "runs/x/evaluate/evaluation.json" in text
-    assert text.splitlines()[-1] == "  python predict.py --workdir=runs/x IMAGE..."
+    assert text.splitlines()[-1] == "  tapefit predict --workdir=runs/x IMAGE..."
 
 
 # ---- a real run, stdout piped -------------------------------------------------------------
@@ -249,8 +249,8 @@ def test_piped_run_prints_one_line_per_epoch_no_noise_and_the_summary(tmp_path):
 
 
 def test_next_command_repeats_seed_recipe_and_determinism():
-    from flags.config import Config
-    from loops.training.runners import command_flags
+    from tapefit.flags.config import Config
+    from tapefit.loops.training.runners import command_flags
     cfg = Config(workdir="runs/x", seed=0, recipe="tuned", deterministic=True,
                  image_cache_dir="/cache/images")
     flags = command_flags(cfg)

@@ -26,11 +26,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from flags.errors import RunError
-from layout import paths
-from loops.caches import flip_features
-from loops.rundir.run_lock import pid_alive
-from model import graph
+from tapefit.flags.errors import RunError
+from tapefit.layout import paths
+from tapefit.loops.caches import flip_features
+from tapefit.loops.rundir.run_lock import pid_alive
+from tapefit.model import graph
 
 # Layers whose output depends on an RNG in training mode: they cannot be cached.
 RANDOM_LAYERS = (keras.layers.Dropout, keras.layers.GaussianNoise, keras.layers.GaussianDropout,
@@ -389,7 +389,7 @@ def data_key(cfg) -> dict:
     """What determines the images of every split: `input_pipeline.data_fingerprint`
     (the data flags and, for an image folder, every image file's path and a hash of
     its bytes; the folder's own path left out: the same bytes are the same data)."""
-    from input_pipeline import data_fingerprint
+    from tapefit.input_pipeline import data_fingerprint
     return {"data": data_fingerprint(cfg)}
 
 

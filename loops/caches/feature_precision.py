@@ -83,7 +83,7 @@ def bfloat16_copy(prefix: keras.Model, how: str = BF16_HOW) -> keras.Model:
 def forward(prefix: keras.Model, precision: str, how: str | None = None):
     """`x -> float32 features` of `prefix` in `precision` ("float32" or "bfloat16";
     `how` a bfloat16 copy is made, default `BF16_HOW`)."""
-    from loops.caches.feature_cache import forward_function
+    from tapefit.loops.caches.feature_cache import forward_function
     if precision == "float32":
         return forward_function(prefix)
     copy = bfloat16_copy(prefix, how or BF16_HOW)

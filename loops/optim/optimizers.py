@@ -63,7 +63,7 @@ def backbone_blocks(model) -> list[tuple[str, list[str]]]:
     in order. A layer without a block name (a stem before the first block, a final
     batch-norm after the last) joins the block next to it. Blocks are the coarsest
     names the backbone gives (stages where it has them: `conv5`, `block7`)."""
-    from model.freeze import backbone_layer_names, backbone_of
+    from tapefit.model.freeze import backbone_layer_names, backbone_of
     blocks = backbone_of(model).blocks
     groups: list[tuple[str, list[str]]] = []
     pending: list[str] = []  # Layers before the first named block.

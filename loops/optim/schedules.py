@@ -22,9 +22,9 @@ import math
 
 import keras
 
-from callbacks.base import Callback
-from flags.config import STEP_LR_SCHEDULES
-from loops.optim import optimizers as optimizers_lib
+from tapefit.callbacks.base import Callback
+from tapefit.flags.config import STEP_LR_SCHEDULES
+from tapefit.loops.optim import optimizers as optimizers_lib
 
 OPTIMIZERS = {
     "adam": keras.optimizers.Adam,
@@ -207,7 +207,7 @@ class UnfreezeSchedule(Callback):
 
     def __init__(self, model, cfg, on_change):
         super().__init__()
-        from model import first_trainable_position
+        from tapefit.model import first_trainable_position
         self.net, self.cfg, self.on_change = model, cfg, on_change
         self.stages = check_unfreeze_schedule(model, cfg)
         self.position = {name: first_trainable_position(model, name)
@@ -225,7 +225,7 @@ class UnfreezeSchedule(Callback):
         unfreeze_from = self.stage(epoch)
         if self.history and unfreeze_from == self.current:
             return False
-        from model import set_trainable
+        from tapefit.model import set_trainable
         set_trainable(self.net, "finetune" if unfreeze_from else "head", unfreeze_from,
                       train_bn=self.cfg.train_bn)
         self.current = unfreeze_from
@@ -239,9 +239,9 @@ class UnfreezeSchedule(Callback):
 
 def check_unfreeze_schedule(model, cfg) -> list[tuple[str, int]]:
     """The schedule's stages; blocks lower in the model must come at later epochs."""
-    from flags.config import parse_unfreeze_schedule
-    from flags.errors import ConfigError
-    from model import first_trainable_position
+    from tapefit.flags.config import parse_unfreeze_schedule
+    from tapefit.flags.errors import ConfigError
+    from tapefit.model import first_trainable_position
     stages = parse_unfreeze_schedule(cfg.unfreeze_schedule)
     ordered = sorted(stages, key=lambda s: -first_trainable_position(model, s[0]))
     epochs = [epoch for _, epoch in ordered]

@@ -28,10 +28,10 @@ import shutil
 import tempfile
 import zlib
 
-from flags.config import PATH, RESUMABLE, Config, fields_with
-from flags.errors import ConfigError
-from layout.atomic import TEMP_PATTERN, check_writes, read_json
-from layout.paths import (  # noqa: F401  (re-exported: the names callers know from here)
+from tapefit.flags.config import PATH, RESUMABLE, Config, fields_with
+from tapefit.flags.errors import ConfigError
+from tapefit.layout.atomic import TEMP_PATTERN, check_writes, read_json
+from tapefit.layout.paths import (  # noqa: F401  (re-exported: the names callers know from here)
     BACKUP_DIR,
     BEST_WEIGHTS,
     CLASSES_JSON,
@@ -41,7 +41,7 @@ from layout.paths import (  # noqa: F401  (re-exported: the names callers know f
     SKIPPED_FILES,
     lock_path,
 )
-from loops.training.checkpointer import BackupError, Position, backup_position
+from tapefit.loops.training.checkpointer import BackupError, Position, backup_position
 
 # Flags that may change between a run and its resumption.
 RESUMABLE_CHANGES = fields_with(RESUMABLE)
@@ -249,6 +249,6 @@ def backup_token(cfg: Config, run_dir: str) -> int:
 def check_not_running(run_dir: str) -> None:
     """One line when another live process holds `run_dir`'s lock. `acquire()` decides
     whether a holder is alive (a stale lock is taken over), so try it and let go."""
-    from loops.rundir.run_lock import RunLock
+    from tapefit.loops.rundir.run_lock import RunLock
     if os.path.lexists(lock_path(run_dir)):  # Also a FIFO or folder there: one line.
         RunLock(lock_path(run_dir), what="run directory", subject=run_dir).acquire().release()

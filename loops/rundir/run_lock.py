@@ -45,8 +45,8 @@ import threading
 import time
 import uuid
 
-from flags.errors import RunError
-from layout import paths
+from tapefit.flags.errors import RunError
+from tapefit.layout import paths
 
 log = logging.getLogger(__name__)
 

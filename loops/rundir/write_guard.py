@@ -23,8 +23,8 @@ import os
 
 import numpy as np
 
-from layout.atomic import check_space
-from loops.rundir.run_lock import check_held
+from tapefit.layout.atomic import check_space
+from tapefit.loops.rundir.run_lock import check_held
 
 # Hooks that write files in the run directory, and those of them that write weights.
 WRITERS = ("ModelCheckpoint", "CSVLogger", "TensorBoard", "BackupAndRestore")

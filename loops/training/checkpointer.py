@@ -37,9 +37,9 @@ import zipfile
 
 import numpy as np
 
-from layout.atomic import TEMP_PATTERN, atomic_save, atomic_write_json, read_json
-from layout.paths import BACKUP_STATE_JSON as STATE_JSON
-from layout.paths import KERAS_BACKUP_METADATA
+from tapefit.layout.atomic import TEMP_PATTERN, atomic_save, atomic_write_json, read_json
+from tapefit.layout.paths import BACKUP_STATE_JSON as STATE_JSON
+from tapefit.layout.paths import KERAS_BACKUP_METADATA
 
 EXACT_FORMAT = 2
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from callbacks import CallbackList
-from loops.training.checkpointer import Position
+from tapefit.callbacks import CallbackList
+from tapefit.loops.training.checkpointer import Position
 
 
 def make_loss(cfg=None):
@@ -29,7 +29,7 @@ def make_loss(cfg=None):
 
 
 def _mixes(cfg) -> bool:
-    from model.augment import mixes
+    from tapefit.model.augment import mixes
     return cfg is not None and bool(mixes(getattr(cfg, "augment", "")))
 
 

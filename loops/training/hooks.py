@@ -11,9 +11,9 @@ import os
 
 import numpy as np
 
-from layout import paths
-from layout.paths import BACKUP_DIR, LOG_CSV, TENSORBOARD_DIR  # noqa: F401  (runners' import)
-from loops.optim.schedules import make_schedule
+from tapefit.layout import paths
+from tapefit.layout.paths import BACKUP_DIR, LOG_CSV, TENSORBOARD_DIR  # noqa: F401  (runners' import)
+from tapefit.loops.optim.schedules import make_schedule
 
 
 def hook_specs(cfg, run_dir: str, resuming: bool = False) -> list[tuple[str, dict]]:

@@ -21,19 +21,19 @@ import os
 
 import keras
 
-import callbacks as our_callbacks
-import input_pipeline
-from flags.errors import ConfigError
-from layout.atomic import atomic_write_text
-from layout.paths import BACKUP_DIR, BEST_WEIGHTS, FINAL_WEIGHTS, LOG_CSV, TENSORBOARD_DIR
-from loops.caches import feature_cache, feature_precision
-from loops.console import command_flags, keras_verbose, progress_hook
-from loops.optim.schedules import is_step_schedule, make_optimizer
-from loops.training.checkpointer import BackupError, Checkpointer, Position
-from loops.training.custom import CustomLoop, make_loss, make_metrics
-from loops.training.hooks import hook_specs, instantiate
-from loops.training.strategy import prepare_fit
-from model.augment import mix_batches, mixes, uncacheable
+from tapefit import callbacks as our_callbacks
+from tapefit import input_pipeline
+from tapefit.flags.errors import ConfigError
+from tapefit.layout.atomic import atomic_write_text
+from tapefit.layout.paths import BACKUP_DIR, BEST_WEIGHTS, FINAL_WEIGHTS, LOG_CSV, TENSORBOARD_DIR
+from tapefit.loops.caches import feature_cache, feature_precision
+from tapefit.loops.console import command_flags, keras_verbose, progress_hook
+from tapefit.loops.optim.schedules import is_step_schedule, make_optimizer
+from tapefit.loops.training.checkpointer import BackupError, Checkpointer, Position
+from tapefit.loops.training.custom import CustomLoop, make_loss, make_metrics
+from tapefit.loops.training.hooks import hook_specs, instantiate
+from tapefit.loops.training.strategy import prepare_fit
+from tapefit.model.augment import mix_batches, mixes, uncacheable
 
 
 class Runner:
@@ -169,7 +169,7 @@ class CustomRunner(Runner):
         engages. With gradual unfreezing the model is first put in the stage of the
         epoch the phase starts (or resumes) at, and the cache is cut for that stage."""
         if self.cfg.unfreeze_schedule:
-            from loops.optim.schedules import UnfreezeSchedule
+            from tapefit.loops.optim.schedules import UnfreezeSchedule
             model = self.plan.model
             with self.plan.strategy.scope():  # Slots for every weight of every stage.
                 self.optimizer.build(model.trainable_variables)

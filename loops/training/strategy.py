@@ -8,7 +8,7 @@ import os
 
 import tensorflow as tf
 
-from flags.config import ConfigError
+from tapefit.flags.config import ConfigError
 
 _multi_worker = None  # One MultiWorkerMirroredStrategy per process (collectives start once).
 

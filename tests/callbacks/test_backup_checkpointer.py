@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import callbacks
-from loops.training.checkpointer import BackupError, Checkpointer, Position, backup_position
-from loops.training.custom import CustomLoop
+from tapefit import callbacks
+from tapefit.loops.training.checkpointer import BackupError, Checkpointer, Position, backup_position
+from tapefit.loops.training.custom import CustomLoop
 
 STEPS, EPOCHS = 4, 3
 

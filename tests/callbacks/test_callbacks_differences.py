@@ -7,7 +7,7 @@ import pytest
 from cb_events import read_scalars
 from cb_helpers import Epoch, ModelPair, Scenario, drive
 
-import callbacks
+from tapefit import callbacks
 
 
 @pytest.fixture(scope="module")
@@ -97,5 +97,5 @@ def test_integer_update_freq_drops_some_epoch_summaries(pair, tmp_path):
               scenario)
         tags[module.__name__] = sorted((tag, step) for tag, _, step, _ in
                                        read_scalars(log_dir)["train"])
-    assert tags["callbacks"] == tags["keras.callbacks"] == [
+    assert tags["tapefit.callbacks"] == tags["keras.callbacks"] == [
         ("batch_loss", 2), ("epoch_learning_rate", 1), ("epoch_loss", 1)]

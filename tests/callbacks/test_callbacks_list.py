@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 from cb_helpers import ModelPair
 
-import callbacks
-from callbacks.base import _EVENTS, pythonify_logs
+from tapefit import callbacks
+from tapefit.callbacks.base import _EVENTS, pythonify_logs
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_a_hook_can_stop_training(pair):
 
 def test_the_custom_loop_stops_when_a_hook_says_so(pair):
     """With the project's real custom loop: EarlyStopping on a constant val_loss."""
-    custom = pytest.importorskip("loops.training.custom")
+    custom = pytest.importorskip("tapefit.loops.training.custom")
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     x = np.zeros((8, 4), "float32")

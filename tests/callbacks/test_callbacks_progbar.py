@@ -6,8 +6,8 @@ import math
 import pytest
 from cb_helpers import Epoch, ModelPair, Scenario, cases, drive, monitored_values
 
-import callbacks
-from callbacks.progbar_logger import format_logs
+from tapefit import callbacks
+from tapefit.callbacks.progbar_logger import format_logs
 
 
 class Terminal(io.StringIO):

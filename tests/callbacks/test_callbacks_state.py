@@ -18,7 +18,7 @@ from cb_helpers import (
     weights_of,
 )
 
-import callbacks
+from tapefit import callbacks
 
 STATE_CASES = 50
 # Missing monitored values are part of the streams; their warnings are checked elsewhere.

@@ -26,8 +26,8 @@ from cb_helpers import (
     weights_of,
 )
 
-import callbacks
-from callbacks.backup_and_restore import METADATA
+from tapefit import callbacks
+from tapefit.callbacks.backup_and_restore import METADATA
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +139,8 @@ def test_ours_resumes_from_a_keras_backup(pair, tmp_path):
         hook.on_train_begin()
         restored[module.__name__] = (model._initial_epoch, weights_of(model),
                                      norm([v.numpy() for v in model.optimizer.variables]))
-    assert restored["callbacks"] == restored["keras.callbacks"]
-    assert restored["callbacks"][:2] == (2, saved)
+    assert restored["tapefit.callbacks"] == restored["keras.callbacks"]
+    assert restored["tapefit.callbacks"][:2] == (2, saved)
 
 
 def test_backup_is_atomic(pair, tmp_path, monkeypatch):

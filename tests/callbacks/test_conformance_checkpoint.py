@@ -23,7 +23,7 @@ from cb_helpers import (
     perturb,
 )
 
-import callbacks
+from tapefit import callbacks
 
 # (filepath template, save_weights_only); some are invalid on purpose.
 TEMPLATES = (
@@ -153,7 +153,7 @@ def test_keras_crashes_where_ours_resolves_the_comparison(pair, tmp_path):
             outcomes[module.__name__] = hook.best
         except TypeError:
             outcomes[module.__name__] = "TypeError"
-    assert outcomes == {"keras.callbacks": "TypeError", "callbacks": 0.5}
+    assert outcomes == {"keras.callbacks": "TypeError", "tapefit.callbacks": 0.5}
 
 
 def test_checkpoint_writes_atomically(pair, tmp_path, monkeypatch):

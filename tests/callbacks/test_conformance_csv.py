@@ -16,7 +16,7 @@ from cb_helpers import (
     monitored_values,
 )
 
-import callbacks
+from tapefit import callbacks
 
 KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "lr", "a,b",
         'quo"te', "val_x y", "é")

@@ -27,7 +27,7 @@ from cb_helpers import (
     weights_of,
 )
 
-import callbacks
+from tapefit import callbacks
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from cb_helpers import Epoch, ModelPair, Scenario, cases, drive, monitored_values
 
-import callbacks
+from tapefit import callbacks
 
 pytest.importorskip("requests")  # Keras' RemoteMonitor needs it.
 

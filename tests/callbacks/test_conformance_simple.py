@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from cb_helpers import ANCHORS, Epoch, ModelPair, Scenario, assert_same_records, cases, drive, norm
 
-import callbacks
+from tapefit import callbacks
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from cb_helpers import (
     monitored_values,
 )
 
-import callbacks
+from tapefit import callbacks
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +142,9 @@ def test_tensorboard_embeddings_and_profile(pair, tmp_path):
         outputs[module.__name__] = (
             (log_dir / "projector_config.pbtxt").read_text(),
             sorted(p for p in os.listdir(log_dir / "train") if not p.startswith("events")))
-    assert outputs["callbacks"] == outputs["keras.callbacks"]
-    assert outputs["callbacks"][1] == ["keras_embedding.ckpt-0.weights.h5",
-                                       "keras_embedding.ckpt-1.weights.h5"]
+    assert outputs["tapefit.callbacks"] == outputs["keras.callbacks"]
+    assert outputs["tapefit.callbacks"][1] == ["keras_embedding.ckpt-0.weights.h5",
+                                               "keras_embedding.ckpt-1.weights.h5"]
 
     pair.reset()
     hook = callbacks.TensorBoard(str(tmp_path / "profile"), profile_batch=(1, 2))
