@@ -77,7 +77,8 @@ def init_checkpoint(cfg: Config) -> str:
     if not os.path.isfile(path):
         raise ConfigError(
             f"finetune needs head weights, but {path} does not exist: run "
-            f"`tapefit train --phase=head --workdir={cfg.workdir}` first or pass --init_checkpoint=PATH")
+            f"`tapefit train --phase=head --workdir={cfg.workdir}` first or pass "
+            "--init_checkpoint=PATH")
     return path
 
 
@@ -169,7 +170,8 @@ def newest_phase(workdir: str) -> str:
         if os.path.isfile(run_file(workdir, phase, BEST_WEIGHTS)):
             return phase
     raise ConfigError(
-        f"no trained weights in {workdir}: run `tapefit train --phase=head --workdir={workdir}` first")
+        f"no trained weights in {workdir}: run `tapefit train --phase=head "
+        f"--workdir={workdir}` first")
 
 
 def trained_config(workdir: str, phase: str) -> tuple[Config, list[str]]:

@@ -75,7 +75,8 @@ def test_installed_tapefit_imports_and_trains_from_a_folder_of_decoys(installed,
     folder = _decoy_folder(tmp_path / "notebook")
     code = ("import json, tapefit, tapefit.loops.phases, tapefit.train, tapefit.flags.config; "
             "print(json.dumps({'file': tapefit.__file__, 'bare': [m for m in "
-            "('model', 'flags', 'loops', 'callbacks', 'train') if m in __import__('sys').modules]}))")
+            "('model', 'flags', 'loops', 'callbacks', 'train') "
+            "if m in __import__('sys').modules]}))")
     out = subprocess.run([str(installed["python"]), "-c", code], cwd=folder, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
