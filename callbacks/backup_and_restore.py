@@ -28,7 +28,12 @@ import shutil
 
 from tapefit.callbacks.atomic_io import atomic_save_weights
 from tapefit.callbacks.base import Callback
-from tapefit.layout.atomic import TEMP_PATTERN, atomic_write_json, atomic_write_text, read_json
+from tapefit.layout.atomic import (
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    remove_left_over_temporaries,
+)
 from tapefit.layout.paths import KERAS_BACKUP_METADATA as METADATA
 from tapefit.layout.paths import KERAS_BACKUP_WEIGHTS as KERAS_WEIGHTS
 
@@ -162,10 +167,9 @@ class BackupAndRestore(Callback):
                 os.remove(path)
 
     def _remove_stale_temporaries(self):
-        """Temporary files left by a run killed in the middle of a backup."""
-        pattern = os.path.join(glob.escape(self.backup_dir), TEMP_PATTERN)
-        for path in glob.glob(pattern):
-            os.remove(path)
+        """Temporary files left by a run killed in the middle of a backup (the one rule
+        of `layout.temporaries`: never a live writer's)."""
+        remove_left_over_temporaries(self.backup_dir)
 
     def on_train_end(self, logs=None):
         if self.delete_checkpoint and os.path.exists(self.backup_dir):

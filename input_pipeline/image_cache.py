@@ -39,8 +39,8 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
-import socket
 import stat
 import tempfile
 import threading
@@ -51,6 +51,7 @@ from tapefit.input_pipeline.batching import read_to_end
 from tapefit.input_pipeline.common import content_digest
 from tapefit.layout import paths
 from tapefit.layout.atomic import json_text
+from tapefit.layout.temporaries import host_tag, remove_left_over, writer_in, writer_tag
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class SplitCache:
     def _temporary(self) -> str:
         os.makedirs(self.folder, exist_ok=True)
         self._remove_dead_temporaries()
-        tag = f".tmp-{self.split}-{_host()}-{os.getpid()}-"
+        tag = f".tmp-{self.split}-{writer_tag()}-"
         path = tempfile.mkdtemp(prefix=tag, dir=self.folder)
         with _lock:
             _own_temporaries.add(path)
@@ -221,22 +222,11 @@ class SplitCache:
         shutil.rmtree(aside, ignore_errors=True)
 
     def _remove_dead_temporaries(self) -> None:
-        """Temporary folders that dead processes of this host left behind."""
-        prefix = f".tmp-{self.split}-{_host()}-"
-        try:
-            names = os.listdir(self.folder)
-        except OSError:
-            return
-        for name in names:
-            if not name.startswith(prefix):
-                continue
-            try:
-                pid = int(name[len(prefix):].split("-", 1)[0])
-            except ValueError:
-                continue
-            if pid != os.getpid() and not _alive(pid):
-                counters["stale"] += 1
-                shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
+        """Temporary folders that killed writers left behind (`layout.temporaries`' one
+        rule: never a live writer's)."""
+        pattern = re.compile(r"^\.tmp-%s-(?P<host>[^-]+)-(?P<pid>\d+)-" % re.escape(self.split))
+        removed = remove_left_over(self.folder, writer_in(pattern), folders=True)
+        counters["stale"] += len(removed)
 
 
 def _files(folder: str) -> dict:
@@ -297,18 +287,7 @@ def _check(path: str) -> tuple[dict | None, str | None]:
     return manifest, None
 
 
-def _host() -> str:
-    return socket.gethostname().replace("-", "_") or "host"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+_host = host_tag
 
 
 @atexit.register

@@ -4,7 +4,10 @@
 - `layout.paths`: every file and folder name of a run directory, a study and the
   caches, and the functions that join them (`phase_dir`, `lock_path`, `trial_dir`, ...);
 - `layout.atomic`: the one atomic write (temporary file, then rename; the write checks
-  of `loops.rundir.run_lock`) and the one JSON format tapefit writes and reads.
+  of `loops.rundir.run_lock`) and the one JSON format tapefit writes and reads;
+- `layout.temporaries`: which temporary files a killed writer left over (one rule,
+  `pid_alive` included) and the one cleanup of them.
 
-This `__init__` re-exports nothing: import `layout.paths` or `layout.atomic`.
+This `__init__` re-exports nothing: import `layout.paths`, `layout.atomic` or
+`layout.temporaries`.
 """

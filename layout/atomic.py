@@ -10,7 +10,9 @@ The write checks (`add_write_check`: tapefit's run lock registers
 `loops.rundir.run_lock.check_held`) run before the file is written and again before the
 rename that commits it, so a process that lost its run's lock writes nothing more.
 `check_space` is the free-space check `callbacks.atomic_io.atomic_save_weights` and
-`loops.rundir.write_guard` use before large writes.
+`loops.rundir.write_guard` use before large writes. A temporary's name records its
+writer; `remove_left_over_temporaries` removes those a killed writer left, by the one
+rule of `layout.temporaries`.
 
 JSON: `atomic_write_json` writes sorted keys, indent 2; `read_json` reads a file that
 must exist; `read_json_file` reads one that may be missing or damaged and says why,
@@ -26,6 +28,8 @@ import shutil
 import stat as stat_lib
 import uuid
 
+from tapefit.layout.temporaries import remove_left_over, writer_in, writer_tag
+
 # Suffixes Keras checks on the names given to `save_weights` / `save`.
 _SUFFIXES = (".weights.h5", ".weights.json", ".keras", ".h5", ".json")
 TEMP_PATTERN = ".*.tmp-*"  # fnmatch pattern of every temporary name `temp_path` makes.
@@ -37,17 +41,26 @@ def is_remote(path) -> bool:
 
 
 def temp_path(path: str) -> str:
-    """A unique hidden name next to `path` that keeps the suffix Keras expects."""
+    """A unique hidden name next to `path` that keeps the suffix Keras expects and
+    records its writer (`layout.temporaries.writer_tag`)."""
     folder, name = os.path.split(path)
     suffix = next((s for s in _SUFFIXES if name.endswith(s)), "")
-    return os.path.join(folder, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+    return os.path.join(folder, f".{name}.tmp-{writer_tag()}-{uuid.uuid4().hex[:8]}{suffix}")
 
 
-def temp_name_pattern(names) -> re.Pattern:
-    """Matches the file names `temp_path` makes for targets named one of `names`."""
-    alternatives = "|".join(re.escape(n) for n in names)
+def temp_name_pattern(names=None) -> re.Pattern:
+    """Matches the file names `temp_path` makes for targets named one of `names` (None:
+    any name), older tapefit versions' (no host) too; groups `host` and `pid`."""
+    alternatives = ".+" if names is None else "|".join(re.escape(n) for n in names)
     suffixes = "|".join(re.escape(s) for s in _SUFFIXES)
-    return re.compile(r"^\.(%s)\.tmp-\d+-[0-9a-f]{8}(%s)?$" % (alternatives, suffixes))
+    return re.compile(r"^\.(%s)\.tmp-(?:(?P<host>[^-]+)-)?(?P<pid>\d+)-[0-9a-f]{8}(%s)?$"
+                      % (alternatives, suffixes))
+
+
+def remove_left_over_temporaries(folder: str, names=None) -> list[str]:
+    """Removes the `temp_path` files of targets named one of `names` (None: any) in
+    `folder` that their writers left over (`layout.temporaries`' one rule)."""
+    return remove_left_over(folder, writer_in(temp_name_pattern(names)))
 
 
 _WRITE_CHECKS = []  # Called before each write; raise to stop it.

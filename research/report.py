@@ -25,7 +25,6 @@ import io
 import math
 import os
 import stat as stat_lib
-import time
 import zipfile
 import zlib
 
@@ -34,6 +33,7 @@ import numpy as np
 from tapefit.layout import atomic as files
 from tapefit.layout import paths
 from tapefit.layout.atomic import atomic_save, atomic_write_text
+from tapefit.layout.temporaries import remove_left_over, writer_in
 from tapefit.research import grid, runner, stats
 
 RESULTS_CSV, RESULTS_MD, RESULTS_PNG = paths.RESULTS_CSV, paths.RESULTS_MD, paths.RESULTS_PNG
@@ -46,8 +46,6 @@ DEFAULT_SELECT_BY = "val_accuracy"
 DAMAGED, UNFINISHED = "damaged", "unfinished"
 NAMES = {"val_accuracy": "validation accuracy", "val_loss": "validation loss",
          "test_accuracy": "test accuracy", "test_loss": "test loss"}
-# A report's temporary file older than this is a killed writer's: removed.
-STALE_TMP_S = 600.0
 CAUTION = "†"
 
 
@@ -796,25 +794,9 @@ _TMP = files.temp_name_pattern((RESULTS_CSV, RESULTS_MD, RESULTS_PNG))
 
 def remove_stale_temporaries(study_dir: str, now: float | None = None) -> list[str]:
     """Removes the report's temporary files that a killed writer left (our names only,
-    regular files only, never through a link, older than STALE_TMP_S); returns them."""
-    now = time.time() if now is None else now
-    removed = []
-    try:
-        names = os.listdir(study_dir)
-    except OSError:
-        return removed
-    for name in names:
-        if not _TMP.match(name):
-            continue
-        path = os.path.join(study_dir, name)
-        try:
-            st = os.lstat(path)
-            if stat_lib.S_ISREG(st.st_mode) and now - st.st_mtime > STALE_TMP_S:
-                os.remove(path)
-                removed.append(path)
-        except OSError:
-            continue
-    return removed
+    regular files only, never through a link; `layout.temporaries`' one rule: never a
+    live writer's, another host's once unchanged for an hour); returns them."""
+    return remove_left_over(study_dir, writer_in(_TMP), now=now)
 
 
 def write(study: grid.Study, study_dir: str, trials=None, select_by: str = DEFAULT_SELECT_BY,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from keras import layers
 
+from tapefit.layout import temporaries
 from tapefit.loops import phases
 from tapefit.loops.caches import feature_cache
 from tapefit.model import build_model, set_trainable
@@ -218,8 +219,9 @@ def test_half_written_features_of_a_dead_run_are_removed(tmp_path):
     finished = subprocess.Popen(["true"])
     finished.wait()
     path = str(tmp_path / "train")
-    dead = f"{path}.{finished.pid}.tmp{feature_cache.FEATURES}"
-    live = f"{path}.{os.getpid()}.tmp{feature_cache.FEATURES}"
+    host = temporaries.host_tag()
+    dead = f"{path}.{host}-{finished.pid}.tmp{feature_cache.FEATURES}"
+    live = f"{path}.{host}-{os.getpid()}.tmp{feature_cache.FEATURES}"
     for name in (dead, live):
         open(name, "wb").close()
     feature_cache._remove_dead_temporaries(path)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tapefit.layout import temporaries
 from tapefit.loops import phases
 from tapefit.loops.caches import feature_cache, feature_precision
 from tapefit.model import build_model, set_trainable
@@ -108,7 +109,8 @@ def test_a_probed_pass_caches_one_precision_only(tiny_config, tmp_path, monkeypa
                               synthetic_examples=80, feature_cache_dir=str(tmp_path / "f"))
     # What a killed probed run leaves in the cache's root (its pid no longer runs).
     (tmp_path / "f").mkdir()
-    stale = tmp_path / "f" / f".auto-training.{2**22 + 12345}.tmp{feature_cache.FEATURES}"
+    stale = tmp_path / "f" / (f".auto-training.{temporaries.host_tag()}-{2**22 + 12345}.tmp"
+                              f"{feature_cache.FEATURES}")
     stale.write_bytes(b"half")
     with caplog.at_level(logging.INFO):
         phases.train(cfg, run_dir=str(tmp_path / "run"))

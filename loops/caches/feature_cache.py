@@ -15,11 +15,11 @@ the flip layer's own random draw selects (loops/caches/flip_features.py): exact 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import time
 
 import keras
@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from tapefit.flags.errors import RunError
 from tapefit.layout import paths
+from tapefit.layout.temporaries import remove_left_over, writer_in, writer_tag
 from tapefit.loops.caches import flip_features
-from tapefit.loops.rundir.run_lock import pid_alive
 from tapefit.model import graph
 
 # Layers whose output depends on an RNG in training mode: they cannot be cached.
@@ -225,7 +225,7 @@ def _compute(cut, images, num_examples, batch_size, both, path, split="training"
                            f"({e.strerror}); pass a writable --feature_cache_dir") from None
         base = os.path.join(folder, f".auto-{split}") if callable(path) else path
         _remove_dead_temporaries(base)  # Also the root's `.auto-*` of killed runs.
-        temporary = f"{base}.{os.getpid()}.tmp"
+        temporary = f"{base}.{writer_tag()}.tmp"
         features = np.lib.format.open_memmap(temporary + FEATURES, "w+", dtype.as_numpy_dtype,
                                              shape)
     else:
@@ -354,14 +354,11 @@ def _remove(path):
 
 
 def _remove_dead_temporaries(path):
-    """Drops what a killed run left half-written at `path` (its pid no longer runs)."""
-    for stale in glob.glob(glob.escape(path) + ".*.tmp.*"):
-        pid = stale[len(path) + 1:].split(".")[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            try:
-                os.remove(stale)
-            except OSError:
-                pass
+    """Drops what a killed run left half-written at `path` (`<path>.<host>-<pid>.tmp.*`;
+    `layout.temporaries`' one rule: never a live writer's)."""
+    folder, name = os.path.split(path)
+    pattern = re.compile(r"^%s\.(?:(?P<host>[^-]+)-)?(?P<pid>\d+)\.tmp\." % re.escape(name))
+    remove_left_over(folder, writer_in(pattern))
 
 
 def _read(features, labels) -> tf.data.Dataset:

@@ -47,6 +47,7 @@ import uuid
 
 from tapefit.flags.errors import RunError
 from tapefit.layout import paths
+from tapefit.layout.temporaries import MAX_PID, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ _YOUNG_S = 2.0  # A lock file without a record yet, younger than this, is being 
 _TAKEOVER_STALE_S = 30.0  # A take-over takes milliseconds; an older .takeover file is left over.
 _HELD = {}  # Token -> RunLock, for the locks this process holds.
 _MAX_BYTES = 4096  # A lock record is ~150 bytes; a larger file is not one.
-_MAX_PID = 2**31 - 1  # pid_t; Linux' pid_max is at most 2**22.
 
 
 class LockLost(RunError):
@@ -339,7 +339,7 @@ def _invalid(record) -> str | None:
             return (f"{key} {text if len(text) <= 30 else text[:29] + '…'} is not a "
                     "non-empty string")
     pid = record.get("pid")
-    if type(pid) is not int or not 0 < pid <= _MAX_PID:
+    if type(pid) is not int or not 0 < pid <= MAX_PID:
         text = json.dumps(pid)
         return f"pid {text if len(text) <= 30 else text[:29] + '…'} is not a process id"
     return None
@@ -361,36 +361,6 @@ def check_held() -> None:
     """Raises `LockLost` if any lock this process holds was taken over or removed."""
     for lock in list(_HELD.values()):
         lock.check()
-
-
-def pid_alive(pid: int, since: float | None = None) -> bool:
-    """Whether process `pid` runs on this host (and, where /proc tells, started no later
-    than `since`, the lock's start: else the pid was reused)."""
-    if type(pid) is not int or not 0 < pid <= _MAX_PID:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # Exists, owned by another user.
-    except OSError:
-        return False
-    started = _process_start(pid)
-    # 2 s: the record's start is rounded down to seconds, /proc's boot time too.
-    return since is None or started is None or started <= since + 2.0
-
-
-def _process_start(pid: int) -> float | None:
-    """Start time (epoch seconds) of process `pid` from /proc, None where unknown."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        with open("/proc/stat") as f:
-            boot = next(float(line.split()[1]) for line in f if line.startswith("btime "))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
 
 
 def _epoch(iso: str | None) -> float | None:

@@ -37,7 +37,12 @@ import zipfile
 
 import numpy as np
 
-from tapefit.layout.atomic import TEMP_PATTERN, atomic_save, atomic_write_json, read_json
+from tapefit.layout.atomic import (
+    atomic_save,
+    atomic_write_json,
+    read_json,
+    remove_left_over_temporaries,
+)
 from tapefit.layout.paths import BACKUP_STATE_JSON as STATE_JSON
 from tapefit.layout.paths import KERAS_BACKUP_METADATA
 
@@ -173,9 +178,9 @@ class Checkpointer:
         return keys
 
     def remove_stale_temporaries(self):
-        """Temporary files left by a run killed in the middle of a backup."""
-        for path in glob.glob(os.path.join(glob.escape(self.backup_dir), TEMP_PATTERN)):
-            os.remove(path)
+        """Temporary files left by a run killed in the middle of a backup (the one rule
+        of `layout.temporaries`: never a live writer's)."""
+        remove_left_over_temporaries(self.backup_dir)
 
     def save(self, position, logs=None):
         """Writes a complete backup at `position`."""

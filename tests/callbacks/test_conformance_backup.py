@@ -28,6 +28,7 @@ from cb_helpers import (
 
 from tapefit import callbacks
 from tapefit.callbacks.backup_and_restore import METADATA
+from tapefit.layout import temporaries
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +165,8 @@ def test_backup_is_atomic(pair, tmp_path, monkeypatch):
         hook.on_epoch_end(1)
     monkeypatch.undo()
     assert sorted(os.listdir(backup_dir)) == ["ckpt-000001.weights.h5", METADATA]
-    stale = os.path.join(backup_dir, ".ckpt-000009.weights.h5.tmp-1-dead.weights.h5")
+    stale = os.path.join(backup_dir, f".ckpt-000009.weights.h5.tmp-{temporaries.host_tag()}-"
+                                     f"{2**22 + 12345}-0123abcd.weights.h5")  # No such pid.
     with open(stale, "wb") as f:  # Left by a process killed while backing up.
         f.write(b"half")
     pair.reset()
