@@ -25,78 +25,20 @@ from tapefit.flags.definitions import define_help_flags  # noqa: E402
 flags.DEFINE_string("workdir", "runs/default", "Run directory written by train.py.")
 define_help_flags()
 FLAGS = flags.FLAGS
-BATCH = 32  # Images per model call (a folder may hold thousands).
-
-
-def escaped(name) -> str:
-    """`name` (a str or a file name) safe to print as one field of one line: see the
-    module docstring. Distinct names stay distinct."""
-    from tapefit.flags.errors import escape_controls
-    return escape_controls(name, backslash=True)
-
-
-def image_paths(args):
-    """The image files `args` name: a file as given, a folder as every image file under
-    it (sorted), with the entries under folders that are no regular files."""
-    import os
-
-    from tapefit.flags.errors import DataError
-    from tapefit.input_pipeline.folders import image_files
-    paths, others = [], []
-    for arg in args:
-        if os.path.isdir(arg):
-            found, other = image_files(arg)
-            if not found:
-                raise DataError(f"no image files (JPEG, PNG, GIF, BMP) under {escaped(arg)}; "
-                                "pass a folder of images or image files")
-            paths += [(p, True) for p in found]
-            others += other
-        else:
-            paths.append((arg, False))
-    return paths, others
 
 
 def predict(argv):
     if not argv[1:]:
         raise app.UsageError("pass one or more image files or folders: "
                              "tapefit predict --workdir=W IMAGE_OR_FOLDER...")
-    import logging
-
-    import keras
-    import numpy as np
-
-    from tapefit.flags.errors import DataError, RunError, TapefitError, escape_controls
-    from tapefit.input_pipeline import read_image_file
-    from tapefit.loops import train_lib
+    from tapefit.flags.errors import TapefitError, escape_controls
+    from tapefit.loops.classify import classify, escaped
+    skipped = []
     try:
-        paths, skipped = image_paths(argv[1:])
         # Missing or corrupt config.json / classes.json / weights, weights with NaN or
         # inf, unreadable images: one line each (TapefitError), no traceback.
-        model, cfg, class_names, phase, weights, note = train_lib.load_trained(FLAGS.workdir)
-        if not note.startswith("unfinished"):  # Else train_lib has warned.
-            logging.info("scoring %s (%s phase, %s)", weights, phase, note)
-        for start in range(0, len(paths), BATCH):
-            images, names = [], []
-            for path, in_folder in paths[start:start + BATCH]:
-                try:
-                    images.append(read_image_file(path, cfg.image_size))
-                except DataError:
-                    if not in_folder:  # Named on the command line: an error.
-                        raise
-                    skipped.append(path)  # Found under a folder: skipped, as evaluate.
-                    continue
-                names.append(path)
-            if not names:
-                continue
-            logits = model(np.stack(images).astype("float32"), training=False)
-            probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
-            if not np.isfinite(probabilities).all():
-                raise RunError(f"the model in {FLAGS.workdir}/{phase} ({weights}) gives NaN "
-                               "or infinite outputs on finite weights; retrain the phase with "
-                               "--overwrite")
-            for path, p in zip(names, probabilities, strict=True):
-                best = int(np.argmax(p))
-                print(f"{escaped(path)}\t{escaped(class_names[best])}\t{p[best]:.4f}")
+        for found in classify(FLAGS.workdir, argv[1:], skipped):
+            print(f"{escaped(found.path)}\t{escaped(found.label)}\t{found.probability:.4f}")
     except TapefitError as e:
         sys.exit(f"error: {escape_controls(str(e))}")
     if skipped:

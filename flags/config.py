@@ -1,20 +1,78 @@
 """The frozen run configuration passed from entry points down to the library.
 
-Each `Config` field declares itself once (`_flag`): its default, --help text and
-heading, choices, numeric range and roles. `fields_with(ROLE)` lists the fields of
+Each `Config` field declares itself once (`_flag`, flags/fields.py): its default, --help
+text and heading, choices, numeric range and roles. `fields_with(ROLE)` lists the fields of
 a role (the network's, the data's, those a resumption may change, ...) for every
 part of the program that treats them alike; flags/definitions.py makes the absl
 flags from the same declarations. Run-directory names come from `layout.paths`.
+
+`resolve(values, explicit)` is the one resolver of a configuration (the command line's
+`config_from_flags`, the sweep's grid and Python callers): it applies the `--recipe` to
+the fields not given explicitly, and `Config` checks every name, type and range. Calling
+`Config(**keywords)` resolves the same way, the keywords being what was given: so
+`Config(recipe="tuned")` trains the tuned recipe, and `Config(lerning_rate=1e-3)` is a
+`ConfigError` that says "did you mean --learning_rate".
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import numbers
-import urllib.parse
 from typing import Optional
 
+from tapefit.flags.errors import ConfigError  # noqa: F401  (re-exported)
+
+# The field machinery, the entry points' ranges and the recipes live in their own modules
+# (issue 29: one job each); their names are re-exported here, where most code looks.
+from tapefit.flags.fields import (  # noqa: F401  (re-exported)
+    ARCHITECTURE,
+    DATA,
+    DATA_ERROR,
+    EVALUATION_DATA,
+    FINDER,
+    G_DATA,
+    G_DISTRIBUTION,
+    G_HOOKS,
+    G_MODEL,
+    G_OPTIMISATION,
+    G_OUTPUT,
+    G_PHASE,
+    G_REGULARISATION,
+    G_RELIABILITY,
+    G_SPEED,
+    GROUP_HEADINGS,
+    NOT_IN_ID,
+    PATH,
+    REMOTE_MONITOR_SCHEMES,
+    REPEATED,
+    RESUMABLE,
+    ROLES,
+    SPLIT,
+    Range,
+    check_choice,
+    check_url,
+    did_you_mean,
+)
+from tapefit.flags.fields import flag as _flag
+from tapefit.flags.ranges import (  # noqa: F401  (re-exported)
+    _MANY,
+    DEFAULT_TOLERANCE,
+    ENTRY_POINT_NUMBERS,
+    ENTRY_POINT_RANGES,
+    FLOAT32_MAX,
+    MEMORY_LIMIT_BYTES,
+)
+from tapefit.flags.recipes import (  # noqa: F401  (re-exported)
+    DEFAULT_UNFREEZE_FROM,
+    FINETUNE_LEARNING_RATE,
+    HEAD_LEARNING_RATE,
+    RECIPE_FIELDS,
+    RECIPES,
+    apply_recipe,
+    recipe_values,
+)
 from tapefit.layout import paths
 from tapefit.layout.atomic import json_text
 
@@ -29,8 +87,6 @@ FOR_PHASES = ("head", "finetune")
 # boolean flag) means flip,rotate.
 AUGMENTATIONS = ("flip", "rotate", "randaugment", "mixup", "cutmix")
 AUGMENT_TRUE = "flip,rotate"
-# compare.py: relative tolerance between the loops when not --deterministic.
-DEFAULT_TOLERANCE = 1e-5
 LOOPS = ("custom", "fit")
 BACKBONES = ("vgg16", "vgg19", "resnet50", "resnet50v2", "mobilenet", "mobilenet_v2",
              "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1",
@@ -52,67 +108,6 @@ MONITORS = ("loss", "accuracy", "val_loss", "val_accuracy")
 SEED_LIMIT = 2**32
 # Larger images are no use to these backbones and run out of memory.
 MAX_IMAGE_SIZE = 1024
-REMOTE_MONITOR_SCHEMES = ("http", "https")
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """The values a numeric flag may take: [low, high] (`low_open`/`high_open`: the
-    bound itself excluded), or `off` (a value outside the range that turns the tool
-    off, e.g. --clipnorm=0). `example` goes into the error's "pass e.g."; `note`
-    says why, where the range alone does not."""
-
-    low: float
-    high: float
-    example: object
-    low_open: bool = False
-    high_open: bool = False
-    off: object = None
-    note: str = ""
-
-    def contains(self, value) -> bool:
-        if value == self.off and self.off is not None:
-            return True
-        return ((value > self.low if self.low_open else value >= self.low)
-                and (value < self.high if self.high_open else value <= self.high))
-
-    def text(self) -> str:
-        interval = (f"{'(' if self.low_open else '['}{_bound(self.low)}, "
-                    f"{_bound(self.high)}{')' if self.high_open else ']'}")
-        if self.off is None:
-            return f"in {interval}"
-        return f"{_bound(self.off)} (off) or in {interval}"
-
-
-def _bound(value) -> str:
-    """2**32 rather than 4294967296, 1e-06 and 1 rather than 1e-06 and 1.0."""
-    if isinstance(value, int) and value >= 2**16 and value & (value - 1) == 0:
-        return f"2**{value.bit_length() - 1}"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-# Every numeric flag and its range (`check_number`): one line naming the fix, before
-# anything is written. Upper bounds are where a value stops making sense for this
-# program (and would fail late: an overflow inside TensorFlow, memory, a hang), not
-# what a machine can hold; `check_memory` adds what depends on two flags.
-_MANY = 100_000  # Epochs, patience, steps per execution: far beyond any real run.
-FLOAT32_MAX = 3.4028234663852886e38  # Rates live in float32 variables.
-# Entry-point flags that are not part of Config (loops/entry.py, compare.py, sweep.py);
-# every Config field's range is declared on the field (`_flag(range=...)`), and `RANGES`
-# (built below `Config`) holds both.
-ENTRY_POINT_RANGES = {
-    "logical_cpus": Range(0, 16, 2, note="0 or 1: the CPU as one device"),
-    "tolerance": Range(0.0, 1.0, DEFAULT_TOLERANCE, note="relative difference"),
-    # sweep.py.
-    "parallel": Range(1, 1024, 2, note="trials at once"),
-    "min_seeds": Range(2, _MANY, 3, note="a paired test needs two seeds"),
-    "max_seeds": Range(2, _MANY, 5, note="at least --min_seeds"),
-    "race_alpha": Range(0.0, 1.0, 0.05, low_open=True, high_open=True),
-}
-# Entry-point flags in RANGES; every other entry is a Config field.
-ENTRY_POINT_NUMBERS = tuple(ENTRY_POINT_RANGES)
-# What one process may spend on data that lives in memory (`check_memory`).
-MEMORY_LIMIT_BYTES = 8 * 2**30
 
 
 def check_number(name: str, value, kind: str = "float") -> None:
@@ -147,92 +142,6 @@ def check_memory(cfg) -> None:
                               f"{count * image / 2**30:.0f} GiB for {what} (at most "
                               f"{MEMORY_LIMIT_BYTES // 2**30} GiB); pass --{name}={most} or "
                               "less, or a smaller --image_size")
-
-# Learning-rate defaults per phase: fine-tuning uses a tenth of the head default, a
-# constant (not a tenth of whatever rate the head ran with, e.g. after --learning_rate=auto;
-# README "Learning-rate finder" says why).
-HEAD_LEARNING_RATE = 1e-3
-FINETUNE_LEARNING_RATE = HEAD_LEARNING_RATE / 10
-
-# Default first trainable block in the finetune phase, per backbone: its last block
-# or stage (model/backbones.py's `Backbone.default_unfreeze` reads it from here; the
-# blocks exist in each model: tests/test_backbones.py).
-DEFAULT_UNFREEZE_FROM = {
-    "vgg16": "block5", "vgg19": "block5", "resnet50": "conv5", "resnet50v2": "conv5",
-    "mobilenet": "block_12", "mobilenet_v2": "block_16",
-    "mobilenet_v3_small": "expanded_conv_10", "mobilenet_v3_large": "expanded_conv_14",
-    "efficientnet_b0": "block7", "efficientnet_b1": "block7", "efficientnet_b2": "block7",
-    "efficientnet_b3": "block7", "efficientnetv2_b0": "block6h", "convnext_tiny": "stage_3",
-    "densenet121": "conv5", "inception_v3": "mixed9", "xception": "block14"}
-
-
-from tapefit.flags.errors import ConfigError  # noqa: E402,F401  (re-exported)
-
-# --recipe: named settings of the fine-tuning flags, per phase (`apply_recipe`). A flag
-# given explicitly overrides its recipe value; config.json records the resolved values.
-# `classic` is the behaviour before recipes (every flag at its default). `tuned` was
-# chosen with bench/recipes.py on the train/validation photos (bench/README.md:
-# candidate `tuned_hot_head`).
-RECIPES = {
-    "classic": {},
-    "tuned": {
-        "head": {"lr_schedule": "one_cycle", "learning_rate": 1e-2, "label_smoothing": 0.1},
-        "finetune": {"lr_schedule": "one_cycle", "learning_rate": 1e-3,
-                     "label_smoothing": 0.1, "layer_lr_decay": 0.7, "weight_decay": 0.01},
-    },
-}
-
-
-# ---- one declaration per flag ---------------------------------------------------------
-# Each `Config` field declares itself once (`_flag`): its --help text and heading, its
-# choices, its numeric range, and its roles. Everything that treats a set of fields
-# alike asks `fields_with(ROLE)` (field order) instead of keeping its own list, so a new
-# flag is one declaration here (plus what it does).
-# Roles (their users in brackets):
-ARCHITECTURE = "architecture"  # Defines the network: finetune/evaluate match head's
-#                                (loops/train_lib.py, research/grid.py).
-DATA = "data"  # Decides which examples a run sees: in `input_pipeline.data_fingerprint`,
-#                so caches and resumption follow it.
-EVALUATION_DATA = "evaluation_data"  # --phase=evaluate takes it from its command line
-#                                      when given, else the trained run's (train_lib).
-SPLIT = "split"  # Decides the test split's examples and their order (loops/predictions.py).
-DATA_ERROR = "data_error"  # Out of range: a DataError (fixed along with the data).
-PATH = "path"  # Holds a path: compared as a real path (loops/rundir/run_dir.py).
-RESUMABLE = "resumable"  # May change between a run and its resumption (loops/rundir/run_dir.py,
-#                          research/grid.py): changes no result.
-REPEATED = "repeated"  # Repeated in a later phase's printed command (loops/training/runners.py).
-FINDER = "finder"  # The learning-rate finder's curve depends on it (loops/lr_find.py).
-NOT_IN_ID = "not_in_id"  # Changes no trial's result: never in a trial id, never an axis
-#                          (research/grid.py).
-ROLES = (ARCHITECTURE, DATA, EVALUATION_DATA, SPLIT, DATA_ERROR, PATH, RESUMABLE, REPEATED,
-         FINDER, NOT_IN_ID)
-# `--help` headings (flags/definitions.py), in order; each field names one.
-G_PHASE, G_MODEL, G_DATA = "phase and paths", "model", "data"
-G_OPTIMISATION, G_REGULARISATION = "optimisation and schedules", "regularisation"
-G_HOOKS, G_SPEED, G_RELIABILITY = "hooks", "speed", "reliability"
-G_DISTRIBUTION, G_OUTPUT = "distribution", "output"
-GROUP_HEADINGS = (G_PHASE, G_MODEL, G_DATA, G_OPTIMISATION, G_REGULARISATION, G_HOOKS,
-                  G_SPEED, G_RELIABILITY, G_DISTRIBUTION, G_OUTPUT)
-
-
-def _flag(default, group: str, help: str, roles=(), choices=None, range=None,  # noqa: A002
-          keyed_at_default=True):
-    """A `Config` field and its declaration (`dataclasses.field` metadata): `help` and
-    `group` for --help, `choices` (validated by `Config`, listed in --help), `range`
-    (`RANGES`, `check_number`), `roles` (`fields_with`). `keyed_at_default=False`: at
-    its default the field is left out of data keys (`data_key_values`), so the runs
-    and caches made before the field existed keep their keys."""
-    unknown = [role for role in roles if role not in ROLES]
-    if unknown or group not in GROUP_HEADINGS:
-        raise ValueError(f"unknown role {unknown} or --help group {group!r}")
-    metadata = {"help": help, "group": group, "roles": frozenset(roles)}
-    if choices is not None:
-        metadata["choices"] = choices
-    if range is not None:
-        metadata["range"] = range
-    if not keyed_at_default:
-        metadata["keyed_at_default"] = False
-    return dataclasses.field(default=default, metadata=metadata)
 
 
 _WIDE = (ARCHITECTURE, REPEATED, FINDER)  # The network: what every phase must agree on.
@@ -522,15 +431,31 @@ class Config:
 
     # ---- validation and (de)serialisation -------------------------------------
     def __post_init__(self):
+        self._check_types()
         self._normalise_learning_rate()
         object.__setattr__(self, "augment", normalise_augment(self.augment))
         for field in dataclasses.fields(self):  # The declared `choices`, in field order.
             if "choices" in field.metadata:
-                _choice(field.name, getattr(self, field.name), field.metadata["choices"])
+                check_choice(field.name, getattr(self, field.name), field.metadata["choices"])
         if self.mixed_precision not in (None, "mixed_float16", "mixed_bfloat16"):
             raise ConfigError(f"unknown --mixed_precision={self.mixed_precision!r}; "
                               "pass mixed_float16 or mixed_bfloat16")
         self._check_ranges()
+
+    def _check_types(self):
+        """Text and boolean fields hold text and booleans (the numeric fields are checked
+        with their ranges): `Config(epochs=3, deterministic="yes")` is one line, not a
+        run that reads "yes" as true."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "augment" or (value is None and field.type.startswith("Optional")):
+                continue  # --augment also takes a boolean (normalise_augment).
+            if field.type in ("str", "Optional[str]") and not isinstance(value, str):
+                raise ConfigError(f"--{field.name}={value!r} must be text; pass e.g. "
+                                  f"--{field.name}={field.default or 'VALUE'}")
+            if field.type == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"--{field.name}={value!r} must be True or False; pass "
+                                  f"--{field.name} or --no{field.name}")
 
     def _check_ranges(self):
         """Checks that need no data or model: one line each, naming the fix, before
@@ -542,7 +467,7 @@ class Config:
             raise ConfigError(f"unknown --monitor={self.monitor!r}; choose one of: "
                               f"{', '.join(MONITORS)}")
         if self.remote_monitor_url:
-            _check_url("remote_monitor_url", self.remote_monitor_url)
+            check_url("remote_monitor_url", self.remote_monitor_url)
         if self.image_cache_dir is not None and not self.image_cache_dir.strip():
             raise ConfigError("--image_cache_dir is empty; pass a folder, or leave it unset "
                               "for <workdir>/image_cache")
@@ -656,6 +581,50 @@ _ROLE_FIELDS = {role: tuple(f.name for f in dataclasses.fields(Config)
                             if role in f.metadata["roles"]) for role in ROLES}
 
 
+# ---- the one resolver ---------------------------------------------------------------------
+def resolve(values: dict, explicit=None) -> Config:
+    """The configuration `values` (flag values by `Config` field name) resolve to: the
+    `--recipe`'s settings for the fields not in `explicit` (default: every key of
+    `values`, as for a Python caller), then every check of `Config`. Used by the command
+    line (`flags.definitions.config_from_flags`), the sweep's grid and `tapefit.config`."""
+    check_names(values)
+    explicit = set(values) if explicit is None else set(explicit)
+    return _dataclass_init_config(**apply_recipe(dict(values), explicit))
+
+
+def check_names(names) -> None:
+    """Every name is a `Config` field, or a one-line `ConfigError` with the closest."""
+    for name in names:
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown flag --{name}{did_you_mean(name, _FIELDS)}; "
+                              "`tapefit train --help` lists the flags")
+
+
+def _dataclass_init_config(**values) -> Config:
+    config = Config.__new__(Config)
+    _DATACLASS_INIT(config, **values)
+    return config
+
+
+_DATACLASS_INIT = Config.__init__
+
+
+def _resolving_init(self, *args, **kwargs):
+    """`Config(...)`: the keywords (and positional values) are what was given; the
+    recipe sets the other fields it names (as `resolve`). `dataclasses.replace` and
+    `from_dict` pass every field, so a resolved configuration stays as it is."""
+    if len(args) > len(_FIELDS):
+        raise ConfigError(f"Config takes at most {len(_FIELDS)} values; pass flags by name")
+    check_names(kwargs)
+    given = {**dict(zip(_FIELDS, args)), **kwargs}
+    _DATACLASS_INIT(self, **apply_recipe(given, set(given)))
+
+
+_resolving_init.__doc__ = Config.__init__.__doc__
+_resolving_init.__signature__ = inspect.signature(Config)
+Config.__init__ = _resolving_init
+
+
 def parse_unfreeze_schedule(text: str) -> list[tuple[str, int]]:
     """`block5:0,block4:2` → [("block5", 0), ("block4", 2)]: each block (or layer) and
     the epoch (0-based) from which it trains; blocks named earlier in the model must
@@ -691,40 +660,3 @@ def normalise_augment(value) -> str:
         raise ConfigError(f"unknown --augment={','.join(unknown)}; pass a comma list of: "
                           f"{', '.join(AUGMENTATIONS)} (--augment alone: {AUGMENT_TRUE})")
     return ",".join(name for name in AUGMENTATIONS if name in names)
-
-
-def recipe_values(recipe: str, phase: str) -> dict:
-    """The flag values `--recipe` sets for `phase` (lr_find: those of its --for_phase
-    but the rate and schedule, which the finder sets itself)."""
-    if recipe not in RECIPES:
-        _choice("recipe", recipe, tuple(RECIPES))
-    return dict(RECIPES[recipe].get(phase, {}))
-
-
-def apply_recipe(values: dict, explicit=()) -> dict:
-    """`values` (Config field values) with the recipe's settings for their phase,
-    except the fields in `explicit` (flags given on the command line)."""
-    phase = values.get("phase", "head")
-    settings = recipe_values(values.get("recipe", "classic"),
-                             values.get("for_phase", "head") if phase == "lr_find" else phase)
-    if phase == "lr_find":
-        settings = {k: v for k, v in settings.items()
-                    if k not in ("learning_rate", "lr_schedule")}
-    return {**values, **{k: v for k, v in settings.items() if k not in set(explicit)}}
-
-
-def _check_url(name: str, url: str) -> None:
-    """http(s)://host[:port][/path] only: no file://, ftp:// or other schemes."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018  (raises ValueError for a port that is no number)
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme.lower() not in REMOTE_MONITOR_SCHEMES or not parts.hostname:
-        raise ConfigError(f"--{name}={url!r} is not an http:// or https:// URL with a host; "
-                          f"pass e.g. --{name}=http://localhost:9000")
-
-
-def _choice(name, value, choices):
-    if value not in choices:
-        raise ConfigError(f"unknown --{name}={value!r}; choose one of: {', '.join(choices)}")

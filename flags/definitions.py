@@ -174,5 +174,4 @@ def config_from_flags(flag_values=flags.FLAGS, **overrides) -> config_lib.Config
     values.update(overrides)
     # --recipe: its settings for flags not given explicitly (config.json records them).
     explicit = {name for name in values if flag_values[name].present} | set(overrides)
-    values = config_lib.apply_recipe(values, explicit)
-    return config_lib.Config(**values)
+    return config_lib.resolve(values, explicit)

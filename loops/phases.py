@@ -72,8 +72,8 @@ from tapefit.loops.training.hooks import logs_are_finite, weights_are_finite
 from tapefit.loops.training.runners import RUNNERS, CustomRunner
 from tapefit.loops.training.strategy import barrier, check_supported, is_chief, make_strategy, task
 
-__all__ = ["run", "train", "evaluate", "lr_find", "Plan", "Trained", "make_plan", "locked",
-           "prepare", "finish"]
+__all__ = ["run", "disk_errors", "train", "evaluate", "lr_find", "Plan", "Trained", "make_plan",
+           "locked", "prepare", "finish"]
 
 
 # ---- plan: everything resolved and checked, nothing written --------------------------
@@ -350,8 +350,15 @@ PHASES = {"head": lambda cfg: train(cfg).summary, "finetune": lambda cfg: train(
 def run(cfg: Config) -> dict:
     """The phase cfg names; returns its summary. A full disk anywhere (checkpoints,
     logs) is a one-line error."""
-    try:
+    with disk_errors(cfg):
         return PHASES[cfg.phase](cfg)
+
+
+@contextlib.contextmanager
+def disk_errors(cfg: Config):
+    """A full disk or an unwritable --workdir inside the block: a one-line `RunError`."""
+    try:
+        yield
     except OSError as e:
         if is_full_disk(e):
             sizes = f": {e.strerror.split(': ', 1)[1]}" if ": " in (e.strerror or "") else ""
