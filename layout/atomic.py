@@ -15,8 +15,10 @@ writer; `remove_left_over_temporaries` removes those a killed writer left, by th
 rule of `layout.temporaries`.
 
 JSON: `atomic_write_json` writes sorted keys, indent 2; `read_json` reads a file that
-must exist; `read_json_file` reads one that may be missing or damaged and says why,
-never raising (bounded in size, never opening a FIFO or a device).
+must exist (raising); `read_json_file` reads one that may be missing or damaged and says
+why, never raising (bounded in size by `read_small_file`, the one bounded reader of small
+files, never reading a FIFO or a device), `read_json_or_none` its value alone;
+`json_type_problem` is the one wording of a JSON value of the wrong type.
 """
 from __future__ import annotations
 
@@ -139,39 +141,86 @@ def read_json(path: str):
 MAX_JSON_BYTES = 16 * 2**20
 
 
-def read_json_file(path: str, kind=dict, max_bytes: int = MAX_JSON_BYTES):
-    """(value, problem) of the JSON file at `path`.
-
-    (None, None): no file. (None, "why"): not a regular file (a FIFO, a device: never
-    opened, so never a hang), larger than `max_bytes`, not UTF-8, not JSON, nested too
-    deeply, or not of type `kind` (e.g. a list where an object belongs). Otherwise
-    (value, None)."""
+def read_small_file(path: str, max_bytes: int) -> tuple[bytes | None, str | None]:
+    """(content, None) of the regular file at `path`, at most `max_bytes` long; (None,
+    None) when there is none; else (None, why), one phrase to follow "is": "not a regular
+    file (a folder, FIFO or device)" (opened without blocking and judged by the open file:
+    a FIFO or a device is never read, so never a hang), "larger than N bytes", or
+    "unreadable (the system's reason)". The one bounded reader of small files."""
     try:
-        st = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) |
+                     getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return None, None
     except OSError as e:
-        return None, e.strerror or type(e).__name__
-    if not stat_lib.S_ISREG(st.st_mode):
-        return None, "not a regular file"
-    if st.st_size > max_bytes:
-        return None, f"larger than {max_bytes} bytes"
+        return None, _unreadable(e)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(max_bytes + 1)
+        info = os.fstat(fd)
+        if not stat_lib.S_ISREG(info.st_mode):
+            return None, "not a regular file (a folder, FIFO or device)"
+        if info.st_size > max_bytes:
+            return None, f"larger than {max_bytes} bytes ({info.st_size})"
+        data = b""
+        while len(data) <= max_bytes:
+            chunk = os.read(fd, max_bytes + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
     except OSError as e:
-        return None, e.strerror or type(e).__name__
+        return None, _unreadable(e)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # It grew since the fstat.
+        return None, f"larger than {max_bytes} bytes"
+    return data, None
+
+
+def read_small_text(path: str, max_bytes: int) -> tuple[str | None, str | None]:
+    """`read_small_file`, decoded: also (None, "not UTF-8 text (byte K)")."""
+    data, problem = read_small_file(path, max_bytes)
+    if data is None:
+        return None, problem
     try:
-        value = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        return None, "not UTF-8"
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 text (byte {e.start})"
+
+
+def _unreadable(error: OSError) -> str:
+    return f"unreadable ({error.strerror or type(error).__name__})"
+
+
+def read_json_file(path: str, kind=dict, max_bytes: int = MAX_JSON_BYTES):
+    """(value, problem) of the JSON file at `path`, never raising.
+
+    (None, None): no file. (None, "why"): what `read_small_text` says (not a regular
+    file, larger than `max_bytes`, unreadable, not UTF-8), not JSON, nested too deeply,
+    or not of type `kind` (`json_type_problem`: e.g. "a JSON list, not an object").
+    Otherwise (value, None)."""
+    text, problem = read_small_text(path, max_bytes)
+    if text is None:
+        return None, problem
+    try:
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         return None, f"not JSON ({e.msg}, line {e.lineno})"
     except RecursionError:
         return None, "nested too deeply"
-    if kind is not None and not isinstance(value, kind):
-        return None, f"a JSON {_json_type(value)}, not {_json_type_name(kind)}"
-    return value, None
+    problem = json_type_problem(value, kind)
+    return (None, problem) if problem else (value, None)
+
+
+def read_json_or_none(path: str):
+    """The JSON value in `path` (of any type); None when it is missing or damaged."""
+    return read_json_file(path, kind=None)[0]
+
+
+def json_type_problem(value, kind) -> str | None:
+    """The one wording of a JSON value of the wrong type: "a JSON list, not an object"
+    (None when `value` is of type `kind`, a type or a tuple of types, or `kind` is None)."""
+    if kind is None or isinstance(value, kind):
+        return None
+    return f"a JSON {_json_type(value)}, not {_json_type_name(kind)}"
 
 
 def is_number(value) -> bool:

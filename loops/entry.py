@@ -3,7 +3,6 @@ and the --flagfile files checked before absl reads them."""
 from __future__ import annotations
 
 import os
-import stat
 import sys
 
 from absl import app, flags
@@ -11,6 +10,7 @@ from absl import app, flags
 from tapefit.flags.config import check_number
 from tapefit.flags.definitions import config_from_flags
 from tapefit.flags.errors import ConfigError, TapefitError, escape_controls
+from tapefit.layout.atomic import read_small_text
 
 # A flag file is a few lines of flags; more is not one (and absl reads it whole).
 MAX_FLAGFILE_BYTES = 1 << 20
@@ -65,32 +65,11 @@ def check_flagfiles(args, depth: int = 0, seen=None) -> None:
 
 
 def _read_flagfile(name: str, path: str) -> list[str]:
-    try:
-        info = os.stat(path)  # Never opens: a FIFO would block right here.
-    except OSError as e:
-        raise ConfigError(f"--flagfile={name} cannot be read ({e.strerror}); pass a file of "
-                          "flags, one per line") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(f"--flagfile={name} is not a regular file (a FIFO, device or "
-                          "folder); pass a file of flags, one per line")
-    if info.st_size > MAX_FLAGFILE_BYTES:
-        raise ConfigError(f"--flagfile={name} is {info.st_size} bytes, more than a flag file "
-                          f"holds (at most {MAX_FLAGFILE_BYTES}); pass a file of flags, one "
-                          "per line")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FLAGFILE_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"--flagfile={name} cannot be read ({e.strerror}); pass a file of "
-                          "flags, one per line") from None
-    if len(data) > MAX_FLAGFILE_BYTES:  # It grew since the stat.
-        raise ConfigError(f"--flagfile={name} is more than {MAX_FLAGFILE_BYTES} bytes; pass "
-                          "a file of flags, one per line")
-    try:
-        return data.decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise ConfigError(f"--flagfile={name} is not UTF-8 text; pass a file of flags, one "
-                          "per line") from None
+    text, problem = read_small_text(path, MAX_FLAGFILE_BYTES)
+    if text is None:
+        raise ConfigError(f"--flagfile={name} {'is ' + problem if problem else 'does not exist'}"
+                          "; pass a file of flags, one per line")
+    return text.splitlines()
 
 
 def run_command(argv, command, flag_values=flags.FLAGS):

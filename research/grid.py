@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import re
 from typing import Any, Optional
 
@@ -35,6 +34,7 @@ from tapefit.flags.config import (
 )
 from tapefit.flags.config import NOT_IN_ID as _NOT_IN_ID_ROLE
 from tapefit.flags.errors import ConfigError
+from tapefit.layout import atomic as files
 from tapefit.layout import paths
 
 # A trial runs in <study>/trials/<id>/ (layout.paths.trial_dir). Phase runs that trials
@@ -588,36 +588,11 @@ def shard(trials: list[Trial], index: int, count: int) -> list[Trial]:
 def read_small_text(path: str, what: str, limit: int = MAX_SWEEP_FILE_BYTES) -> str:
     """The UTF-8 text of a regular file of at most `limit` bytes, or a one-line error: a
     FIFO, a device (/dev/zero), a folder or a huge file is refused, never read."""
-    import stat
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise ConfigError(f"{what}={path}: {e.strerror}; pass an existing JSON file") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{what}={path} is not a regular file (a folder, FIFO or device); "
-                              "pass a JSON file")
-        if info.st_size > limit:
-            raise ConfigError(f"{what}={path} is {info.st_size} bytes; a sweep file is small "
-                              f"JSON (at most {limit} bytes): pass the study's file")
-        data = b""
-        while len(data) <= limit:
-            chunk = os.read(fd, limit + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except OSError as e:
-        raise ConfigError(f"{what}={path}: {e.strerror}; pass a readable JSON file") from None
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise ConfigError(f"{what}={path} is larger than {limit} bytes; pass the study's file")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{what}={path} is not UTF-8 text (byte {e.start}); save it as "
-                          "UTF-8 JSON") from None
+    text, problem = files.read_small_text(path, limit)
+    if text is None:
+        raise ConfigError(f"{what}={path} {'is ' + problem if problem else 'does not exist'}; "
+                          "pass the study's sweep file (small UTF-8 JSON)")
+    return text
 
 
 SWEEP_FILE_KEYS = {"phases": (str, list), "axes": (dict,), "seeds": (str, list),
@@ -638,27 +613,16 @@ def load_sweep_file(path: str) -> dict:
                           "file") from None
     known = SWEEP_FILE_KEYS
     if not isinstance(content, dict):
-        raise ConfigError(f"--sweep_file={path} holds a JSON {type(content).__name__}, not an "
-                          f"object; a sweep file is {{{', '.join(sorted(known))}}}")
+        raise ConfigError(f"--sweep_file={path} holds {files.json_type_problem(content, dict)}; "
+                          f"a sweep file is {{{', '.join(sorted(known))}}}")
     unknown = sorted(set(content) - set(known))
     if unknown:
         raise ConfigError(f"--sweep_file={path}: unknown keys {unknown}; "
                           f"a sweep file has {', '.join(sorted(known))}")
     for key, kinds in known.items():
-        if key in content and not isinstance(content[key], kinds):
-            raise ConfigError(f"--sweep_file={path}: {key!r} is a JSON "
-                              f"{_json_type(content[key])}; it must be "
-                              f"{' or '.join(_json_type_name(k) for k in kinds)}")
+        if key in content and (problem := files.json_type_problem(content[key], kinds)):
+            raise ConfigError(f"--sweep_file={path}: {key!r} is {problem}; fix the file")
     return content
-
-
-def _json_type(value) -> str:
-    return _json_type_name(type(value))
-
-
-def _json_type_name(kind) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number",
-            float: "number", type(None): "null"}.get(kind, kind.__name__)
 
 
 def axes_from_file(content: dict, path: str) -> list[Axis]:

@@ -162,7 +162,7 @@ def to_dict(study: grid.Study, state: RaceState) -> dict:
 def write(study: grid.Study, study_dir: str, state: RaceState) -> dict:
     content = to_dict(study, state)
     path = os.path.join(study_dir, RACE_JSON)
-    if runner.read_json(path) != _plain(content):
+    if runner.read_json_or_none(path) != _plain(content):
         atomic_write_json(path, content, default=str)
     return content
 

@@ -542,7 +542,7 @@ def markdown(study: grid.Study, study_dir: str, rows, entries,
 def race_section(study_dir: str) -> str:
     """The race's part of results.md from race.json ("" when the study is no race)."""
     path = os.path.join(study_dir, paths.RACE_JSON)
-    content = runner.read_json(path)
+    content = runner.read_json_or_none(path)
     if not isinstance(content, dict) or "rounds" not in content:
         return ""
     try:

@@ -35,7 +35,7 @@ import time
 from tapefit.flags.config import Config
 from tapefit.flags.errors import RunError, TapefitError
 from tapefit.layout import paths
-from tapefit.layout.atomic import atomic_write_json, read_json_file
+from tapefit.layout.atomic import atomic_write_json, read_json_or_none
 from tapefit.loops.rundir.run_lock import LockLost, RunLock, check_held
 
 # The names of a trial's files (layout.paths), short here: this module uses them everywhere.
@@ -63,16 +63,11 @@ def phase_done(trial_dir: str, phase: str) -> bool:
     return os.path.isfile(paths.run_file(trial_dir, phase, paths.FINAL_WEIGHTS))
 
 
-def read_json(path: str):
-    """The JSON value in `path`; None when it is missing or damaged."""
-    return read_json_file(path, kind=None)[0]
-
-
 def read_status(trial_dir: str) -> dict | None:
     """status.json as a dict (with `_mtime`, its last heartbeat), or None when it is
     absent or not a JSON object."""
     path = os.path.join(trial_dir, STATUS_JSON)
-    status = read_json(path)
+    status = read_json_or_none(path)
     if not isinstance(status, dict):
         return None
     try:
@@ -118,7 +113,7 @@ def divergence(trial_dir: str, phase: str) -> str | None:
     says: a damaged log is not a divergence."""
     if phase_done(trial_dir, phase):
         return None
-    summary = read_json(paths.run_file(trial_dir, phase, paths.SUMMARY_JSON))
+    summary = read_json_or_none(paths.run_file(trial_dir, phase, paths.SUMMARY_JSON))
     if not isinstance(summary, dict):
         return None
     files = summary.get("files")
@@ -134,12 +129,12 @@ def divergence(trial_dir: str, phase: str) -> str | None:
 
 def write_trial_json(trial_dir: str, content: dict) -> None:
     path = os.path.join(trial_dir, TRIAL_JSON)
-    if read_json(path) != json.loads(json.dumps(content, default=str)):
+    if read_json_or_none(path) != json.loads(json.dumps(content, default=str)):
         atomic_write_json(path, content, default=str)
 
 
 def configs_from_trial_json(trial_dir: str) -> tuple[list[str], dict]:
-    content = read_json(os.path.join(trial_dir, TRIAL_JSON))
+    content = read_json_or_none(os.path.join(trial_dir, TRIAL_JSON))
     if not content:
         raise RunError(f"{trial_dir} has no readable {TRIAL_JSON}; run sweep.py without "
                        "--run_trial")

@@ -65,3 +65,22 @@ def test_one_json_format_and_a_reader_that_never_raises(tmp_path):
     assert value is None and problem.startswith("not JSON")
     assert atomic.read_json_file(path, kind=list)[1] == "a JSON object, not a list"
     assert [n for n in os.listdir(tmp_path / "a") if ".tmp-" in n] == []
+
+
+def test_one_bounded_reader_and_one_wording_of_a_wrong_json_type(tmp_path):
+    fifo, big, latin = tmp_path / "fifo", tmp_path / "big", tmp_path / "latin"
+    os.mkfifo(fifo)  # Never read: a read would block here.
+    big.write_bytes(b"x" * 11)
+    latin.write_bytes(b"caf\xe9")
+    assert atomic.read_small_file(str(tmp_path / "none"), 10) == (None, None)
+    assert atomic.read_small_file(str(big), 11) == (b"x" * 11, None)
+    assert atomic.read_small_file(str(big), 10) == (None, "larger than 10 bytes (11)")
+    for path in (fifo, tmp_path):
+        assert atomic.read_small_file(str(path), 10) == (
+            None, "not a regular file (a folder, FIFO or device)")
+    assert atomic.read_small_text(str(latin), 10) == (None, "not UTF-8 text (byte 3)")
+    assert atomic.read_json_file(str(fifo))[1].startswith("not a regular file")
+    assert atomic.read_json_or_none(str(latin)) is None
+    assert atomic.json_type_problem([1], dict) == "a JSON list, not an object"
+    assert atomic.json_type_problem(5, (str, list)) == "a JSON number, not a string or a list"
+    assert atomic.json_type_problem({}, dict) is None

@@ -325,7 +325,8 @@ def test_evaluate_writes_per_example_predictions_that_match_its_numbers(tmp_path
     assert sorted(outcomes.values()) == ["finished", "finished"]
     loaded = []
     for t in grid.expand(s, folder):
-        evaluation = runner.read_json(os.path.join(t.trial_dir, "evaluate", "evaluation.json"))
+        evaluation = runner.read_json_or_none(
+            os.path.join(t.trial_dir, "evaluate", "evaluation.json"))
         with np.load(os.path.join(t.trial_dir, "evaluate", "predictions.npz"),
                      allow_pickle=False) as data:
             p = {k: data[k] for k in data.files}

@@ -62,7 +62,8 @@ def test_seeds_skip_add_values_shared_cache_and_hparams(tmp_path, calls):
     for t in trials:  # Seeds 0-3, each a full tapefit run directory.
         assert os.path.isfile(os.path.join(t.trial_dir, "head", "final.weights.h5"))
         assert os.path.isfile(os.path.join(t.trial_dir, "evaluate", "evaluation.json"))
-        assert runner.read_json(os.path.join(t.trial_dir, "head", "config.json"))["seed"] == t.seed
+        config = runner.read_json_or_none(os.path.join(t.trial_dir, "head", "config.json"))
+        assert config["seed"] == t.seed
     with open(os.path.join(folder, "results.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [(r["seed"], r["status"]) for r in rows] == [(str(i), "finished") for i in range(4)]
@@ -110,7 +111,8 @@ def test_seeds_skip_add_values_shared_cache_and_hparams(tmp_path, calls):
     start = session["_hparams_/session_start_info"].session_start_info
     assert start.group_name == trial.group_id and "-s2-" not in start.group_name
     assert start.hparams["learning_rate"].number_value == pytest.approx(1e-3)
-    evaluation = runner.read_json(os.path.join(trial.trial_dir, "evaluate", "evaluation.json"))
+    evaluation = runner.read_json_or_none(
+        os.path.join(trial.trial_dir, "evaluate", "evaluation.json"))
     from tensorboard.util import tensor_util
     value = tensor_util.make_ndarray(acc.Tensors("test_accuracy")[0].tensor_proto)
     assert float(value) == pytest.approx(evaluation["accuracy"], rel=1e-6)

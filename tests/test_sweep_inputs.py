@@ -46,7 +46,7 @@ def test_feature_cache_is_an_axis_like_any_flag(tmp_path):
 # ---- sweep files -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("content, message", [
-    ('{"axes": [1, 2]}', "'axes' is a JSON list; it must be object"),
+    ('{"axes": [1, 2]}', "'axes' is a JSON list, not an object"),
     ('{"seeds": 5}', "'seeds' is a JSON number"),
     ('{"phases": 3}', "'phases' is a JSON number"),
     ('{"flags": ["epochs"]}', "'flags' is a JSON list"),

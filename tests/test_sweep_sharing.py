@@ -51,7 +51,7 @@ def test_a_finetune_axis_trains_one_head_per_seed(tmp_path, calls):
         _, cfg, classes, phase = load_trained_model(t.trial_dir)
         assert phase == "finetune" and cfg.learning_rate == t.config("finetune").learning_rate
         # Its finetune started from the shared head's weights.
-        summary = runner.read_json(os.path.join(t.trial_dir, "finetune", "summary.json"))
+        summary = runner.read_json_or_none(os.path.join(t.trial_dir, "finetune", "summary.json"))
         assert summary["phase"] == "finetune"
     by_seed = {}
     for t in trials:

@@ -47,6 +47,7 @@ import uuid
 
 from tapefit.flags.errors import RunError
 from tapefit.layout import paths
+from tapefit.layout.atomic import json_type_problem
 from tapefit.layout.temporaries import MAX_PID, pid_alive
 
 log = logging.getLogger(__name__)
@@ -332,7 +333,7 @@ def _read_record(path: str):
 def _invalid(record) -> str | None:
     """Why `record` is not a holder's record (None when it is one)."""
     if not isinstance(record, dict):
-        return f"a JSON {type(record).__name__}, not an object"
+        return json_type_problem(record, dict)
     for key in ("host", "start", "token"):
         if not isinstance(record.get(key), str) or not record[key]:
             text = json.dumps(record.get(key))
