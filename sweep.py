@@ -143,33 +143,13 @@ def sweep(cfg):
         result = study_lib._write_report(study, workdir, trials, select_by)
         print(result["markdown"])
         return 0
-    from tapefit.loops.rundir.run_dir import check_cache_dirs, check_writable
-    check_writable(workdir)  # Before a trial folder is written.
-    check_cache_dirs(study.base)
     extra = [f"--logical_cpus={FLAGS.logical_cpus}"] if FLAGS.logical_cpus else []
     extra += ["--debug"] if FLAGS.debug else []
-    script = os.path.abspath(__file__)
-    outcomes = study_lib.run(
+    outcomes = study_lib.execute(
         study, workdir, shard=shard, parallel=FLAGS.parallel, retry_failed=FLAGS.retry_failed,
         debug=FLAGS.debug, progress=FLAGS.progress, share_phases=FLAGS.share_phases,
-        select_by=select_by,
-        worker_command=lambda trial_dir: study_lib.runner.worker_argv(script, trial_dir, extra))
-    counts = {}
-    for outcome in outcomes.values():
-        counts[outcome] = counts.get(outcome, 0) + 1
-    race_line = ""
-    if study.race is not None:
-        from tapefit.research import race as race_lib
-        content = study_lib.runner.read_json_or_none(
-            os.path.join(workdir, race_lib.RACE_JSON)) or {}
-        epochs = content.get("trial_epochs", {})
-        left = (f"winner {content['winner']}" if content.get("winner")
-                else "left: " + "; ".join(content.get("alive", [])))
-        race_line = (f"; race: {left} after round {content.get('round')}, trial-epochs "
-                     f"{epochs.get('race')} of the full grid's {epochs.get('full_grid')}")
-    print(f"sweep {workdir} (shard {shard[0]}/{shard[1]}): "
-          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + race_line
-          + f"; report in {os.path.join(workdir, study_lib.report.RESULTS_MD)}")
+        select_by=select_by, worker_args=extra)
+    print(study_lib.outcome_line(study, workdir, shard, outcomes))
     sys.stdout.flush()
     return 0
 

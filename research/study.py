@@ -199,6 +199,49 @@ def run(study: grid.Study, study_dir: str, shard=(0, 1), parallel: int = 1,
     return outcomes
 
 
+# The script each worker of --parallel runs (`--run_trial=DIR`): sweep.py beside the
+# package's modules, in a checkout and in an installed copy alike.
+SWEEP_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "sweep.py")
+
+
+def execute(study: grid.Study, study_dir: str, shard=(0, 1), parallel: int = 1,
+            retry_failed: bool = False, debug: bool = False, progress: bool = True,
+            share_phases: bool = True, select_by: str = "val_accuracy",
+            worker_args=()) -> dict:
+    """What `tapefit sweep` and `tapefit.sweep` do with a study: check that its folder
+    and caches are writable (before a trial folder is written), then `run` this shard's
+    trials, --parallel ones as workers of sweep.py (`worker_args`: flags each worker
+    gets). Returns {trial_id: outcome}."""
+    from tapefit.loops.rundir.run_dir import check_cache_dirs, check_writable
+    check_writable(study_dir)
+    check_cache_dirs(study.base)
+    extra = list(worker_args)
+    return run(study, study_dir, shard=shard, parallel=parallel, retry_failed=retry_failed,
+               debug=debug, progress=progress, share_phases=share_phases,
+               select_by=select_by,
+               worker_command=lambda trial_dir: runner.worker_argv(SWEEP_SCRIPT, trial_dir,
+                                                                   extra))
+
+
+def outcome_line(study: grid.Study, study_dir: str, shard, outcomes: dict) -> str:
+    """The line `tapefit sweep` ends with: trials by outcome, a race's state, the report."""
+    counts = {}
+    for outcome in outcomes.values():
+        counts[outcome] = counts.get(outcome, 0) + 1
+    race_line = ""
+    if study.race is not None:
+        from tapefit.research import race as race_lib
+        content = runner.read_json_or_none(os.path.join(study_dir, race_lib.RACE_JSON)) or {}
+        epochs = content.get("trial_epochs", {})
+        left = (f"winner {content['winner']}" if content.get("winner")
+                else "left: " + "; ".join(content.get("alive", [])))
+        race_line = (f"; race: {left} after round {content.get('round')}, trial-epochs "
+                     f"{epochs.get('race')} of the full grid's {epochs.get('full_grid')}")
+    return (f"sweep {study_dir} (shard {shard[0]}/{shard[1]}): "
+            + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + race_line
+            + f"; report in {os.path.join(study_dir, report.RESULTS_MD)}")
+
 def _run_trials(study, todo, parallel, debug, worker_command, share_phases, bar,
                 write_report) -> dict:
     """Runs `todo` (in this process, or as worker processes); {trial_id: outcome}."""
