@@ -129,15 +129,16 @@ def units(text):
 def unknown_flags(path):
     """`file:line: --flag (with COMMAND)` for every flag its command does not define."""
     problems = []
-    for number, unit in units(read(path)):
-        names = FLAG.findall(QUOTED_UNKNOWN.sub("", unit))
-        if not names:
+    for start, unit in units(read(path)):
+        found = list(FLAG.finditer(QUOTED_UNKNOWN.sub(lambda m: " " * len(m.group(0)), unit)))
+        if not found:
             continue
         commands = {a or b for a, b in TAPEFIT_COMMAND.findall(unit)}
         bench = BENCH_SCRIPT.search(unit)
         foreign = set().union(*(flags for tool, flags in FOREIGN.items() if tool in unit.lower()))
-        for name in names:
-            name = name.rstrip(".-")
+        for match in found:
+            name = match.group(1).rstrip(".-")
+            number = start + unit.count("\n", 0, match.start())
             if name in foreign:
                 continue
             if bench and not commands:
