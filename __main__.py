@@ -10,6 +10,7 @@
 """
 import difflib
 import importlib
+import os
 import sys
 
 # Command -> (module, what it does). Each module's `main(argv)` is absl's `app.run`.
@@ -31,7 +32,10 @@ def usage() -> str:
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
-        print(usage())
+        try:
+            print(usage(), flush=True)
+        except BrokenPipeError:  # `tapefit --help | head -1`: the reader has what it wanted.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     if argv[1] == "--version":
         from tapefit import __version__
