@@ -84,7 +84,7 @@ def train_step(args, backbone, images, labels):
     import keras
     import tensorflow as tf
 
-    from tapefit.loops.optim.schedules import make_optimizer
+    from tapefit.loops.optim.optimizers import make_optimizer
     from tapefit.loops.training.custom import CustomLoop
     from tapefit.model import build_model, set_trainable
     seconds = {}

@@ -94,7 +94,7 @@ def measure(args, backbone, phase, loops):
     from tapefit import callbacks as callbacks_module
     from tapefit import input_pipeline
     from tapefit.loops import train_lib
-    from tapefit.loops.optim.schedules import make_optimizer
+    from tapefit.loops.optim.optimizers import make_optimizer
     from tapefit.loops.training.custom import CustomLoop
     from tapefit.loops.training.strategy import make_strategy
 

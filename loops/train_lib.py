@@ -24,7 +24,7 @@ from tapefit.layout.paths import (
     phase_dir,
     run_file,
 )
-from tapefit.loops.optim.schedules import make_optimizer
+from tapefit.loops.optim.optimizers import make_optimizer
 from tapefit.loops.rundir.run_lock import check_held
 from tapefit.loops.training.custom import make_loss
 from tapefit.loops.training.hooks import weights_are_finite

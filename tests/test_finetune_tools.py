@@ -104,15 +104,15 @@ def test_label_smoothing_against_a_hand_computed_loss():
 
 
 def test_optimizer_regularisers():
-    plain = schedules.make_optimizer(Config(learning_rate=0.1))
+    plain = optimizers_lib.make_optimizer(Config(learning_rate=0.1))
     assert type(plain) is keras.optimizers.Adam and not plain.use_ema
     assert plain.weight_decay is None and plain.clipnorm is None
-    opt = schedules.make_optimizer(Config(learning_rate=0.1, weight_decay=0.01, clipnorm=2.0,
+    opt = optimizers_lib.make_optimizer(Config(learning_rate=0.1, weight_decay=0.01, clipnorm=2.0,
                                           ema=0.9))
     assert type(opt) is keras.optimizers.AdamW
     assert opt.weight_decay == 0.01 and opt.clipnorm == 2.0
     assert opt.use_ema and opt.ema_momentum == 0.9
-    sgd = schedules.make_optimizer(Config(optimizer="sgd", weight_decay=0.01))
+    sgd = optimizers_lib.make_optimizer(Config(optimizer="sgd", weight_decay=0.01))
     assert type(sgd) is keras.optimizers.SGD and sgd.weight_decay == 0.01
 
 
@@ -120,7 +120,8 @@ def test_weight_decay_spares_biases_and_batch_norm():
     kernel = keras.Variable(np.ones((2, 2), np.float32), name="kernel")
     bias = keras.Variable(np.ones(2, np.float32), name="bias")
     gamma = keras.Variable(np.ones(2, np.float32), name="gamma")
-    opt = schedules.make_optimizer(Config(optimizer="sgd", learning_rate=0.5, weight_decay=0.1))
+    opt = optimizers_lib.make_optimizer(Config(optimizer="sgd", learning_rate=0.5,
+                                               weight_decay=0.1))
     zeros = [np.zeros((2, 2), np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32)]
     opt.apply_gradients(zip(zeros, [kernel, bias, gamma]))
     np.testing.assert_allclose(kernel.numpy(), 1 - 0.5 * 0.1)
@@ -160,8 +161,8 @@ def test_layer_lr_decay_scales_each_update_not_the_gradient(mobilenet):
     for optimizer in ("sgd", "adam"):
         start = [v.numpy().copy() for v in variables]
         cfg = Config(optimizer=optimizer, learning_rate=0.01, layer_lr_decay=0.5)
-        opt = schedules.make_optimizer(cfg, model=mobilenet)
-        assert isinstance(opt, schedules.OPTIMIZERS[optimizer])
+        opt = optimizers_lib.make_optimizer(cfg, model=mobilenet)
+        assert isinstance(opt, optimizers_lib.OPTIMIZERS[optimizer])
         opt.apply_gradients(zip(grads, variables))
         steps = {v.path: float(np.max(np.abs(v.numpy() - s))) for v, s in zip(variables, start)}
         full = steps["logits/kernel"]
@@ -173,10 +174,10 @@ def test_layer_lr_decay_scales_each_update_not_the_gradient(mobilenet):
 
 
 def test_layer_lr_decay_of_one_is_the_plain_optimizer(mobilenet):
-    opt = schedules.make_optimizer(Config(layer_lr_decay=1.0), model=mobilenet)
+    opt = optimizers_lib.make_optimizer(Config(layer_lr_decay=1.0), model=mobilenet)
     assert type(opt) is keras.optimizers.Adam
     # Evaluation makes the trained run's optimizer without a model: nothing trains.
-    assert type(schedules.make_optimizer(Config(layer_lr_decay=0.5))) is keras.optimizers.Adam
+    assert type(optimizers_lib.make_optimizer(Config(layer_lr_decay=0.5))) is keras.optimizers.Adam
 
 
 # ---- (4) the learning-rate finder ---------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Discriminative learning rates (`--layer_lr_decay`) inside the optimizer.
+"""The optimizer factory (`make_optimizer`, shared by both loops) and discriminative
+learning rates (`--layer_lr_decay`) inside the optimizer.
 
 The head trains at the learning rate, the last backbone block at LR·D, the one
 before at LR·D², and so on (blocks as the backbone names them,
@@ -11,7 +12,60 @@ from __future__ import annotations
 
 import keras
 
-_CLASSES: dict = {}
+from tapefit.loops.optim.schedules import learning_rate
+
+OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "sgd": keras.optimizers.SGD,
+    "rmsprop": keras.optimizers.RMSprop,
+}
+# Variables that get no weight decay (fastai's bn_wd=False, and biases).
+NO_WEIGHT_DECAY = ("bias", "gamma", "beta")
+_CLASSES: dict = {}  # Keras optimizer class -> its subclass with per-layer rates.
+
+
+def make_optimizer(cfg, steps_per_epoch: int | None = None, model=None
+                   ) -> keras.optimizers.Optimizer:
+    """A fresh optimizer for one phase (never carried across phases).
+
+    `steps_per_epoch`: what a per-step schedule needs to know the length of the
+    phase (without it, e.g. at `--phase=evaluate` where nothing trains, the
+    optimizer gets the plain rate). `model`: needed for `--layer_lr_decay` (the
+    multiplier of each variable comes from the backbone block it is in; without it,
+    again where nothing trains, every variable gets the plain rate).
+
+    `--weight_decay` makes Adam an AdamW (decoupled decay; SGD and RMSprop get
+    Keras' decoupled `weight_decay` too), biases and batch-norm parameters
+    excluded. `--clipnorm` clips each variable's gradient; `--ema` keeps an
+    exponential moving average of the weights (Keras' `use_ema`), swapped in at
+    the end of the phase by both loops. Under mixed_float16 the optimizer scales
+    the loss dynamically, as `compile()` would wrap it, so that both loops step
+    the same way.
+    """
+    rate = learning_rate(cfg, steps_per_epoch)
+    kwargs = {}
+    cls = OPTIMIZERS[cfg.optimizer]
+    if cfg.weight_decay:
+        kwargs["weight_decay"] = cfg.weight_decay
+        if cfg.optimizer == "adam":
+            cls = keras.optimizers.AdamW
+    if cfg.clipnorm:
+        kwargs["clipnorm"] = cfg.clipnorm
+    if cfg.ema:
+        kwargs.update(use_ema=True, ema_momentum=cfg.ema)
+    multipliers = None
+    if cfg.layer_lr_decay != 1.0 and model is not None:
+        multipliers = layer_lr_multipliers(model, cfg.layer_lr_decay)
+        cls = with_lr_multipliers(cls)
+        kwargs["lr_multipliers"] = multipliers
+    optimizer = cls(learning_rate=rate, **kwargs)
+    if cfg.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
+    if cfg.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
 
 
 def with_lr_multipliers(cls):

@@ -1,4 +1,5 @@
-"""Optimizers and learning-rate schedules, shared by both loops.
+"""Learning-rate schedules, shared by both loops (the optimizer factory that uses
+them: `loops.optim.optimizers.make_optimizer`).
 
 Two kinds of schedule, one `--lr_schedule` flag:
 
@@ -24,67 +25,18 @@ import keras
 
 from tapefit.callbacks.base import Callback
 from tapefit.flags.config import STEP_LR_SCHEDULES
-from tapefit.loops.optim import optimizers as optimizers_lib
 
-OPTIMIZERS = {
-    "adam": keras.optimizers.Adam,
-    "sgd": keras.optimizers.SGD,
-    "rmsprop": keras.optimizers.RMSprop,
-}
 # fastai's fit_one_cycle defaults.
 ONE_CYCLE_PCT_START = 0.25
 ONE_CYCLE_DIV = 25.0
 ONE_CYCLE_DIV_FINAL = 1e5
-# Variables that get no weight decay (fastai's bn_wd=False, and biases).
-NO_WEIGHT_DECAY = ("bias", "gamma", "beta")
+
 
 
 def is_step_schedule(cfg) -> bool:
     """Per-step schedules (keras LearningRateSchedule objects inside the optimizer),
     declared in flags/config.py (`STEP_LR_SCHEDULES`)."""
     return cfg.lr_schedule in STEP_LR_SCHEDULES
-
-
-def make_optimizer(cfg, steps_per_epoch: int | None = None, model=None
-                   ) -> keras.optimizers.Optimizer:
-    """A fresh optimizer for one phase (never carried across phases).
-
-    `steps_per_epoch`: what a per-step schedule needs to know the length of the
-    phase (without it, e.g. at `--phase=evaluate` where nothing trains, the
-    optimizer gets the plain rate). `model`: needed for `--layer_lr_decay` (the
-    multiplier of each variable comes from the backbone block it is in; without it,
-    again where nothing trains, every variable gets the plain rate).
-
-    `--weight_decay` makes Adam an AdamW (decoupled decay; SGD and RMSprop get
-    Keras' decoupled `weight_decay` too), biases and batch-norm parameters
-    excluded. `--clipnorm` clips each variable's gradient; `--ema` keeps an
-    exponential moving average of the weights (Keras' `use_ema`), swapped in at
-    the end of the phase by both loops. Under mixed_float16 the optimizer scales
-    the loss dynamically, as `compile()` would wrap it, so that both loops step
-    the same way.
-    """
-    rate = learning_rate(cfg, steps_per_epoch)
-    kwargs = {}
-    cls = OPTIMIZERS[cfg.optimizer]
-    if cfg.weight_decay:
-        kwargs["weight_decay"] = cfg.weight_decay
-        if cfg.optimizer == "adam":
-            cls = keras.optimizers.AdamW
-    if cfg.clipnorm:
-        kwargs["clipnorm"] = cfg.clipnorm
-    if cfg.ema:
-        kwargs.update(use_ema=True, ema_momentum=cfg.ema)
-    multipliers = None
-    if cfg.layer_lr_decay != 1.0 and model is not None:
-        multipliers = optimizers_lib.layer_lr_multipliers(model, cfg.layer_lr_decay)
-        cls = optimizers_lib.with_lr_multipliers(cls)
-        kwargs["lr_multipliers"] = multipliers
-    optimizer = cls(learning_rate=rate, **kwargs)
-    if cfg.weight_decay:
-        optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
-    if cfg.mixed_precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
 
 
 def learning_rate(cfg, steps_per_epoch: int | None = None):

@@ -28,7 +28,8 @@ from tapefit.layout.atomic import atomic_write_text
 from tapefit.layout.paths import BACKUP_DIR, BEST_WEIGHTS, FINAL_WEIGHTS, LOG_CSV, TENSORBOARD_DIR
 from tapefit.loops.caches import feature_cache, feature_precision
 from tapefit.loops.console import command_flags, keras_verbose, progress_hook
-from tapefit.loops.optim.schedules import is_step_schedule, make_optimizer
+from tapefit.loops.optim.optimizers import make_optimizer
+from tapefit.loops.optim.schedules import is_step_schedule
 from tapefit.loops.training.checkpointer import BackupError, Checkpointer, Position
 from tapefit.loops.training.custom import CustomLoop, make_loss, make_metrics
 from tapefit.loops.training.hooks import hook_specs, instantiate
