@@ -25,12 +25,12 @@ from typing import Any, Optional
 from tapefit.flags.config import (
     ARCHITECTURE,
     PHASES,
-    RECIPES,
+    RECIPE_FIELDS,
     RESUMABLE,
     Config,
-    apply_recipe,
     fields_with,
     keyed,
+    resolve,
 )
 from tapefit.flags.config import NOT_IN_ID as _NOT_IN_ID_ROLE
 from tapefit.flags.errors import ConfigError
@@ -55,9 +55,6 @@ MAX_READABLE = 80
 # Flags a run may change and still resume (role RESUMABLE, as loops.rundir.run_dir): they do not
 # change a phase's result, so two phase runs that differ only in them are one run.
 RESUMABLE_CHANGES = fields_with(RESUMABLE)
-# The flags a --recipe sets (flags.config.RECIPES): a base flag given explicitly wins.
-RECIPE_FIELDS = tuple(sorted({k for recipe in RECIPES.values() for phase in recipe.values()
-                              for k in phase}))
 # A sweep file is a small JSON document: larger (or deeper) input is refused.
 MAX_SWEEP_FILE_BYTES = 1 << 20
 
@@ -514,7 +511,7 @@ class Trial:
                              or paths.image_cache_dir(self.study_dir)))
         explicit = set(self.explicit) | {split_name(n)[1] for n, _ in self.assignment
                                          if split_name(n)[0] in (None, phase)}
-        return Config(**apply_recipe(values, explicit))
+        return resolve(values, explicit)
 
     def phase_key(self, phase: str) -> str:
         """What decides the result of `phase`: its flags and those of the trial's phases
