@@ -1,15 +1,18 @@
-"""What every entry point does around its command: one-line errors, --debug, logical CPUs,
-and the --flagfile files checked before absl reads them."""
+"""What every entry point does around its command: one-line errors (also for a flag absl
+cannot parse), --debug, logical CPUs, and the --flagfile files checked before absl reads
+them."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from absl import app, flags
 
-from tapefit.flags.config import check_number
+from tapefit.flags.config import RANGES, check_choice, check_number
 from tapefit.flags.definitions import config_from_flags
 from tapefit.flags.errors import ConfigError, TapefitError, escape_controls
+from tapefit.flags.fields import did_you_mean
 from tapefit.layout.atomic import read_small_text
 
 # A flag file is a few lines of flags; more is not one (and absl reads it whole).
@@ -22,13 +25,83 @@ def app_run(main, argv=None) -> None:
     """absl's `app.run(main)`, after every `--flagfile` (also those named inside flag
     files) is checked: a regular file of at most `MAX_FLAGFILE_BYTES`, UTF-8 text. A FIFO,
     a device (/dev/zero) or a huge file would make absl hang or read until memory runs
-    out; instead one `error: ...` line and exit code 1."""
+    out; instead one `error: ...` line and exit code 1. So is a flag absl cannot parse
+    (`parse_flags`): an unknown one, a value of the wrong type."""
     args = sys.argv if argv is None else argv
     try:
         check_flagfiles(args[1:])
     except ConfigError as e:
         sys.exit(f"error: {escape_controls(str(e))}")
-    app.run(main, argv)
+    app.run(main, argv, flags_parser=parse_flags)
+
+
+def parse_flags(args, flag_values=flags.FLAGS) -> list[str]:
+    """absl's `flag_values(args)` (app.run's `flags_parser`), with one `error: ...` line
+    and exit code 1 instead of absl's two-line "FATAL Flags parsing error" for an
+    unknown flag (with "did you mean") or a value the flag's type refuses."""
+    try:
+        return flag_values(args)
+    except flags.UnrecognizedFlagError as e:
+        message = unknown_flag(e.flagname, flag_values)
+    except flags.IllegalFlagValueError as e:
+        message = illegal_value(str(e), flag_values)
+    except flags.Error as e:  # "Missing value for flag --epochs", a validator, ...
+        message = str(e)
+        missing = re.fullmatch(r"Missing value for flag -+([^=]+)", message)
+        if missing and missing.group(1) in flag_values:
+            name = missing.group(1)
+            message = f"--{name} needs a value; pass e.g. --{name}={_example(flag_values[name])}"
+    except ValueError as e:  # absl: "--noNAME=V does not take an argument".
+        message = str(e)
+        took = re.fullmatch(r"-+no([^=]+)=.* does not take an argument", message)
+        if took:
+            name = took.group(1)
+            message = f"--no{name} takes no value; pass --no{name} or --{name}=false"
+    sys.exit(f"error: {escape_controls(' '.join(message.split()))}")
+
+
+def unknown_flag(name: str, flag_values=flags.FLAGS) -> str:
+    """`unknown flag --NAME (did you mean --NAME?)`: among every defined flag, and the
+    --noNAME form of the boolean ones."""
+    known = set()
+    for flag_name in flag_values:
+        known.add(flag_name)
+        if flag_values[flag_name].boolean:
+            known.add(f"no{flag_name}")
+    return f"unknown flag --{name}{did_you_mean(name, known)}"
+
+
+def illegal_value(message: str, flag_values=flags.FLAGS) -> str:
+    """absl's `flag --NAME=VALUE: why` as one line naming the fix."""
+    found = re.fullmatch(r"flag --([^=]+)=(.*?): (.*)", message, re.DOTALL)
+    if not found or found.group(1) not in flag_values:
+        return message
+    name, value = found.group(1), found.group(2)
+    flag = flag_values[name]
+    kind = flag.flag_type()
+    example = _example(flag)
+    if flag.boolean:
+        return (f"--{name}={value} must be true or false; pass --{name} or --no{name}")
+    if kind == "int":
+        return f"--{name}={value} must be a whole number; pass e.g. --{name}={example}"
+    if kind == "float":
+        return f"--{name}={value} must be a number; pass e.g. --{name}={example}"
+    choices = getattr(flag.parser, "enum_values", None)
+    if choices:
+        try:
+            check_choice(name, value, choices)
+        except ConfigError as e:
+            return str(e)
+    return f"--{name}={value}: {found.group(3)}"
+
+
+def _example(flag) -> str:
+    """A value `flag` takes: its range's example, else its default, else 1."""
+    if flag.name in RANGES:
+        return str(RANGES[flag.name].example)
+    if flag.default not in (None, "", []) and not flag.boolean:
+        return flag.default_as_str.strip("'")
+    return "1"
 
 
 def _flagfile_names(args) -> list[str]:

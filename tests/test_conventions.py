@@ -1,0 +1,87 @@
+"""The conventions every entry point keeps (issue 29): a flag absl cannot parse is one
+`error: ...` line and exit code 1; `--help` shows the command's own docstring and flags;
+no carriage returns when the output is not a terminal; the printed next command repeats
+every flag that shapes the run."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+COMMANDS = ("train", "predict", "compare", "sweep")
+
+
+def run_command(form, command, *argv, cwd, timeout=300, env=None):
+    """`python ROOT/COMMAND.py ARGV` (form "script") or `python -m tapefit COMMAND ARGV`
+    (form "console": the dispatcher behind the `tapefit` console command)."""
+    program = ([os.path.join(ROOT, f"{command}.py")] if form == "script"
+               else ["-m", "tapefit", command])
+    environ = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, *program, *argv], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=environ)
+
+
+def assert_only_error_line(out, expected):
+    assert out.returncode == 1, (out.returncode, out.stderr)
+    assert out.stderr.splitlines() == [expected], out.stderr
+    assert "FATAL" not in out.stderr and "Traceback" not in out.stderr
+    assert out.stdout == ""
+
+
+# ---- flags absl cannot parse: one line, exit 1, nothing written --------------------------
+
+UNKNOWN = {  # command -> (argv, the error line)
+    "train": (["--lerning_rate=1e-3"],
+              "error: unknown flag --lerning_rate (did you mean --learning_rate?)"),
+    "predict": (["--workdr=runs/x", "cat.jpg"],
+                "error: unknown flag --workdr (did you mean --workdir?)"),
+    "compare": (["--nodeterministc"],
+                "error: unknown flag --nodeterministc (did you mean --nodeterministic?)"),
+    "sweep": (["--paralel=2"], "error: unknown flag --paralel (did you mean --parallel?)"),
+}
+WRONG_TYPE = {
+    "train": (["--epochs=ten"],
+              "error: --epochs=ten must be a whole number; pass e.g. --epochs=10"),
+    "predict": (["--helpshort=maybe", "cat.jpg"],
+                "error: --helpshort=maybe must be true or false; pass --helpshort or "
+                "--nohelpshort"),
+    "compare": (["--deterministic=maybe"],
+                "error: --deterministic=maybe must be true or false; pass --deterministic "
+                "or --nodeterministic"),
+    "sweep": (["--parallel=1.5"],
+              "error: --parallel=1.5 must be a whole number; pass e.g. --parallel=2"),
+}
+
+
+@pytest.mark.parametrize("form", ["script", "console"])
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("table", [UNKNOWN, WRONG_TYPE], ids=["unknown", "wrong_type"])
+def test_a_flag_absl_cannot_parse_is_one_line(tmp_path, form, command, table):
+    """Before: absl's two lines, "FATAL Flags parsing error: Unknown command line flag
+    'lerning_rate'. Did you mean: learning_rate ?" and "Pass --helpshort or --helpfull"."""
+    argv, expected = table[command]
+    out = run_command(form, command, *argv, f"--workdir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_only_error_line(out, expected)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--race_alpha=x"], "error: --race_alpha=x must be a number; pass e.g. --race_alpha=0.05"),
+    (["--select_by=x"], "error: unknown --select_by='x'; choose one of: val_accuracy, val_loss"),
+    (["--parallel"], "error: --parallel needs a value; pass e.g. --parallel=2"),
+    (["--noprogress=1"], "error: --noprogress takes no value; pass --noprogress or "
+                         "--progress=false"),
+])
+def test_other_values_absl_refuses_are_one_line(tmp_path, argv, expected):
+    out = run_command("script", "sweep", *argv, cwd=tmp_path)
+    assert_only_error_line(out, expected)
+
+
+def test_an_unknown_flag_in_a_flagfile_is_one_line(tmp_path):
+    flagfile = tmp_path / "run.flags"
+    flagfile.write_text("--batch_size=8\n--lerning_rate=1e-3\n")
+    out = run_command("console", "train", f"--flagfile={flagfile}", cwd=tmp_path)
+    assert_only_error_line(
+        out, "error: unknown flag --lerning_rate (did you mean --learning_rate?)")
