@@ -1,8 +1,8 @@
 """Comparative research runs: configurations × seeds, resumable, with honest statistics.
 
     python sweep.py --workdir=runs/study --phases=head,finetune,evaluate \\
-        --axis=learning_rate=1e-3,3e-3 --axis=unfreeze_from=block4_conv1,block5_conv1 \\
-        --seeds=0,1,2,3,4 --baseline=learning_rate=1e-3,unfreeze_from=block5_conv1 \\
+        --axis=learning_rate=1e-3,3e-3 --axis=unfreeze_from=block4,block5 \\
+        --seeds=0,1,2,3,4 --baseline=learning_rate=1e-3,unfreeze_from=block5 \\
         [train.py flags: the base configuration of every trial]
 
 Each trial (one configuration, one seed) is an ordinary tapefit run directory

@@ -1,7 +1,7 @@
 """Two-phase transfer learning: `--phase=head`, then `--phase=finetune`, then `--phase=evaluate`.
 
     python train.py --phase=head --workdir=runs/catsdogs
-    python train.py --phase=finetune --unfreeze_from=block5_conv1 --workdir=runs/catsdogs
+    python train.py --phase=finetune --unfreeze_from=block5 --workdir=runs/catsdogs
     python train.py --phase=evaluate --workdir=runs/catsdogs
 
 Flags are read here only; the library receives a frozen `Config`.

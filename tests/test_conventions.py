@@ -85,3 +85,15 @@ def test_an_unknown_flag_in_a_flagfile_is_one_line(tmp_path):
     out = run_command("console", "train", f"--flagfile={flagfile}", cwd=tmp_path)
     assert_only_error_line(
         out, "error: unknown flag --lerning_rate (did you mean --learning_rate?)")
+
+
+# ---- one form of block names -------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["train", "sweep", "compare"])
+def test_help_names_blocks_as_blocks(tmp_path, command):
+    """Before: `--unfreeze_from=block5_conv1` (a layer) in train.py's docstring and the
+    sweep's, `block5` (a block, as `DEFAULT_UNFREEZE_FROM`) everywhere else."""
+    import re
+    out = run_command("script", command, "--help", cwd=tmp_path)
+    assert "--unfreeze_from" in out.stdout
+    assert not re.findall(r"block\d+_conv\d+", out.stdout)
