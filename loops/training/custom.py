@@ -108,18 +108,13 @@ class CustomLoop:
             self.compiled_metrics = metrics if metrics is not None else make_metrics()
             optimizer.build(self.train_model.trainable_variables)
         model.optimizer = optimizer
-        train_step, test_step = self.train_step, self.test_step
-        if jit_compile:
-            train_step = tf.function(train_step, jit_compile=True, reduce_retracing=True)
-            test_step = tf.function(test_step, jit_compile=True, reduce_retracing=True)
-        self._train_step, self._test_step = train_step, test_step
         self._jit_compile = jit_compile
-        self._train_function = tf.function(self._train_steps)
-        self._test_function = tf.function(self._test_batch)
+        self.retrace()
 
     def retrace(self):
-        """Traces the steps again: after the trainable layers changed (gradual
-        unfreezing), the train step must differentiate the new set of weights."""
+        """Wraps the steps in new tf.functions, traced at their next call: at the start,
+        and after the trainable layers changed (gradual unfreezing), when the train step
+        must differentiate the new set of weights."""
         train_step, test_step = self.train_step, self.test_step
         if self._jit_compile:
             train_step = tf.function(train_step, jit_compile=True, reduce_retracing=True)
