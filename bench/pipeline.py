@@ -85,7 +85,7 @@ class Trainer:
 
     def __init__(self, cfg, num_classes):
         from tapefit.loops import train_lib
-        from tapefit.loops.optim.schedules import make_optimizer
+        from tapefit.loops.optim.optimizers import make_optimizer
         from tapefit.loops.training.custom import CustomLoop
         from tapefit.loops.training.strategy import make_strategy
         strategy = make_strategy(cfg.strategy)

@@ -183,7 +183,7 @@ def validation_with_tta(args, workdir, cfg) -> dict:
 
     from tapefit import input_pipeline
     from tapefit.loops import train_lib
-    from tapefit.loops.optim.schedules import make_optimizer
+    from tapefit.loops.optim.optimizers import make_optimizer
     from tapefit.loops.training.custom import CustomLoop
     from tapefit.model.augment import with_tta
     model, trained, _, _ = train_lib.load_trained_model(workdir)
