@@ -1,6 +1,6 @@
 """Trains one phase with the custom loop and with fit(), then reports the difference.
 
-    python compare.py --phase=head --deterministic [train.py flags...]
+    tapefit compare --phase=head --deterministic [tapefit train flags...]
 
 Exit code 0 iff the two runs agree within the criterion written in the report
 (exact equality under --deterministic, else a relative tolerance).
@@ -24,7 +24,7 @@ from tapefit.loops.entry import app_run, run_command  # noqa: E402
 define_flags()
 flags.DEFINE_float("tolerance", DEFAULT_TOLERANCE,
                    "Relative tolerance when not --deterministic.")
-define_help_flags({"comparison": ("tolerance",)})
+define_help_flags({"comparison": ("tolerance",)}, doc=__doc__)
 FLAGS = flags.FLAGS
 
 

@@ -1,6 +1,6 @@
 """Classifies images with the newest phase's weights in --workdir (those evaluate scores).
 
-    python predict.py --workdir=runs/catsdogs cat.jpg dog.png photos/
+    tapefit predict --workdir=runs/catsdogs cat.jpg dog.png photos/
 
 One line per image: `FILE<TAB>CLASS<TAB>PROBABILITY`. A folder stands for every image
 under it (recursively, as evaluate reads a test folder; unreadable ones are skipped and
@@ -18,19 +18,19 @@ from tapefit.flags.quiet import silence_native_logs
 if __name__ == "__main__":
     silence_native_logs()  # Before anything imports TensorFlow.
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from tapefit.flags.definitions import define_help_flags  # noqa: E402
 
 flags.DEFINE_string("workdir", "runs/default", "Run directory written by train.py.")
-define_help_flags()
+define_help_flags(doc=__doc__)
 FLAGS = flags.FLAGS
 
 
 def predict(argv):
     if not argv[1:]:
-        raise app.UsageError("pass one or more image files or folders: "
-                             "tapefit predict --workdir=W IMAGE_OR_FOLDER...")
+        sys.exit("error: pass one or more image files or folders: "
+                 "tapefit predict --workdir=W IMAGE_OR_FOLDER...")
     from tapefit.flags.errors import TapefitError, escape_controls
     from tapefit.loops.classify import classify, escaped
     skipped = []

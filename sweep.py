@@ -1,15 +1,15 @@
 """Comparative research runs: configurations × seeds, resumable, with honest statistics.
 
-    python sweep.py --workdir=runs/study --phases=head,finetune,evaluate \\
+    tapefit sweep --workdir=runs/study --phases=head,finetune,evaluate \\
         --axis=learning_rate=1e-3,3e-3 --axis=unfreeze_from=block4,block5 \\
         --seeds=0,1,2,3,4 --baseline=learning_rate=1e-3,unfreeze_from=block5 \\
-        [train.py flags: the base configuration of every trial]
+        [tapefit train flags: the base configuration of every trial]
 
 Each trial (one configuration, one seed) is an ordinary tapefit run directory
 `<workdir>/trials/<trial_id>/{head,finetune,evaluate}/`. Re-running skips finished
 trials and resumes unfinished ones; `--shard=I/N` runs a slice; `--report_only`
 aggregates. The report: `<workdir>/results.{csv,md,png}`; TensorBoard HParams under
-`<workdir>` (see README.md, "Comparative research: sweep.py").
+`<workdir>` (see docs/studies.md).
 
 `--race`: seeds are added in rounds (`--min_seeds` first, then one per round up to
 `--max_seeds`) and after each round every configuration significantly worse than the
@@ -19,8 +19,8 @@ Trials with identical phases up to one (flags and seed) share that phase's run
 
 Axis names: a train.py flag (`learning_rate`) applies to every phase; `head.NAME`,
 `finetune.NAME`, `evaluate.NAME` to that phase only; `A/B=x1/y1,x2/y2` pairs values.
-Flags are read here only.
 """
+# Flags are read here only.
 import os
 import sys
 
@@ -77,10 +77,13 @@ flags.DEFINE_enum("select_by", "val_accuracy", ["val_accuracy", "val_loss"], "Th
                   "scores. Test numbers are reported, never used to choose.")
 flags.DEFINE_string("run_trial", None, "Internal: run the trial in this folder (a worker of "
                     "--parallel).")
-# The flags defined above (--help's "sweep" heading), but the internal --run_trial.
+# The flags defined above (--help's "sweep" heading, first), but the internal --run_trial.
 SWEEP_FLAGS = tuple(name for name in flags.FLAGS
                     if name not in _TRAIN_FLAGS and name != "run_trial")
-define_help_flags({"sweep": SWEEP_FLAGS})
+# train.py flags the sweep refuses (`cli_flags`; not in its --help) -> the sweep's own
+# flag that does their job (None: none does).
+REFUSED = {"phase": "--phases", "seed": "--seeds", "overwrite": None}
+define_help_flags({"sweep": SWEEP_FLAGS}, omit=(*REFUSED, "run_trial"), doc=__doc__)
 FLAGS = flags.FLAGS
 
 
@@ -90,7 +93,7 @@ def cli_flags() -> dict:
 
     from tapefit.flags.config import Config
     from tapefit.flags.errors import ConfigError
-    for name, use in (("phase", "--phases"), ("seed", "--seeds"), ("overwrite", None)):
+    for name, use in REFUSED.items():
         if FLAGS[name].present:
             fix = f"pass {use}" if use else "delete <workdir>/trials/<id> to run a trial again"
             raise ConfigError(f"sweep.py does not take --{name}; {fix}")

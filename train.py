@@ -1,11 +1,10 @@
 """Two-phase transfer learning: `--phase=head`, then `--phase=finetune`, then `--phase=evaluate`.
 
-    python train.py --phase=head --workdir=runs/catsdogs
-    python train.py --phase=finetune --unfreeze_from=block5 --workdir=runs/catsdogs
-    python train.py --phase=evaluate --workdir=runs/catsdogs
-
-Flags are read here only; the library receives a frozen `Config`.
+    tapefit train --phase=head --workdir=runs/catsdogs
+    tapefit train --phase=finetune --unfreeze_from=block5 --workdir=runs/catsdogs
+    tapefit train --phase=evaluate --workdir=runs/catsdogs
 """
+# Flags are read here only; the library receives a frozen `Config`.
 import json
 
 if __name__ == "__main__" and not __package__:  # `python train.py` in a checkout:
@@ -21,7 +20,7 @@ from tapefit.loops.entry import app_run, run_command  # noqa: E402
 
 define_flags()
 define_output_flags()
-define_help_flags()
+define_help_flags(doc=__doc__)
 
 
 def train(cfg):

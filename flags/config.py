@@ -189,10 +189,10 @@ class Config:
         0.2, G_MODEL, "Dropout rate before the logits (0 disables the layer).", _WIDE,
         range=Range(0.0, 1.0, 0.2, high_open=True))
     augment: str = _flag(  # "" none; "flip,rotate" (was --augment); see normalise_augment.
-        "", G_MODEL, "Training-time augmentation, a comma list: flip, rotate, randaugment "
+        "", G_MODEL, "Training-time augmentation, a comma list of: flip, rotate, randaugment "
         "(layers in the model) and mixup, cutmix (mixing the examples of a batch, soft "
-        "labels); --augment alone means flip,rotate (random horizontal flips and small "
-        "rotations), --noaugment none.", _WIDE)
+        "labels), e.g. --augment=flip,mixup; --augment alone means flip,rotate (random "
+        "horizontal flips and small rotations), --noaugment none.", _WIDE)
     unfreeze_from: Optional[str] = _flag(
         None, G_MODEL, "finetune: this block (block5, conv5, block_12, block7, stage_3, "
         "mixed9, ...) or layer and all after it train; default: the backbone's last block or "

@@ -101,15 +101,17 @@ def define_output_flags(flag_values=flags.FLAGS) -> None:
                          flag_values=flag_values)
 
 
-def grouped_help(flag_values=flags.FLAGS, module=None, groups=None) -> str:
-    """The flags of `--help`: under each `GROUPS` heading (plus `groups`, a mapping of
-    further headings to flag names) the defined flags of that group, then any other key
-    flag of `module` (default: the main module) under "other"."""
-    groups = {**GROUPS, **(groups or {})}
+def grouped_help(flag_values=flags.FLAGS, module=None, groups=None, omit=()) -> str:
+    """The flags of `--help`: first the command's own headings (`groups`, a mapping of
+    headings to flag names), then under each `GROUPS` heading the defined flags of that
+    group, then any other key flag of `module` (default: the main module) under "other";
+    never the flags in `omit` (those the command refuses)."""
+    groups = {**(groups or {}), **{h: n for h, n in GROUPS.items() if h not in (groups or {})}}
     module = sys.argv[0] if module is None else module
-    shown, sections = set(), []
+    shown, sections = {id(flag_values[name]) for name in omit if name in flag_values}, []
     for heading, names in groups.items():
-        members = [flag_values[name] for name in names if name in flag_values]
+        members = [flag_values[name] for name in names
+                   if name in flag_values and id(flag_values[name]) not in shown]
         shown.update(id(f) for f in members)
         if members:
             sections.append((heading, members))
@@ -126,17 +128,40 @@ def grouped_help(flag_values=flags.FLAGS, module=None, groups=None) -> str:
 
 
 def _flag_help(flag) -> str:
-    """One flag as absl's help shows it: `--[no]name: help` and `(default: ...)`."""
-    name = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
-    text = flags.text_wrap(f"{name}: {flag.help}", indent="    ", firstline_indent="  ")
-    default = flag.default_as_str or "unset"
-    return text + "\n" + flags.text_wrap(f"(default: {default})", indent="    ")
+    """One flag as absl's help shows it: `--[no]name: help` (`--[no]` for a true/false
+    flag only: --augment, which also takes --augment/--noaugment, is a string) and a
+    readable `(default: ...)`: true, 0.001, 'head', none (the empty string), unset."""
+    kind = flag.flag_type()
+    name = f"--[no]{flag.name}" if kind == "bool" else f"--{flag.name}"
+    about = flag.help.removesuffix(_ABSL_MULTI)  # Ours say "repeat" where they mean it.
+    text = flags.text_wrap(f"{name}: {about}", indent="    ", firstline_indent="  ")
+    return text + "\n" + flags.text_wrap(f"(default: {_default_text(flag)})", indent="    ")
+
+
+# What absl appends to the help of a DEFINE_multi_* flag.
+_ABSL_MULTI = ";\n    repeat this option to specify a list of values"
+
+
+def _default_text(flag) -> str:
+    value = flag.default
+    if value is None or value == []:
+        return "unset"
+    if flag.flag_type() == "bool":
+        return "true" if value else "false"
+    if value == "":
+        return "none"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return flag.default_as_str or "unset"
 
 
 class _GroupedHelpFlag(app.HelpFlag):
-    """absl's `--help`/`-?`, printing `grouped_help()` instead of the main module's flags."""
+    """absl's `--help`/`-?`, printing the command's docstring and `grouped_help()`
+    instead of the main module's docstring and flags."""
 
     groups = None
+    omit = ()
+    doc = None
 
     def __init__(self):
         super().__init__()
@@ -144,9 +169,10 @@ class _GroupedHelpFlag(app.HelpFlag):
 
     def parse(self, arg):
         if self._parse(arg):
-            doc = (sys.modules["__main__"].__doc__ or "").rstrip()
+            doc = (self.doc if self.doc is not None
+                   else sys.modules["__main__"].__doc__ or "").strip("\n").rstrip()
             sys.stdout.write(f"{doc}\n\nflags:\n")
-            sys.stdout.write(grouped_help(groups=self.groups))
+            sys.stdout.write(grouped_help(groups=self.groups, omit=self.omit))
             sys.stdout.write("\nTry --helpfull to get a list of all flags (absl's included).\n")
             sys.stdout.flush()
             sys.exit(1)  # As absl's --help and --helpfull.
@@ -157,14 +183,17 @@ class _GroupedHelpshortFlag(_GroupedHelpFlag):
     SHORT_NAME = None
 
 
-def define_help_flags(groups=None) -> None:
-    """Makes `--help`/`--helpshort` print the flags grouped by purpose (call at import
-    time of an entry point, after its flags are defined or not: the help is built when
-    it is asked for). `groups`: further headings -> flag names (e.g. a sweep's own)."""
+def define_help_flags(groups=None, omit=(), doc=None) -> None:
+    """Makes `--help`/`--helpshort` print `doc` and the flags grouped by purpose (call at
+    import time of an entry point, after its flags are defined or not: the help is built
+    when it is asked for). `groups`: the command's own headings -> flag names, listed
+    first (e.g. a sweep's own); `omit`: flags the command refuses, not listed; `doc`: the
+    command module's docstring (its `__doc__`: under the `tapefit` command `__main__` is
+    the dispatcher), default the `__main__` module's."""
     app.define_help_flags()  # absl's first (idempotent), then ours over them.
     for flag_class in (_GroupedHelpFlag, _GroupedHelpshortFlag):
         flag = flag_class()
-        flag.groups = groups
+        flag.groups, flag.omit, flag.doc = groups, tuple(omit), doc
         flags.DEFINE_flag(flag)
 
 

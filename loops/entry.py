@@ -154,7 +154,8 @@ def run_command(argv, command, flag_values=flags.FLAGS):
     `command(cfg)` does the work and returns its exit code (None for 0).
     """
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        sys.exit(f"error: unexpected arguments: {escape_controls(' '.join(argv[1:]))}; "
+                 "every setting is a --flag (--help lists them)")
     from tapefit.loops.training.strategy import split_cpu
 
     debug = flag_values["debug"].value if "debug" in flag_values else False

@@ -97,3 +97,66 @@ def test_help_names_blocks_as_blocks(tmp_path, command):
     out = run_command("script", command, "--help", cwd=tmp_path)
     assert "--unfreeze_from" in out.stdout
     assert not re.findall(r"block\d+_conv\d+", out.stdout)
+
+
+# ---- --help ------------------------------------------------------------------------------
+
+def help_flags(text):
+    """The flags `--help` lists, in order."""
+    import re
+    return re.findall(r"^  --(?:\[no\])?(\w+):", text, re.M)
+
+
+@pytest.mark.parametrize("form", ["script", "console"])
+def test_sweep_help_leads_with_its_own_flags_and_leaves_out_those_it_refuses(tmp_path, form):
+    """Before: 326 lines, the sweep's own flags from line 270, after train.py's --phase,
+    --seed and --overwrite, which the sweep refuses."""
+    out = run_command(form, "sweep", "--help", cwd=tmp_path)
+    listed = help_flags(out.stdout)
+    assert listed[:4] == ["phases", "axis", "seeds", "baseline"], listed
+    assert out.stdout.index("\nflags:\n\nsweep:\n") < out.stdout.index("\nphase and paths:\n")
+    for refused in ("phase", "seed", "overwrite", "run_trial"):
+        assert refused not in listed
+    assert {"workdir", "learning_rate", "epochs"} <= set(listed)  # The base configuration.
+    assert "repeat this option" not in out.stdout
+
+
+@pytest.mark.parametrize("form", ["script", "console"])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_is_the_commands_docstring_without_developer_notes(tmp_path, form, command):
+    """Before: train.py's "Flags are read here only; the library receives a frozen
+    `Config`."; under the console command the dispatcher's docstring (or none)."""
+    import ast
+    out = run_command(form, command, "--help", cwd=tmp_path)
+    with open(os.path.join(ROOT, f"{command}.py"), encoding="utf-8") as f:
+        doc = ast.get_docstring(ast.parse(f.read()), clean=False).strip()
+    assert out.stdout.startswith(doc + "\n\nflags:\n"), out.stdout[:300]
+    assert "Flags are read here only" not in out.stdout
+    assert "the four entry points under one command" not in out.stdout
+
+
+def test_help_shows_string_flags_as_strings(tmp_path):
+    """Before: `--[no]augment ... (default: '')`, and every default in quotes."""
+    out = run_command("console", "train", "--help", cwd=tmp_path)
+    text = out.stdout
+    assert "--[no]augment" not in text and "\n  --augment: " in text
+    augment = text[text.index("\n  --augment: "):]
+    augment = augment[:augment.index("\n  --", 1)]
+    assert "flip, rotate, randaugment" in " ".join(augment.split())
+    assert "(default: none)" in augment
+    assert "(default: '')" not in text and "(default: 'false')" not in text
+    assert "\n  --[no]deterministic: " in text
+    assert "(default: 'head')" in text  # A string is still shown as one.
+
+
+@pytest.mark.parametrize("command,argv,expected", [
+    ("train", ["extra"], "error: unexpected arguments: extra; every setting is a --flag "
+                         "(--help lists them)"),
+    ("predict", [], "error: pass one or more image files or folders: tapefit predict "
+                    "--workdir=W IMAGE_OR_FOLDER..."),
+])
+def test_a_usage_error_is_one_line_too(tmp_path, command, argv, expected):
+    """Before: the `__main__` docstring (under the console command, the dispatcher's),
+    then the error."""
+    out = run_command("console", command, *argv, cwd=tmp_path)
+    assert_only_error_line(out, expected)
