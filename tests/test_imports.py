@@ -200,3 +200,28 @@ def test_a_circle_is_found(tmp_path):
 def test_no_import_circles():
     found = cycles(import_graph())
     assert not found, "import circles:\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+def test_every_import_of_a_tapefit_name_finds_it():
+    """`from tapefit.x import y` anywhere (function-local too, bench/ included) names a
+    module and an attribute that exist: a moved function (issue 29 moved the optimizer
+    factory) fails here, not in a benchmark run weeks later."""
+    import importlib
+    import importlib.util
+    missing = []
+    for path in project_modules(ROOT, PACKAGE).values():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and not node.level and (
+                    node.module or "").split(".")[0] == PACKAGE:
+                module = importlib.import_module(node.module)
+                missing += [f"{path}:{node.lineno}: {node.module}.{a.name}"
+                            for a in node.names if not hasattr(module, a.name)
+                            and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] == PACKAGE and importlib.util.find_spec(
+                            alias.name) is None:
+                        missing.append(f"{path}:{node.lineno}: {alias.name}")
+    assert not missing, "imports of names that do not exist:\n" + "\n".join(missing)
