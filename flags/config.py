@@ -310,6 +310,19 @@ class Config:
     tta: str = _flag(
         "", G_MODEL, "evaluate: test-time augmentation; flip averages the predicted "
         "probabilities of each image and its mirror image.")
+    interpret_split: str = _flag(  # loops/interpret.py; docs/interpretation.md.
+        "test", G_OUTPUT, "evaluate: the split whose predictions are interpreted (per-class "
+        "metrics, confusion matrix, calibration, top losses) next to evaluation.json; "
+        "validation: in <workdir>/evaluate/validation/ instead, to look without touching "
+        "test; none: no interpretation.", (RESUMABLE, NOT_IN_ID),
+        choices=("test", "validation", "none"))
+    top_losses: int = _flag(
+        16, G_OUTPUT, "evaluate: how many highest-loss photos top_losses.png shows.",
+        (RESUMABLE, NOT_IN_ID), range=Range(1, 256, 16))
+    gradcam: bool = _flag(
+        False, G_OUTPUT, "evaluate: overlay a Grad-CAM heatmap (the backbone's last "
+        "convolutional block, for the predicted class) on each top-loss photo.",
+        (RESUMABLE, NOT_IN_ID))
     feature_cache: str = _flag(
         "auto", G_SPEED, "Frozen-prefix feature cache of the custom loop.",
         choices=FEATURE_CACHE)

@@ -62,6 +62,14 @@ PREDICTIONS_NPZ = "predictions.npz"
 LOCK_SUFFIX = ".lock"
 TAKEOVER_SUFFIX = ".takeover"  # <lock>.takeover serialises take-overs of a stale lock.
 EVALUATE_PHASE = "evaluate"  # The phase whose folder holds evaluation.json.
+# Next to evaluation.json, evaluate's interpretation (loops/interpret.py; validation/: the same
+# files for --interpret_split=validation); a study's paired per-example view (research/flips.py).
+INTERPRETATION_JSON, PER_CLASS_CSV, CONFUSION_CSV = ("interpretation.json", "per_class.csv",
+                                                     "confusion_matrix.csv")
+CONFUSION_PNG, RELIABILITY_PNG, TOP_LOSSES_PNG = ("confusion_matrix.png", "reliability.png",
+                                                  "top_losses.png")
+INTERPRET_VALIDATION_DIR = "validation"
+FLIPS_PNG, FLIPS_CSV = "flips.png", "flips.csv"
 
 # ---- the learning-rate finder and compare.py --------------------------------------------------
 LR_FIND_PREFIX = "lr_find_"

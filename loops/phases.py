@@ -314,6 +314,11 @@ def evaluate(cfg: Config) -> dict:
             predictions.write(os.path.join(cfg.run_dir, PREDICTIONS_NPZ),
                               *per_example, predictions.split_description(ev.data_cfg),
                               ev.data_cfg.image_size, ev.class_names, ids=ev.example_ids)
+            # Interpretation (loops/interpret.py, --interpret_split): also before evaluation.json.
+            from tapefit.loops import interpret
+            found = interpret.for_evaluation(cfg, ev, model, per_example)
+            if found:
+                result["interpretation"] = found
             atomic_write_json(os.path.join(cfg.run_dir, EVALUATION_JSON),
                               {k: v for k, v in result.items()
                                if k not in ("files", "command_flags")})

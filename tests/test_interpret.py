@@ -1,0 +1,159 @@
+"""Issue 32: evaluate's interpretation (loops/interpret.py), with exact numbers on
+hand-made predictions, plus one tiny evaluate end to end."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tapefit.flags.config import Config
+from tapefit.flags.errors import ConfigError, DataError, RunError
+from tapefit.loops import interpret
+
+PNGS = ("confusion_matrix.png", "reliability.png", "top_losses.png")
+
+
+def photos_of(n, size=16):
+    images = [np.full((size, size, 3), 10 * i, np.uint8) for i in range(n)]
+    return lambda indices: [images[i] for i in indices]
+
+
+def readable(path):
+    with Image.open(path) as image:
+        image.load()
+        return image.size
+
+
+# ---- the numbers --------------------------------------------------------------------------------
+def test_a_known_two_class_confusion_matrix():
+    labels = [0, 0, 0, 0, 1, 1]
+    probabilities = [[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8], [0.7, 0.3]]
+    result = interpret.metrics(labels, probabilities, ["cat", "dog"])
+    assert result["confusion_matrix"]["counts"] == [[3, 1], [1, 1]]
+    assert result["confusion_matrix"]["row_normalized"] == [[0.75, 0.25], [0.5, 0.5]]
+    cat, dog = result["per_class"]
+    assert (cat["precision"], cat["recall"], cat["support"]) == (0.75, 0.75, 4)
+    assert (dog["precision"], dog["recall"], dog["support"]) == (0.5, 0.5, 2)
+    assert cat["f1"] == pytest.approx(0.75) and dog["f1"] == pytest.approx(0.5)
+    assert result["macro_avg"]["f1"] == pytest.approx(0.625)
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    assert [(p["true"], p["predicted"], p["count"]) for p in result["most_confused"]] == [
+        ("cat", "dog", 1), ("dog", "cat", 1)]
+
+
+def test_ece_on_a_known_case():
+    # Bins of width 1/15: 0.95 is in (14/15, 1], 0.62 in (9/15, 10/15], 0.6 exactly in
+    # (8/15, 9/15] (right-closed), 1.0 in the last.
+    confidence = [0.95, 0.95, 0.62, 0.62, 0.6, 1.0]
+    correct = [1, 0, 1, 1, 0, 1]
+    cal = interpret.calibration(confidence, correct)
+    counts = [b["count"] for b in cal["bins"]]
+    assert len(counts) == 15 and counts[14] == 3 and counts[9] == 2 and counts[8] == 1
+    assert sum(counts) == 6
+    # |2/3 - 0.9667| * 3/6 + |1 - 0.62| * 2/6 + |0 - 0.6| * 1/6
+    expected = (abs(2 / 3 - (0.95 + 0.95 + 1.0) / 3) * 3 + abs(1 - 0.62) * 2 + 0.6) / 6
+    assert cal["ece"] == pytest.approx(expected, abs=1e-12)
+    assert cal["ece"] == pytest.approx(0.3766666666666667)
+    assert cal["mce"] == pytest.approx(0.6)
+    assert "15 equal-width bins" in cal["binning"]
+    perfect = interpret.calibration([1.0, 1.0, 0.5, 0.5], [1, 1, 1, 0])
+    assert perfect["ece"] == pytest.approx(0.0)
+
+
+def test_a_three_class_case_writes_every_file(tmp_path):
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    probabilities = np.array([[.9, .05, .05], [.62, .28, .1], [.2, .7, .1], [.1, .8, .1],
+                              [.5, .4, .1], [.1, .1, .8], [.3, .28, .42], [.1, .65, .25]])
+    loss = -np.log(probabilities[np.arange(8), labels])
+    ids = [f"test/x/{i}.jpg" for i in range(8)]
+    out = str(tmp_path / "evaluate")
+    result = interpret.interpret(out, labels, probabilities, loss, ["a", "b", "c"], ids,
+                                 photos_of(8), k=3)
+    assert result["confusion_matrix"]["counts"] == [[2, 1, 0], [1, 1, 0], [0, 1, 2]]
+    assert [row["support"] for row in result["per_class"]] == [3, 2, 3]
+    assert result["per_class"][2]["precision"] == 1.0
+    assert result["per_class"][2]["recall"] == pytest.approx(2 / 3)
+    # The three highest losses, in order: ids 2 (p_true .2), 6 (.42 of c... ) and 7.
+    order = np.argsort(-loss, kind="stable")[:3]
+    assert [x["id"] for x in result["top_losses"]] == [ids[i] for i in order]
+    assert result["top_losses"][0] == {
+        "rank": 1, "index": 2, "id": ids[2], "true": "a", "predicted": "b",
+        "probability": pytest.approx(0.7), "true_probability": pytest.approx(0.2),
+        "loss": pytest.approx(-math.log(0.2))}
+    on_disk = json.load(open(os.path.join(out, "interpretation.json")))
+    assert on_disk["confusion_matrix"]["counts"] == result["confusion_matrix"]["counts"]
+    assert on_disk["calibration"]["ece"] == pytest.approx(result["calibration"]["ece"])
+    csv_rows = open(os.path.join(out, "per_class.csv")).read().splitlines()
+    assert csv_rows[0] == "class,precision,recall,f1,support"
+    assert csv_rows[3].startswith("c,1.000000,0.666667")
+    assert open(os.path.join(out, "confusion_matrix.csv")).read().splitlines()[1] == "a,2,1,0"
+    for name in PNGS:
+        width, height = readable(os.path.join(out, name))
+        assert width > 100 and height > 100
+    assert not [n for n in os.listdir(out) if ".tmp-" in n]  # Atomic: no temporary left.
+
+
+def test_bad_input_is_one_line(tmp_path):
+    with pytest.raises(DataError, match="class 'c' has no example in the test split"):
+        interpret.metrics([0, 1, 1], [[.9, .05, .05], [.1, .8, .1], [.2, .7, .1]],
+                          ["a", "b", "c"])
+    with pytest.raises(DataError, match="--top_losses=0"):
+        interpret.top_losses([0], [[0.6, 0.4]], [0.5], ["a", "b"], ["0"], 0)
+    with pytest.raises(ConfigError, match="--top_losses=0 must be in"):
+        Config(top_losses=0)
+    with pytest.raises(ConfigError, match="--interpret_split"):
+        Config(interpret_split="train")
+    with pytest.raises(RunError, match="no predictions in .*run --phase=evaluate"):
+        interpret.read_predictions(str(tmp_path / "evaluate" / "predictions.npz"))
+    for error in (DataError, RunError):
+        assert "\n" not in str(error("x"))
+
+
+def test_dataset_photos_decode_only_the_positions_asked_for():
+    positions = np.arange(12, dtype=np.float32)[:, None, None, None]  # Pixel = position.
+    batches = [(np.broadcast_to(positions[b:b + 4], (4, 8, 8, 3)), np.zeros(4))
+               for b in range(0, 12, 4)]
+    got = interpret.dataset_photos(batches)([9, 2])
+    assert [int(image[0, 0, 0]) for image in got] == [9, 2]
+    assert got[0].dtype == np.uint8
+    with pytest.raises(RunError, match="the split has 12 examples"):
+        interpret.dataset_photos(batches)([20])
+
+
+# ---- end to end ----------------------------------------------------------------------------------
+def test_a_tiny_evaluate_interprets_what_it_scored(tiny_config):
+    from tapefit.loops import phases
+    cfg = tiny_config.replace(epochs=1, synthetic_examples=24)
+    phases.run(cfg)
+    result = phases.run(cfg.replace(phase="evaluate", top_losses=4, gradcam=True))
+    run_dir = os.path.join(cfg.workdir, "evaluate")
+    with np.load(os.path.join(run_dir, "predictions.npz")) as data:
+        labels, probabilities, loss = data["labels"], data["probabilities"], data["loss"]
+        ids = data["ids"].tolist()
+    found = json.load(open(os.path.join(run_dir, "interpretation.json")))
+    evaluation = json.load(open(os.path.join(run_dir, "evaluation.json")))
+    predicted = probabilities.argmax(axis=1)
+    counts = np.zeros((2, 2), int)
+    np.add.at(counts, (labels, predicted), 1)
+    assert found["confusion_matrix"]["counts"] == counts.tolist()
+    assert found["examples"] == len(labels) == evaluation["test_examples"]
+    assert found["accuracy"] == pytest.approx(evaluation["accuracy"], abs=1e-6)
+    top = np.argsort(-loss, kind="stable")[:4]
+    assert [x["id"] for x in found["top_losses"]] == [ids[i] for i in top]
+    assert found["gradcam"]
+    assert evaluation["interpretation"]["ece"] == pytest.approx(found["calibration"]["ece"])
+    assert result["interpretation"]["split"] == "test"
+    for name in PNGS:
+        assert readable(os.path.join(run_dir, name))[0] > 100
+    events = os.listdir(os.path.join(run_dir, "tensorboard"))
+    assert any(n.startswith("events.out.tfevents.") for n in events)
+    # On validation, without touching the test interpretation's folder.
+    phases.run(cfg.replace(phase="evaluate", interpret_split="validation", top_losses=2,
+                           tensorboard=False))
+    validation = json.load(open(os.path.join(run_dir, "validation", "interpretation.json")))
+    assert validation["split"] == "validation" and len(validation["top_losses"]) == 2
+    with np.load(os.path.join(run_dir, "validation", "predictions.npz")) as data:
+        assert validation["examples"] == len(data["labels"])
+    assert readable(os.path.join(run_dir, "validation", "top_losses.png"))[0] > 100
