@@ -93,6 +93,10 @@ class Plan:
     steps_per_epoch: int = 0
     checkpoint: str | None = None
     extra_hooks: object = None  # extra_hooks(module) -> more hooks (compare.py).
+    # The phase's initial learning rate, resolved once (`make_plan`): --learning_rate, the
+    # finder's suggestion for `auto`, else the phase's default (the recipe's, if it sets
+    # one: flags.config.resolve). The optimizer and the per-epoch schedule start from it.
+    learning_rate: float | None = None
     evaluation: Evaluation | None = None  # kind "evaluate": what is scored, on what.
 
 
@@ -113,8 +117,11 @@ class Evaluation:
 def make_plan(cfg: Config, run_dir: str | None = None, extra_hooks=None,
               kind: str = "train") -> Plan:
     """Resolves and checks everything a training phase (or the finder, on the phase it
-    tunes) needs; writes nothing."""
+    tunes) needs; writes nothing. `plan.cfg` holds the resolved learning rate of
+    `--learning_rate=auto` (config.json records the number)."""
     check_supported(cfg)
+    if kind == "train":
+        cfg = finder.resolve_learning_rate(cfg)  # --learning_rate=auto: the finder's suggestion.
     if cfg.epochs < 1:
         raise ConfigError(f"--epochs={cfg.epochs} trains nothing; pass --epochs=1 or more")
     checkpoint = None
@@ -153,7 +160,7 @@ def make_plan(cfg: Config, run_dir: str | None = None, extra_hooks=None,
     return Plan(cfg, run_dir, chief, model, kind=kind, state=state,
                 data_fingerprint=fingerprint, strategy=strategy, splits=splits,
                 steps_per_epoch=steps_per_epoch, checkpoint=checkpoint,
-                extra_hooks=extra_hooks)
+                extra_hooks=extra_hooks, learning_rate=cfg.resolved_learning_rate)
 
 
 def make_evaluation_plan(cfg: Config) -> Plan:
@@ -272,8 +279,8 @@ def train(cfg: Config, run_dir: str | None = None, extra_hooks=None) -> Trained:
     Under --strategy=multi_worker only the chief writes `run_dir`; the other
     workers run the same steps and hooks in a temporary directory.
     """
-    cfg = finder.resolve_learning_rate(cfg)  # --learning_rate=auto: the finder's suggestion.
     plan = make_plan(cfg, run_dir, extra_hooks)
+    cfg = plan.cfg  # With --learning_rate=auto's number.
     with locked(plan):
         prepare(plan)
         runner = RUNNERS[cfg.loop](plan)

@@ -24,9 +24,12 @@ NO_WEIGHT_DECAY = ("bias", "gamma", "beta")
 _CLASSES: dict = {}  # Keras optimizer class -> its subclass with per-layer rates.
 
 
-def make_optimizer(cfg, steps_per_epoch: int | None = None, model=None
-                   ) -> keras.optimizers.Optimizer:
+def make_optimizer(cfg, steps_per_epoch: int | None = None, model=None, *,
+                   base_rate: float | None = None) -> keras.optimizers.Optimizer:
     """A fresh optimizer for one phase (never carried across phases).
+
+    `base_rate`: the phase's initial rate as its plan resolved it (`Plan.learning_rate`);
+    None where no plan is (evaluate, benchmarks): the configuration's own.
 
     `steps_per_epoch`: what a per-step schedule needs to know the length of the
     phase (without it, e.g. at `--phase=evaluate` where nothing trains, the
@@ -42,7 +45,7 @@ def make_optimizer(cfg, steps_per_epoch: int | None = None, model=None
     the loss dynamically, as `compile()` would wrap it, so that both loops step
     the same way.
     """
-    rate = learning_rate(cfg, steps_per_epoch)
+    rate = learning_rate(cfg, steps_per_epoch, base_rate)
     kwargs = {}
     cls = OPTIMIZERS[cfg.optimizer]
     if cfg.weight_decay:

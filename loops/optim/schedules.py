@@ -39,9 +39,10 @@ def is_step_schedule(cfg) -> bool:
     return cfg.lr_schedule in STEP_LR_SCHEDULES
 
 
-def learning_rate(cfg, steps_per_epoch: int | None = None):
-    """The optimizer's `learning_rate`: the initial rate, or a per-step schedule."""
-    base = cfg.resolved_learning_rate
+def learning_rate(cfg, steps_per_epoch: int | None = None, base: float | None = None):
+    """The optimizer's `learning_rate`: the initial rate `base` (None: the configuration's
+    own), or a per-step schedule from it."""
+    base = cfg.resolved_learning_rate if base is None else base
     if not is_step_schedule(cfg) or steps_per_epoch is None:
         return base
     total = max(cfg.epochs * steps_per_epoch, 1)
@@ -131,12 +132,13 @@ class EpochSchedule:
         raise ValueError(f"unknown schedule {self.kind!r}")
 
 
-def make_schedule(cfg) -> EpochSchedule:
+def make_schedule(cfg, base: float | None = None) -> EpochSchedule:
     """The per-epoch schedule (for a step schedule: `constant`, which leaves the
     optimizer's rate alone; `is_step_schedule` tells the runners to make no
     LearningRateScheduler at all)."""
     kind = "constant" if is_step_schedule(cfg) else cfg.lr_schedule
-    return EpochSchedule(kind, cfg.resolved_learning_rate, cfg.lr_decay_rate,
+    base = cfg.resolved_learning_rate if base is None else base
+    return EpochSchedule(kind, base, cfg.lr_decay_rate,
                          max(cfg.lr_decay_epochs, 1), cfg.epochs)
 
 

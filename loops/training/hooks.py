@@ -16,10 +16,12 @@ from tapefit.layout.paths import BACKUP_DIR, LOG_CSV, TENSORBOARD_DIR  # noqa: F
 from tapefit.loops.optim.schedules import make_schedule
 
 
-def hook_specs(cfg, run_dir: str, resuming: bool = False) -> list[tuple[str, dict]]:
+def hook_specs(cfg, run_dir: str, resuming: bool = False,
+               learning_rate: float | None = None) -> list[tuple[str, dict]]:
     """(class name, constructor kwargs) for every hook the config asks for; `resuming`:
-    the run continues from a backup (the CSV log is appended to)."""
-    specs = [("LearningRateScheduler", dict(schedule=make_schedule(cfg)))]
+    the run continues from a backup (the CSV log is appended to); `learning_rate`: the
+    plan's initial rate (`Plan.learning_rate`; None: the configuration's own)."""
+    specs = [("LearningRateScheduler", dict(schedule=make_schedule(cfg, learning_rate)))]
     if cfg.reduce_lr_on_plateau:
         specs.append(("ReduceLROnPlateau", dict(
             monitor=cfg.monitor, mode=cfg.mode, factor=cfg.reduce_lr_factor,

@@ -46,7 +46,8 @@ class Runner:
         self.plan = plan
         self.cfg = plan.cfg
         with plan.strategy.scope():
-            self.optimizer = make_optimizer(self.cfg, plan.steps_per_epoch, plan.model)
+            self.optimizer = make_optimizer(self.cfg, plan.steps_per_epoch, plan.model,
+                                            base_rate=plan.learning_rate)
         self.position = plan.state.position
         self._hooks = []
 
@@ -54,7 +55,8 @@ class Runner:
         cfg = self.cfg
         # Only the chief posts to --remote_monitor_url.
         cfg = cfg if self.plan.chief else cfg.replace(remote_monitor_url=None)
-        specs = hook_specs(cfg, self.plan.run_dir, resuming=self.position is not None)
+        specs = hook_specs(cfg, self.plan.run_dir, resuming=self.position is not None,
+                           learning_rate=self.plan.learning_rate)
         if is_step_schedule(cfg):  # The optimizer's own schedule sets the rate every step.
             specs = [spec for spec in specs if spec[0] != "LearningRateScheduler"]
         return specs
