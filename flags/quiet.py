@@ -174,6 +174,17 @@ def silence_native_logs(argv=None) -> bool:
     return True
 
 
+def stderr_is_terminal() -> bool:
+    """Whether the real stderr is a terminal (where a progress bar belongs): behind the
+    filter, file descriptor 2 is its pipe, never a terminal."""
+    try:
+        if _saved_stderr is not None:
+            return os.isatty(_saved_stderr)
+        return bool(sys.stderr.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def _restore_stderr():
     """At exit: stderr back to the real one; the filter drains what it has and exits."""
     global _filter_process, _saved_stderr

@@ -254,8 +254,8 @@ def _run_trials(study, todo, parallel, debug, worker_command, share_phases, bar,
             reason = (runner.read_status(trial.trial_dir) or {}).get("reason", "")
             bar.write(f"trial {trial.trial_id} failed: {reason}", file=sys.stderr)
         write_report()
-        bar.update(1)
         bar.set_postfix_str(f"{trial.trial_id}: {outcome}")
+        bar.update(1)  # After the postfix: off a terminal the line that names the trial.
 
     if not todo:
         return outcomes
@@ -379,10 +379,51 @@ def race_state(study: grid.Study, study_dir: str, select_by: str = "val_accuracy
     return state.scheduled
 
 
-def _bar(total, initial, enabled):
+def _bar(total, initial, enabled, stream=None):
+    """The progress over the trials on stderr: tqdm's bar on a terminal; elsewhere (a
+    redirected log) `TrialLines`, one plain line per finished trial, no carriage
+    returns."""
     from tqdm import tqdm
-    return tqdm(total=total, initial=initial, unit="trial", desc="sweep", file=sys.stderr,
+
+    from tapefit.flags.quiet import stderr_is_terminal
+    from tapefit.loops.console import is_interactive
+    terminal = stderr_is_terminal() if stream is None else is_interactive(stream)
+    stream = sys.stderr if stream is None else stream
+    if enabled and not terminal:
+        return TrialLines(total, initial, stream)
+    return tqdm(total=total, initial=initial, unit="trial", desc="sweep", file=stream,
                 disable=not enabled, dynamic_ncols=True)
+
+
+class TrialLines:
+    """What `_run_trials` asks of tqdm's bar, as plain lines for a log that is not a
+    terminal: `sweep: 3/4 trials; <trial_id>: finished` when a trial ends (`update`,
+    after `set_postfix_str` names it), messages (`write`) as they are; what is running
+    meanwhile is not said (a log keeps every line, a terminal only the last)."""
+
+    def __init__(self, total, initial, stream):
+        self.total, self.n, self.desc, self.postfix = total, initial, "sweep", ""
+        self._stream = stream
+
+    def set_description(self, desc):
+        self.desc = desc
+
+    def set_postfix_str(self, text):
+        self.postfix = text
+
+    def update(self, count=1):
+        self.n += count
+        self._print(f"{self.desc}: {self.n}/{self.total} trials; {self.postfix}")
+
+    def write(self, text, file=None):
+        self._print(text, file)
+
+    def close(self):
+        pass
+
+    def _print(self, text, file=None):
+        stream = self._stream if file is None else file
+        print(text, file=stream, flush=True)
 
 
 def run_one(trial_dir: str, debug: bool = False) -> str:
