@@ -808,6 +808,40 @@ def write(study: grid.Study, study_dir: str, trials=None, select_by: str = DEFAU
     remove_stale_temporaries(study_dir)
     atomic_write_text(os.path.join(study_dir, RESULTS_CSV), csv_text(study, rows))
     text = markdown(study, study_dir, rows, entries, select_by, alpha)
+    if "evaluate" in study.phases:  # research/flips.py: the paired per-example view.
+        text += "\n" + "\n".join(flips_section(study_dir, rows, entries))
     atomic_write_text(os.path.join(study_dir, RESULTS_MD), text + "\n")
     plot(study, entries, os.path.join(study_dir, RESULTS_PNG), select_by)
     return {"rows": [r for r, _ in rows], "entries": entries, "markdown": text}
+
+
+def flips_section(study_dir: str, rows, entries, pair=None) -> list[str]:
+    """results.md's per-example flips of the selected configuration (the top mean; when
+    that is the baseline, the next best) against the baseline, or of `pair` (two
+    configuration numbers, 1-based: configuration, baseline); writes flips.csv and
+    flips.png (research/flips.py)."""
+    from tapefit.research import flips
+    by_number = {e["number"]: e for e in entries}
+    if pair is not None:
+        chosen, base = by_number[pair[0]], by_number[pair[1]]
+    else:
+        base = next(e for e in entries if e["baseline"])
+        ranked = [e for e in entries if e["top"]] + [e for e in entries if not e["top"]]
+        chosen = next((e for e in ranked if e is not base and e["seeds"]), None)
+        if chosen is None:
+            return []
+    predictions = {}
+    for row, index in rows:
+        if row["status"] == runner.FINISHED:
+            predictions.setdefault(index, {})[row["seed"]] = row["_predictions"]
+    found = flips.compare(predictions.get(chosen["index"], {}),
+                          predictions.get(base["index"], {}), read_predictions)
+    files = None
+    if found and "problem" not in found:
+        any_path = next(iter(predictions[chosen["index"]].values()))
+        files = flips.write(study_dir, found,
+                            f"#{chosen['number']} {chosen['label']} vs baseline "
+                            f"#{base['number']} {base['label']}",
+                            flips.classes_of(any_path))
+    return flips.section(found, f"#{chosen['number']} {chosen['label']}",
+                         f"#{base['number']} {base['label']}", files)

@@ -31,6 +31,9 @@ Over seeds *and* test examples (each trial's `predictions.npz`):
   For a loss (lower is better) P(A > B) is the chance A's loss is *higher*. numpy,
   seeded: the same inputs give the same numbers. (`scipy.stats.bootstrap` resamples one
   level only.)
+- `mcnemar_exact(fixed, broken)`: per seed, the exact McNemar test of two runs' right/wrong
+  on the same examples: the discordant pairs (fixed: wrong under B, right under A;
+  broken: the reverse) against a fair coin (`scipy.stats.binomtest`, two-sided).
 """
 from __future__ import annotations
 
@@ -220,3 +223,13 @@ def _finite(value) -> bool:
     return (value is not None and not isinstance(value, bool)
             and isinstance(value, (int, float, np.floating, np.integer))
             and math.isfinite(value))
+
+
+def mcnemar_exact(fixed: int, broken: int) -> float:
+    """The exact (binomial) McNemar test of paired right/wrong outcomes: two-sided p of
+    `fixed` successes in `fixed + broken` discordant pairs at one half
+    (`scipy.stats.binomtest`); 1.0 when no pair is discordant."""
+    n = int(fixed) + int(broken)
+    if n == 0:
+        return 1.0
+    return float(stats.binomtest(int(fixed), n, 0.5).pvalue)

@@ -1,5 +1,6 @@
-"""Issue 32: evaluate's interpretation (loops/interpret.py), with exact numbers on
-hand-made predictions, plus one tiny evaluate end to end."""
+"""Issue 32: evaluate's interpretation (loops/interpret.py) and a study's per-example flips
+(research/flips.py), with exact numbers on hand-made predictions, plus one tiny evaluate
+end to end."""
 import json
 import math
 import os
@@ -11,6 +12,7 @@ from PIL import Image
 from tapefit.flags.config import Config
 from tapefit.flags.errors import ConfigError, DataError, RunError
 from tapefit.loops import interpret
+from tapefit.research import flips, stats
 
 PNGS = ("confusion_matrix.png", "reliability.png", "top_losses.png")
 
@@ -60,6 +62,14 @@ def test_ece_on_a_known_case():
     assert "15 equal-width bins" in cal["binning"]
     perfect = interpret.calibration([1.0, 1.0, 0.5, 0.5], [1, 1, 1, 0])
     assert perfect["ece"] == pytest.approx(0.0)
+
+
+def test_mcnemar_on_a_known_table():
+    # 8 fixed, 2 broken: two-sided exact p = 2 * P(X >= 8 | n=10, 1/2) = 2 * 56/1024.
+    assert stats.mcnemar_exact(8, 2) == pytest.approx(112 / 1024, abs=1e-12)
+    assert stats.mcnemar_exact(2, 8) == pytest.approx(112 / 1024, abs=1e-12)
+    assert stats.mcnemar_exact(0, 0) == 1.0
+    assert stats.mcnemar_exact(5, 0) == pytest.approx(2 / 32)
 
 
 def test_a_three_class_case_writes_every_file(tmp_path):
@@ -120,6 +130,64 @@ def test_dataset_photos_decode_only_the_positions_asked_for():
     assert got[0].dtype == np.uint8
     with pytest.raises(RunError, match="the split has 12 examples"):
         interpret.dataset_photos(batches)([20])
+
+
+# ---- a study's flips -----------------------------------------------------------------------------
+def _predictions(correct, labels=None):
+    correct = np.asarray(correct, bool)
+    n = len(correct)
+    return {"ids": np.asarray([str(i) for i in range(n)]),
+            "labels": np.zeros(n, np.int64) if labels is None else np.asarray(labels),
+            "correct": correct.astype(np.float64), "loss": np.where(correct, 0.1, 2.0),
+            "split": '{"dataset": "synthetic"}', "image_size": 16}
+
+
+def test_flips_per_seed_and_consistently(tmp_path):
+    base = {0: [0, 0, 1, 1, 0, 1], 1: [0, 0, 1, 1, 1, 1], 2: [0, 1, 1, 0, 0, 1]}
+    conf = {0: [1, 1, 1, 0, 0, 1], 1: [1, 0, 1, 0, 1, 1], 2: [1, 1, 0, 0, 0, 1]}
+    store = {f"{side}{s}": _predictions(v) for side, d in (("a", conf), ("b", base))
+             for s, v in d.items()}
+    found = flips.compare({s: f"a{s}" for s in conf}, {s: f"b{s}" for s in base}, store.get)
+    assert [(r["seed"], r["fixed"], r["broken"]) for r in found["per_seed"]] == [
+        (0, 2, 1), (1, 1, 1), (2, 1, 1)]
+    assert found["per_seed"][0]["p_mcnemar"] == pytest.approx(1.0)
+    assert (found["fixed"], found["broken"]) == (4, 3)
+    by_id = {p["id"]: p for p in found["photos"]}
+    assert by_id["0"]["fixed_on"] == 3 and by_id["0"]["consistent"] == "fixed"
+    assert by_id["3"]["broken_on"] == 2 and by_id["3"]["consistent"] == "broken"
+    assert by_id["1"]["consistent"] == ""  # Fixed on 1 seed of 3.
+    assert (found["consistently_fixed"], found["consistently_broken"]) == (1, 1)
+    files = flips.write(str(tmp_path), found, "a vs b", ["cat", "dog"])
+    assert readable(str(tmp_path / "flips.png"))[0] > 100
+    assert "0,cat,3,0,fixed" in open(tmp_path / "flips.csv").read()
+    text = "\n".join(flips.section(found, "#2 x", "#1 y", files))
+    assert "[flips.png](flips.png)" in text and "| 0 | 2 | 1 |" in text
+    assert "Consistently fixed: 1 photos; consistently broken: 1." in text
+
+
+def test_flips_refuse_different_labels_and_say_when_nothing_pairs():
+    store = {"a": _predictions([1, 0], labels=[0, 1]), "b": _predictions([1, 0], labels=[1, 1])}
+    assert "different labels" in flips.compare({0: "a"}, {0: "b"}, store.get)["problem"]
+    assert flips.compare({0: "a"}, {1: "b"}, store.get) is None
+    assert "nothing to pair" in "\n".join(flips.section(None, "x", "y", None))
+
+
+def test_the_study_report_links_the_flips_of_the_selected_configuration(tmp_path):
+    from test_study_report import by_value, make, write_trial
+
+    from tapefit.research import grid, report
+    s, folder = make(tmp_path, ["learning_rate=1e-3,3e-3"], seeds="0,1,2")
+    base = np.array([1, 0, 0, 1, 1, 0, 1, 0, 1, 1], float)
+    better = np.array([1, 1, 1, 1, 0, 1, 1, 0, 1, 1], float)  # Fixes 1, 2, 5; breaks 4.
+    for lr, t in by_value(grid.expand(s, folder)):
+        c = better if lr == 3e-3 else base
+        write_trial(t, 0.9 if lr == 3e-3 else 0.7, float(c.mean()), correct=c)
+    text = report.write(s, folder)["markdown"]
+    assert "## Per-example flips: #2 learning_rate=3e-3 against the baseline" in text
+    assert text.count(f"| 3 | 1 | 5 | 1 | {stats.mcnemar_exact(3, 1):.3f} |") == 3
+    assert "Consistently fixed: 3 photos; consistently broken: 1." in text
+    assert "[flips.png](flips.png)" in text
+    assert readable(os.path.join(folder, "flips.png"))[0] > 100
 
 
 # ---- end to end ----------------------------------------------------------------------------------
