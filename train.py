@@ -27,7 +27,13 @@ def train(cfg):
     from absl import flags
 
     from tapefit.loops import console, phases
+    from tapefit.loops.training.strategy import is_chief, task
     result = phases.run(cfg)
+    if not is_chief(cfg.strategy):  # Under multi_worker the chief speaks for the job.
+        if not flags.FLAGS["json"].value:
+            print(f"{cfg.phase} phase: done on worker {task()[1]}; the chief writes "
+                  f"{cfg.workdir} and prints the summary and the next command")
+        return
     if flags.FLAGS["json"].value:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:

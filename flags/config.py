@@ -268,14 +268,15 @@ class Config:
         False, G_RELIABILITY, "Seed everything and enable TF op determinism "
         "(bitwise-repeatable runs).", (REPEATED,))
     strategy: str = _flag(
-        "default", G_DISTRIBUTION, "tf.distribute strategy.", choices=STRATEGIES)
+        "default", G_DISTRIBUTION, "tf.distribute strategy.", (REPEATED,), choices=STRATEGIES)
     jit_compile: bool = _flag(
-        False, G_SPEED, "Compile train/test steps with XLA (both loops).")
+        False, G_SPEED, "Compile train/test steps with XLA (both loops).", (REPEATED,))
     mixed_precision: Optional[str] = _flag(
         None, G_SPEED, "mixed_float16 or mixed_bfloat16 (default: float32).",
         (REPEATED, FINDER))
     steps_per_execution: int = _flag(
-        1, G_SPEED, "Train steps per compiled call (both loops).", range=Range(1, _MANY, 1))
+        1, G_SPEED, "Train steps per compiled call (both loops).", (REPEATED,),
+        range=Range(1, _MANY, 1))
     # Fine-tuning tools (issue 13; loops/optim/schedules.py, loops/optim/optimizers.py).
     label_smoothing: float = _flag(
         0.0, G_REGULARISATION, "Label smoothing of the cross-entropy (0: off), in both loops.",
@@ -324,7 +325,7 @@ class Config:
         "convolutional block, for the predicted class) on each top-loss photo.",
         (RESUMABLE, NOT_IN_ID))
     feature_cache: str = _flag(
-        "auto", G_SPEED, "Frozen-prefix feature cache of the custom loop.",
+        "auto", G_SPEED, "Frozen-prefix feature cache of the custom loop.", (REPEATED,),
         choices=FEATURE_CACHE)
     feature_cache_dir: Optional[str] = _flag(
         None, G_SPEED, "Where disk feature caches live (default <workdir>/feature_cache); "
@@ -334,14 +335,14 @@ class Config:
         "are stored as float32): float32 (exact), bfloat16 (approximate; faster only on some "
         "CPUs with native bf16, AVX512-BF16/AMX, and not for every backbone), or auto "
         "(bfloat16 only where the CPU has native bf16 and a probe in the training split's "
-        "pass runs it at least 1.1x as fast for this backbone).",
+        "pass runs it at least 1.1x as fast for this backbone).", (REPEATED,),
         choices=FEATURE_PRECISIONS)
     image_cache: str = _flag(
         "auto", G_SPEED, "Decoded-image cache: disk keeps each split's decoded, resized "
         "images under --image_cache_dir for later phases, evaluation and sweep trials "
         "(written atomically, keyed by every file's path and content); memory caches "
         "within one process only; off decodes every epoch; auto is disk except for "
-        "synthetic data.", (RESUMABLE, NOT_IN_ID), choices=IMAGE_CACHE)
+        "synthetic data.", (RESUMABLE, NOT_IN_ID, REPEATED), choices=IMAGE_CACHE)
     image_cache_dir: Optional[str] = _flag(
         None, G_SPEED, "Where disk image caches live (default <workdir>/image_cache); runs "
         "that share it decode each photo once.", _CACHE_DIR)
@@ -399,17 +400,20 @@ class Config:
         "last backbone block at rate*D, the one before at rate*D^2, ... (1: off).", (FINDER,),
         range=Range(1e-3, 1.0, 0.7))
     tensorboard: bool = _flag(
-        True, G_HOOKS, "Write TensorBoard logs to <run>/tensorboard/{train,validation}.")
-    csv_log: bool = _flag(True, G_HOOKS, "Write per-epoch logs to <run>/log.csv.")
+        True, G_HOOKS, "Write TensorBoard logs to <run>/tensorboard/{train,validation}.",
+        (REPEATED,))
+    csv_log: bool = _flag(True, G_HOOKS, "Write per-epoch logs to <run>/log.csv.", (REPEATED,))
     remote_monitor_url: Optional[str] = _flag(
-        None, G_HOOKS, "POST each epoch's logs as JSON to this URL (RemoteMonitor).")
-    terminate_on_nan: bool = _flag(True, G_HOOKS, "Stop at the first non-finite loss.")
+        None, G_HOOKS, "POST each epoch's logs as JSON to this URL (RemoteMonitor).",
+        (REPEATED,))
+    terminate_on_nan: bool = _flag(True, G_HOOKS, "Stop at the first non-finite loss.",
+                                   (REPEATED,))
     backup: bool = _flag(
         True, G_RELIABILITY, "Back up the training state at each epoch end (and every "
         "--backup_every_steps) and resume from it when the same command is run again "
-        "(--nobackup: off).", (RESUMABLE,))
+        "(--nobackup: off).", (RESUMABLE, REPEATED))
     backup_every_steps: int = _flag(
-        0, G_RELIABILITY, "Also back up every N steps (0: epoch ends only).",
+        0, G_RELIABILITY, "Also back up every N steps (0: epoch ends only).", (REPEATED,),
         range=Range(0, 10**9, 0, note="0: epoch ends only"))
     verbose: int = _flag(
         1, G_OUTPUT, "0: quiet; 1: a progress bar per epoch (one plain line per epoch when "

@@ -48,9 +48,11 @@ def progress_hook(hooks_module):
 # ---- the next command -------------------------------------------------------------
 def command_flags(cfg) -> list[str]:
     """`--workdir` and the non-default flags of `cfg` a next command must repeat (the
-    fields of role REPEATED, flags/config.py: those that define the network or the data,
-    and those that make it the same run: its seed and determinism, its recipe, numerics
-    and where its caches are), in Config's field order."""
+    fields of role REPEATED, flags/config.py: every flag that shapes the run rather than
+    one phase of it -- those that define the network or the data, and those that make it
+    the same run: its seed and determinism, its recipe, numerics, --strategy, its caches
+    and where they are, what it writes and backs up), in Config's field order. Per-phase
+    flags (rates, epochs, schedules, early stopping) are left to the next phase."""
     default = Config()
     flags = [f"--workdir={cfg.workdir}"]
     for name in fields_with(REPEATED):

@@ -160,3 +160,91 @@ def test_a_usage_error_is_one_line_too(tmp_path, command, argv, expected):
     then the error."""
     out = run_command("console", command, *argv, cwd=tmp_path)
     assert_only_error_line(out, expected)
+
+
+# ---- no carriage returns off a terminal ----------------------------------------------------
+
+TINY = ["--backbone=mobilenet", "--alpha=0.25", "--weights=none", "--image_size=32",
+        "--dataset=synthetic", "--synthetic_examples=16", "--batch_size=8", "--epochs=1"]
+
+
+def test_a_redirected_sweep_prints_one_plain_line_per_trial(tmp_path):
+    """Before: tqdm's bar, redrawn with carriage returns, in the redirected log."""
+    out = run_command("console", "sweep", *TINY, "--phases=head", "--seeds=0,1",
+                      f"--workdir={tmp_path / 'study'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "\r" not in out.stderr and "\r" not in out.stdout
+    lines = [line for line in out.stderr.splitlines() if line.startswith("sweep: ")]
+    assert [line.split(";")[0] for line in lines] == ["sweep: 1/2 trials", "sweep: 2/2 trials"]
+    assert all(line.endswith(": finished") for line in lines), lines
+
+
+def test_the_plain_lines_follow_the_bar_calls_the_sweep_makes():
+    import io
+
+    from tapefit.research.study import TrialLines, _bar
+    stream = io.StringIO()
+    bar = _bar(3, 1, True, stream)
+    assert isinstance(bar, TrialLines)
+    bar.set_postfix_str("running t2")  # Not said: a log keeps every line.
+    bar.set_postfix_str("t2: failed")
+    bar.write("trial t2 failed: why", file=stream)
+    bar.update(1)
+    bar.set_description("race round 2")
+    bar.total, bar.n = 5, 3
+    bar.set_postfix_str("t3: finished")
+    bar.update(1)
+    bar.close()
+    assert stream.getvalue().splitlines() == [
+        "trial t2 failed: why", "sweep: 2/3 trials; t2: failed",
+        "race round 2: 4/5 trials; t3: finished"]
+    assert not isinstance(_bar(3, 0, False, stream), TrialLines)  # --noprogress: nothing.
+
+
+def test_a_redirected_compare_has_no_carriage_returns(tmp_path):
+    out = run_command("console", "compare", *TINY, f"--workdir={tmp_path / 'run'}",
+                      cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "\r" not in out.stdout and "\r" not in out.stderr
+    assert out.stdout.splitlines()[-1].startswith("EQUAL: ")
+
+
+# ---- the next command --------------------------------------------------------------------
+
+def test_next_command_repeats_the_strategy_and_every_flag_that_shapes_the_run():
+    """Before: `--strategy=multi_worker` (and the cache, backup and log settings) dropped."""
+    from tapefit.flags.config import Config
+    from tapefit.loops import console
+    cfg = Config(workdir="runs/x", strategy="multi_worker", feature_cache="off",
+                 backup_every_steps=1, tensorboard=False, steps_per_execution=2,
+                 epochs=3, learning_rate=0.01, early_stopping=True)
+    flags = console.command_flags(cfg)
+    for flag in ("--strategy=multi_worker", "--feature_cache=off", "--backup_every_steps=1",
+                 "--notensorboard", "--steps_per_execution=2"):
+        assert flag in flags, flags
+    for phase_flag in ("--epochs", "--learning_rate", "--early_stopping"):  # Per phase.
+        assert not any(f.startswith(phase_flag) for f in flags), flags
+    command = console.next_command({"phase": "head", "command_flags": flags})
+    assert command.startswith("tapefit train --phase=finetune --workdir=runs/x ")
+    assert "--strategy=multi_worker" in command
+
+
+def test_the_printed_next_commands_run(tmp_path):
+    """Each phase's printed next command, run as printed (from another folder): the
+    repeated flags are accepted by the next phase, and end with predict."""
+    import shlex
+    workdir = tmp_path / "run"
+    argv = [*TINY, "--verbose=0", "--feature_cache=off", "--backup_every_steps=1",
+            "--notensorboard", f"--workdir={workdir}"]
+    out = run_command("console", "train", "--phase=head", *argv, cwd=tmp_path)
+    for phase in ("finetune", "evaluate"):
+        assert out.returncode == 0, out.stderr[-2000:]
+        command = out.stdout.split("\nnext:\n", 1)[1].splitlines()[0].strip()
+        words = shlex.split(command)
+        assert words[:3] == ["tapefit", "train", f"--phase={phase}"], command
+        for flag in ("--feature_cache=off", "--backup_every_steps=1", "--notensorboard"):
+            assert flag in words, command
+        out = run_command("console", "train", *words[2:], "--epochs=1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "tapefit predict --workdir=" in out.stdout
+    assert not (workdir / "head" / "tensorboard").exists()

@@ -289,3 +289,16 @@ def test_what_cannot_run_across_workers_is_a_one_line_error(changes, message):
     check_supported(Config(strategy="multi_worker", loop="custom", steps_per_execution=3))
     with pytest.raises(ConfigError, match=message):
         check_supported(Config(strategy="multi_worker", **changes))
+
+
+@pytest.mark.parametrize("loop", ["custom", "fit"])
+def test_only_the_chief_prints_the_summary_and_its_next_command_has_the_strategy(runs, loop):
+    """Before: both workers printed the summary, and the next command without
+    --strategy=multi_worker."""
+    _, cluster = runs[loop]
+    chief, other = cluster.log(0), cluster.log(1)
+    next_command = chief.split("\nnext:\n", 1)[1].splitlines()[0]
+    assert "--strategy=multi_worker" in next_command, next_command
+    assert "--backup_every_steps=1" in next_command and "--feature_cache=off" in next_command
+    assert "next:" not in other and "tapefit train" not in other, other[-2000:]
+    assert "head phase: done on worker 1; the chief writes" in other
