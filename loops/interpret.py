@@ -25,7 +25,8 @@ The photos (`photos(indices) -> [uint8[S, S, 3]]`) are decoded only for the K to
 `folder_photos` reads the files the prediction ids name, `dataset_photos` walks the split
 and keeps the K positions. `split_photos` does either from a predictions.npz's split
 description (research/flips.py). No TensorFlow import until a photo, a heatmap or a
-summary needs it.
+summary needs it. `python -m tapefit.loops.interpret WORKDIR [K]` (`reinterpret`) writes
+the test interpretation again from an evaluated run's predictions.npz alone.
 """
 from __future__ import annotations
 
@@ -352,11 +353,11 @@ def photo_sheet(images, titles, heatmaps=None, columns: int = 4, title: str = ""
 
 
 def _upsample(heatmap, shape):
+    """A heatmap (e.g. 3 x 3 at 96 pixels) resized bilinearly to the photo's size."""
+    from PIL import Image
     h, w = shape
-    heatmap = np.asarray(heatmap, np.float64)
-    rows = (np.arange(h) * heatmap.shape[0] // h).clip(0, heatmap.shape[0] - 1)
-    cols = (np.arange(w) * heatmap.shape[1] // w).clip(0, heatmap.shape[1] - 1)
-    return heatmap[rows][:, cols]
+    image = Image.fromarray(np.asarray(heatmap, np.float32), mode="F")
+    return np.asarray(image.resize((w, h), Image.BILINEAR))
 
 
 def png_bytes(fig) -> bytes:
@@ -500,4 +501,54 @@ def for_evaluation(cfg, ev, model, per_example) -> dict | None:
     result = interpret(out_dir, labels, probabilities, loss, ev.class_names, ids, photos,
                        cfg.top_losses, cfg.interpret_split, model=model,
                        gradcam_on=cfg.gradcam, tensorboard_dir=tensorboard)
+    import logging
+    logging.info("interpretation (%s): ECE %.4f (%s), macro F1 %.4f; %s, %s, %s in %s",
+                 cfg.interpret_split, result["calibration"]["ece"], f"{ECE_BINS} bins",
+                 result["macro_avg"]["f1"], paths.INTERPRETATION_JSON, paths.RELIABILITY_PNG,
+                 paths.TOP_LOSSES_PNG, out_dir)
     return summary_of(result, out_dir)
+
+
+# ---- again, from the files: python -m tapefit.loops.interpret WORKDIR [K] ---------------
+def reinterpret(workdir: str, k: int = 16, split: str = "test") -> dict:
+    """The interpretation of an evaluated run again from its predictions.npz (no model, no
+    scoring: photos re-read as the ids say, no Grad-CAM, no summaries); a run without
+    predictions is a one-line RunError."""
+    folder = paths.phase_dir(workdir, paths.EVALUATE_PHASE)
+    if split == "validation":
+        folder = os.path.join(folder, paths.INTERPRET_VALIDATION_DIR)
+    p = read_predictions(os.path.join(folder, paths.PREDICTIONS_NPZ))
+    photos = split_photos(p["split"], p["image_size"], p["ids"].tolist())
+    return interpret(folder, p["labels"], p["probabilities"], p["loss"], p["classes"],
+                     p["ids"].tolist(), photos, k, split)
+
+
+def main(argv=None) -> int:
+    import sys
+
+    from tapefit.flags.errors import TapefitError
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up lines.
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0].startswith("-") or len(args) > 2:
+        print("usage: python -m tapefit.loops.interpret WORKDIR [K]", file=sys.stderr)
+        return 2
+    try:
+        k = int(args[1]) if len(args) > 1 else 16
+        result = reinterpret(args[0], k)
+    except ValueError as e:
+        if isinstance(e, TapefitError):
+            print(f"error: {e}", file=sys.stderr)
+        else:
+            print(f"error: K={args[1]!r} is not a whole number; pass e.g. 16", file=sys.stderr)
+        return 1
+    except TapefitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"interpretation ({result['split']}): ECE {result['calibration']['ece']:.4f}, "
+          f"macro F1 {result['macro_avg']['f1']:.4f}; files in "
+          f"{paths.phase_dir(args[0], paths.EVALUATE_PHASE)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -132,6 +132,34 @@ def test_dataset_photos_decode_only_the_positions_asked_for():
         interpret.dataset_photos(batches)([20])
 
 
+@pytest.mark.parametrize("source", ["folders", "synthetic", "tfds"])
+def test_photos_are_the_scored_ones_for_every_source(source, tmp_path, monkeypatch, no_network):
+    """split_photos (a study's flips, reinterpret) gives the pixels the test split holds:
+    the files the ids name (a 3-class folder), or the split re-read by position."""
+    import tensorflow_datasets as tfds
+
+    from tapefit.input_pipeline import tfds_source
+    from tapefit.input_pipeline.evaluation import load_test_split_with_ids
+    from tapefit.loops.predictions import split_description
+    from tests.test_input_pipeline import make_split
+    flags = {"synthetic": {"dataset": "synthetic", "synthetic_examples": 12},
+             "tfds": {"dataset": "cats_vs_dogs", "tfds_data_dir": str(tmp_path / "tfds")},
+             "folders": {"data_dir": str(tmp_path / "data")}}[source]
+    if source == "folders":
+        make_split(str(tmp_path / "data" / "train"), {"a": 3, "b": 3, "c": 3}, 1)
+        make_split(str(tmp_path / "data" / "test"), {"a": 2, "b": 1, "c": 2}, 2)
+    monkeypatch.setattr(tfds_source, "network_available", lambda hosts: True)
+    cfg = Config(**flags, image_size=32, image_cache="off", workdir=str(tmp_path / "w"))
+    with tfds.testing.mock_data(num_examples=6):
+        test, size, classes, ids = load_test_split_with_ids(cfg)
+        images = [x for x, _ in test.as_numpy_iterator()]
+        ids = list(ids) if ids is not None else [str(i) for i in range(size)]
+        got = interpret.split_photos(split_description(cfg), 32, ids)([size - 1, 0])
+    if source == "folders":
+        assert len(classes) == 3 and ids[0].startswith("test/a/")
+    assert np.array_equal(got[0], images[size - 1]) and np.array_equal(got[1], images[0])
+
+
 # ---- a study's flips -----------------------------------------------------------------------------
 def _predictions(correct, labels=None):
     correct = np.asarray(correct, bool)
@@ -191,7 +219,7 @@ def test_the_study_report_links_the_flips_of_the_selected_configuration(tmp_path
 
 
 # ---- end to end ----------------------------------------------------------------------------------
-def test_a_tiny_evaluate_interprets_what_it_scored(tiny_config):
+def test_a_tiny_evaluate_interprets_what_it_scored(tiny_config, capsys):
     from tapefit.loops import phases
     cfg = tiny_config.replace(epochs=1, synthetic_examples=24)
     phases.run(cfg)
@@ -225,3 +253,12 @@ def test_a_tiny_evaluate_interprets_what_it_scored(tiny_config):
     with np.load(os.path.join(run_dir, "validation", "predictions.npz")) as data:
         assert validation["examples"] == len(data["labels"])
     assert readable(os.path.join(run_dir, "validation", "top_losses.png"))[0] > 100
+    # Again from predictions.npz alone: the synthetic photos re-read by position.
+    assert interpret.main([cfg.workdir, "3"]) == 0
+    again = json.load(open(os.path.join(run_dir, "interpretation.json")))
+    assert [x["id"] for x in again["top_losses"]] == [ids[i] for i in top[:3]]
+    assert again["confusion_matrix"] == found["confusion_matrix"]
+    capsys.readouterr()
+    assert interpret.main([os.path.join(cfg.workdir, "nothing")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no predictions in ") and "\n" not in err
