@@ -113,6 +113,8 @@ ROLE_MEMBERS = {
 ADDED_SINCE = {
     "max_examples_per_class": ("DATA", "EVALUATION_DATA", "SPLIT", "REPEATED", "FINDER",
                                "DATA_ERROR"),
+    # Issue 32: evaluate's interpretation (change no result).
+    **{name: ("RESUMABLE", "NOT_IN_ID") for name in ("interpret_split", "top_losses", "gradcam")},
 }
 
 # Roles given to existing flags since (issue 29: the next command repeats every flag that
