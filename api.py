@@ -185,7 +185,7 @@ def study(workdir: str, axes=(), seeds=None, phases=None, baseline=None, sweep_f
           race: bool = False, min_seeds: int = 3, max_seeds: int | None = None,
           race_alpha: float = 0.05, parallel: int = 1, select_by: str = "val_accuracy",
           share_phases: bool = True, retry_failed: bool = False, progress: bool = False,
-          **flags) -> Study:
+          flips=(), **flags) -> Study:
     """`tapefit sweep --workdir=WORKDIR --axis=A ... --seeds=...` with the `tapefit train`
     flags of every trial as keywords (the base configuration). `axes`: strings as
     `--axis` takes them; `seeds`: a list or "0,1,2". Re-running resumes, as the command."""
@@ -211,7 +211,8 @@ def study(workdir: str, axes=(), seeds=None, phases=None, baseline=None, sweep_f
     race_spec = study_lib.grid.Race(min_seeds, max_seeds, race_alpha) if race else None
     workdir = str(workdir)
     spec = study_lib.make(workdir, flags, phases=phases, axes=list(axes), seeds=seeds,
-                          baseline=baseline, sweep_file=sweep_file, race=race_spec)
+                          baseline=baseline, sweep_file=sweep_file, race=race_spec,
+                          flips=list(flips) if not isinstance(flips, str) else [flips])
     outcomes = study_lib.execute(spec, workdir, parallel=parallel, retry_failed=retry_failed,
                                  progress=progress, share_phases=share_phases,
                                  select_by=select_by)

@@ -49,6 +49,10 @@ flags.DEFINE_string("seeds", None, "Training seeds of every configuration (--see
                     "the same for every trial.")
 flags.DEFINE_string("baseline", None, "The configuration the others are compared with, "
                     "NAME=V,NAME=V (default: the first value of every axis).")
+flags.DEFINE_multi_string("flips", [], "'CONFIGURATION vs BASELINE' (each NAME=V,... as "
+                          "--baseline): a further pair of results.md's per-example flips "
+                          "(photos one fixes and breaks against the other, flips-I-vs-J.png); "
+                          "repeatable; kept in sweep.json.")
 flags.DEFINE_string("sweep_file", None, "A JSON study: {phases, axes: {NAME: [values]}, seeds, "
                     "baseline: {NAME: value}, flags: {train.py flag: value}}; command-line "
                     "values win.")
@@ -135,10 +139,12 @@ def sweep(cfg):
     select_by = FLAGS.select_by
     if FLAGS.report_only and not defined and not cli_flags():
         study = study_lib.load(workdir)
+        if FLAGS.flips:  # Pairs added to a study that ran: kept in its sweep.json.
+            study = study_lib.with_flips(study, workdir, FLAGS.flips)
     else:
         study = study_lib.make(workdir, cli_flags(), phases=FLAGS.phases, axes=FLAGS.axis,
                                seeds=FLAGS.seeds, baseline=FLAGS.baseline,
-                               sweep_file=FLAGS.sweep_file, race=race)
+                               sweep_file=FLAGS.sweep_file, race=race, flips=FLAGS.flips)
     if FLAGS.report_only:
         os.makedirs(workdir, exist_ok=True)
         trials = (study_lib.race_state(study, workdir, select_by)

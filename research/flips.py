@@ -128,11 +128,14 @@ def chosen(flips: dict) -> list[dict]:
     return out
 
 
-def write(study_dir: str, flips: dict, title: str, classes=None) -> dict:
-    """flips.csv and flips.png in `study_dir`; returns their names (png None when the
-    photos cannot be read: the sheet then names the problem)."""
+def write(study_dir: str, flips: dict, title: str, classes=None, suffix: str = "") -> dict:
+    """flips.csv and flips.png in `study_dir` (`suffix`: flips-<suffix>.csv/png, for a
+    pair that --flips names); returns their names (png None when the photos cannot be
+    read: the sheet then names the problem)."""
     from tapefit.loops import interpret
-    atomic_write_text(os.path.join(study_dir, paths.FLIPS_CSV), csv_text(flips, classes))
+    csv_name, png_name = (paths.FLIPS_CSV, paths.FLIPS_PNG) if not suffix else (
+        f"flips-{suffix}.csv", f"flips-{suffix}.png")
+    atomic_write_text(os.path.join(study_dir, csv_name), csv_text(flips, classes))
     sheet = chosen(flips)
     images, note = [], ""
     if sheet:
@@ -148,8 +151,8 @@ def write(study_dir: str, flips: dict, title: str, classes=None) -> dict:
               f"/{flips['seeds']} seeds\n{_short(p['id'])}\ntrue {_class(p['label'], classes)}, "
               f"Δloss {p['mean_loss_change']:+.2f}" for p in sheet]
     fig = interpret.photo_sheet(images, titles, columns=6, title=title + note)
-    interpret.save_figure(fig, os.path.join(study_dir, paths.FLIPS_PNG))
-    return {"png": paths.FLIPS_PNG, "csv": paths.FLIPS_CSV, "note": note}
+    interpret.save_figure(fig, os.path.join(study_dir, png_name))
+    return {"png": png_name, "csv": csv_name, "note": note}
 
 
 def _short(text: str, width: int = 26) -> str:
@@ -158,7 +161,7 @@ def _short(text: str, width: int = 26) -> str:
 
 def section(flips: dict | None, name: str, base_name: str, files: dict | None) -> list[str]:
     """The results.md lines of the paired per-example view."""
-    lines = [f"## Per-example flips: {name} against the baseline ({base_name})", ""]
+    lines = [f"## Per-example flips: {name} against {base_name}", ""]
     if flips is None:
         return lines + ["No paired seed has a readable evaluate/predictions.npz on both "
                         "sides: nothing to pair.", ""]

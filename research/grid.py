@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -209,10 +210,15 @@ class Study:
     baseline: tuple[tuple, ...]  # The baseline's value tuple of every axis.
     explicit: tuple[str, ...] = ()  # Base flags given explicitly that a --recipe also sets.
     race: Optional["Race"] = None
+    # --flips: further (configuration, baseline) pairs of the paired per-example view, each
+    # side a value tuple of every axis as `baseline` (research/flips.py).
+    flips: tuple[tuple[tuple[tuple, ...], tuple[tuple, ...]], ...] = ()
 
     def to_dict(self) -> dict:
         defaults = Config()
         return {**({"race": self.race.to_dict()} if self.race else {}),
+                **({"flips": [" vs ".join(self._spec(side) for side in pair)
+                              for pair in self.flips]} if self.flips else {}),
                 "phases": list(self.phases),
                 "axes": {a.label: [list(v) if len(v) > 1 else v[0] for v in a.values]
                          for a in self.axes},
@@ -222,6 +228,15 @@ class Study:
                 "flags": {k: v for k, v in self.base.to_dict().items()
                           if (v != getattr(defaults, k) or k in self.explicit)
                           and k not in ("phase", "seed", "workdir")}}
+
+    def _spec(self, values) -> str:
+        """`NAME=V,NAME=V` of one configuration (as --baseline takes it)."""
+        return ",".join(f"{a.label}={'/'.join(format_value(x) for x in v)}"
+                        for a, v in zip(self.axes, values, strict=True))
+
+    def config_index(self, values) -> int:
+        """The grid position of the configuration with these axis values."""
+        return list(itertools.product(*(a.values for a in self.axes))).index(tuple(values))
 
 
 def parse_phases(text) -> tuple[str, ...]:
@@ -343,11 +358,13 @@ def raw_text(parts) -> str:
 
 
 def make_study(base: Config, phases, axes, seeds, baseline=None, explicit=(),
-               race=None) -> Study:
+               race=None, flips=()) -> Study:
     """Validates everything (every trial's Config is built once) and returns the study.
 
     `explicit`: the base flags given on the command line or in the sweep file (a
-    --recipe does not change them); `race`: a `Race` (seeds added in rounds)."""
+    --recipe does not change them); `race`: a `Race` (seeds added in rounds); `flips`:
+    "CONFIGURATION vs BASELINE" texts (each side as --baseline), further pairs of the
+    per-example view (`parse_flips`)."""
     axes = tuple(axes)
     names = [n for a in axes for n in a.names]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -369,7 +386,34 @@ def make_study(base: Config, phases, axes, seeds, baseline=None, explicit=(),
     for trial in expand(study, "/nonexistent"):
         trial.configs()  # Raises the one-line ConfigError of a bad combination.
     return dataclasses.replace(study, baseline=resolve_baseline(axes,
-                                                                parse_baseline(baseline or {})))
+                                                                parse_baseline(baseline or {})),
+                               flips=parse_flips(axes, flips))
+
+
+def parse_flips(axes, texts) -> tuple:
+    """`--flips=A vs B` (repeatable; a sweep file's "flips": a list of them): each side
+    names one configuration as --baseline does; a one-line error otherwise."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise ConfigError(f"--flips={texts!r}: pass CONFIGURATION vs BASELINE, e.g. "
+                          "--flips='learning_rate=3e-3 vs learning_rate=1e-3'")
+    pairs = []
+    for text in texts:
+        sides = str(text).split(" vs ")
+        if len(sides) != 2 or not all(s.strip() for s in sides):
+            raise ConfigError(f"--flips={text!r}: pass CONFIGURATION vs BASELINE, each as "
+                              "--baseline takes it, e.g. --flips='learning_rate=3e-3 vs "
+                              "learning_rate=1e-3'")
+        try:
+            pair = tuple(resolve_baseline(axes, parse_baseline(s.strip())) for s in sides)
+        except ConfigError as e:
+            raise ConfigError(f"--flips={text!r}: each side names a configuration as "
+                              f"--baseline does ({e})") from None
+        if pair[0] == pair[1]:
+            raise ConfigError(f"--flips={text!r} names one configuration twice; name two")
+        pairs.append(pair)
+    return tuple(pairs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -593,7 +637,8 @@ def read_small_text(path: str, what: str, limit: int = MAX_SWEEP_FILE_BYTES) -> 
 
 
 SWEEP_FILE_KEYS = {"phases": (str, list), "axes": (dict,), "seeds": (str, list),
-                   "baseline": (str, dict), "flags": (dict,), "race": (bool, dict)}
+                   "baseline": (str, dict), "flags": (dict,), "race": (bool, dict),
+                   "flips": (str, list)}
 
 
 def load_sweep_file(path: str) -> dict:

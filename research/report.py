@@ -810,6 +810,10 @@ def write(study: grid.Study, study_dir: str, trials=None, select_by: str = DEFAU
     text = markdown(study, study_dir, rows, entries, select_by, alpha)
     if "evaluate" in study.phases:  # research/flips.py: the paired per-example view.
         text += "\n" + "\n".join(flips_section(study_dir, rows, entries))
+        by_index = {e["index"]: e["number"] for e in entries}
+        for a, b in study.flips:  # --flips: the pairs the user names.
+            pair = (by_index[study.config_index(a)], by_index[study.config_index(b)])
+            text += "\n" + "\n".join(flips_section(study_dir, rows, entries, pair))
     atomic_write_text(os.path.join(study_dir, RESULTS_MD), text + "\n")
     plot(study, entries, os.path.join(study_dir, RESULTS_PNG), select_by)
     return {"rows": [r for r, _ in rows], "entries": entries, "markdown": text}
@@ -840,8 +844,10 @@ def flips_section(study_dir: str, rows, entries, pair=None) -> list[str]:
     if found and "problem" not in found:
         any_path = next(iter(predictions[chosen["index"]].values()))
         files = flips.write(study_dir, found,
-                            f"#{chosen['number']} {chosen['label']} vs baseline "
-                            f"#{base['number']} {base['label']}",
-                            flips.classes_of(any_path))
+                            f"#{chosen['number']} {chosen['label']} vs "
+                            f"{'' if pair else 'baseline '}#{base['number']} {base['label']}",
+                            flips.classes_of(any_path),
+                            suffix=f"{pair[0]}-vs-{pair[1]}" if pair else "")
+    against = f"#{base['number']} {base['label']}"
     return flips.section(found, f"#{chosen['number']} {chosen['label']}",
-                         f"#{base['number']} {base['label']}", files)
+                         against if pair else f"the baseline ({against})", files)

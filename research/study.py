@@ -44,7 +44,7 @@ def base_config(file_flags: dict, cli_flags: dict, where: str = "--sweep_file") 
 
 
 def make(study_dir: str, cli_flags: dict, phases=None, axes=(), seeds=None, baseline=None,
-         sweep_file: str | None = None, race=None) -> grid.Study:
+         sweep_file: str | None = None, race=None, flips=None) -> grid.Study:
     """The study from a sweep file and/or the command line (the command line wins).
 
     `race`: a `grid.Race` (command line), else the sweep file's "race". In a race
@@ -65,7 +65,16 @@ def make(study_dir: str, cli_flags: dict, phases=None, axes=(), seeds=None, base
         phases if phases is not None else content.get("phases", "head,finetune,evaluate"),
         file_axes + cli_axes, seeds,
         baseline if baseline is not None else content.get("baseline"),
-        explicit=set(file_flags) | set(cli_flags), race=race)
+        explicit=set(file_flags) | set(cli_flags), race=race,
+        flips=flips if flips else content.get("flips", ()))
+
+
+def with_flips(study: grid.Study, study_dir: str, texts) -> grid.Study:
+    """The study with further --flips pairs (checked first), saved in its sweep.json."""
+    study = dataclasses.replace(study, flips=tuple(dict.fromkeys(
+        study.flips + grid.parse_flips(study.axes, texts))))
+    save(study, study_dir)
+    return study
 
 
 def load(study_dir: str) -> grid.Study:

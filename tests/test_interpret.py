@@ -218,6 +218,38 @@ def test_the_study_report_links_the_flips_of_the_selected_configuration(tmp_path
     assert readable(os.path.join(folder, "flips.png"))[0] > 100
 
 
+
+def test_a_pair_the_user_names_gets_its_own_flips_kept_in_sweep_json(tmp_path):
+    """--flips='A vs B' (issue 32: "and any pair the user names"): its own section and
+    files, the default section unchanged; kept in the study's definition; a bad pair is
+    one ConfigError."""
+    from test_study_report import by_value, make, write_trial
+
+    from tapefit.flags.config import ConfigError
+    from tapefit.research import grid, report
+    from tapefit.research import study as study_lib
+    s, folder = make(tmp_path, ["learning_rate=1e-3,3e-3,1e-2"], seeds="0,1,2")
+    s = study_lib.with_flips(s, folder, ["learning_rate=1e-2 vs learning_rate=3e-3"])
+    assert study_lib.load(folder).flips == s.flips  # Kept in sweep.json.
+    base = np.array([1, 0, 0, 1, 1, 0, 1, 0, 1, 1], float)
+    better = np.array([1, 1, 1, 1, 0, 1, 1, 0, 1, 1], float)
+    best = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 0], float)  # vs better: fixes 4, 7; breaks 9.
+    for lr, t in by_value(grid.expand(s, folder)):
+        c = {1e-3: base, 3e-3: better, 1e-2: best}[lr]
+        write_trial(t, {1e-3: 0.7, 3e-3: 0.8, 1e-2: 0.9}[lr], float(c.mean()), correct=c)
+    text = report.write(s, folder)["markdown"]
+    assert "## Per-example flips: #3 learning_rate=0.01 against the baseline (#1 " in text
+    assert "## Per-example flips: #3 learning_rate=0.01 against #2 learning_rate=3e-3" in text
+    assert text.count(f"| 2 | 1 | 7 | 0 | {stats.mcnemar_exact(2, 1):.3f} |") == 3
+    assert "[flips-3-vs-2.png](flips-3-vs-2.png)" in text
+    assert readable(os.path.join(folder, "flips-3-vs-2.png"))[0] > 100
+    assert os.path.isfile(os.path.join(folder, "flips-3-vs-2.csv"))
+    for bad, fragment in [("learning_rate=1e-2", "CONFIGURATION vs BASELINE"),
+                          ("learning_rate=5 vs learning_rate=1e-3", "--flips="),
+                          ("learning_rate=1e-3 vs learning_rate=1e-3", "twice")]:
+        with pytest.raises(ConfigError, match=fragment):
+            grid.parse_flips(s.axes, [bad])
+
 # ---- end to end ----------------------------------------------------------------------------------
 def test_a_tiny_evaluate_interprets_what_it_scored(tiny_config, capsys):
     from tapefit.loops import phases
