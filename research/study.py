@@ -77,6 +77,21 @@ def with_flips(study: grid.Study, study_dir: str, texts) -> grid.Study:
     return study
 
 
+def _with_saved_flips(study: grid.Study, study_dir: str) -> grid.Study:
+    """The --flips pairs an earlier run of the study saved stay (a shard or a re-run
+    without --flips does not drop them)."""
+    saved = (runner.read_json_or_none(os.path.join(study_dir, SWEEP_JSON)) or {}).get("flips")
+    if not saved or not isinstance(saved, (list, str)):
+        return study
+    try:
+        pairs = grid.parse_flips(study.axes, saved)
+    except ConfigError as e:  # Pairs of another grid (the axes changed).
+        import logging
+        logging.warning("%s's --flips pairs are left out: %s", SWEEP_JSON, e)
+        return study
+    return dataclasses.replace(study, flips=tuple(dict.fromkeys(study.flips + pairs)))
+
+
 def load(study_dir: str) -> grid.Study:
     """The study a previous run saved in <study>/sweep.json."""
     path = os.path.join(study_dir, SWEEP_JSON)
@@ -176,6 +191,7 @@ def run(study: grid.Study, study_dir: str, shard=(0, 1), parallel: int = 1,
 
     `share_phases`: trials with identical phases up to one (same flags, same seed) run
     it once (research/runner.py); `select_by`: the validation metric a race compares."""
+    study = _with_saved_flips(study, study_dir)
     trials = grid.expand(study, study_dir)
     if retry_failed:
         for trial in grid.shard(trials, *shard):

@@ -230,7 +230,9 @@ def test_a_pair_the_user_names_gets_its_own_flips_kept_in_sweep_json(tmp_path):
     from tapefit.research import study as study_lib
     s, folder = make(tmp_path, ["learning_rate=1e-3,3e-3,1e-2"], seeds="0,1,2")
     s = study_lib.with_flips(s, folder, ["learning_rate=1e-2 vs learning_rate=3e-3"])
-    assert study_lib.load(folder).flips == s.flips  # Kept in sweep.json.
+    assert study_lib.load(folder).flips == s.flips  # Kept in sweep.json,
+    plain, _ = make(tmp_path / "again", ["learning_rate=1e-3,3e-3,1e-2"], seeds="0,1,2")
+    assert study_lib._with_saved_flips(plain, folder).flips == s.flips  # also by a re-run.
     base = np.array([1, 0, 0, 1, 1, 0, 1, 0, 1, 1], float)
     better = np.array([1, 1, 1, 1, 0, 1, 1, 0, 1, 1], float)
     best = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 0], float)  # vs better: fixes 4, 7; breaks 9.
