@@ -314,8 +314,8 @@ class Config:
     interpret_split: str = _flag(  # loops/interpret.py; docs/interpretation.md.
         "test", G_OUTPUT, "evaluate: the split whose predictions are interpreted (per-class "
         "metrics, confusion matrix, calibration, top losses) next to evaluation.json; "
-        "validation: in <workdir>/evaluate/validation/ instead, to look without touching "
-        "test; none: no interpretation.", (RESUMABLE, NOT_IN_ID),
+        "validation: the validation split only, in <workdir>/evaluate/validation/ (the "
+        "test split is not scored); none: no interpretation.", (RESUMABLE, NOT_IN_ID),
         choices=("test", "validation", "none"))
     top_losses: int = _flag(
         16, G_OUTPUT, "evaluate: how many highest-loss photos top_losses.png shows.",

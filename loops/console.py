@@ -175,7 +175,13 @@ def phase_summary(result: dict) -> str:
     if phase == "lr_find":
         return summary_text(result)
     lines = []
-    if phase == "evaluate":
+    if phase == "evaluate" and result.get("interpreted_split") == "validation":
+        found = result.get("interpretation") or {}
+        lines.append(f"evaluate: the validation split interpreted (the test split not "
+                     f"scored): ECE {_number(found.get('ece'))}, macro F1 "
+                     f"{_number(found.get('macro_f1'))}; in {found.get('folder')}")
+        labels = (("interpretation", "interpretation"),)
+    elif phase == "evaluate":
         examples = result.get("test_examples")
         on = f" on {examples} test examples" if examples is not None else ""
         lines.append(f"evaluate: loss {_number(result.get('loss'))}, accuracy "

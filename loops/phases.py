@@ -47,6 +47,7 @@ from tapefit.layout.paths import (
     DATA_JSON,
     EVALUATION_JSON,
     FINAL_WEIGHTS,
+    INTERPRETATION_JSON,
     PREDICTIONS_NPZ,
     SKIPPED_FILES,
     SUMMARY_JSON,
@@ -304,6 +305,8 @@ def evaluate(cfg: Config) -> dict:
     with locked(plan):
         prepare(plan)
         ev, model = plan.evaluation, plan.model
+        if cfg.interpret_split == "validation":  # A look that does not touch the test split.
+            return _interpret_validation(cfg, plan)
         logs = RUNNERS[cfg.loop].score(model, ev.batches, cfg, ev.trained)
         # Per-example predictions (predictions.npz), for paired comparisons of runs (sweep.py).
         per_example = predictions.predict(model, ev.batches) if plan.chief else None
@@ -330,6 +333,24 @@ def evaluate(cfg: Config) -> dict:
                               {k: v for k, v in result.items()
                                if k not in ("files", "command_flags")})
             atomic_write_json(os.path.join(cfg.run_dir, SUMMARY_JSON), result)
+    return result
+
+
+def _interpret_validation(cfg: Config, plan: Plan) -> dict:
+    """`--phase=evaluate --interpret_split=validation`: the validation split predicted and
+    interpreted (loops/interpret.py) in <workdir>/evaluate/validation/, with its own
+    summary.json; the test split is not scored, evaluation.json not written or changed."""
+    from tapefit.loops import interpret
+    ev = plan.evaluation
+    found = interpret.for_evaluation(cfg, ev, plan.model, None) if plan.chief else None
+    result = {"phase": "evaluate", "interpreted_split": "validation",
+              "trained_phase": ev.trained_phase, "workdir": cfg.workdir, "weights": ev.weights,
+              "weights_note": ev.weights_note, "interpretation": found,
+              "files": ({"interpretation": os.path.join(found["folder"], INTERPRETATION_JSON)}
+                        if found else {}),
+              "command_flags": [f"--workdir={cfg.workdir}"]}
+    if plan.chief:
+        atomic_write_json(os.path.join(found["folder"], SUMMARY_JSON), result)
     return result
 
 

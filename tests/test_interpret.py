@@ -296,3 +296,21 @@ def test_a_tiny_evaluate_interprets_what_it_scored(tiny_config, capsys):
     assert interpret.main([os.path.join(cfg.workdir, "nothing")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no predictions in ") and "\n" not in err
+
+
+
+def test_interpreting_validation_does_not_touch_the_test_split(tiny_config):
+    """--interpret_split=validation: a look at validation only: the test split is not
+    scored (no evaluation.json, no test predictions), the validation files are written."""
+    from tapefit.loops import console, phases
+    cfg = tiny_config.replace(epochs=1, synthetic_examples=24)
+    phases.run(cfg)
+    result = phases.run(cfg.replace(phase="evaluate", interpret_split="validation",
+                                    top_losses=2, tensorboard=False))
+    run_dir = os.path.join(cfg.workdir, "evaluate")
+    assert sorted(os.listdir(run_dir)) == ["validation"]
+    found = json.load(open(os.path.join(run_dir, "validation", "interpretation.json")))
+    assert found["split"] == "validation" and "accuracy" not in result
+    assert json.load(open(os.path.join(run_dir, "validation", "summary.json")))[
+        "interpretation"]["ece"] == pytest.approx(found["calibration"]["ece"])
+    assert "the test split not scored" in console.phase_summary(result)
