@@ -800,15 +800,21 @@ def remove_stale_temporaries(study_dir: str, now: float | None = None) -> list[s
 
 
 def write(study: grid.Study, study_dir: str, trials=None, select_by: str = DEFAULT_SELECT_BY,
-          alpha: float = stats.ALPHA) -> dict:
-    """Rewrites results.csv, results.md and results.png; returns the paths and summaries."""
+          alpha: float = stats.ALPHA, flips: bool = True) -> dict:
+    """Rewrites results.csv, results.md and results.png; returns the paths and summaries.
+    `flips=False` (the report a running study rewrites after each trial) leaves out the
+    per-example flips, whose contact sheets cost seconds a write: the last report of the
+    run, and every --report_only, has them."""
     trials = trials if trials is not None else grid.expand(study, study_dir)
     rows = [(collect(t), t.config_index) for t in trials]
     entries = summarize(study, rows, select_by, alpha)
     remove_stale_temporaries(study_dir)
     atomic_write_text(os.path.join(study_dir, RESULTS_CSV), csv_text(study, rows))
     text = markdown(study, study_dir, rows, entries, select_by, alpha)
-    if "evaluate" in study.phases:  # research/flips.py: the paired per-example view.
+    if "evaluate" in study.phases and not flips:
+        text += ("\n## Per-example flips\n\nWritten with the report at the end of the study's "
+                 "run (or by `tapefit sweep --report_only`).\n")
+    elif "evaluate" in study.phases:  # research/flips.py: the paired per-example view.
         text += "\n" + "\n".join(flips_section(study_dir, rows, entries))
         by_index = {e["index"]: e["number"] for e in entries}
         for a, b in study.flips:  # --flips: the pairs the user names.

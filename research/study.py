@@ -215,12 +215,12 @@ def run(study: grid.Study, study_dir: str, shard=(0, 1), parallel: int = 1,
     bar = _bar(len(mine), len(mine) - len(todo), progress)
 
     def write_report():
-        _write_report(study, study_dir, trials, select_by)
+        _write_report(study, study_dir, trials, select_by, flips=False)
 
     outcomes.update(_run_trials(study, todo, parallel, debug, worker_command, share_phases,
                                 bar, write_report))
     bar.close()
-    write_report()
+    _write_report(study, study_dir, trials, select_by)  # The last, with the flips.
     return outcomes
 
 
@@ -352,7 +352,7 @@ def _run_race(study, study_dir, trials, shard, parallel, debug, worker_command, 
     def write_report():
         current = compute()
         race_lib.write(study, study_dir, current)
-        _write_report(study, study_dir, current.scheduled, select_by)
+        _write_report(study, study_dir, current.scheduled, select_by, flips=False)
 
     while not state.finished:
         in_round = [t for t in state.scheduled if t.seed in state.seeds
@@ -388,10 +388,10 @@ def _higher_is_better(select_by: str) -> bool:
     return table[select_by]
 
 
-def _write_report(study, study_dir, trials, select_by):
+def _write_report(study, study_dir, trials, select_by, flips: bool = True):
     import inspect
     if "select_by" in inspect.signature(report.write).parameters:
-        return report.write(study, study_dir, trials, select_by=select_by)
+        return report.write(study, study_dir, trials, select_by=select_by, flips=flips)
     return report.write(study, study_dir, trials)
 
 

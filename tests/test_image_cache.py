@@ -315,13 +315,18 @@ def test_finetune_and_evaluate_reuse_the_head_runs_images(data, tmp_path, counte
     assert all(path.startswith(test_dir) for path in counted)
     assert image_cache.counters["write"] == 0 and image_cache.counters["hit"] >= 2
     counted.clear()
-    phases.run(cfg.replace(phase="evaluate"))
+    # Without the interpretation, which decodes its top-loss photos from their files
+    # (loops/interpret.py: only those K; a display, not the scored pass).
+    evaluate = cfg.replace(phase="evaluate", interpret_split="none")
+    phases.run(evaluate)
     assert len(counted) == 4 and all(path.startswith(test_dir) for path in counted)
     assert image_cache.counters["published"] == 1  # The test split, for later evaluations.
     counted.clear()
     image_cache.counters.clear()
-    phases.run(cfg.replace(phase="evaluate"))
+    phases.run(evaluate)
     assert counted == [] and image_cache.counters["write"] == 0
+    phases.run(evaluate.replace(interpret_split="test", top_losses=3))
+    assert len(counted) == 3 and image_cache.counters["write"] == 0  # The 3 photos shown.
 
 
 def test_evaluating_a_whole_folder_does_not_reuse_a_training_split(tmp_path, counted):

@@ -18,7 +18,7 @@ from tapefit.flags.config import Config, ConfigError
 from tests.conftest import ROOT, h5_datasets
 
 FLAGS = dict(backbone="mobilenet", alpha=0.25, weights="none", image_size=32,
-             dataset="synthetic", synthetic_examples=24, batch_size=8, epochs=2, verbose=0,
+             dataset="synthetic", synthetic_examples=24, batch_size=8, epochs=1, verbose=0,
              deterministic=True, unfreeze_from="conv_dw_13")
 
 
