@@ -7,7 +7,7 @@ import os
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_FIX = f"run `python -m pip install -e {_HERE}` (or use the `tapefit` command)"
+_FIX = f"run `python -m pip install -e {_HERE}`"
 
 try:
     _spec = importlib.util.find_spec("tapefit")
@@ -17,4 +17,5 @@ if _spec is None or not _spec.submodule_search_locations:
     sys.exit(f"error: tapefit is not installed; {_FIX}")
 if os.path.realpath(_HERE) not in map(os.path.realpath, _spec.submodule_search_locations):
     sys.exit(f"error: {sys.argv[0]} is in {_HERE}, but `import tapefit` finds "
-             f"{list(_spec.submodule_search_locations)[0]}; {_FIX}")
+             f"{list(_spec.submodule_search_locations)[0]}; {_FIX}, or run that copy's "
+             "`tapefit` command")
