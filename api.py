@@ -64,9 +64,6 @@ class Result:
     def metrics(self) -> dict:
         """The numbers: the last epoch's logs (head, finetune), the test metrics
         (evaluate: loss, accuracy)."""
-        if self.config.phase == "evaluate":
-            return {k: v for k, v in self.summary.items()
-                    if isinstance(v, float) and k not in ("weights_note",)}
         return dict(self.logs or {})
 
     @property

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import math
 import re
@@ -236,7 +235,7 @@ class Study:
 
     def config_index(self, values) -> int:
         """The grid position of the configuration with these axis values."""
-        return list(itertools.product(*(a.values for a in self.axes))).index(tuple(values))
+        return configurations(self).index(assignment_of(self, values))
 
 
 def parse_phases(text) -> tuple[str, ...]:
@@ -607,9 +606,14 @@ def expand(study: Study, study_dir: str) -> list[Trial]:
     return trials
 
 
-def baseline_assignment(study: Study) -> tuple:
-    return tuple((n, x) for a, v in zip(study.axes, study.baseline, strict=True)
+def assignment_of(study: Study, values) -> tuple:
+    """The ((name, value), ...) assignment of one value tuple per axis (as `configurations`)."""
+    return tuple((n, x) for a, v in zip(study.axes, values, strict=True)
                  for n, x in zip(a.names, v, strict=True))
+
+
+def baseline_assignment(study: Study) -> tuple:
+    return assignment_of(study, study.baseline)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
