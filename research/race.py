@@ -26,8 +26,8 @@ import math
 import os
 
 from tapefit.layout import paths
-from tapefit.layout.atomic import atomic_write_json
-from tapefit.research import grid, report, runner, stats
+from tapefit.layout.atomic import atomic_write_json, read_json_or_none
+from tapefit.research import grid, report, stats, trial_files
 
 RACE_JSON = paths.RACE_JSON
 
@@ -71,17 +71,17 @@ def compute(study: grid.Study, study_dir: str, metric: str = "val_accuracy",
         current = tuple(seeds[:count])
         needed = [trials[(c, s)] for s in current for c in alive]
         scheduled += [t for t in needed if t not in scheduled]
-        states = {t: runner.state(t.trial_dir, study.phases) for t in needed}
-        pending = [t for t in needed if states[t] not in (runner.FINISHED, runner.FAILED)]
+        states = {t: trial_files.state(t.trial_dir, study.phases) for t in needed}
+        pending = [t for t in needed if states[t] not in (trial_files.FINISHED, trial_files.FAILED)]
         if pending:
             return RaceState(False, number, current, alive, scheduled, pending, rounds,
                              dropped, metric, higher_is_better)
         entry = {"round": number, "seeds": list(current), "configurations": len(alive),
                  "dropped": []}
         for c in list(alive):  # A configuration with a failed trial leaves the race.
-            failed = [t for t in needed if t.config_index == c and states[t] == runner.FAILED]
+            failed = [t for t in needed if t.config_index == c and states[t] == trial_files.FAILED]
             if failed:
-                reason = (runner.read_status(failed[0].trial_dir) or {}).get("reason", "")
+                reason = (trial_files.read_status(failed[0].trial_dir) or {}).get("reason", "")
                 dropped[c] = {"round": number, "seeds": len(current), "label": labels[c],
                               "reason": f"trial {failed[0].trial_id} failed: {reason}"}
                 entry["dropped"].append(c)
@@ -162,7 +162,7 @@ def to_dict(study: grid.Study, state: RaceState) -> dict:
 def write(study: grid.Study, study_dir: str, state: RaceState) -> dict:
     content = to_dict(study, state)
     path = os.path.join(study_dir, RACE_JSON)
-    if runner.read_json_or_none(path) != _plain(content):
+    if read_json_or_none(path) != _plain(content):
         atomic_write_json(path, content, default=str)
     return content
 

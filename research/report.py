@@ -32,9 +32,9 @@ import numpy as np
 
 from tapefit.layout import atomic as files
 from tapefit.layout import paths
-from tapefit.layout.atomic import atomic_save, atomic_write_text
+from tapefit.layout.atomic import atomic_save, atomic_write_text, read_json_or_none
 from tapefit.layout.temporaries import remove_left_over, writer_in
-from tapefit.research import grid, runner, stats
+from tapefit.research import grid, stats, trial_files
 
 RESULTS_CSV, RESULTS_MD, RESULTS_PNG = paths.RESULTS_CSV, paths.RESULTS_MD, paths.RESULTS_PNG
 TRAINED = ("head", "finetune")
@@ -81,7 +81,7 @@ def trial_metrics(folder: str, phases) -> dict:
         problem = _not_regular(log_path)
         if problem:  # A FIFO or a device would block or never end: never opened.
             problems.append(f"{phase}/{paths.LOG_CSV}: {problem}")
-        rows = [] if problem else runner.read_log(log_path)
+        rows = [] if problem else trial_files.read_log(log_path)
         val_acc = [r.get("val_accuracy", math.nan) for r in rows]
         val_loss = [r.get("val_loss", math.nan) for r in rows]
         row[f"{phase}_epochs"] = len(rows) if phase in phases else math.nan
@@ -106,17 +106,17 @@ def trial_metrics(folder: str, phases) -> dict:
         row["test_accuracy"] = float(evaluation["accuracy"])
         row["test_loss"] = float(evaluation["loss"])
         row["test_examples"] = evaluation.get("test_examples", math.nan)
-    done = all(runner.phase_done(folder, p) for p in phases)
+    done = all(trial_files.phase_done(folder, p) for p in phases)
     if problems:
         row["status"], row["reason"] = DAMAGED, "; ".join(problems)
-    elif status.get("status") == runner.FAILED:
-        row["status"], row["reason"] = runner.FAILED, str(status.get("reason", ""))
+    elif status.get("status") == trial_files.FAILED:
+        row["status"], row["reason"] = trial_files.FAILED, str(status.get("reason", ""))
     elif done:
-        row["status"] = runner.FINISHED
+        row["status"] = trial_files.FINISHED
     elif os.path.isfile(os.path.join(folder, paths.TRIAL_JSON)):
         row["status"] = UNFINISHED
     else:
-        row["status"] = runner.PENDING
+        row["status"] = trial_files.PENDING
     row["_curve"] = curve
     row["_predictions"] = paths.run_file(folder, paths.EVALUATE_PHASE, paths.PREDICTIONS_NPZ)
     return row
@@ -236,7 +236,7 @@ def summarize(study: grid.Study, rows: list[dict], select_by: str = DEFAULT_SELE
     groups = {}
     for row, index in rows:
         groups.setdefault(index, row["group_id"])
-        if row["status"] == runner.FINISHED:
+        if row["status"] == trial_files.FINISHED:
             by_config[index][row["seed"]] = row
     base_index = configs.index(base_key)
     out = []
@@ -521,7 +521,7 @@ def markdown(study: grid.Study, study_dir: str, rows, entries,
               "freedom, not enough seeds to tell; p < 0.001 is written <0.001; a tie is every "
               "paired difference exactly 0 (p = 1).", ""]
 
-    failed = [r for r, _ in rows if r["status"] == runner.FAILED]
+    failed = [r for r, _ in rows if r["status"] == trial_files.FAILED]
     if failed:
         lines += ["## Failed trials", "",
                   _md_table(["trial", "reason"], [[r["trial_id"], r["reason"]] for r in failed]),
@@ -531,7 +531,8 @@ def markdown(study: grid.Study, study_dir: str, rows, entries,
         lines += ["## Damaged trials (left out)", "",
                   _md_table(["trial", "status"], [[r["trial_id"], f"damaged: {r['reason']}"]
                                                   for r in damaged]), ""]
-    other = [r for r, _ in rows if r["status"] not in (runner.FINISHED, runner.FAILED, DAMAGED)]
+    ended = (trial_files.FINISHED, trial_files.FAILED, DAMAGED)
+    other = [r for r, _ in rows if r["status"] not in ended]
     if other:
         lines += [f"Not finished yet: {', '.join(r['trial_id'] for r in other)}.", ""]
     if study.race is not None:  # research/race.py: rounds, drops, trial-epochs (race.json).
@@ -542,7 +543,7 @@ def markdown(study: grid.Study, study_dir: str, rows, entries,
 def race_section(study_dir: str) -> str:
     """The race's part of results.md from race.json ("" when the study is no race)."""
     path = os.path.join(study_dir, paths.RACE_JSON)
-    content = runner.read_json_or_none(path)
+    content = read_json_or_none(path)
     if not isinstance(content, dict) or "rounds" not in content:
         return ""
     try:
@@ -842,7 +843,7 @@ def flips_section(study_dir: str, rows, entries, pair=None) -> list[str]:
             return []
     predictions = {}
     for row, index in rows:
-        if row["status"] == runner.FINISHED:
+        if row["status"] == trial_files.FINISHED:
             predictions.setdefault(index, {})[row["seed"]] = row["_predictions"]
     found = flips.compare(predictions.get(chosen["index"], {}),
                           predictions.get(base["index"], {}), read_predictions)

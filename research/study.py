@@ -15,8 +15,8 @@ import time
 from tapefit.flags.config import Config
 from tapefit.flags.errors import ConfigError
 from tapefit.layout import paths
-from tapefit.layout.atomic import atomic_write_text
-from tapefit.research import grid, report, runner
+from tapefit.layout.atomic import atomic_write_text, read_json_or_none
+from tapefit.research import grid, report, runner, trial_files
 
 SWEEP_JSON = paths.SWEEP_JSON
 
@@ -80,7 +80,7 @@ def with_flips(study: grid.Study, study_dir: str, texts) -> grid.Study:
 def _with_saved_flips(study: grid.Study, study_dir: str) -> grid.Study:
     """The --flips pairs an earlier run of the study saved stay (a shard or a re-run
     without --flips does not drop them)."""
-    saved = (runner.read_json_or_none(os.path.join(study_dir, SWEEP_JSON)) or {}).get("flips")
+    saved = (read_json_or_none(os.path.join(study_dir, SWEEP_JSON)) or {}).get("flips")
     if not saved or not isinstance(saved, (list, str)):
         return study
     try:
@@ -104,7 +104,7 @@ def load(study_dir: str) -> grid.Study:
 def save(study: grid.Study, study_dir: str) -> None:
     path = os.path.join(study_dir, SWEEP_JSON)
     content = study.to_dict()
-    previous = runner.read_json_or_none(path)
+    previous = read_json_or_none(path)
     if previous != json.loads(json.dumps(content)):
         # Not key-sorted: the order of the axes is the order of the grid.
         atomic_write_text(path, json.dumps(content, indent=1) + "\n")
@@ -139,7 +139,7 @@ def check_trials(study: grid.Study, trials, pending=()) -> None:
                     check_unfreeze_from(cfg)
     for trial in pending:
         for index, phase in enumerate(study.phases):
-            if runner.phase_done(trial.trial_dir, phase):
+            if trial_files.phase_done(trial.trial_dir, phase):
                 continue
             cfg = trial.config(phase)
             if cfg.learning_rate == "auto" and phase in ("head", "finetune"):
@@ -172,7 +172,7 @@ def hparams_on_finished(study: grid.Study | None):
     """on_finished for runner.run_trial: the trial's HParams session (and the experiment)."""
     def write(trial_dir):
         from tapefit.research import hparams
-        content = runner.read_json_or_none(os.path.join(trial_dir, paths.TRIAL_JSON)) or {}
+        content = read_json_or_none(os.path.join(trial_dir, paths.TRIAL_JSON)) or {}
         if study is not None:
             hparams.write_experiment(study, os.path.dirname(os.path.dirname(trial_dir)))
         metrics = report.trial_metrics(trial_dir, content.get("phases", []))
@@ -195,7 +195,7 @@ def run(study: grid.Study, study_dir: str, shard=(0, 1), parallel: int = 1,
     trials = grid.expand(study, study_dir)
     if retry_failed:
         for trial in grid.shard(trials, *shard):
-            if runner.state(trial.trial_dir, study.phases) == runner.FAILED:
+            if trial_files.state(trial.trial_dir, study.phases) == trial_files.FAILED:
                 runner.clear_failure(trial.trial_dir)
     if study.race is not None:
         return _run_race(study, study_dir, trials, shard, parallel, debug, worker_command,
@@ -204,8 +204,8 @@ def run(study: grid.Study, study_dir: str, shard=(0, 1), parallel: int = 1,
     outcomes = {}
     todo = []
     for trial in mine:
-        outcome = runner.state(trial.trial_dir, study.phases)
-        if outcome == runner.PENDING:
+        outcome = trial_files.state(trial.trial_dir, study.phases)
+        if outcome == trial_files.PENDING:
             todo.append(trial)
         else:
             outcomes[trial.trial_id] = outcome
@@ -257,7 +257,7 @@ def outcome_line(study: grid.Study, study_dir: str, shard, outcomes: dict) -> st
     race_line = ""
     if study.race is not None:
         from tapefit.research import race as race_lib
-        content = runner.read_json_or_none(os.path.join(study_dir, race_lib.RACE_JSON)) or {}
+        content = read_json_or_none(os.path.join(study_dir, race_lib.RACE_JSON)) or {}
         epochs = content.get("trial_epochs", {})
         left = (f"winner {content['winner']}" if content.get("winner")
                 else "left: " + "; ".join(content.get("alive", [])))
@@ -275,8 +275,8 @@ def _run_trials(study, todo, parallel, debug, worker_command, share_phases, bar,
 
     def done(trial, outcome):
         outcomes[trial.trial_id] = outcome
-        if outcome == runner.FAILED:
-            reason = (runner.read_status(trial.trial_dir) or {}).get("reason", "")
+        if outcome == trial_files.FAILED:
+            reason = (trial_files.read_status(trial.trial_dir) or {}).get("reason", "")
             bar.write(f"trial {trial.trial_id} failed: {reason}", file=sys.stderr)
         write_report()
         bar.set_postfix_str(f"{trial.trial_id}: {outcome}")
@@ -375,7 +375,7 @@ def _run_race(study, study_dir, trials, shard, parallel, debug, worker_command, 
     bar.close()
     race_lib.write(study, study_dir, state)
     for trial in state.scheduled:
-        outcomes.setdefault(trial.trial_id, runner.state(trial.trial_dir, study.phases))
+        outcomes.setdefault(trial.trial_id, trial_files.state(trial.trial_dir, study.phases))
     _write_report(study, study_dir, state.scheduled, select_by)
     return outcomes
 
@@ -454,7 +454,7 @@ class TrialLines:
 def run_one(trial_dir: str, debug: bool = False) -> str:
     """A worker process's job (--run_trial): the trial described by its trial.json."""
     phases, configs = runner.configs_from_trial_json(trial_dir)
-    content = runner.read_json_or_none(os.path.join(trial_dir, paths.TRIAL_JSON))
+    content = read_json_or_none(os.path.join(trial_dir, paths.TRIAL_JSON))
     shared = content.get("shared") if isinstance(content, dict) else None
     return runner.run_trial(trial_dir, phases, configs, content, debug=debug,
                             on_finished=hparams_on_finished(_study_of(trial_dir)),

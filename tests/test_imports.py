@@ -226,3 +226,23 @@ def test_every_import_of_a_tapefit_name_finds_it():
                             alias.name) is None:
                         missing.append(f"{path}:{node.lineno}: {alias.name}")
     assert not missing, "imports of names that do not exist:\n" + "\n".join(missing)
+
+
+def test_report_and_race_read_trials_without_the_runner():
+    """The report and the race read trials through research/trial_files.py (issue 31):
+    neither reaches research/runner.py (locks, processes, writes), directly or through
+    another module."""
+    graph = import_graph()
+
+    def reach(start):
+        seen, todo = set(), [start]
+        while todo:
+            for w in graph.get(todo.pop(), ()):
+                if w not in seen:
+                    seen.add(w)
+                    todo.append(w)
+        return seen
+
+    for module in ("tapefit.research.report", "tapefit.research.race"):
+        assert module in graph
+        assert "tapefit.research.runner" not in reach(module), module
