@@ -27,7 +27,8 @@ A study (sweep.py), `<study>/`:
     shared/<phase>-s<seed>-<key>/   .phase.lock  <phase>/
     feature_cache/  image_cache/    the study's caches
 
-The caches: `<feature cache dir>/<key>/<split>.features.npy|.labels.npy`;
+The caches: `<feature cache dir>/<key>/<split>.features.npy|.labels.npy` and
+`<split>.complete.json` (their sizes, SHA-256s, shapes and label range; written last);
 `<image cache dir>/<key>/<split>/images.*` and `complete.json`.
 """
 from __future__ import annotations
@@ -100,6 +101,7 @@ PHASE_LOCK = ".phase.lock"  # In a shared phase's work directory.
 FEATURE_CACHE_DIR = "feature_cache"
 FEATURES_SUFFIX = ".features.npy"
 LABELS_SUFFIX = ".labels.npy"
+FEATURES_MANIFEST_SUFFIX = ".complete.json"  # <split>.complete.json: written last.
 IMAGE_CACHE_DIR = "image_cache"
 IMAGE_CACHE_COMPLETE = "complete.json"
 IMAGE_CACHE_PREFIX = "images"  # TF writes images.index and images.data-00000-of-00001.
