@@ -52,6 +52,10 @@ def compare(config: dict, baseline: dict, read) -> dict | None:
     order = sorted(common, key=lambda x: (len(x), x))
     if not order:
         return {"problem": "the trials' predictions share no test example"}
+    problem = unpaired([(_trial_file(path), p["ids"]) for s in sorted(loaded)
+                        for path, p in zip((config[s], baseline[s]), loaded[s])], len(order))
+    if problem:
+        return {"problem": problem}
     per_seed, fixed_on, broken_on = [], np.zeros(len(order)), np.zeros(len(order))
     loss_change = np.zeros(len(order))
     labels = None
@@ -86,6 +90,30 @@ def compare(config: dict, baseline: dict, read) -> dict | None:
             "fixed": sum(r["fixed"] for r in per_seed),
             "broken": sum(r["broken"] for r in per_seed),
             "split": first["split"], "image_size": first["image_size"]}
+
+
+def unpaired(named_ids, shared: int) -> str | None:
+    """Why the trials' predictions cannot be paired example by example although their
+    test splits are the same (None when every trial scored the same `shared` examples):
+    pairing on the examples they share would quietly compare fewer examples than each
+    trial's test accuracy counts. `named_ids`: [(name, ids)], e.g. the trial's file."""
+    sizes = [(len(ids), name) for name, ids in named_ids]
+    if all(n == shared for n, _ in sizes):
+        return None
+    most = max(n for n, _ in sizes)
+    fewest, name = min(sizes, key=lambda x: x[0])
+    if fewest == shared:
+        return (f"{name} has {fewest} of the {most} test examples the other trials scored: "
+                f"not paired on the {shared} they share")
+    return (f"the trials' test examples differ ({name} and others share {shared} of "
+            f"{most}): not paired on the {shared} they share")
+
+
+def _trial_file(path: str) -> str:
+    """`<trial>/evaluate/predictions.npz` of a trial's predictions path."""
+    phase_dir = os.path.dirname(path)
+    return os.path.join(os.path.basename(os.path.dirname(phase_dir)),
+                        os.path.basename(phase_dir), os.path.basename(path))
 
 
 def classes_of(path: str):

@@ -47,7 +47,8 @@ def write_trial(trial, val_accuracy, test_accuracy, val_loss=None, correct=None,
     if "evaluate" in trial.phases:
         os.makedirs(os.path.join(folder, "evaluate"), exist_ok=True)
         with open(os.path.join(folder, "evaluate", "evaluation.json"), "w") as f:
-            json.dump({"accuracy": test_accuracy, "loss": 0.5, "test_examples": 20}, f)
+            json.dump({"accuracy": test_accuracy, "loss": 0.5,
+                       "test_examples": 20 if correct is None else len(correct)}, f)
         if correct is not None:
             write_predictions(os.path.join(folder, "evaluate", "predictions.npz"), correct)
     runner.write_trial_json(folder, trial.to_dict())
@@ -248,7 +249,7 @@ def test_a_damaged_trial_is_reported_and_the_rest_go_on(tmp_path):
     assert "damaged: head/log.csv: not a regular file" in result["markdown"]
     text = result["markdown"]
     assert "damaged: status.json: a JSON list, not an object" in text
-    assert 'damaged: evaluate/evaluation.json: accuracy is "abc", not a number' in text
+    assert 'damaged: evaluate/evaluation.json: "accuracy" must be a number, got "abc"' in text
     # The same through the command line: one report, exit 0.
     proc = subprocess.run([sys.executable, "sweep.py", f"--workdir={folder}", "--report_only"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -354,7 +355,10 @@ def test_a_damaged_predictions_file_is_named(tmp_path):
             with open(os.path.join(t.trial_dir, "evaluate", "predictions.npz"), "wb") as f:
                 f.write(b"PK\x03\x04 not a zip")
     text = report.write(s, folder)["markdown"]
-    assert "evaluate/predictions.npz: damaged" in rows_of(text, "learning_rate=3e-3")[-1]
+    # The evaluate phase's record is damaged: the whole trial is (issue 30 break 6), and
+    # the bootstrap pairs the other seeds.
+    assert "damaged: evaluate/predictions.npz: damaged (not the arrays evaluate writes)" in text
+    assert "(n=2×20)" in rows_of(text, "learning_rate=3e-3")[-1]
 
 
 @pytest.mark.parametrize("layout", ["carved", "test_folder"])
