@@ -205,14 +205,18 @@ def study(workdir: str, axes=(), seeds=None, phases=None, baseline=None, sweep_f
         axes = [axes]
     if seeds is not None and not isinstance(seeds, str):
         seeds = ",".join(str(s) for s in seeds)
-    race_spec = study_lib.grid.Race(min_seeds, max_seeds, race_alpha) if race else None
+    from tapefit.research.options import from_keywords
     workdir = str(workdir)
-    spec = study_lib.make(workdir, flags, phases=phases, axes=list(axes), seeds=seeds,
-                          baseline=baseline, sweep_file=sweep_file, race=race_spec,
-                          flips=list(flips) if not isinstance(flips, str) else [flips])
-    outcomes = study_lib.execute(spec, workdir, parallel=parallel, retry_failed=retry_failed,
-                                 progress=progress, share_phases=share_phases,
-                                 select_by=select_by)
+    # The study's settings (select_by, the race's) stored in its sweep.json win over
+    # keywords left at their defaults; a keyword that differs from them is one line.
+    options = from_keywords(select_by=select_by, race=race, min_seeds=min_seeds,
+                            max_seeds=max_seeds, race_alpha=race_alpha, parallel=parallel,
+                            share_phases=share_phases, retry_failed=retry_failed,
+                            progress=progress,
+                            flips=(flips,) if isinstance(flips, str) else tuple(flips))
+    spec, options = study_lib.prepare(workdir, flags, options, phases=phases, axes=list(axes),
+                                      seeds=seeds, baseline=baseline, sweep_file=sweep_file)
+    outcomes = study_lib.execute(spec, workdir, options)
     with open(os.path.join(workdir, report.RESULTS_MD), encoding="utf-8") as f:
         markdown = f.read()
     with open(os.path.join(workdir, report.RESULTS_CSV), newline="", encoding="utf-8") as f:

@@ -21,7 +21,6 @@ Axis names: a train.py flag (`learning_rate`) applies to every phase; `head.NAME
 `finetune.NAME`, `evaluate.NAME` to that phase only; `A/B=x1/y1,x2/y2` pairs values.
 """
 # Flags are read here only.
-import os
 import sys
 
 if __name__ == "__main__" and not __package__:  # `python sweep.py` in a checkout:
@@ -126,39 +125,21 @@ def sweep(cfg):
     if not FLAGS["workdir"].present:
         raise ConfigError("pass --workdir=DIR: the study's folder (trials, report)")
     workdir = FLAGS.workdir
-    shard = study_lib.grid.parse_shard(FLAGS.shard)
-    race_flags = ("race", "min_seeds", "max_seeds", "race_alpha")
-    defined = FLAGS.axis or FLAGS.sweep_file or any(
-        FLAGS[n].present for n in ("phases", "seeds", "baseline", *race_flags))
-    if not FLAGS.race and any(FLAGS[n].present for n in race_flags[1:]):
-        raise ConfigError("--min_seeds, --max_seeds and --race_alpha set up a race; pass "
-                          "--race as well")
+    from tapefit.research import options as options_lib
     check_sweep_numbers()
-    race = (study_lib.grid.Race(FLAGS.min_seeds, FLAGS.max_seeds, FLAGS.race_alpha)
-            if FLAGS.race else None)
-    select_by = FLAGS.select_by
-    if FLAGS.report_only and not defined and not cli_flags():
-        study = study_lib.load(workdir)
-        if FLAGS.flips:  # Pairs added to a study that ran: kept in its sweep.json.
-            study = study_lib.with_flips(study, workdir, FLAGS.flips)
-    else:
-        study = study_lib.make(workdir, cli_flags(), phases=FLAGS.phases, axes=FLAGS.axis,
-                               seeds=FLAGS.seeds, baseline=FLAGS.baseline,
-                               sweep_file=FLAGS.sweep_file, race=race, flips=FLAGS.flips)
-    if FLAGS.report_only:
-        os.makedirs(workdir, exist_ok=True)
-        trials = (study_lib.race_state(study, workdir, select_by)
-                  if study.race is not None else None)
-        result = study_lib._write_report(study, workdir, trials, select_by)
-        print(result["markdown"])
+    options = options_lib.from_flags(FLAGS)  # The one place the study's flags are read.
+    defined = FLAGS.axis or FLAGS.sweep_file or any(
+        FLAGS[n].present for n in ("phases", "seeds", "baseline", "race", "min_seeds",
+                                   "max_seeds", "race_alpha"))
+    study, options = study_lib.prepare(
+        workdir, cli_flags(), options, phases=FLAGS.phases, axes=FLAGS.axis,
+        seeds=FLAGS.seeds, baseline=FLAGS.baseline, sweep_file=FLAGS.sweep_file,
+        saved=FLAGS.report_only and not defined and not cli_flags())
+    if options.report_only:
+        print(study_lib.report_only(study, workdir, options)["markdown"])
         return 0
-    extra = [f"--logical_cpus={FLAGS.logical_cpus}"] if FLAGS.logical_cpus else []
-    extra += ["--debug"] if FLAGS.debug else []
-    outcomes = study_lib.execute(
-        study, workdir, shard=shard, parallel=FLAGS.parallel, retry_failed=FLAGS.retry_failed,
-        debug=FLAGS.debug, progress=FLAGS.progress, share_phases=FLAGS.share_phases,
-        select_by=select_by, worker_args=extra)
-    print(study_lib.outcome_line(study, workdir, shard, outcomes))
+    outcomes = study_lib.execute(study, workdir, options)
+    print(study_lib.outcome_line(study, workdir, options.shard, outcomes))
     sys.stdout.flush()
     return 0
 

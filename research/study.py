@@ -15,8 +15,10 @@ import time
 from tapefit.flags.config import Config
 from tapefit.flags.errors import ConfigError
 from tapefit.layout import paths
-from tapefit.layout.atomic import atomic_write_text, read_json_or_none
+from tapefit.layout.atomic import atomic_write_text, json_type_problem, read_json_or_none
 from tapefit.research import grid, report, runner, trial_files
+from tapefit.research import options as options_lib
+from tapefit.research.options import StudyOptions
 
 SWEEP_JSON = paths.SWEEP_JSON
 
@@ -49,7 +51,7 @@ def make(study_dir: str, cli_flags: dict, phases=None, axes=(), seeds=None, base
 
     `race`: a `grid.Race` (command line), else the sweep file's "race". In a race
     without seeds the seeds are 0..max_seeds-1."""
-    content = grid.load_sweep_file(sweep_file) if sweep_file else {}
+    content = read_sweep_file(sweep_file)[0] if sweep_file else {}
     file_axes = grid.axes_from_file(content, sweep_file) if sweep_file else []
     cli_axes = [grid.parse_axis(a) for a in axes]
     file_flags = content.get("flags", {})
@@ -67,6 +69,86 @@ def make(study_dir: str, cli_flags: dict, phases=None, axes=(), seeds=None, base
         baseline if baseline is not None else content.get("baseline"),
         explicit=set(file_flags) | set(cli_flags), race=race,
         flips=flips if flips else content.get("flips", ()))
+
+
+def read_sweep_file(path: str) -> tuple[dict, dict | None]:
+    """A sweep file (or a study's sweep.json): (its study keys, its "settings" or None),
+    every problem one line. The study keys are checked as `grid.load_sweep_file` checks
+    them; "settings" (research/options.py) and the race's value types here."""
+    text = grid.read_small_text(path, "--sweep_file")
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--sweep_file={path} is not JSON ({e.msg}, line {e.lineno}); fix the "
+                          "file") from None
+    except RecursionError:
+        raise ConfigError(f"--sweep_file={path} is nested too deeply to be a study; fix the "
+                          "file") from None
+    known = {**grid.SWEEP_FILE_KEYS, options_lib.SETTINGS_KEY: (dict,)}
+    if not isinstance(content, dict):
+        raise ConfigError(f"--sweep_file={path} holds {json_type_problem(content, dict)}; "
+                          f"a sweep file is {{{', '.join(sorted(known))}}}")
+    unknown = sorted(set(content) - set(known))
+    if unknown:
+        raise ConfigError(f"--sweep_file={path}: unknown keys {unknown}; "
+                          f"a sweep file has {', '.join(sorted(known))}")
+    for key, kinds in grid.SWEEP_FILE_KEYS.items():
+        if key in content and (problem := json_type_problem(content[key], kinds)):
+            raise ConfigError(f"--sweep_file={path}: {key!r} is {problem}; fix the file")
+    settings = content.pop(options_lib.SETTINGS_KEY, None)
+    where = f"--sweep_file={path}"
+    if settings is not None:
+        settings = options_lib.check_settings(settings, where)
+    options_lib.check_race(content.get("race"), where)
+    return content, settings
+
+
+def prepare(study_dir: str, cli_flags: dict, options: StudyOptions, phases=None, axes=(),
+            seeds=None, baseline=None, sweep_file: str | None = None,
+            saved: bool = False) -> tuple[grid.Study, StudyOptions]:
+    """The study and its options, with the settings the study stored in its sweep.json
+    (`options_lib.merge_stored`: a differing value given again is one line). `saved`:
+    the study is the one in <study>/sweep.json (--report_only with only --workdir).
+    A sweep.json without stored settings (an older study): a race's are its race.json's
+    metric, else the given ones (or the defaults); `save` stores them."""
+    stored, stored_race = stored_settings(study_dir)
+    path = os.path.join(study_dir, SWEEP_JSON)
+    if saved:
+        if not os.path.isfile(path):
+            raise ConfigError(f"{path} does not exist: --report_only needs a study that ran, "
+                              "or the study's flags (--axis, --seeds, ...)")
+        sweep_file = path
+    content, file_settings = read_sweep_file(sweep_file) if sweep_file else ({}, None)
+    options = options_lib.merge_stored(options, stored, stored_race, file_settings,
+                                       content.get("race"), path)
+    if saved:
+        study = make(study_dir, {}, sweep_file=path, race=options.race_settings())
+        if options.flips:  # Pairs added to a study that ran: kept in its sweep.json.
+            study = dataclasses.replace(study, flips=tuple(dict.fromkeys(
+                study.flips + grid.parse_flips(study.axes, options.flips))))
+    else:
+        study = make(study_dir, cli_flags, phases=phases, axes=axes, seeds=seeds,
+                     baseline=baseline, sweep_file=sweep_file, race=options.race_settings(),
+                     flips=list(options.flips))
+    return study, options
+
+
+def stored_settings(study_dir: str) -> tuple[dict | None, dict | None]:
+    """(sweep.json's "settings", its "race") of the study in `study_dir` (None: none).
+    An older sweep.json has no "settings": a race's race.json names its metric."""
+    content = read_json_or_none(os.path.join(study_dir, SWEEP_JSON))
+    if not isinstance(content, dict):
+        return None, None
+    race = content.get("race") if isinstance(content.get("race"), dict) else None
+    settings = content.get(options_lib.SETTINGS_KEY)
+    if not isinstance(settings, dict):
+        settings = None
+        from tapefit.research import race as race_lib
+        recorded = read_json_or_none(os.path.join(study_dir, race_lib.RACE_JSON))
+        metric = recorded.get("metric") if isinstance(recorded, dict) else None
+        if content.get("race") and metric in options_lib.SELECT_BY:
+            settings = {"select_by": metric}
+    return settings, race
 
 
 def with_flips(study: grid.Study, study_dir: str, texts) -> grid.Study:
@@ -94,17 +176,19 @@ def _with_saved_flips(study: grid.Study, study_dir: str) -> grid.Study:
 
 def load(study_dir: str) -> grid.Study:
     """The study a previous run saved in <study>/sweep.json."""
-    path = os.path.join(study_dir, SWEEP_JSON)
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path} does not exist: --report_only needs a study that ran, or "
-                          "the study's flags (--axis, --seeds, ...)")
-    return make(study_dir, {}, sweep_file=path)
+    return prepare(study_dir, {}, StudyOptions(), saved=True)[0]
 
 
-def save(study: grid.Study, study_dir: str) -> None:
+def save(study: grid.Study, study_dir: str, options: StudyOptions | None = None) -> None:
+    """sweep.json: the study's definition and its settings ("settings": `options`'
+    (research/options.py), or, without `options`, those already stored)."""
     path = os.path.join(study_dir, SWEEP_JSON)
     content = study.to_dict()
     previous = read_json_or_none(path)
+    settings = (options.settings() if options is not None
+                else stored_settings(study_dir)[0])
+    if settings:
+        content = {options_lib.SETTINGS_KEY: settings, **content}
     if previous != json.loads(json.dumps(content)):
         # Not key-sorted: the order of the axes is the order of the grid.
         atomic_write_text(path, json.dumps(content, indent=1) + "\n")
@@ -181,25 +265,35 @@ def hparams_on_finished(study: grid.Study | None):
     return write
 
 
-def run(study: grid.Study, study_dir: str, shard=(0, 1), parallel: int = 1,
-        retry_failed: bool = False, debug: bool = False, worker_command=None,
-        progress: bool = True, share_phases: bool = True, select_by: str = "val_accuracy"
-        ) -> dict:
+def _options(options: StudyOptions | None, changes: dict) -> StudyOptions:
+    """`options` (default: StudyOptions()) with keyword changes (the older keyword API:
+    shard=, parallel=, select_by=, ...)."""
+    return (options or StudyOptions()).replace(**changes) if changes else (
+        options or StudyOptions())
+
+
+def run(study: grid.Study, study_dir: str, options: StudyOptions | None = None,
+        worker_command=None, **changes) -> dict:
     """Runs this shard's unfinished trials; rewrites the report after each one.
     Returns {trial_id: outcome} for this shard's trials (a race: every trial this
     process ran or found done).
 
-    `share_phases`: trials with identical phases up to one (same flags, same seed) run
-    it once (research/runner.py); `select_by`: the validation metric a race compares."""
+    `options` (research/options.py; keywords change single fields): `share_phases`:
+    trials with identical phases up to one (same flags, same seed) run it once
+    (research/runner.py); `select_by`: the validation metric that selects (and that a
+    race compares), saved with the study."""
+    options = _options(options, changes)
+    shard, parallel, debug = options.shard, options.parallel, options.debug
+    progress, share_phases, select_by = options.progress, options.share_phases, \
+        options.select_by
     study = _with_saved_flips(study, study_dir)
     trials = grid.expand(study, study_dir)
-    if retry_failed:
+    if options.retry_failed:
         for trial in grid.shard(trials, *shard):
             if trial_files.state(trial.trial_dir, study.phases) == trial_files.FAILED:
                 runner.clear_failure(trial.trial_dir)
     if study.race is not None:
-        return _run_race(study, study_dir, trials, shard, parallel, debug, worker_command,
-                         progress, share_phases, select_by)
+        return _run_race(study, study_dir, trials, options, worker_command)
     mine = grid.shard(trials, *shard)
     outcomes = {}
     todo = []
@@ -211,7 +305,7 @@ def run(study: grid.Study, study_dir: str, shard=(0, 1), parallel: int = 1,
             outcomes[trial.trial_id] = outcome
     check_trials(study, trials, todo)  # Before anything is written.
     os.makedirs(os.path.join(study_dir, paths.TRIALS_DIR), exist_ok=True)
-    save(study, study_dir)
+    save(study, study_dir, options)
     bar = _bar(len(mine), len(mine) - len(todo), progress)
 
     def write_report():
@@ -230,23 +324,35 @@ SWEEP_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
                             "sweep.py")
 
 
-def execute(study: grid.Study, study_dir: str, shard=(0, 1), parallel: int = 1,
-            retry_failed: bool = False, debug: bool = False, progress: bool = True,
-            share_phases: bool = True, select_by: str = "val_accuracy",
-            worker_args=()) -> dict:
-    """What `tapefit sweep` and `tapefit.sweep` do with a study: check that its folder
+def execute(study: grid.Study, study_dir: str, options: StudyOptions | None = None,
+            **changes) -> dict:
+    """What `tapefit sweep` and `tapefit.study` do with a study: check that its folder
     and caches are writable (before a trial folder is written), then `run` this shard's
-    trials, --parallel ones as workers of sweep.py (`worker_args`: flags each worker
-    gets). Returns {trial_id: outcome}."""
+    trials, --parallel ones as workers of sweep.py (`options.worker_args`: flags each
+    worker gets). Returns {trial_id: outcome}."""
     from tapefit.loops.rundir.run_dir import check_cache_dirs, check_writable
+    options = _options(options, changes)
     check_writable(study_dir)
     check_cache_dirs(study.base)
-    extra = list(worker_args)
-    return run(study, study_dir, shard=shard, parallel=parallel, retry_failed=retry_failed,
-               debug=debug, progress=progress, share_phases=share_phases,
-               select_by=select_by,
+    extra = list(options.worker_args)
+    return run(study, study_dir, options,
                worker_command=lambda trial_dir: runner.worker_argv(SWEEP_SCRIPT, trial_dir,
                                                                    extra))
+
+
+def report_only(study: grid.Study, study_dir: str, options: StudyOptions) -> dict:
+    """`--report_only`: the report (and a race's race.json) rewritten from what is on
+    disk under the study's settings, which sweep.json keeps (an older sweep.json gets
+    them now). Returns report.write's result (its "markdown": results.md)."""
+    os.makedirs(study_dir, exist_ok=True)
+    try:
+        save(study, study_dir, options)
+    except OSError as e:  # A read-only study still reports (what can be written).
+        import logging
+        logging.warning("%s is not updated: %s", os.path.join(study_dir, SWEEP_JSON), e)
+    trials = (race_state(study, study_dir, options.select_by)
+              if study.race is not None else None)
+    return _write_report(study, study_dir, trials, options.select_by)
 
 
 def outcome_line(study: grid.Study, study_dir: str, shard, outcomes: dict) -> str:
@@ -330,21 +436,26 @@ def _content(trial: grid.Trial, share_phases: bool) -> dict:
 RACE_POLL_S = 5.0  # A shard waiting for other shards' trials of a round looks again.
 
 
-def _run_race(study, study_dir, trials, shard, parallel, debug, worker_command, progress,
-              share_phases, select_by) -> dict:
+def _run_race(study, study_dir, trials, options: StudyOptions, worker_command) -> dict:
     """Round after round: this shard's trials of the round first, then any other trial of
     the round no process holds (so one shard alone finishes the race), then, while
-    other processes run the rest, waits; the state is recomputed from disk each time."""
+    other processes run the rest, waits; the state is recomputed from disk (and the
+    decided rounds of race.json) each time."""
     from tapefit.research import race as race_lib
+    shard, parallel, debug = options.shard, options.parallel, options.debug
+    progress, share_phases, select_by = options.progress, options.share_phases, \
+        options.select_by
     higher = _higher_is_better(select_by)
 
-    def compute():
-        return race_lib.compute(study, study_dir, select_by, higher)
+    def compute(retry_failed=False):
+        return race_lib.compute(study, study_dir, select_by, higher,
+                                retry_failed=retry_failed)
 
-    state = compute()
+    # --retry_failed: the rounds from the first drop for a failed trial are decided again.
+    state = compute(options.retry_failed)
     check_trials(study, trials, state.pending)  # Before anything is written.
     os.makedirs(os.path.join(study_dir, paths.TRIALS_DIR), exist_ok=True)
-    save(study, study_dir)
+    save(study, study_dir, options)
     race_lib.write(study, study_dir, state)
     outcomes = {}
     bar = _bar(len(trials), 0, progress)

@@ -159,3 +159,67 @@ def test_a_race_in_a_sweep_file_round_trips_through_sweep_json(tmp_path):
     assert s.race == grid.Race(2, 4, 0.05) and s.seeds == (0, 1, 2, 3)
     study.save(s, str(tmp_path / "study"))
     assert study.load(str(tmp_path / "study")).race == s.race
+
+
+# ---- a decided round is history (issue 30 break 10) ------------------------------------
+
+def test_a_configuration_added_to_a_finished_race_joins_a_new_round(tmp_path, phases,
+                                                                   monkeypatch):
+    folder = str(tmp_path / "study")
+    study.run(make_race(folder), folder, progress=False)
+    before = json.load(open(os.path.join(folder, race.RACE_JSON)))
+    assert [d["round"] for d in before["dropped"]] == [1] and before["round"] == 3
+    monkeypatch.setitem(BASE, 3e-2, 0.95)  # Clearly the best: decided again, round 1
+    phases.ran.clear()                     # would drop the two left and keep 1e-6's.
+    grown = study.make(folder, TINY, phases="head,evaluate",
+                       axes=["learning_rate=1e-2,1e-3,1e-6,3e-2"],
+                       race=grid.Race(3, 5, 0.05))
+    study.run(grown, folder, progress=False)
+    after = json.load(open(os.path.join(folder, race.RACE_JSON)))
+    assert after["rounds"][:3] == before["rounds"]  # History, as it was.
+    joined = after["rounds"][3]
+    assert joined["joined"] == ["learning_rate=0.03"] and joined["seeds"] == [0, 1, 2, 3, 4]
+    drops = {d["configuration"]: d["round"] for d in after["dropped"]}
+    assert drops["learning_rate=1e-6"] == 1 and "learning_rate=0.03" not in drops
+    assert {lr for phase, lr, _ in phases.ran if phase == "head"} == {3e-2}  # Only it ran.
+    # Recomputed again (any process, --report_only): the same.
+    assert race.to_dict(grown, race.compute(grown, folder)) == after
+
+
+def test_seeds_that_no_longer_start_with_a_decided_round_are_refused(tmp_path, phases):
+    folder = str(tmp_path / "study")
+    study.run(make_race(folder, max_seeds=3), folder, progress=False)
+    other = make_race(folder, seeds="0,1,5,6", max_seeds=4)
+    with pytest.raises(ConfigError, match=r"round 1 ran seeds 0,1,2.*a decided round is "
+                                          "history") as e:
+        study.run(other, folder, progress=False)
+    assert "\n" not in str(e.value)
+
+
+# ---- race.json that is not a file, race values of the wrong JSON type (break 11) -------
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_folder_or_fifo_in_place_of_race_json_is_one_line(tmp_path, phases, kind):
+    folder = str(tmp_path / "study")
+    os.makedirs(folder)
+    path = os.path.join(folder, race.RACE_JSON)
+    os.mkdir(path) if kind == "folder" else os.mkfifo(path)
+    with pytest.raises(ConfigError) as e:
+        study.run(make_race(folder, max_seeds=3), folder, progress=False)
+    assert str(e.value).startswith(f"{path} is not a regular file") and "move it away" in \
+        str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"min_seeds": "3"}, '"race": {"min_seeds": "3"}: "min_seeds" must be an integer, got "3"'),
+    ({"alpha": True}, '"alpha" must be a number, got true'),
+    ({"max_seeds": 4.0}, '"max_seeds" must be an integer or null, got 4.0'),
+])
+def test_race_values_of_the_wrong_json_type_quote_the_value_and_name_the_key(
+        tmp_path, value, message):
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps({"phases": ["head"], "axes": {"learning_rate": [1e-3, 1e-2]},
+                                "race": value, "flags": TINY}))
+    with pytest.raises(ConfigError) as e:
+        study.make(str(tmp_path / "study"), {}, sweep_file=str(path))
+    assert message in str(e.value) and "--min_seeds" not in str(e.value)
