@@ -5,7 +5,9 @@
   where the group is the trial id without the seed, so the dashboard groups (averages)
   the seeds of one configuration, and the trial's final metrics as scalars.
 
-`tensorboard --logdir=<study>` shows them next to every phase's training curves.
+`<study>/tensorboard/` (research/tensorboard_runs.py, rewritten here as trials finish) links
+each distinct run once, the sessions named by their trial ids:
+`tensorboard --logdir=<study>/tensorboard` shows them next to every phase's training curves.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import math
 import os
 
 from tapefit.layout import paths
-from tapefit.research import grid
+from tapefit.research import grid, tensorboard_runs
 
 HPARAMS_DIR = paths.HPARAMS_DIR
 # (summary tag, display name); the values come from research.report.collect.
@@ -47,12 +49,18 @@ def _written(folder: str) -> bool:
 
 
 def write_experiment(study: grid.Study, study_dir: str) -> None:
-    """The experiment summary at <study>/hparams, rewritten when the grid changes.
+    """The experiment summary at <study>/hparams, rewritten when the grid changes, and
+    <study>/tensorboard/, every distinct run of the study once (tensorboard_runs).
 
     TensorBoard keeps the first experiment summary it reads for a run (its tag's
     metadata is read once), so a changed grid (a value or an axis added) replaces the
     folder's event files instead of adding one: the dashboard then lists the new values,
     and filtering keeps the new configurations (restart a running TensorBoard)."""
+    _write_experiment(study, study_dir)
+    tensorboard_runs.write_index(study_dir, study)
+
+
+def _write_experiment(study: grid.Study, study_dir: str) -> None:
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 
@@ -86,13 +94,18 @@ def _signature(study: grid.Study) -> str:
 
 
 def write_trial(trial_dir: str, assignment: dict, group_id: str, metrics: dict) -> None:
-    """The trial's session: its axis values, group id and finished metrics (once)."""
+    """The trial's session: its axis values, group id and finished metrics (once),
+    linked into its study's tensorboard/ folder as the run named by the trial id."""
+    folder = os.path.join(trial_dir, HPARAMS_DIR)
+    if not _written(folder):
+        _write_session(folder, assignment, group_id, metrics)
+    tensorboard_runs.link_session(trial_dir)
+
+
+def _write_session(folder: str, assignment: dict, group_id: str, metrics: dict) -> None:
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 
-    folder = os.path.join(trial_dir, HPARAMS_DIR)
-    if _written(folder):
-        return
     writer = tf.summary.create_file_writer(folder)
     with writer.as_default():
         hp.hparams({name: _value(value) for name, value in assignment.items()},
