@@ -156,14 +156,20 @@ def chosen(flips: dict) -> list[dict]:
     return out
 
 
-def write(study_dir: str, flips: dict, title: str, classes=None, suffix: str = "") -> dict:
+def write(study_dir: str, flips: dict, title: str, classes=None, suffix: str = "",
+          unwritten=None) -> dict:
     """flips.csv and flips.png in `study_dir` (`suffix`: flips-<suffix>.csv/png, for a
     pair that --flips names); returns their names (png None when the photos cannot be
-    read: the sheet then names the problem)."""
+    read: the sheet then names the problem). A file that cannot be written (a folder in
+    its place, a read-only folder) is left, appended to `unwritten` (report.save_file)."""
     from tapefit.loops import interpret
+    from tapefit.research import report
+    unwritten = [] if unwritten is None else unwritten
     csv_name, png_name = (paths.FLIPS_CSV, paths.FLIPS_PNG) if not suffix else (
         f"flips-{suffix}.csv", f"flips-{suffix}.png")
-    atomic_write_text(os.path.join(study_dir, csv_name), csv_text(flips, classes))
+    content = csv_text(flips, classes)
+    report.save_file(os.path.join(study_dir, csv_name),
+                     lambda path: atomic_write_text(path, content), unwritten)
     sheet = chosen(flips)
     images, note = [], ""
     if sheet:
@@ -179,7 +185,10 @@ def write(study_dir: str, flips: dict, title: str, classes=None, suffix: str = "
               f"/{flips['seeds']} seeds\n{_short(p['id'])}\ntrue {_class(p['label'], classes)}, "
               f"Δloss {p['mean_loss_change']:+.2f}" for p in sheet]
     fig = interpret.photo_sheet(images, titles, columns=6, title=title + note)
-    interpret.save_figure(fig, os.path.join(study_dir, png_name))
+    if not report.save_file(os.path.join(study_dir, png_name),
+                            lambda path: interpret.save_figure(fig, path), unwritten):
+        import matplotlib.pyplot as plt
+        plt.close(fig)  # save_figure closes it; not called, or failed before.
     return {"png": png_name, "csv": csv_name, "note": note}
 
 

@@ -25,6 +25,7 @@ import io
 import math
 import os
 import stat as stat_lib
+import sys
 import zipfile
 import zlib
 
@@ -965,28 +966,104 @@ def write(study: grid.Study, study_dir: str, trials=None, select_by: str = DEFAU
     """Rewrites results.csv, results.md and results.png; returns the paths and summaries.
     `flips=False` (the report a running study rewrites after each trial) leaves out the
     per-example flips, whose contact sheets cost seconds a write: the last report of the
-    run, and every --report_only, has them."""
+    run, and every --report_only, has them.
+
+    A report file that cannot be written (a folder or FIFO in its place, a read-only
+    study folder) is not written, with one warning line on stderr (once per process)
+    and in the result's `unwritten`; the report is computed all the same (its markdown
+    returned): a sweep goes on, `--report_only` prints it."""
     trials = trials if trials is not None else grid.expand(study, study_dir)
     rows = [(collect(t), t.config_index) for t in trials]
     entries = summarize(study, rows, select_by, alpha)
-    remove_stale_temporaries(study_dir)
-    atomic_write_text(os.path.join(study_dir, RESULTS_CSV), csv_text(study, rows))
+    unwritten = []
+    try:
+        remove_stale_temporaries(study_dir)
+    except OSError:
+        pass  # A read-only folder: nothing to remove, and nothing will be written.
+    csv_content = csv_text(study, rows)
+    save_file(os.path.join(study_dir, RESULTS_CSV),
+              lambda path: atomic_write_text(path, csv_content), unwritten)
     text = markdown(study, study_dir, rows, entries, select_by, alpha)
     if "evaluate" in study.phases and not flips:
         text += ("\n## Per-example flips\n\nWritten with the report at the end of the study's "
                  "run (or by `tapefit sweep --report_only`).\n")
     elif "evaluate" in study.phases:  # research/flips.py: the paired per-example view.
-        text += "\n" + "\n".join(flips_section(study_dir, rows, entries))
+        text += "\n" + "\n".join(flips_section(study_dir, rows, entries, unwritten=unwritten))
         by_index = {e["index"]: e["number"] for e in entries}
         for a, b in study.flips:  # --flips: the pairs the user names.
             pair = (by_index[study.config_index(a)], by_index[study.config_index(b)])
-            text += "\n" + "\n".join(flips_section(study_dir, rows, entries, pair))
-    atomic_write_text(os.path.join(study_dir, RESULTS_MD), text + "\n")
-    plot(study, entries, os.path.join(study_dir, RESULTS_PNG), select_by)
-    return {"rows": [r for r, _ in rows], "entries": entries, "markdown": text}
+            text += "\n" + "\n".join(flips_section(study_dir, rows, entries, pair, unwritten))
+    save_file(os.path.join(study_dir, RESULTS_MD),
+              lambda path: atomic_write_text(path, text + "\n"), unwritten)
+    save_file(os.path.join(study_dir, RESULTS_PNG),
+              lambda path: plot(study, entries, path, select_by), unwritten)
+    return {"rows": [r for r, _ in rows], "entries": entries, "markdown": text,
+            "unwritten": _warn_unwritten(study_dir, unwritten)}
 
 
-def flips_section(study_dir: str, rows, entries, pair=None) -> list[str]:
+_KINDS = ((stat_lib.S_ISDIR, "folder"), (stat_lib.S_ISFIFO, "FIFO"),
+          (stat_lib.S_ISSOCK, "socket"), (stat_lib.S_ISCHR, "device"),
+          (stat_lib.S_ISBLK, "device"))
+
+
+def _special_file(path: str) -> str | None:
+    """"a folder", "a FIFO", "a link to a device", ... when what is at `path` is not a
+    file a report may replace (None: nothing, a regular file, or a link to one)."""
+    try:
+        st = os.lstat(path)
+        prefix = ""
+        if stat_lib.S_ISLNK(st.st_mode):
+            prefix = "a link to "
+            st = os.stat(path)
+    except OSError:
+        return None  # Nothing there (or a dangling link): the write will tell.
+    for test, kind in _KINDS:
+        if test(st.st_mode):
+            return f"{prefix or 'a '}{kind}"
+    return None
+
+
+def save_file(path: str, write_fn, unwritten: list) -> bool:
+    """`write_fn(path)` unless a folder, FIFO, socket or device (or a link to one) is in
+    `path`'s place; an OSError of the write is caught. Either is appended to `unwritten`
+    as (path, special kind or None, the system's reason or None). True when written."""
+    special = _special_file(path)
+    if special:
+        unwritten.append((path, special, None))
+        return False
+    try:
+        write_fn(path)
+    except OSError as e:
+        unwritten.append((path, None, e.strerror or type(e).__name__))
+        return False
+    return True
+
+
+_WARNED = set()  # Warning lines already printed by this process (a sweep rewrites often).
+
+
+def _warn_unwritten(study_dir: str, unwritten) -> list[str]:
+    """One line per special file in a report file's place, one per reason the other
+    writes failed (all the files it stopped); each printed once per process."""
+    lines = [f"{path} is {kind}, not a file: the report is not written there; remove it "
+             "(the next report writes it)" for path, kind, _ in unwritten if kind]
+    by_reason = {}
+    for path, kind, why in unwritten:
+        if not kind:
+            by_reason.setdefault(why, []).append(os.path.relpath(path, study_dir))
+    for why, names in by_reason.items():
+        lines.append(f"the report could not be written in {study_dir} ({why}): "
+                     f"{', '.join(names)} not written; the trials' results are unchanged "
+                     "(make the folder writable and run `tapefit sweep "
+                     f"--workdir={study_dir} --report_only`)")
+    for line in lines:
+        if line not in _WARNED:
+            _WARNED.add(line)
+            print(f"warning: {line}", file=sys.stderr)
+    return lines
+
+
+def flips_section(study_dir: str, rows, entries, pair=None, unwritten=None) -> list[str]:
     """results.md's per-example flips of the selected configuration (the top mean; when
     that is the baseline, the next best) against the baseline, or of `pair` (two
     configuration numbers, 1-based: configuration, baseline); writes flips.csv and
@@ -1014,7 +1091,8 @@ def flips_section(study_dir: str, rows, entries, pair=None) -> list[str]:
                             f"#{chosen['number']} {chosen['label']} vs "
                             f"{'' if pair else 'baseline '}#{base['number']} {base['label']}",
                             flips.classes_of(any_path),
-                            suffix=f"{pair[0]}-vs-{pair[1]}" if pair else "")
+                            suffix=f"{pair[0]}-vs-{pair[1]}" if pair else "",
+                            unwritten=unwritten)
     against = f"#{base['number']} {base['label']}"
     return flips.section(found, f"#{chosen['number']} {chosen['label']}",
                          against if pair else f"the baseline ({against})", files)
