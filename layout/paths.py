@@ -5,6 +5,7 @@ A run directory, `<workdir>/<phase>/` (`phase_dir`):
     config.json          the run's flags (compared on resume)
     classes.json         the class names, in label order
     data.json            the data's fingerprint (a resume refuses changed data)
+    identity.json        what the phase is: flags, data, seed, parent (flags/identity.py)
     skipped_files.txt    image files the pipeline could not decode
     log.csv              CSVLogger: one row per epoch
     best.weights.h5      ModelCheckpoint: the best epoch's weights (finite only)
@@ -39,6 +40,7 @@ import os
 CONFIG_JSON = "config.json"
 CLASSES_JSON = "classes.json"
 DATA_JSON = "data.json"
+IDENTITY_JSON = "identity.json"
 SKIPPED_FILES = "skipped_files.txt"
 LOG_CSV = "log.csv"
 BEST_WEIGHTS = "best.weights.h5"
@@ -121,8 +123,10 @@ def run_file(workdir: str, phase: str, name: str) -> str:
 
 def lock_path(run_dir: str) -> str:
     """The lock file of a run directory: a hidden sibling, so the directory itself
-    is not created before every check has passed."""
-    parent, name = os.path.split(os.path.normpath(run_dir))
+    is not created before every check has passed. The sibling of the resolved folder:
+    a run directory reached through a link (a study trial's shared phase) has one lock,
+    whichever path a process names it by."""
+    parent, name = os.path.split(os.path.realpath(run_dir))
     return os.path.join(parent, f".{name}{LOCK_SUFFIX}")
 
 

@@ -37,6 +37,7 @@ import shutil
 import keras
 
 from tapefit import input_pipeline
+from tapefit.flags import identity as identity_lib
 from tapefit.flags.config import Config
 from tapefit.flags.errors import ConfigError, RunError
 from tapefit.layout.atomic import atomic_write_json, atomic_write_text, check_writes
@@ -47,6 +48,7 @@ from tapefit.layout.paths import (
     DATA_JSON,
     EVALUATION_JSON,
     FINAL_WEIGHTS,
+    IDENTITY_JSON,
     INTERPRETATION_JSON,
     PREDICTIONS_NPZ,
     SKIPPED_FILES,
@@ -99,6 +101,9 @@ class Plan:
     # one: flags.config.resolve). The optimizer and the per-epoch schedule start from it.
     learning_rate: float | None = None
     evaluation: Evaluation | None = None  # kind "evaluate": what is scored, on what.
+    # What the phase is (flags/identity.py): written to <phase>/identity.json, checked by
+    # the study and by a run reaching the folder through a link.
+    identity: dict | None = None
 
 
 @dataclasses.dataclass
@@ -121,6 +126,7 @@ def make_plan(cfg: Config, run_dir: str | None = None, extra_hooks=None,
     tunes) needs; writes nothing. `plan.cfg` holds the resolved learning rate of
     `--learning_rate=auto` (config.json records the number)."""
     check_supported(cfg)
+    requested = cfg  # The identity is of the flags asked for (`auto`, not its number).
     if kind == "train":
         cfg = finder.resolve_learning_rate(cfg)  # --learning_rate=auto: the finder's suggestion.
     if cfg.epochs < 1:
@@ -136,6 +142,13 @@ def make_plan(cfg: Config, run_dir: str | None = None, extra_hooks=None,
         run_dir_lib.check_not_running(run_dir)
     run_dir_lib.check_cache_dirs(cfg)
     fingerprint = input_pipeline.data_fingerprint(cfg)
+    identity = None
+    if kind == "train":
+        parent = (None if cfg.phase != "finetune" or cfg.init_checkpoint
+                  else identity_lib.recorded_digest(cfg.phase_dir("head")))
+        identity = identity_lib.identity(requested, fingerprint, parent)
+        if chief:
+            check_through_link(run_dir, identity)
     state = run_dir_lib.inspect(cfg, run_dir, fingerprint, writer=chief)
     configure_determinism(cfg)
     strategy = make_strategy(cfg.strategy)
@@ -161,7 +174,29 @@ def make_plan(cfg: Config, run_dir: str | None = None, extra_hooks=None,
     return Plan(cfg, run_dir, chief, model, kind=kind, state=state,
                 data_fingerprint=fingerprint, strategy=strategy, splits=splits,
                 steps_per_epoch=steps_per_epoch, checkpoint=checkpoint,
-                extra_hooks=extra_hooks, learning_rate=cfg.resolved_learning_rate)
+                extra_hooks=extra_hooks, learning_rate=cfg.resolved_learning_rate,
+                identity=identity)
+
+
+def check_through_link(run_dir: str, identity: dict) -> None:
+    """A run folder reached through a link (a study trial's shared phase) is written only
+    by the same phase run (a resume of it): anything else would change the runs of every
+    trial that links it. One line naming a folder of its own."""
+    if not os.path.islink(os.path.normpath(run_dir)):
+        return
+    record, damaged = identity_lib.read(run_dir)
+    if record is not None and record["digest"] == identity["digest"]:
+        return
+    workdir, phase = os.path.split(os.path.normpath(run_dir))
+    why = (f"its {IDENTITY_JSON} is damaged ({damaged})" if damaged else
+           "it records no identity" if record is None else
+           "; ".join(identity_lib.differences(record, identity)) or "another run")
+    trained = "head" if phase == "finetune" else "finetune"
+    raise ConfigError(
+        f"{run_dir} is a link to {os.path.realpath(run_dir)} (a study's shared run), read-only "
+        f"through it: this run differs ({why}); pass --workdir=<a new folder> holding links to "
+        f"the trained phases (ln -s {os.path.realpath(os.path.join(workdir, trained))} "
+        f"<new folder>/{trained}), and the run is written there")
 
 
 def make_evaluation_plan(cfg: Config) -> Plan:
@@ -183,12 +218,17 @@ def make_evaluation_plan(cfg: Config) -> Plan:
             f"the evaluation data's classes {list(data_classes)} differ from the trained ones "
             f"{class_names}; pass data with one folder per trained class")
     batches = input_pipeline.eval_batches(test, cfg.batch_size)
+    identity = identity_lib.evaluation_identity(
+        data_cfg, cfg, input_pipeline.data_fingerprint(data_cfg),
+        identity_lib.recorded_digest(cfg.phase_dir(phase)))
+    if chief:
+        check_through_link(cfg.run_dir, identity)
     if cfg.tta:  # --tta=flip: the averaged predictions of each image and its mirror.
         from tapefit.model.augment import with_tta
         model = with_tta(model, cfg.tta)
     return Plan(cfg, cfg.run_dir, chief, model, kind="evaluate", evaluation=Evaluation(
         trained, data_cfg, class_names, phase, weights, weights_note, batches, size,
-        example_ids))
+        example_ids), identity=identity)
 
 
 # ---- lock and prepare: the only place a phase starts writing ---------------------------
@@ -227,6 +267,7 @@ def prepare(plan: Plan) -> None:
     atomic_write_json(os.path.join(run_dir, CONFIG_JSON), cfg.to_dict())
     atomic_write_json(os.path.join(run_dir, CLASSES_JSON), list(splits.class_names))
     atomic_write_json(os.path.join(run_dir, DATA_JSON), {"fingerprint": plan.data_fingerprint})
+    atomic_write_json(os.path.join(run_dir, IDENTITY_JSON), plan.identity)
     if splits.skipped:
         atomic_write_text(os.path.join(run_dir, SKIPPED_FILES), "\n".join(splits.skipped) + "\n")
         logging.warning("skipped %d unreadable files, e.g. %s (full list in %s)",
@@ -329,6 +370,7 @@ def evaluate(cfg: Config) -> dict:
             found = interpret.for_evaluation(cfg, ev, model, per_example)
             if found:
                 result["interpretation"] = found
+            atomic_write_json(os.path.join(cfg.run_dir, IDENTITY_JSON), plan.identity)
             atomic_write_json(os.path.join(cfg.run_dir, EVALUATION_JSON),
                               {k: v for k, v in result.items()
                                if k not in ("files", "command_flags")})

@@ -212,6 +212,7 @@ def load_trained(workdir: str):
     """The newest phase's model with the weights `scored_weights` names: (model, config,
     class names, phase, weights path, what the weights are)."""
     phase = newest_phase(workdir)
+    check_trial_identity(workdir, ("head", "finetune"))
     cfg, class_names = trained_config(workdir, phase)
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg, len(class_names), weights=None)
@@ -220,6 +221,17 @@ def load_trained(workdir: str):
     check_finite(model, weights, f"train the {phase} phase again: `tapefit train --phase={phase} "
                  f"--workdir={workdir} --overwrite`")
     return model, cfg, class_names, phase, weights, note
+
+
+def check_trial_identity(workdir: str, phases) -> None:
+    """A study trial's folder (it holds trial.json) is read only when the phases it reaches
+    are the runs it names (flags/identity.py: a link to another seed's run, a head of other
+    photos): one line otherwise."""
+    from tapefit.research.trial_files import identity_problems  # Pure Python.
+    problems = identity_problems(workdir, phases)
+    if problems:
+        raise ConfigError(f"{workdir} is a study trial whose {problems[0]}; run the study again "
+                          "(sweep) to repair it, or pass another --workdir")
 
 
 def load_trained_model(workdir: str):

@@ -22,14 +22,16 @@ import math
 import re
 from typing import Any, Optional
 
+from tapefit.flags import identity as identity_lib
 from tapefit.flags.config import (
     ARCHITECTURE,
+    DATA,
     PHASES,
     RECIPE_FIELDS,
     RESUMABLE,
     Config,
     fields_with,
-    keyed,
+    key_values,
     resolve,
 )
 from tapefit.flags.config import NOT_IN_ID as _NOT_IN_ID_ROLE
@@ -469,6 +471,10 @@ class Trial:
     seed: int
     config_index: int  # Position of the configuration in the grid.
     explicit: tuple[str, ...] = ()  # Study.explicit: base flags a --recipe does not change.
+    # The data fingerprints already computed, shared by the trials of one `expand` (the
+    # photos are read once per study run, not once per trial).
+    fingerprints: dict = dataclasses.field(default_factory=dict, compare=False, hash=False,
+                                           repr=False)
 
     @property
     def common(self) -> dict:
@@ -556,17 +562,45 @@ class Trial:
                                          if split_name(n)[0] in (None, phase)}
         return resolve(values, explicit)
 
+    def data_fingerprint(self, cfg: Config) -> str:
+        """`input_pipeline.data_fingerprint(cfg)` (the content of the photos), computed
+        once per data flags for the trials of one `expand`."""
+        key = json.dumps(sorted(key_values(cfg, DATA).items()), default=str)
+        if key not in self.fingerprints:
+            from tapefit.flags.errors import TapefitError
+            from tapefit.input_pipeline import data_fingerprint  # TensorFlow: only here.
+            try:
+                self.fingerprints[key] = data_fingerprint(cfg)
+            except TapefitError as e:  # No data there: the trial's run fails with this line.
+                self.fingerprints[key] = f"unreadable: {e}"
+        return self.fingerprints[key]
+
+    def identity(self, phase: str) -> dict:
+        """The identity (flags/identity.py) the trial's `phase` run records: its flags,
+        the content of its data, its seed and the identity of the phase it starts from.
+        Reads the photos (once per `expand`): only where a trial runs or is keyed."""
+        cfg = self.config(phase)
+        earlier = [p for p in self.phases[:self.phases.index(phase)] if p != paths.EVALUATE_PHASE]
+        if phase == paths.EVALUATE_PHASE:
+            from tapefit.loops.train_lib import evaluation_data  # What evaluate scores on.
+            trained = self.config(earlier[-1]) if earlier else cfg
+            data_cfg = evaluation_data(cfg, trained)
+            parent = self.identity(earlier[-1])["digest"] if earlier else None
+            return identity_lib.evaluation_identity(data_cfg, cfg,
+                                                    self.data_fingerprint(data_cfg), parent)
+        parent = (self.identity("head")["digest"]
+                  if phase == "finetune" and "head" in earlier and not cfg.init_checkpoint
+                  else None)
+        return identity_lib.identity(cfg, self.data_fingerprint(cfg), parent)
+
+    def identities(self) -> dict:
+        return {phase: self.identity(phase) for phase in self.phases}
+
     def phase_key(self, phase: str) -> str:
-        """What decides the result of `phase`: its flags and those of the trial's phases
-        before it (their runs are its input), less the flags that change no result.
+        """The key of the phase's shared run: its identity (what decides its result — its
+        flags and data content, its seed, the phase before it; never the data's path).
         Trials with equal keys share the phase's run."""
-        chain = []
-        for p in self.phases[:self.phases.index(phase) + 1]:
-            flags = self.config(p).to_dict()
-            chain.append({k: v for k, v in flags.items()
-                          if k not in RESUMABLE_CHANGES and keyed(k, v)})
-        text = json.dumps(chain, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return self.identity(phase)["digest"][:12]
 
     def shared_dir(self, phase: str) -> str:
         """The work directory of the phase's shared run (its <phase> folder is the run)."""
@@ -576,10 +610,12 @@ class Trial:
         return {phase: self.config(phase) for phase in self.phases}
 
     def to_dict(self) -> dict:
+        """trial.json: what the trial is, with the identity each of its phases must record."""
         return {"trial_id": self.trial_id, "group_id": self.group_id, "seed": self.seed,
                 "phases": list(self.phases), "axes": {n: v for n, v in self.assignment},
                 "id_flags": self.id_flags(),
                 "configs": {p: c.to_dict() for p, c in self.configs().items()},
+                "identity": self.identities(),
                 "shared": {p: self.shared_dir(p) for p in self.phases}}
 
 
@@ -596,8 +632,9 @@ def expand(study: Study, study_dir: str) -> list[Trial]:
     """Every trial, seed-major (all configurations of the first seed first), so an
     unfinished study already has every configuration at its first seeds."""
     grid = configurations(study)
+    fingerprints = {}  # One reading of the photos for every trial of this expansion.
     trials = [Trial(study_dir, study.base, study.phases, assignment, seed, index,
-                    study.explicit)
+                    study.explicit, fingerprints)
               for seed in study.seeds for index, assignment in enumerate(grid)]
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):

@@ -31,10 +31,11 @@ import sys
 import threading
 import time
 
+from tapefit.flags import identity as identity_lib
 from tapefit.flags.errors import RunError, TapefitError
 from tapefit.layout import paths
 from tapefit.layout.atomic import atomic_write_json, read_json_or_none
-from tapefit.loops.rundir.run_lock import LockLost, RunLock, check_held
+from tapefit.loops.rundir.run_lock import LockHeld, LockLost, RunLock, check_held
 from tapefit.research.trial_files import (  # noqa: F401  (the runner's vocabulary)
     DEFERRED,
     ELSEWHERE,
@@ -108,14 +109,16 @@ def run_trial(trial_dir: str, phases, configs: dict, content: dict | None = None
     lock = RunLock(os.path.join(trial_dir, LOCK_FILE), lease_s=LOCK_LEASE_S, what="sweep trial")
     try:
         lock.acquire()
-    except RunError:
+    except LockHeld:  # Anything else in the lock's place (a folder, a FIFO): one line, raised.
         return ELSEWHERE
     try:
         outcome = state(trial_dir, phases)  # Another process may have finished it meanwhile.
         if content is not None:
             write_trial_json(trial_dir, content)
         if outcome == PENDING:
-            outcome = _run_phases(trial_dir, phases, configs, debug, shared or {}, wait)
+            expected = (content or {}).get("identity") if isinstance(content, dict) else None
+            outcome = _run_phases(trial_dir, phases, configs, debug, shared or {}, wait,
+                                  expected if isinstance(expected, dict) else {})
         if outcome == FINISHED and on_finished is not None:
             try:
                 on_finished(trial_dir)
@@ -138,7 +141,7 @@ class _Deferred(Exception):
     """A shared phase this trial needs is being run by another process."""
 
 
-def _run_phases(trial_dir, phases, configs, debug, shared, wait) -> str:
+def _run_phases(trial_dir, phases, configs, debug, shared, wait, expected) -> str:
     status = read_status(trial_dir) or {}
     wall = _recover_wall(status)
     shared_now = {}
@@ -158,6 +161,7 @@ def _run_phases(trial_dir, phases, configs, debug, shared, wait) -> str:
                 if not phase_done(trial_dir, phase):
                     raise RunError(f"the {phase} phase ended without its final files; see "
                                    f"{TRIAL_LOG} and {os.path.join(phase, paths.SUMMARY_JSON)}")
+                _check_identity(trial_dir, phase, expected.get(phase))
             except _Deferred:
                 _write_status(trial_dir, {"status": PENDING, "wall_s": wall})
                 return DEFERRED
@@ -177,6 +181,17 @@ def _run_phases(trial_dir, phases, configs, debug, shared, wait) -> str:
     return _finish(trial_dir, FINISHED, wall, shared=shared_now)
 
 
+def _check_identity(trial_dir: str, phase: str, expected) -> None:
+    """The finished phase the trial reaches (its folder, or the link into shared/) is the
+    run the trial names (flags/identity.py), or a one-line RunError naming the fix."""
+    folder = os.path.join(trial_dir, phase)
+    problem = identity_lib.problem(folder, expected)
+    if problem:
+        what = "the link" if os.path.islink(folder) else "the folder"
+        raise RunError(f"damaged: {problem}; remove {what} {folder} and run the sweep again "
+                       "(the phase runs again, or is linked to its own run)")
+
+
 def _phase_workdir(trial_dir, phases, index, shared, shared_now) -> str:
     """Where the phase runs: its shared work directory (linked from the trial) when the
     trial shares it and every earlier phase is shared too (an earlier phase run in the
@@ -189,14 +204,20 @@ def _phase_workdir(trial_dir, phases, index, shared, shared_now) -> str:
     if any(p not in shared_now for p in phases[:index]):
         return trial_dir
     workdir = shared[phase]
+    if os.path.lexists(workdir) and not os.path.isdir(workdir):
+        raise RunError(f"{workdir} is not a folder (the shared {phase} run's work directory); "
+                       "remove it and run the sweep again")
     _link(os.path.join(workdir, phase), link)
     shared_now[phase] = workdir
     return workdir
 
 
 def _link(target: str, link: str) -> None:
-    """`link` -> `target` as a relative symbolic link, atomically (replaces a link)."""
-    relative = os.path.relpath(target, os.path.dirname(link))
+    """`link` -> `target` as a relative symbolic link, atomically (replaces a link). The
+    relative path is between the real folders: a `trials/` (or `shared/`) that is itself
+    a link (scratch space elsewhere) still resolves."""
+    relative = os.path.relpath(os.path.realpath(target),
+                               os.path.realpath(os.path.dirname(link)))
     if os.path.islink(link) and os.readlink(link) == relative:
         return
     tmp = f"{link}.tmp-link-{os.getpid()}"
@@ -217,7 +238,7 @@ def _run_shared(trial_dir, earlier, phase, cfg, workdir, wall, wait) -> None:
         try:
             lock.acquire()
             break
-        except RunError as e:
+        except LockHeld as e:  # A lock that is not one is raised: the trial fails, one line.
             if phase_done(trial_dir, phase):
                 return
             if not wait:

@@ -252,6 +252,37 @@ def check_trials(study: grid.Study, trials, pending=()) -> None:
                                   "phases that train (--phases=head,evaluate)")
 
 
+def _index_runs(study: grid.Study, study_dir: str) -> None:
+    """<study>/tensorboard/ (research/tensorboard_runs.py) from the start: every run of
+    the grid once, linked ahead of its training (TensorBoard shows it as it is written)."""
+    from tapefit.research import tensorboard_runs
+    tensorboard_runs.write_index(study_dir, study)
+
+
+def check_data_unchanged(trials) -> None:
+    """The photos a study's trials ran on are the photos its flags name now: a trial's
+    trial.json records the identity (flags/identity.py) of each phase, with the
+    fingerprint of its data. Photos added, removed or changed since would put two datasets
+    in one report (and, through shared phases, a head of the old photos under a finetune
+    of the new): one line, before anything runs or is written."""
+    for trial in trials:
+        content = read_json_or_none(os.path.join(trial.trial_dir, paths.TRIAL_JSON))
+        recorded = content.get("identity") if isinstance(content, dict) else None
+        if not isinstance(recorded, dict):
+            continue  # Not started, or made before identities.
+        for phase, record in recorded.items():
+            if phase not in trial.phases or not isinstance(record, dict):
+                continue
+            now = trial.identity(phase)["data"]
+            if record.get("data") != now:
+                raise ConfigError(
+                    f"the data of this study changed since its trial {trial.trial_id} ran "
+                    f"(its {phase} phase: fingerprint {str(record.get('data'))[:8]}…, the "
+                    f"data now: {now[:8]}…; photos added, removed or changed): restore the "
+                    "photos it ran on, or start a study of the new photos in another "
+                    "--workdir")
+
+
 def hparams_on_finished(study: grid.Study | None):
     """on_finished for runner.run_trial: the trial's HParams session (and the experiment)."""
     def write(trial_dir):
@@ -288,6 +319,7 @@ def run(study: grid.Study, study_dir: str, options: StudyOptions | None = None,
         options.select_by
     study = _with_saved_flips(study, study_dir)
     trials = grid.expand(study, study_dir)
+    check_data_unchanged(trials)  # Before anything is written.
     if options.retry_failed:
         for trial in grid.shard(trials, *shard):
             if trial_files.state(trial.trial_dir, study.phases) == trial_files.FAILED:
@@ -306,6 +338,7 @@ def run(study: grid.Study, study_dir: str, options: StudyOptions | None = None,
     check_trials(study, trials, todo)  # Before anything is written.
     os.makedirs(os.path.join(study_dir, paths.TRIALS_DIR), exist_ok=True)
     save(study, study_dir, options)
+    _index_runs(study, study_dir)
     bar = _bar(len(mine), len(mine) - len(todo), progress)
 
     def write_report():
@@ -456,6 +489,7 @@ def _run_race(study, study_dir, trials, options: StudyOptions, worker_command) -
     check_trials(study, trials, state.pending)  # Before anything is written.
     os.makedirs(os.path.join(study_dir, paths.TRIALS_DIR), exist_ok=True)
     save(study, study_dir, options)
+    _index_runs(study, study_dir)
     race_lib.write(study, study_dir, state)
     outcomes = {}
     bar = _bar(len(trials), 0, progress)

@@ -102,3 +102,22 @@ def configs_from_trial_json(trial_dir: str) -> tuple[list[str], dict]:
     except (KeyError, TypeError, AttributeError, ValueError, TapefitError) as e:
         raise RunError(f"{os.path.join(trial_dir, TRIAL_JSON)} is damaged ({type(e).__name__}); "
                        "delete it and run sweep.py again (it is rewritten)") from None
+
+
+def identity_problems(trial_dir: str, phases) -> list[str]:
+    """Why a phase the trial reaches is not the run its trial.json names (flags/identity.py:
+    other flags, data, seed or parent; a damaged identity.json), one entry per phase. A
+    trial.json without identities (an older tapefit) is not checked."""
+    from tapefit.flags import identity as identity_lib
+    content = read_json_or_none(os.path.join(trial_dir, TRIAL_JSON))
+    expected = content.get("identity") if isinstance(content, dict) else None
+    if not isinstance(expected, dict):
+        return []
+    problems = []
+    for phase in phases:
+        folder = os.path.join(trial_dir, phase)
+        if os.path.isdir(folder):
+            problem = identity_lib.problem(folder, expected.get(phase))
+            if problem:
+                problems.append(problem)
+    return problems

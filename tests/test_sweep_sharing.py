@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tapefit.research import grid, runner, study
+from tapefit.flags import identity as identity_lib
+from tapefit.research import grid, runner, study, trial_files
 
 TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "image_size": 32,
         "dataset": "synthetic", "synthetic_examples": 24, "batch_size": 8, "epochs": 1,
@@ -58,6 +59,21 @@ def test_a_finetune_axis_trains_one_head_per_seed(tmp_path, calls):
         by_seed.setdefault(t.seed, set()).add(os.path.realpath(os.path.join(t.trial_dir,
                                                                             "head")))
     assert all(len(heads) == 1 for heads in by_seed.values()) and len(by_seed) == 2
+    # What each phase run records is what its trial expects (issue 30: the sweep's key and
+    # the run's own record are one identity), and the report finds nothing to object to.
+    for t in trials:
+        assert trial_files.identity_problems(t.trial_dir, s.phases) == []
+        for p in s.phases:
+            assert (identity_lib.recorded_digest(os.path.join(t.trial_dir, p))
+                    == t.identity(p)["digest"]), (t.trial_id, p)
+    # Evaluating a trial on other data through its link is refused: the study is unchanged.
+    from tapefit.flags.errors import ConfigError
+    from tapefit.loops import phases as phases_lib
+    evaluation = os.path.join(trials[0].trial_dir, "evaluate", "evaluation.json")
+    before = open(evaluation).read()
+    with pytest.raises(ConfigError, match="read-only through it.*other data"):
+        phases_lib.run(trials[0].config("evaluate").replace(max_examples_per_split=8))
+    assert open(evaluation).read() == before
     # The report reads each trial's (shared) head metrics.
     with open(os.path.join(folder, "results.csv")) as f:
         text = f.read()
@@ -174,16 +190,15 @@ def test_a_trial_run_without_sharing_keeps_its_own_phases(tmp_path, monkeypatch)
 
 def test_a_flag_added_later_keeps_the_shared_keys_of_older_studies(tmp_path):
     """--max_examples_per_class came after studies were made: at its default (0) it stays
-    out of the shared-phase key, so an older study's shared runs are found again; set, it
-    is a different head."""
-    import hashlib
+    out of the phase's identity (flags/identity.py), so the shared key is the one it was
+    before the flag existed; set, it is a different head."""
     folder = str(tmp_path / "study")
     s = study.make(folder, TINY, phases="head", axes=["max_examples_per_class=0,5"], seeds="0")
     every, five = grid.expand(s, folder)
     assert (every.config("head").max_examples_per_class,
             five.config("head").max_examples_per_class) == (0, 5)
-    flags = {k: v for k, v in every.config("head").to_dict().items()
-             if k not in grid.RESUMABLE_CHANGES and k != "max_examples_per_class"}
-    before = hashlib.sha256(json.dumps([flags], sort_keys=True, default=str).encode())
-    assert every.shared_dir("head").endswith(before.hexdigest()[:12])
+    assert "max_examples_per_class" not in every.identity("head")["flags"]
+    assert five.identity("head")["flags"]["max_examples_per_class"] == 5
+    without = {k: v for k, v in every.identity("head").items() if k != "digest"}
+    assert every.shared_dir("head").endswith(identity_lib.digest(without)[:12])
     assert five.shared_dir("head") != every.shared_dir("head")

@@ -64,6 +64,11 @@ class LockLost(RunError):
     """This process's lock was taken over (or removed): it must stop writing."""
 
 
+class LockHeld(RunError):
+    """Another live process holds the lock (the only refusal a caller may wait on: a
+    lock file that is not one, or a folder that does not exist, is a plain RunError)."""
+
+
 class RunLock:
     """An exclusive, stale-safe lock on a run directory (see the module docstring).
 
@@ -112,10 +117,10 @@ class RunLock:
                 time.sleep(_PAUSE_S)  # Just created, its record not written yet.
                 continue
             if not self._is_stale(holder, mtime):
-                raise RunError(self._message(holder, mtime))
+                raise LockHeld(self._message(holder, mtime))
             if not self._take_over(holder):
                 time.sleep(_PAUSE_S)  # Another process is taking it over.
-        raise RunError(self._message(*self._read()))
+        raise LockHeld(self._message(*self._read()))
 
     def check(self) -> None:
         """Raises `LockLost` unless this object still holds the lock: its token is in the
