@@ -11,6 +11,17 @@ with the full model, which hooks, checkpoints, evaluation and prediction keep us
 A horizontal flip on the input (`--augment=flip`) does not turn the cache off: both
 outcomes' features are cached and the suffix picks, per example and step, the one
 the flip layer's own random draw selects (loops/caches/flip_features.py): exact as well.
+
+On disk a split is verified like the image cache: `<split>.complete.json`, written
+after both arrays, records each one's size, SHA-256, shape and dtype, the number of
+examples and classes and the labels' range (and a checksum of itself). A split is read
+only when its manifest is there and intact, both arrays are regular files (checked
+before they are opened, and opened without blocking: a FIFO or a device is never
+read) of the recorded size and SHA-256, and their shapes, dtypes and labels are what
+this run expects (the features the suffix takes, one row per example of the split,
+integer labels in [0, classes)). Anything else (damaged, truncated, edited, a killed
+writer's entry without manifest, or an earlier tapefit version's, unverified) is set
+aside with one warning naming the file and why, and computed again.
 """
 from __future__ import annotations
 
@@ -20,6 +31,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import stat
 import time
 
 import keras
@@ -28,6 +41,7 @@ import tensorflow as tf
 
 from tapefit.flags.errors import RunError
 from tapefit.layout import paths
+from tapefit.layout.atomic import json_text, read_json_file
 from tapefit.layout.temporaries import remove_left_over, writer_in, writer_tag
 from tapefit.loops.caches import flip_features
 from tapefit.model import graph
@@ -149,7 +163,42 @@ def feature_bytes(cut: Cut, num_examples: int) -> int:
 
 
 FEATURES, LABELS = paths.FEATURES_SUFFIX, paths.LABELS_SUFFIX
+MANIFEST = paths.FEATURES_MANIFEST_SUFFIX  # <split>.complete.json, written last.
+FORMAT = 1  # Of the manifest; bump when the stored format changes (older ones: recomputed).
+MANIFEST_LIMIT = 1 << 20  # A manifest larger than this is damaged.
 READ_ROWS = 256  # Rows per read from the arrays (tf.data then unbatches them).
+HASH_CHUNK = 4 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Expected:
+    """What a split's arrays must be for this run: features of `features` shape
+    (examples first; None: any size there) and `dtype`, labels of `labels` shape and
+    `label_dtype`, integer labels in [0, `classes`) (None: unchecked)."""
+
+    features: tuple
+    dtype: object
+    labels: tuple
+    label_dtype: object
+    classes: int | None
+
+
+def _classes(cut: Cut) -> int | None:
+    """The number of classes the suffix scores (its logits' width)."""
+    width = cut.suffix.output.shape[-1]
+    return int(width) if isinstance(width, int) else None
+
+
+def _feature_dtype(cut: Cut) -> np.dtype:
+    return np.dtype(keras.backend.standardize_dtype(cut.prefix.output.dtype))
+
+
+def expected(cut: Cut, images: tf.data.Dataset, num_examples: int, both: bool) -> Expected:
+    """What the cached arrays of `images` (`num_examples` of them) must be."""
+    _, label_spec = images.element_spec
+    return Expected((num_examples, *((2,) if both else ()), *cut.prefix.output.shape[1:]),
+                    _feature_dtype(cut), (num_examples, *label_spec.shape),
+                    np.dtype(label_spec.dtype.as_numpy_dtype), _classes(cut))
 
 
 def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
@@ -157,9 +206,9 @@ def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
                     ) -> tf.data.Dataset:
     """(features, label) in the order of `images` (unbatched): the frozen pass runs
     now, in this thread, into arrays in memory (path None) or into two .npy files
-    at `path` (`path + FEATURES`, `path + LABELS`), which a later run with the same
-    path reads instead of running the pass (written atomically: a file there is
-    complete).
+    at `path` (`path + FEATURES`, `path + LABELS`, then `path + MANIFEST`), which a
+    later run with the same path reads instead of running the pass once they verify
+    (`_load`: anything else is set aside with a warning and computed again).
 
     With a flip in the prefix (`cut.flip`) the features are `[features(x),
     features(mirror x)]` for the training split (`training`), and the image's
@@ -169,7 +218,8 @@ def cached_features(cut: Cut, images: tf.data.Dataset, num_examples: int,
     in this pass; `path` is then None or `path(precision)`, the place for the features
     of the precision chosen."""
     both = cut.flip is not None and training
-    arrays = _load(path, num_examples) if path and not callable(path) else None
+    arrays = (_load(path, num_examples, expected(cut, images, num_examples, both))
+              if path and not callable(path) else None)
     if arrays is None:
         start, cpu = time.perf_counter(), time.process_time()
         arrays = _compute(cut, images, num_examples, batch_size, both, path,
@@ -288,9 +338,17 @@ def _compute(cut, images, num_examples, batch_size, both, path, split="training"
         os.makedirs(os.path.dirname(path), exist_ok=True)
         _remove_dead_temporaries(path)
     np.save(temporary + LABELS, labels)
+    manifest = _manifest(temporary, shape, dtype.as_numpy_dtype, labels, _classes(cut))
+    # Mapped before the rename: this run reads what it wrote, whatever happens to the
+    # names since (another run may set an entry aside and write its own).
+    stored = np.load(temporary + FEATURES, mmap_mode="r")
     os.replace(temporary + LABELS, path + LABELS)
-    os.replace(temporary + FEATURES, path + FEATURES)  # Last: its presence means complete.
-    return _load(path, num_examples)
+    os.replace(temporary + FEATURES, path + FEATURES)
+    # Last: its presence means complete (a kill before it leaves an entry set aside).
+    with open(temporary + MANIFEST, "w", encoding="utf-8") as f:
+        f.write(json_text(manifest))
+    os.replace(temporary + MANIFEST, path + MANIFEST)
+    return stored, labels
 
 
 # What a batch of a new size costs per layer of the prefix, measured here: the
@@ -312,38 +370,210 @@ def _pad_is_cheaper(padding: int, batch_size: int, seconds: list, layers: int) -
 
 def on_disk(folder: str, sizes: dict) -> bool:
     """Whether complete features of both splits (`sizes`: examples per split) are in
-    `folder` (their values are checked when they are read)."""
+    `folder`: their manifests say so and both arrays are regular files (their content
+    is checked when they are read; nothing but the manifests is read here)."""
     for split in ("train", "validation"):
         path = os.path.join(folder, split)
-        try:
-            rows = [len(np.load(path + suffix, mmap_mode="r")) for suffix in (FEATURES, LABELS)]
-        except (OSError, ValueError):
+        manifest, _ = read_json_file(path + MANIFEST, dict, MANIFEST_LIMIT)
+        if manifest is None or manifest.get("examples") != sizes[split]:
             return False
-        if rows != [sizes[split]] * 2:
+        if not all(_regular(path + suffix) is None for suffix in (FEATURES, LABELS)):
             return False
     return True
 
 
-def _load(path, num_examples):
-    """The arrays at `path` (features memory-mapped), or None if absent or not of
-    `num_examples` rows. Features that are not all finite (a damaged cache: they were
-    checked when computed) are removed, to be computed again."""
+def _manifest(base, shape, dtype, labels, classes) -> dict:
+    """The record of the arrays at `base` + FEATURES / LABELS (`labels` in memory)."""
+    integer = labels.dtype.kind in "iu" and labels.size > 0
+    manifest = {"format": FORMAT, "examples": int(shape[0]), "classes": classes,
+                "features": {**_file_record(base + FEATURES), "shape": list(shape),
+                             "dtype": np.dtype(dtype).str},
+                "labels": {**_file_record(base + LABELS), "shape": list(labels.shape),
+                           "dtype": labels.dtype.str,
+                           "min": int(labels.min()) if integer else None,
+                           "max": int(labels.max()) if integer else None}}
+    manifest["checksum"] = _checksum(manifest)
+    return manifest
+
+
+def _file_record(file) -> dict:
+    with open(file, "rb") as f:
+        return {"bytes": os.fstat(f.fileno()).st_size, "sha256": _sha256(f)}
+
+
+def _sha256(f) -> str:
+    h = hashlib.sha256()
+    while chunk := f.read(HASH_CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _checksum(manifest: dict) -> str:
+    """SHA-256 of the manifest without its "checksum" field."""
+    fields = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+class _Damaged(Exception):
+    """A cached file is not what its manifest or this run says: (file, why)."""
+
+
+def _load(path, num_examples, expect: Expected | None = None):
+    """The verified arrays at `path` (features memory-mapped, labels in memory), or None
+    when there are none or they are set aside (one warning naming the file and why):
+    see the module's docstring. `expect` None: only what the manifest records."""
+    manifest_file = path + MANIFEST
+    if not any(os.path.lexists(path + suffix) for suffix in (FEATURES, MANIFEST)):
+        return None  # Nothing there (or a killed writer's labels alone: overwritten).
     try:
-        features = np.load(path + FEATURES, mmap_mode="r")
-        labels = np.load(path + LABELS)
-    except (OSError, ValueError):
-        return None
-    if len(features) != num_examples or len(labels) != num_examples:
-        return None
-    if not all(np.isfinite(features[i:i + READ_ROWS]).all()
-               for i in range(0, len(features), READ_ROWS)):
-        logging.warning("feature cache: %s holds non-finite values (damaged); computing "
-                        "it again", path + FEATURES)
-        del features
-        _remove(path + FEATURES)
-        _remove(path + LABELS)
+        manifest, problem = read_json_file(manifest_file, dict, MANIFEST_LIMIT)
+        if manifest is None:
+            raise _Damaged(manifest_file, f"is {problem}" if problem else (
+                    "is missing: the features next to it were written by an earlier tapefit "
+                    "version (unverified) or by a run stopped mid-write"))
+        problem = _manifest_problem(manifest)
+        if problem:
+            raise _Damaged(manifest_file, problem)
+        if manifest["examples"] != num_examples:
+            raise _Damaged(manifest_file, f"records {manifest['examples']} examples, the "
+                                          f"split has {num_examples}")
+        if expect is not None and expect.classes is not None \
+                and manifest.get("classes") not in (None, expect.classes):
+            raise _Damaged(manifest_file, f"records {manifest.get('classes')} classes, the model "
+                                          f"has {expect.classes}")
+        features = _verified(path + FEATURES, manifest["features"],
+                             expect and (expect.features, expect.dtype), mmap=True)
+        labels = _verified(path + LABELS, manifest["labels"],
+                           expect and (expect.labels, expect.label_dtype), mmap=False)
+        _check_labels(path + LABELS, labels, manifest, expect)
+    except _Damaged as e:
+        file, why = e.args
+        logging.warning("feature cache: %s %s; setting the %s split's features aside and "
+                        "computing them again", file, why, os.path.basename(path))
+        _set_aside(path)
         return None
     return features, labels
+
+
+def _manifest_problem(manifest: dict) -> str | None:
+    if manifest.get("format") != FORMAT:
+        return f"is of another format ({manifest.get('format')!r}, this version writes {FORMAT})"
+    if manifest.get("checksum") != _checksum(manifest):
+        return "is damaged (its checksum differs from the one written)"
+    records = [manifest.get(name) for name in ("features", "labels")]
+    if not (isinstance(manifest.get("examples"), int) and all(
+            isinstance(r, dict) and isinstance(r.get("bytes"), int)
+            and isinstance(r.get("sha256"), str) and isinstance(r.get("shape"), list)
+            and isinstance(r.get("dtype"), str) for r in records)):
+        return "is damaged (fields missing or of the wrong type)"
+    return None
+
+
+def _regular(file) -> str | None:
+    """Why `file` cannot be read as a cached array (None: it is a regular file). By
+    lstat, before anything opens it: a FIFO, device, folder or link is never opened."""
+    try:
+        info = os.lstat(file)
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as e:
+        return f"is unreadable ({e.strerror})"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a folder, link, FIFO or device; not read)"
+    return None
+
+
+def _verified(file, record: dict, expect, mmap: bool):
+    """The array in `file` if it is the regular file `record` describes (size, shape,
+    dtype, SHA-256) and of `expect` (shape, dtype) when given; else `_Damaged`."""
+    problem = _regular(file)
+    if problem:
+        raise _Damaged(file, problem)
+    flags = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(file, flags)
+    except OSError as e:
+        raise _Damaged(file, f"is unreadable ({e.strerror})") from None
+    with open(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # Replaced since the lstat.
+            raise _Damaged(file, "is not a regular file (a folder, link, FIFO or device)")
+        if info.st_size != record["bytes"]:
+            raise _Damaged(file, f"has {info.st_size} bytes, {record['bytes']} written")
+        try:
+            shape, order, dtype, offset = _header(f)
+        except (OSError, ValueError) as e:
+            raise _Damaged(file, f"is not a .npy array ({e})") from None
+        if dtype.str != record["dtype"] or list(shape) != record["shape"]:
+            raise _Damaged(file, f"holds {dtype.str}{list(shape)}, its manifest records "
+                                 f"{record['dtype']}{record['shape']}")
+        if expect is not None:
+            want_shape, want_dtype = expect
+            if dtype != want_dtype or len(shape) != len(want_shape) or any(
+                    w is not None and w != s for s, w in zip(shape, want_shape, strict=True)):
+                raise _Damaged(file, f"holds {dtype}{list(shape)}, this run expects "
+                                     f"{np.dtype(want_dtype)}{list(want_shape)}")
+        if offset + int(np.prod(shape)) * dtype.itemsize != info.st_size:
+            raise _Damaged(file, "is truncated or padded (its size does not match its shape)")
+        f.seek(0)
+        try:
+            if _sha256(f) != record["sha256"]:
+                raise _Damaged(file, "is damaged (its SHA-256 differs from the one written)")
+            f.seek(offset)
+            if mmap and int(np.prod(shape)):
+                return np.memmap(f, dtype=dtype, mode="r", shape=shape, order=order,
+                                 offset=offset)
+            data = f.read(info.st_size - offset)
+        except OSError as e:
+            raise _Damaged(file, f"is unreadable ({e.strerror})") from None
+        return np.frombuffer(data, dtype).reshape(shape, order=order).copy()
+
+
+def _header(f) -> tuple:
+    """(shape, order, dtype, data offset) of the .npy file `f` (no pickled objects)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version in ((2, 0), (3, 0)):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"format version {version}")
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects")
+    return shape, "F" if fortran else "C", dtype, f.tell()
+
+
+def _check_labels(file, labels, manifest, expect: Expected | None) -> None:
+    """Integer labels: within the manifest's range and [0, classes)."""
+    if labels.dtype.kind not in "iu" or not labels.size:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    record = manifest["labels"]
+    if (record.get("min"), record.get("max")) != (low, high):
+        raise _Damaged(file, f"holds labels {low}..{high}, its manifest records "
+                             f"{record.get('min')}..{record.get('max')}")
+    classes = expect.classes if expect is not None else manifest.get("classes")
+    if isinstance(classes, int) and (low < 0 or high >= classes):
+        raise _Damaged(file, f"holds labels {low}..{high}, not in [0, {classes}) (the model "
+                             f"has {classes} classes)")
+
+
+def _set_aside(path) -> None:
+    """Removes a split's entry (manifest first: no reader trusts the rest meanwhile). A
+    FIFO, device or link is unlinked itself (never opened, nor followed); a real folder
+    in an array's place is removed."""
+    for suffix in (MANIFEST, FEATURES, LABELS):
+        file = path + suffix
+        try:
+            if stat.S_ISDIR(os.lstat(file).st_mode):
+                aside = f"{file}.{writer_tag()}.stale"
+                os.rename(file, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.remove(file)
+        except FileNotFoundError:
+            pass
 
 
 def _remove(path):
