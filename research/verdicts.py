@@ -69,38 +69,86 @@ def summarize(study: grid.Study, rows: list[dict], select_by: str = DEFAULT_SELE
             entry[name] = stats.summarize(list(entry[f"{name}_values"].values()))
         out.append(entry)
     base = out[base_index]
-    _select(out, select_by, higher, alpha)
-    _against_baseline(out, base, metric, by_config, alpha)
+    with _one_blas_thread():
+        _select(out, select_by, higher, alpha, by_config)
+        _against_baseline(out, base, metric, by_config, alpha)
+        top = next((e for e in out if e["top"]), None)
+        if top is not None:
+            top["runner_up"] = _runner_up(out, select_by, higher, by_config, metric)
     return out
 
 
-def _select(entries, select_by, higher, alpha):
-    """The best mean on the selection metric, and the paired comparison of every other
-    configuration with it (Holm over those comparisons)."""
-    ranked = sorted((e for e in entries if e[select_by].n),
-                    key=lambda e: -e[select_by].mean if higher else e[select_by].mean)
-    top = ranked[0] if ranked else None
-    others = [e for e in entries if e is not top and e[select_by].n]
+def _one_blas_thread():
+    """The bootstrap's matrix products on one BLAS thread (threadpoolctl, when installed):
+    several threads on a busy machine made them ~60x slower."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _select(entries, select_by, higher, alpha, by_config=None):
+    """★ best (stats.best): the best mean on the selection metric, and the exact sign-flip
+    comparison of every other configuration with it, each at level 2 α / k; ★ only when
+    every other one is worse. With the words' facts: identical predictions, seeds needed."""
+    values = {e["index"]: e[f"{select_by}_values"] for e in entries if e[select_by].n}
+    b = stats.best(values, higher, alpha)
     for e in entries:
-        e["top"] = e is top
+        e["top"] = e["index"] == b.top
         e["select"] = None
-    if top is None:
+        e["best"] = False
+        e["best_rule"] = {"level": b.level, "configurations": b.configurations}
+    if b.top is None:
         return
-    comparisons = [stats.paired(e[f"{select_by}_values"], top[f"{select_by}_values"])
-                   for e in others]
-    adjusted = stats.holm([c.p_value for c in comparisons])
-    for e, c, p in zip(others, comparisons, adjusted):
-        # verdict of the other configuration against the top one: worse, tie, ...
-        e["select"] = {"paired": c, "p_holm": p,
-                       "verdict": stats.verdict(c, alpha, higher, p_value=p)}
-    top["best"] = bool(others) and all(e["select"]["verdict"] == stats.WORSE for e in others)
-    for e in entries:
-        e.setdefault("best", False)
+    top = entries[b.top]
+    top["best"] = b.star
+    for index, claim in b.claims.items():
+        entries[index]["select"] = _claim_facts(claim, b.level, by_config, index, b.top)
+
+
+def _claim_facts(claim: stats.Claim, level: float, by_config, index, against) -> dict:
+    c = claim.paired
+    identical = (claim.verdict == stats.TIE and by_config is not None
+                 and identical_predictions(by_config[index], by_config[against]))
+    needed = math.nan
+    if claim.verdict == stats.NO_DIFFERENCE and c.n >= 2:
+        needed = stats.seeds_needed(c.differences, alpha=level)
+    return {"paired": c, "p": claim.p, "p_holm": claim.p_adjusted, "verdict": claim.verdict,
+            "claim": claim, "level": level, "identical": identical, "seeds_needed": needed,
+            "unreachable": (stats.unreachable_note(c.n, level)
+                            if c.n and not claim.reachable else "")}
+
+
+def identical_predictions(rows_a: dict, rows_b: dict) -> bool:
+    """Whether two configurations' evaluate/predictions.npz hold bitwise the same
+    predictions (ids, labels, probabilities, losses) on every seed, the same seeds."""
+    if not rows_a or set(rows_a) != set(rows_b):
+        return False
+    for seed in rows_a:
+        arrays = []
+        for rows in (rows_a, rows_b):
+            path = rows[seed].get("_predictions")
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    arrays.append({k: np.asarray(data[k]) for k in
+                                   ("ids", "labels", "probabilities", "loss")})
+            except (OSError, ValueError, KeyError, TypeError, EOFError):
+                return False
+        if not all(arrays[0][k].shape == arrays[1][k].shape
+                   and arrays[0][k].dtype == arrays[1][k].dtype
+                   and arrays[0][k].tobytes() == arrays[1][k].tobytes() for k in arrays[0]):
+            return False
+    return True
 
 
 def _against_baseline(entries, base, metric, by_config, alpha):
-    """Paired comparison with the baseline on the reported metric: seed-only t (Holm over
-    the configurations compared), and the two-level bootstrap on the test examples."""
+    """Every configuration against the baseline on the reported metric
+    (stats.test_verdicts): the exact sign-flip test over seeds, Holm-adjusted over the
+    configurations compared, and — on test accuracy — the two-level bootstrap on the test
+    examples (Holm-adjusted the same way) agreeing in sign. The seed-only t interval and
+    its Holm p are kept as descriptive columns."""
     higher = metric != "val_loss" and metric != "test_loss"
     others = [e for e in entries if not e["baseline"]]
     for e in entries:
@@ -108,25 +156,56 @@ def _against_baseline(entries, base, metric, by_config, alpha):
     comparisons = [stats.paired(e[f"{metric}_values"], base[f"{metric}_values"])
                    for e in others]
     t_holm = stats.holm([c.p_value for c in comparisons])
-    boots = [_bootstrap(by_config[e["index"]], by_config[base["index"]])
+    replicates = stats.replicates_for(max(1, len(others)), alpha)
+    boots = [_bootstrap(by_config[e["index"]], by_config[base["index"]], replicates)
              if metric == "test_accuracy" else None for e in others]
     boot_p = [b["accuracy"].p_value if b and b.get("accuracy") else math.nan for b in boots]
     boot_holm = stats.holm(boot_p)
+    by_index = {e["index"]: b for e, b in zip(others, boots)}
+    readable = any(b and b.get("accuracy") for b in boots)
+    values = {e["index"]: e[f"{metric}_values"] for e in entries}
+    claims = stats.test_verdicts(
+        values, base["index"], higher, alpha,
+        bootstrap=(lambda c: (by_index.get(c) or {}).get("accuracy")) if readable else None)
+    compared = max(1, sum(math.isfinite(c.sign_flip_p) for c in comparisons))
+    level = alpha / compared
     for e, c, p, b, bp in zip(others, comparisons, t_holm, boots, boot_holm):
+        claim = claims[e["index"]]
         vs = {"paired": c, "p_holm": p, "bootstrap": b, "bootstrap_p_holm": bp,
-              "verdict": stats.verdict(c, alpha, higher, p_value=p)}
-        if b and b.get("accuracy"):
-            vs["verdict"] = _bootstrap_verdict(c, b["accuracy"], bp, p, alpha)
-        val = stats.paired(e["val_loss_values"], base["val_loss_values"])
-        vs["val_loss"] = val
+              "verdict": claim.verdict, "claim": claim, "p_exact_holm": claim.p_adjusted,
+              "replicates": replicates}
+        facts = _claim_facts(claim, level, by_config, e["index"], base["index"])
+        vs.update({k: facts[k] for k in ("identical", "seeds_needed", "unreachable", "level")})
+        vs["val_loss"] = stats.paired(e["val_loss_values"], base["val_loss_values"])
         e["vs_base"] = vs
     for name, count in (("holm_t", sum(math.isfinite(c.p_value) for c in comparisons)),
-                        ("holm_boot", sum(math.isfinite(p) for p in boot_p))):
+                        ("holm_boot", sum(math.isfinite(p) for p in boot_p)),
+                        ("holm_exact", sum(math.isfinite(c.sign_flip_p) for c in comparisons))):
         for e in entries:
             e[name] = count
+    for e in entries:
+        e["replicates"] = replicates
 
 
-def _bootstrap(rows_a: dict, rows_b: dict) -> dict | None:
+def _runner_up(entries, select_by, higher, by_config, metric):
+    """The selected configuration (top mean) against the runner-up (second-best mean on
+    the selection metric) on the reported metric: paired t and, on test accuracy, the
+    two-level bootstrap. Descriptive: test never chooses."""
+    ranked = sorted((e for e in entries if e[select_by].n),
+                    key=lambda e: -e[select_by].mean if higher else e[select_by].mean)
+    top = next((e for e in entries if e["top"]), None)
+    if top is None or len(ranked) < 2:
+        return None
+    second = next(e for e in ranked if e is not top)
+    c = stats.paired(top[f"{metric}_values"], second[f"{metric}_values"])
+    boot = (_bootstrap(by_config[top["index"]], by_config[second["index"]])
+            if metric == "test_accuracy" else None)
+    return {"entry": second, "paired": c,
+            "bootstrap": boot.get("accuracy") if isinstance(boot, dict) else None}
+
+
+def _bootstrap(rows_a: dict, rows_b: dict,
+               replicates: int = stats.BOOTSTRAP_REPLICATES) -> dict | None:
     """The two-level paired bootstrap of A - B on the test examples both configurations'
     paired seeds scored (matched by example id). None when a trial has no readable
     predictions.npz; {"problem": why} when the examples cannot be matched."""
@@ -179,23 +258,5 @@ def _bootstrap(rows_a: dict, rows_b: dict) -> dict | None:
     for name, column in (("accuracy", 0), ("loss", 1)):
         a = {s: aligned["a", s][column] for s in seeds}
         b = {s: aligned["b", s][column] for s in seeds}
-        out[name] = stats.paired_bootstrap(a, b)
+        out[name] = stats.paired_bootstrap(a, b, replicates=replicates)
     return out
-
-
-def _bootstrap_verdict(c: stats.Paired, boot: stats.Bootstrap, p_holm: float, t_holm: float,
-                       alpha) -> str:
-    """Better or worse only when the bootstrap (test-set and seed noise) and the seed-only
-    t-test (each Holm-adjusted) both say so, in the same direction: with a handful of
-    seeds the bootstrap's seed level underestimates the seed-to-seed spread (3 seeds
-    whose differences share a sign put every replicate on that side), which the t
-    distribution accounts for."""
-    if c.n and c.tie:
-        return stats.TIE
-    if c.n < stats.MIN_SEEDS:
-        return stats.TOO_FEW
-    if not (math.isfinite(p_holm) and math.isfinite(t_holm)) or max(p_holm, t_holm) >= alpha:
-        return stats.NO_DIFFERENCE
-    if boot.mean == 0 or (boot.mean > 0) != (c.mean > 0):
-        return stats.NO_DIFFERENCE
-    return stats.BETTER if boot.mean > 0 else stats.WORSE
