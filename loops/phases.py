@@ -190,7 +190,7 @@ def check_through_link(run_dir: str, identity: dict) -> None:
     workdir, phase = os.path.split(os.path.normpath(run_dir))
     why = (f"its {IDENTITY_JSON} is damaged ({damaged})" if damaged else
            "it records no identity" if record is None else
-           "; ".join(identity_lib.differences(record, identity)) or "another run")
+           "; ".join(identity_lib.differences(identity, record)) or "another run")
     trained = "head" if phase == "finetune" else "finetune"
     raise ConfigError(
         f"{run_dir} is a link to {os.path.realpath(run_dir)} (a study's shared run), read-only "

@@ -230,8 +230,9 @@ def check_trial_identity(workdir: str, phases) -> None:
     from tapefit.research.trial_files import identity_problems  # Pure Python.
     problems = identity_problems(workdir, phases)
     if problems:
-        raise ConfigError(f"{workdir} is a study trial whose {problems[0]}; run the study again "
-                          "(sweep) to repair it, or pass another --workdir")
+        raise ConfigError(f"{workdir} is a study trial whose {problems[0]}; remove that "
+                          "phase's link or folder in the trial and run the sweep again (it is "
+                          "linked to its own run or run again), or pass another --workdir")
 
 
 def load_trained_model(workdir: str):
