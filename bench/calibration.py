@@ -8,7 +8,7 @@ The rules are the very functions the report and the race call (research/stats.py
   with the two-level bootstrap (stats.paired_bootstrap, stats.replicates_for replicates)
   on the per-example test outcomes;
 - "race drop": the race's rounds (min_seeds 3, then one seed per round up to the cell's
-  seeds), stats.race_look after each round; a false positive is any drop in the run;
+  seeds), race.drops (stats.race_look) after each round; a false positive is any drop in the run;
 - "race winner": the race ends with one configuration left.
 
 Synthetic grid (numpy only, no TensorFlow): a run's answer on example i is right when
@@ -51,7 +51,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from tapefit.research import stats  # noqa: E402
+from tapefit.research import race, stats  # noqa: E402
 
 RULES = ("best", "test verdict", "race drop", "race winner")
 MIN_SEEDS = 3
@@ -114,9 +114,10 @@ def run_race(val, alpha, min_seeds=MIN_SEEDS):
     alive = list(range(k))
     dropped = []
     for count in range(min(min_seeds, max_seeds), max_seeds + 1):
-        look = stats.race_look({c: {s: val[c, s] for s in range(count)} for c in alive},
-                               k, min_seeds, max_seeds, alpha, True)
-        for c in look.dropped:
+        # The race's own decision function (research/race.py: drops, stats.race_look).
+        look, decided = race.drops({c: {s: val[c, s] for s in range(count)} for c in alive},
+                                   k, min_seeds, max_seeds, alpha, True)
+        for c in decided:
             alive.remove(c)
             dropped.append(c)
         if len(alive) <= 1:

@@ -5,14 +5,21 @@ Round 1 runs every configuration on the first `min_seeds` seeds of the study; ea
 later round adds the next seed for the configurations still in the race. When a
 round's trials are all done (finished or failed):
 - a configuration with a failed trial in the round leaves the race (a trial that
-  cannot finish cannot be compared);
-- the best configuration is the one with the best mean of the selection metric
-  (validation, `--select_by`; never the test set) over the round's seeds (ties:
-  the first in grid order);
-- every other configuration is compared with it, paired over the seeds both have
-  (`stats.paired`), the p-values Holm-adjusted over these comparisons
-  (`stats.holm`); those `stats.verdict` calls worse at `alpha` are dropped.
-The race ends when one configuration is left or the last seed has run.
+  cannot finish cannot be compared), and so does one with a damaged trial
+  (`report.DAMAGED`: a file of it is not what it should be; never a missing seed):
+  "trial X damaged: <why>"; `--retry_failed` decides both again;
+- `drops` decides the rest — the one decision function (bench/calibration.py calls it
+  too): `stats.race_look`, the best mean of the selection metric (validation,
+  `--select_by`; never the test set; ties: the first in grid order), every other
+  configuration against it by the exact sign-flip test over the round's seeds, dropped
+  when its p is at most the round's level `stats.race_levels(k, min_seeds, max_seeds,
+  alpha)[n]`: α spent once over the whole run (the rounds and the k (k - 1) / 2 pairs),
+  so the chance of ever dropping a configuration that is not worse is <= --race_alpha
+  (`_plan`: what a grown grid, a repeated round or a larger --max_seeds do to it);
+- a winner is declared only when every other configuration was dropped.
+The race ends when one configuration is left or the last seed has run. race.json
+records each round's plan and level (the threshold used) and each drop's p,
+p_adjusted and level.
 
 Everything is recomputed from what is on disk, in a fixed order: any process, any
 shard, a resumed sweep or `--report_only` gets the same rounds. A round's trials are
@@ -26,7 +33,10 @@ round) joins at the next round, which adds the next seed as always (a race that 
 its last seed: a round on the same seeds, which the others have already run); more
 seeds (a larger `--max_seeds`) continue the race where it ended; seeds that no longer
 start with a decided round's seeds are refused in one line. `--retry_failed` decides
-again the rounds from the first that dropped a configuration for a failed trial.
+again the rounds from the first that dropped a configuration for a failed (or damaged)
+trial. A round decided by the older per-look rule (Holm at α after every round; no
+"plan" in race.json) is history too and is replayed as recorded; new rounds use the
+rule above.
 """
 from __future__ import annotations
 
@@ -109,35 +119,44 @@ def compute(study: grid.Study, study_dir: str, metric: str = "val_accuracy",
                  "in_race": [labels[c] for c in alive], "ids": [ids[c] for c in alive],
                  **({"joined": [labels[c] for c in joined]} if joined else {}),
                  "dropped": []}
-        for c in list(alive):  # A configuration with a failed trial leaves the race.
-            failed = [t for t in needed if t.config_index == c and states[t] == trial_files.FAILED]
-            if failed:
-                reason = (trial_files.read_status(failed[0].trial_dir) or {}).get("reason", "")
+        rows = {}
+        for c in list(alive):  # A failed or damaged trial: the configuration leaves.
+            for t in sorted((t for t in needed if t.config_index == c),
+                            key=lambda t: t.seed):
+                if states[t] == trial_files.FAILED:
+                    why = (trial_files.read_status(t.trial_dir) or {}).get("reason", "")
+                    info = {"failed": True, "reason": f"trial {t.trial_id} failed: {why}"}
+                else:
+                    rows[t] = metrics(t.trial_dir, study.phases)
+                    if rows[t].get("status") != report.DAMAGED:
+                        continue
+                    info = {"damaged": True, "reason": f"trial {t.trial_id} damaged: "
+                                                       f"{rows[t].get('reason', '')}"}
                 dropped[c] = {"round": number, "seeds": len(current), "label": labels[c],
-                              "failed": True,
-                              "reason": f"trial {failed[0].trial_id} failed: {reason}"}
+                              **info}
                 entry["dropped"].append(c)
                 alive.remove(c)
-        values = {c: {s: _number(metrics(trials[(c, s)].trial_dir, study.phases).get(metric))
-                      for s in current} for c in alive}
-        best = None
+                break
+        values = {c: {s: _number(rows[trials[(c, s)]].get(metric)) for s in current}
+                  for c in alive}
+        plan = _plan(rounds, entry["ids"], len(current), len(seeds), race)
+        entry["plan"] = plan
         if alive:
             means = {c: _mean(values[c].values()) for c in alive}
-            ranked = [c for c in alive if math.isfinite(means[c])]
-            if ranked:
-                sign = 1 if higher_is_better else -1
-                best = max(ranked, key=lambda c: (sign * means[c], -c))
+            look, decided = drops(values, plan["k"], plan["from_seeds"], plan["max_seeds"],
+                                  plan["alpha"], higher_is_better, metric, labels)
+            best = look.best
             entry.update(best=labels[best] if best is not None else None,
                          best_label=labels[best] if best is not None else None,
-                         means={labels[c]: means[c] for c in alive})
-        if best is not None and len(alive) > 1:
-            decided = drops(values, best, [c for c in alive if c != best], race,
-                            higher_is_better, metric, labels)
+                         means={labels[c]: means[c] for c in alive},
+                         level=look.level, alpha_spent=stats.race_pairs(plan["k"]) * look.level)
             for c, info in decided.items():
                 dropped[c] = {"round": number, "seeds": len(current), "label": labels[c],
                               **info}
                 entry["dropped"].append(c)
                 alive.remove(c)
+        else:
+            entry.update(level=0.0, alpha_spent=0.0)
         entry["dropped"] = [labels[c] for c in entry["dropped"]]
         rounds.append(entry)
         if len(alive) <= 1 or count >= len(seeds):
@@ -147,24 +166,58 @@ def compute(study: grid.Study, study_dir: str, metric: str = "val_accuracy",
         number += 1
 
 
-def drops(values: dict, best: int, others: list, race: grid.Race, higher_is_better: bool,
-          metric: str, labels: list) -> dict:
-    """The one decision of a round: {config index: what race.json says of its drop} for
-    the configurations of `others` significantly worse than `best` (each compared with
-    it paired over the round's seeds, `values[c] = {seed: metric}`, Holm-adjusted over
-    these comparisons, at `race.alpha`)."""
-    compared = [stats.paired(values[c], values[best]) for c in others]
-    adjusted = stats.holm([p.p_value for p in compared])
+def drops(values: dict, k: int, min_seeds: int, max_seeds: int, alpha: float,
+          higher_is_better: bool = True, metric: str = "the metric", labels=None):
+    """The one decision of a round (the race and bench/calibration.py call it): `values`
+    {configuration still in the race: {seed: metric}} on the round's seeds, in grid order;
+    the round's plan (`k` configurations, looks from `min_seeds` to `max_seeds`, `alpha`
+    to spend over them: `stats.race_levels`). Returns (the `stats.RaceLook`, {config: what
+    race.json says of its drop}) — those whose exact sign-flip p against the round's best
+    is at most the look's level (`stats.race_look`)."""
+    look = stats.race_look(values, k, min_seeds, max_seeds, alpha, higher_is_better)
+    name = (lambda c: labels[c]) if labels is not None else str
     out = {}
-    for c, p, adj in zip(others, compared, adjusted, strict=True):
-        verdict = stats.verdict(p, race.alpha, higher_is_better, p_value=adj)
-        if verdict == stats.WORSE:
-            out[c] = {"difference": p.mean, "n": p.n, "p_value": p.p_value, "p_holm": adj,
-                      "reason": (f"worse than {labels[best]} on {metric}: "
-                                 f"Δ {p.mean:+.4f} over {p.n} seeds, paired "
-                                 f"p = {p.p_value:.3g}, Holm-adjusted "
-                                 f"{adj:.3g} < {race.alpha}")}
-    return out
+    for c in look.dropped:
+        claim = look.claims[c]
+        p = claim.paired
+        out[c] = {"difference": p.mean, "n": p.n, "p": claim.p,
+                  "p_adjusted": claim.p_adjusted, "level": claim.level, "alpha": alpha,
+                  "reason": (f"worse than {name(look.best)} on {metric}: Δ {p.mean:+.4f} "
+                             f"over {p.n} seeds, exact sign-flip p = {claim.p:.3g} ≤ "
+                             f"this round's level {claim.level:.3g} (race-adjusted "
+                             f"{claim.p_adjusted:.3g} ≤ α {alpha:g}, over the whole race)")}
+    return look, out
+
+
+def _plan(rounds: list, present: list, n: int, max_seeds: int, race: grid.Race) -> dict:
+    """The levels' plan for a round of `n` seeds: {"k", "from_seeds", "max_seeds",
+    "alpha"} for `stats.race_levels`. The plan of the previous round when nothing changed
+    (the same configurations, the next seed, the same last seed): a race's whole run is
+    race_levels(k, min_seeds, max_seeds, α), k the configurations that started it. When
+    configurations join (k = those of every round so far and the joining ones), a round
+    repeats its seeds, or --max_seeds changes, the rest of the race is planned anew:
+    race_levels(k, n, max_seeds, α − the α the decided rounds spent), so that the α
+    spent over the whole run (race_pairs(k) × level per round) stays <= --race_alpha.
+    Rounds decided by the old per-look rule (no "plan") spent nothing we can count: the
+    rounds after them get their own α."""
+    seen = {i for r in rounds for i in r.get("ids", ())}
+    k = len(seen | set(present))  # `present`: the ids of the round's configurations.
+    planned = [r for r in rounds if isinstance(r.get("plan"), dict)]
+    if not planned:
+        return {"k": max(k, 1), "from_seeds": min(race.min_seeds, n) if not rounds else n,
+                "max_seeds": max_seeds, "alpha": race.alpha}
+    last = planned[-1]["plan"]
+    if (last.get("k") == k and last.get("max_seeds") == max_seeds
+            and n > len(rounds[-1]["seeds"])):
+        return dict(last)
+    spent = sum(_float(r.get("alpha_spent")) for r in planned)
+    return {"k": k, "from_seeds": n, "max_seeds": max_seeds,
+            "alpha": max(0.0, race.alpha - spent)}
+
+
+def _float(value) -> float:
+    v = _number(value)
+    return v if math.isfinite(v) else 0.0
 
 
 def _newcomers(rounds: list, ids: list) -> set:
@@ -212,8 +265,10 @@ def recorded_rounds(study_dir: str, retry_failed: bool = False) -> list:
         r["_drops"] = drops_by_round.get(r.get("round"), [])
     if retry_failed:
         for index, r in enumerate(rounds):
-            if any(d.get("failed") or str(d.get("reason", "")).startswith("trial ")
-                   and " failed: " in str(d.get("reason", "")) for d in r["_drops"]):
+            if any(d.get("failed") or d.get("damaged")
+                   or str(d.get("reason", "")).startswith("trial ")
+                   and (" failed: " in str(d.get("reason", ""))
+                        or " damaged: " in str(d.get("reason", ""))) for d in r["_drops"]):
                 return rounds[:index]
     return rounds
 
@@ -282,6 +337,7 @@ def to_dict(study: grid.Study, state: RaceState) -> dict:
         "finished": state.finished, "round": state.round, "round_seeds": list(state.seeds),
         "alive": [labels[c] for c in state.alive],
         "winner": labels[state.alive[0]] if state.finished and len(state.alive) == 1 else None,
+        "levels": _levels(state.rounds),
         "rounds": state.rounds,
         "dropped": [{"configuration": labels[c], "id": ids[c],
                      **{k: v for k, v in d.items() if k != "label"}}
@@ -290,6 +346,16 @@ def to_dict(study: grid.Study, state: RaceState) -> dict:
         "trial_epochs": {"race": spent, "full_grid": total,
                          "ratio": spent / total if total else math.nan},
         "pending": [t.trial_id for t in state.pending]}
+
+
+def _levels(rounds: list) -> dict:
+    """{seeds: level} of the plan in force (the last round's; {} before any round)."""
+    plans = [r["plan"] for r in rounds if isinstance(r.get("plan"), dict)]
+    if not plans:
+        return {}
+    p = plans[-1]
+    return {str(n): level for n, level in stats.race_levels(
+        p["k"], p["from_seeds"], p["max_seeds"], p["alpha"]).items()}
 
 
 def write(study: grid.Study, study_dir: str, state: RaceState) -> dict:

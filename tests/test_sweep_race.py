@@ -126,7 +126,7 @@ def test_a_configuration_whose_trial_fails_leaves_the_race(tmp_path, phases):
     content = json.load(open(os.path.join(folder, race.RACE_JSON)))
     reasons = {d["configuration"]: d["reason"] for d in content["dropped"]}
     assert "the data went away" in reasons["learning_rate=0.01"]
-    assert content["winner"] == "learning_rate=1e-3"
+    assert content["winner"] is None  # 3 seeds: no level > 0 for 3 configurations (issue 31)
 
 
 def test_a_partial_round_is_pending_not_judged(tmp_path, phases):
