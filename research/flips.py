@@ -163,12 +163,12 @@ def write(study_dir: str, flips: dict, title: str, classes=None, suffix: str = "
     read: the sheet then names the problem). A file that cannot be written (a folder in
     its place, a read-only folder) is left, appended to `unwritten` (report.save_file)."""
     from tapefit.loops import interpret
-    from tapefit.research import report
+    from tapefit.research.outputs import save_file
     unwritten = [] if unwritten is None else unwritten
     csv_name, png_name = (paths.FLIPS_CSV, paths.FLIPS_PNG) if not suffix else (
         f"flips-{suffix}.csv", f"flips-{suffix}.png")
     content = csv_text(flips, classes)
-    report.save_file(os.path.join(study_dir, csv_name),
+    save_file(os.path.join(study_dir, csv_name),
                      lambda path: atomic_write_text(path, content), unwritten)
     sheet = chosen(flips)
     images, note = [], ""
@@ -185,7 +185,7 @@ def write(study_dir: str, flips: dict, title: str, classes=None, suffix: str = "
               f"/{flips['seeds']} seeds\n{_short(p['id'])}\ntrue {_class(p['label'], classes)}, "
               f"Δloss {p['mean_loss_change']:+.2f}" for p in sheet]
     fig = interpret.photo_sheet(images, titles, columns=6, title=title + note)
-    if not report.save_file(os.path.join(study_dir, png_name),
+    if not save_file(os.path.join(study_dir, png_name),
                             lambda path: interpret.save_figure(fig, path), unwritten):
         import matplotlib.pyplot as plt
         plt.close(fig)  # save_figure closes it; not called, or failed before.
