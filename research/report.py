@@ -12,11 +12,15 @@ Metrics of a trial:
 
 Select on validation, report on test. The best configuration is the one with the
 best mean of the selection metric (`select_by`: `val_accuracy`, the default, or
-`val_loss`), and it is called best (★) only when the paired comparison over seeds
-(Holm-adjusted over the other configurations) says it is better than every other one.
-Test numbers are reported for every configuration and never used to choose. Against
-the baseline, the primary comparison is a two-level paired bootstrap over seeds and
-test examples (stats.paired_bootstrap), with the seed-only paired t interval beside it.
+`val_loss`), and it is called best (★) only when an exact sign-flip test over seeds
+says it is better than every other one at level 2α/k (stats.best). Test numbers are
+reported for every configuration and never used to choose. Against the baseline, a
+verdict needs the sign-flip test (Holm) and the two-level paired bootstrap over seeds
+and test examples (stats.paired_bootstrap, Holm) to agree (stats.test_verdicts).
+
+The jobs live in research/collect.py (trial results), research/verdicts.py (verdicts),
+research/render.py (results.md/csv), research/figure.py (results.png) and
+research/outputs.py (one file written); this module writes them and re-exports them.
 """
 from __future__ import annotations
 

@@ -180,8 +180,12 @@ def tiny_images(n=6):
         (rng.integers(0, 255, (n, 4, 4, 3), dtype=np.uint8), np.arange(n, dtype=np.int32) % 2))
 
 
-def test_a_feature_cache_holding_nan_is_set_aside_and_computed_again(tmp_path):
-    """Before: the NaN features were trained on; the run then advised a lower rate."""
+def test_a_feature_cache_holding_nan_is_set_aside_and_computed_again(tmp_path, monkeypatch):
+    """Before: the NaN features were trained on; the run then advised a lower rate.
+    Whether the last, partial batch is padded depends on measured timings (a batch of
+    another shape can round differently in the last bit): fixed here, so the two
+    computations are comparable bit for bit on a busy machine too."""
+    monkeypatch.setattr(feature_cache, "_pad_is_cheaper", lambda *a, **k: True)
     cut, path = tiny_cut(), str(tmp_path / "features" / "train")
     first = list(feature_cache.cached_features(cut, tiny_images(), 6, path, 4)
                  .as_numpy_iterator())
