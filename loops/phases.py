@@ -187,6 +187,10 @@ def check_through_link(run_dir: str, identity: dict) -> None:
     record, damaged = identity_lib.read(run_dir)
     if record is not None and record["digest"] == identity["digest"]:
         return
+    if record is None and not damaged and not any(
+            os.path.exists(os.path.join(run_dir, name)) for name in (FINAL_WEIGHTS,
+                                                                      EVALUATION_JSON)):
+        return  # Nothing finished there to protect (evaluate records itself at its end).
     workdir, phase = os.path.split(os.path.normpath(run_dir))
     why = (f"its {IDENTITY_JSON} is damaged ({damaged})" if damaged else
            "it records no identity" if record is None else

@@ -165,6 +165,13 @@ def test_a_run_through_a_link_writes_only_the_same_phase(tmp_path):
     with pytest.raises(ConfigError, match="read-only through it.*other data.*--workdir="):
         phases.check_through_link(str(trial / "evaluate"), other)
     phases.check_through_link(str(tmp_path / "shared" / "evaluate-s0-x" / "evaluate"), other)
+    # An unfinished run that records nothing yet (evaluate records itself at its end, a
+    # kill came first): nothing to protect, its resume through the link is allowed.
+    os.remove(real / paths.IDENTITY_JSON)
+    phases.check_through_link(str(trial / "evaluate"), other)
+    (real / paths.EVALUATION_JSON).write_text("{}")  # Finished, recording nothing: refused.
+    with pytest.raises(ConfigError, match="records no identity"):
+        phases.check_through_link(str(trial / "evaluate"), other)
 
 
 # ---- special files in place of a study's files --------------------------------------------
