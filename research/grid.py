@@ -16,6 +16,7 @@ Axis syntax (command line; the same in a sweep file):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -476,7 +477,7 @@ class Trial:
     fingerprints: dict = dataclasses.field(default_factory=dict, compare=False, hash=False,
                                            repr=False)
 
-    @property
+    @functools.cached_property  # A frozen trial: computed once.
     def common(self) -> dict:
         """Plain (every-phase) assignments."""
         return {n: v for n, v in self.assignment if "." not in n}
@@ -501,12 +502,12 @@ class Trial:
             flags.update({f"{phase}.{k}": v for k, v in self.overrides(phase).items()})
         return flags
 
-    @property
+    @functools.cached_property  # A frozen trial: computed once.
     def digest(self) -> str:
         text = json.dumps(sorted(self.id_flags().items()), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
-    @property
+    @functools.cached_property  # A frozen trial: computed once.
     def readable(self) -> str:
         common = self.base.replace(**self.common)
         parts = []
@@ -528,21 +529,27 @@ class Trial:
         text = re.sub(r"[^A-Za-z0-9._+-]+", "-", "_".join(parts)).strip("-.")
         return text[:MAX_READABLE]
 
-    @property
+    @functools.cached_property  # A frozen trial: computed once.
     def group_id(self) -> str:
         """The configuration's id: the trial id without the seed (HParams groups by it)."""
         return f"{self.readable}-{self.digest}" if self.readable else self.digest
 
-    @property
+    @functools.cached_property  # A frozen trial: computed once.
     def trial_id(self) -> str:
         return (f"{self.readable}-s{self.seed}-{self.digest}" if self.readable
                 else f"s{self.seed}-{self.digest}")
 
-    @property
+    @functools.cached_property  # A frozen trial: computed once.
     def trial_dir(self) -> str:
         return paths.trial_dir(self.study_dir, self.trial_id)
 
     def config(self, phase: str) -> Config:
+        cache = self.__dict__.setdefault("_configs", {})  # A frozen trial: once per phase.
+        if phase not in cache:
+            cache[phase] = self._config(phase)
+        return cache[phase]
+
+    def _config(self, phase: str) -> Config:
         """The run configuration of one phase: an ordinary tapefit run in the trial's
         directory, with the --recipe's values resolved as train.py resolves them (a flag
         given explicitly, in the base flags or as an axis of this phase, wins)."""
@@ -576,6 +583,12 @@ class Trial:
         return self.fingerprints[key]
 
     def identity(self, phase: str) -> dict:
+        cache = self.__dict__.setdefault("_identities", {})  # Once per phase.
+        if phase not in cache:
+            cache[phase] = self._identity(phase)
+        return cache[phase]
+
+    def _identity(self, phase: str) -> dict:
         """The identity (flags/identity.py) the trial's `phase` run records: its flags,
         the content of its data, its seed and the identity of the phase it starts from.
         Reads the photos (once per `expand`): only where a trial runs or is keyed."""

@@ -172,8 +172,8 @@ def markdown(study: grid.Study, study_dir: str, rows, entries,
               "or a p-value, or no readable predictions.npz for the bootstrap); "
               f"{CAUTION} fewer than {stats.MIN_SEEDS} seeds: an interval on 1 degree of "
               "freedom, not enough seeds to tell; p < 0.001 is written <0.001; \"equal on every "
-              "seed\": every paired difference exactly 0 (the runs may still differ); "
-              "\"identical\": bitwise the same predictions on every seed.", ""]
+              "seed\": every paired difference exactly 0 (the runs may still differ; only "
+              "bitwise-equal predictions make them the same runs).", ""]
 
     failed = [r for r, _ in rows if r["status"] == trial_files.FAILED]
     if failed:

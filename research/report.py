@@ -24,8 +24,10 @@ research/outputs.py (one file written); this module writes them and re-exports t
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
+import time
 
 from tapefit.layout import atomic as files
 from tapefit.layout import paths
@@ -84,8 +86,9 @@ def write(study: grid.Study, study_dir: str, trials=None, select_by: str = DEFAU
           alpha: float = stats.ALPHA, flips: bool = True) -> dict:
     """Rewrites results.csv, results.md and results.png; returns the paths and summaries.
     `flips=False` (the report a running study rewrites after each trial) leaves out the
-    per-example flips, whose contact sheets cost seconds a write: the last report of the
-    run, and every --report_only, has them.
+    per-example flips, whose contact sheets cost seconds a write, and redraws results.png
+    at most every FIGURE_INTERVAL_S (a figure costs about a second): the last report of
+    the run, and every --report_only, has both.
 
     A report file that cannot be written (a folder or FIFO in its place, a read-only
     study folder) is not written, with one warning line on stderr (once per process)
@@ -114,12 +117,18 @@ def write(study: grid.Study, study_dir: str, trials=None, select_by: str = DEFAU
             text += "\n" + "\n".join(flips_section(study_dir, rows, entries, pair, unwritten))
     save_file(os.path.join(study_dir, RESULTS_MD),
               lambda path: atomic_write_text(path, text + "\n"), unwritten)
-    save_file(os.path.join(study_dir, RESULTS_PNG),
-              lambda path: plot(study, entries, path, select_by), unwritten)
+    now = time.monotonic()
+    if flips or now - _DRAWN.get(os.path.abspath(study_dir), -math.inf) >= FIGURE_INTERVAL_S:
+        if save_file(os.path.join(study_dir, RESULTS_PNG),
+                     lambda path: plot(study, entries, path, select_by), unwritten):
+            _DRAWN[os.path.abspath(study_dir)] = now
     return {"rows": [r for r, _ in rows], "entries": entries, "markdown": text,
             "unwritten": _warn_unwritten(study_dir, unwritten)}
 
 
+# A running study's results.png is redrawn at most this often (the last report always).
+FIGURE_INTERVAL_S = 20.0
+_DRAWN = {}  # Study folder -> when this process last drew its results.png (monotonic).
 _WARNED = set()  # Warning lines already printed by this process (a sweep rewrites often).
 
 

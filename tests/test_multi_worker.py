@@ -41,7 +41,7 @@ COMMON = ["--phase=head", "--backbone=vgg16", "--weights=none", "--image_size=32
           "--dataset=synthetic", "--synthetic_examples=40", "--batch_size=16", "--epochs=3",
           "--dropout=0", "--learning_rate=0.01", "--deterministic", "--verbose=0",
           "--feature_cache=off", "--nosave_best_only", "--backup", "--backup_every_steps=1"]
-RUN_FILES = {"config.json", "classes.json", "data.json", "summary.json", "log.csv",
+RUN_FILES = {"config.json", "classes.json", "data.json", "identity.json", "summary.json", "log.csv",
              "best.weights.h5", "final.weights.h5",
              "checkpoints/epoch01.weights.h5", "checkpoints/epoch02.weights.h5",
              "checkpoints/epoch03.weights.h5"}
