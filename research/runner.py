@@ -229,7 +229,9 @@ def _link(target: str, link: str) -> None:
 
 def _run_shared(trial_dir, earlier, phase, cfg, workdir, wall, wait) -> None:
     """Runs `phase` in its shared work directory under that directory's lock; waits
-    while another process runs it (or raises _Deferred when not `wait`)."""
+    while another process runs it (or raises _Deferred when not `wait`). Another process
+    may also run it through a trial's link (a --noshare_phases shard resuming it): it then
+    holds the phase's run lock (the one of its real folder), and this process waits too."""
     os.makedirs(workdir, exist_ok=True)
     lock = RunLock(os.path.join(workdir, PHASE_LOCK_FILE), lease_s=LOCK_LEASE_S,
                    what="shared phase")
@@ -237,7 +239,17 @@ def _run_shared(trial_dir, earlier, phase, cfg, workdir, wall, wait) -> None:
     while True:
         try:
             lock.acquire()
-            break
+            try:
+                if phase_done(trial_dir, phase):
+                    return
+                # The trial's earlier phases, linked in: the shared folder is a whole run.
+                for name in earlier:
+                    _link(os.path.realpath(os.path.join(trial_dir, name)),
+                          os.path.join(workdir, name))
+                _run_timed(trial_dir, phase, cfg.replace(workdir=workdir), wall)
+                return
+            finally:
+                lock.release()
         except LockHeld as e:  # A lock that is not one is raised: the trial fails, one line.
             if phase_done(trial_dir, phase):
                 return
@@ -248,15 +260,6 @@ def _run_shared(trial_dir, earlier, phase, cfg, workdir, wall, wait) -> None:
                          os.path.basename(trial_dir), phase, e)
                 announced = True
             time.sleep(WAIT_POLL_S)
-    try:
-        if phase_done(trial_dir, phase):
-            return
-        # The trial's earlier phases, linked in: the shared folder is a whole run.
-        for name in earlier:
-            _link(os.path.realpath(os.path.join(trial_dir, name)), os.path.join(workdir, name))
-        _run_timed(trial_dir, phase, cfg.replace(workdir=workdir), wall)
-    finally:
-        lock.release()
 
 
 def _run_timed(trial_dir, phase, cfg, wall) -> None:

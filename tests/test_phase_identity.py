@@ -251,3 +251,40 @@ def test_photos_changed_under_a_study_are_one_line_before_anything_runs(tmp_path
     with pytest.raises(ConfigError, match="data of this study changed.*another --workdir"):
         study.run(s, folder, progress=False)
     assert sorted(os.listdir(folder)) == listing and len(stand_in) == 1
+
+
+def test_a_shared_phase_run_through_a_link_elsewhere_is_waited_for(tmp_path, monkeypatch):
+    """User trial of break 1: a --noshare_phases shard resumed the shared finetune through
+    a trial's link (holding the real folder's run lock); the sharing shard then failed its
+    trial ("in use by pid …"). It waits for it instead, and trains nothing."""
+    from tapefit.loops import phases
+    from tapefit.loops.rundir import run_dir as run_dir_lib
+    from tapefit.loops.rundir.run_lock import RunLock
+    seen = []
+    stand_in = fake_run(seen)
+
+    def run(cfg):  # As phases.run: the run directory's lock first.
+        run_dir_lib.check_not_running(os.path.join(cfg.workdir, cfg.phase))
+        return stand_in(cfg)
+
+    monkeypatch.setattr(phases, "run", run)
+    monkeypatch.setattr(runner, "WAIT_POLL_S", 0.1)
+    s, trial, shared = _one_trial(tmp_path)
+    os.makedirs(shared["head"])
+    held = RunLock(paths.lock_path(os.path.join(shared["head"], "head")), what="run directory")
+    held.acquire()  # The other process, through a link.
+
+    def other():
+        import time
+        time.sleep(1.0)
+        fake_run([])(trial.config("head").replace(workdir=shared["head"]))
+        held.release()
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        outcome = runner.run_trial(trial.trial_dir, s.phases, trial.configs(),
+                                   content=trial.to_dict(), shared=shared)
+    finally:
+        thread.join()
+        held.release()
+    assert outcome == runner.FINISHED and seen == []
