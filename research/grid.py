@@ -695,9 +695,10 @@ SWEEP_FILE_KEYS = {"phases": (str, list), "axes": (dict,), "seeds": (str, list),
                    "flips": (str, list)}
 
 
-def load_sweep_file(path: str) -> dict:
+def load_sweep_file(path: str, extra_keys: dict | None = None) -> dict:
     """A sweep file: {"phases", "axes": {name: [values]}, "seeds", "baseline", "flags",
-    "race"}; every problem is one line."""
+    "race", "flips"} and `extra_keys` ({key: JSON types}: research/study.py's "settings");
+    every problem is one line."""
     text = read_small_text(path, "--sweep_file")
     try:
         content = json.loads(text)
@@ -707,7 +708,7 @@ def load_sweep_file(path: str) -> dict:
     except RecursionError:
         raise ConfigError(f"--sweep_file={path} is nested too deeply to be a study; fix the "
                           "file") from None
-    known = SWEEP_FILE_KEYS
+    known = {**SWEEP_FILE_KEYS, **(extra_keys or {})}
     if not isinstance(content, dict):
         raise ConfigError(f"--sweep_file={path} holds {files.json_type_problem(content, dict)}; "
                           f"a sweep file is {{{', '.join(sorted(known))}}}")

@@ -15,7 +15,7 @@ import time
 from tapefit.flags.config import Config
 from tapefit.flags.errors import ConfigError
 from tapefit.layout import paths
-from tapefit.layout.atomic import atomic_write_text, json_type_problem, read_json_or_none
+from tapefit.layout.atomic import atomic_write_text, read_json_or_none
 from tapefit.research import grid, report, runner, trial_files
 from tapefit.research import options as options_lib
 from tapefit.research.options import StudyOptions
@@ -73,28 +73,9 @@ def make(study_dir: str, cli_flags: dict, phases=None, axes=(), seeds=None, base
 
 def read_sweep_file(path: str) -> tuple[dict, dict | None]:
     """A sweep file (or a study's sweep.json): (its study keys, its "settings" or None),
-    every problem one line. The study keys are checked as `grid.load_sweep_file` checks
-    them; "settings" (research/options.py) and the race's value types here."""
-    text = grid.read_small_text(path, "--sweep_file")
-    try:
-        content = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--sweep_file={path} is not JSON ({e.msg}, line {e.lineno}); fix the "
-                          "file") from None
-    except RecursionError:
-        raise ConfigError(f"--sweep_file={path} is nested too deeply to be a study; fix the "
-                          "file") from None
-    known = {**grid.SWEEP_FILE_KEYS, options_lib.SETTINGS_KEY: (dict,)}
-    if not isinstance(content, dict):
-        raise ConfigError(f"--sweep_file={path} holds {json_type_problem(content, dict)}; "
-                          f"a sweep file is {{{', '.join(sorted(known))}}}")
-    unknown = sorted(set(content) - set(known))
-    if unknown:
-        raise ConfigError(f"--sweep_file={path}: unknown keys {unknown}; "
-                          f"a sweep file has {', '.join(sorted(known))}")
-    for key, kinds in grid.SWEEP_FILE_KEYS.items():
-        if key in content and (problem := json_type_problem(content[key], kinds)):
-            raise ConfigError(f"--sweep_file={path}: {key!r} is {problem}; fix the file")
+    every problem one line: the keys and their JSON types by `grid.load_sweep_file`;
+    "settings" (research/options.py) and the race's value types here."""
+    content = grid.load_sweep_file(path, {options_lib.SETTINGS_KEY: (dict,)})
     settings = content.pop(options_lib.SETTINGS_KEY, None)
     where = f"--sweep_file={path}"
     if settings is not None:
