@@ -2,13 +2,7 @@
 `results.md` (one row per configuration) and `results.png`. Any process may rewrite
 it at any time (atomic writes): every shard of a study reads every trial directory.
 
-Metrics of a trial:
-- `val_accuracy`, `val_loss`: the last trained phase's validation accuracy and loss at
-  the epoch whose weights `best.weights.h5` holds (the phase's --monitor best epoch,
-  default the lowest val_loss): the weights the evaluate phase scores;
-- per trained phase: best (over epochs) and final validation accuracy and loss;
-- `test_accuracy`, `test_loss`: the evaluate phase (`evaluation.json`), and its
-  per-example predictions (`predictions.npz`: id, label, probabilities, loss).
+What a trial contributes (its metrics, what is checked): research/collect.py.
 
 Select on validation, report on test. The best configuration is the one with the
 best mean of the selection metric (`select_by`: `val_accuracy`, the default, or

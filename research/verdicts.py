@@ -12,10 +12,8 @@ import numpy as np
 from tapefit.layout import paths
 from tapefit.research import grid, stats, trial_files
 from tapefit.research.collect import read_predictions
+from tapefit.research.options import DEFAULT_SELECT_BY, SELECT_BY  # noqa: F401  (re-exported)
 
-# --select_by: {metric: higher is better}.
-SELECT_BY = {"val_accuracy": True, "val_loss": False}
-DEFAULT_SELECT_BY = "val_accuracy"
 NAMES = {"val_accuracy": "validation accuracy", "val_loss": "validation loss",
          "test_accuracy": "test accuracy", "test_loss": "test loss"}
 
